@@ -1,0 +1,290 @@
+// Package storagetest is the conformance suite every storage.Store must pass.
+// Backends in this module run it, and so can backends written elsewhere:
+//
+//	func TestMyStore(t *testing.T) {
+//		storagetest.Run(t, func(t *testing.T) storage.Store { return newMyStore(t) })
+//	}
+package storagetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// Factory returns an empty store for one subtest. It registers its own
+// cleanup with t.
+type Factory func(t *testing.T) storage.Store
+
+// Run runs the conformance suite against stores made by newStore.
+func Run(t *testing.T, newStore Factory) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s storage.Store)
+	}{
+		{"GetMissing", testGetMissing},
+		{"PutGet", testPutGet},
+		{"Create", testCreate},
+		{"Update", testUpdate},
+		{"Delete", testDelete},
+		{"List", testList},
+		{"ListPaging", testListPaging},
+		{"InvalidKeys", testInvalidKeys},
+		{"ConcurrentCreate", testConcurrentCreate},
+		{"ConcurrentUpdate", testConcurrentUpdate},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
+	}
+}
+
+var ctx = context.Background()
+
+func testGetMissing(t *testing.T, s storage.Store) {
+	if _, err := s.Get(ctx, "nope/missing.json"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Get missing: got %v, want ErrNotFound", err)
+	}
+}
+
+func testPutGet(t *testing.T, s storage.Store) {
+	v1, err := s.Put(ctx, "a/b/c.json", []byte("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := s.Get(ctx, "a/b/c.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(obj.Data), "one"; got != want {
+		t.Fatalf("data = %q, want %q", got, want)
+	}
+	if obj.Version != v1 {
+		t.Fatalf("version = %q, want %q from Put", obj.Version, v1)
+	}
+	v2, err := s.Put(ctx, "a/b/c.json", []byte("two"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2 == v1 {
+		t.Fatalf("version did not change on overwrite: %q", v2)
+	}
+	obj, _ = s.Get(ctx, "a/b/c.json")
+	if string(obj.Data) != "two" {
+		t.Fatalf("data after overwrite = %q", obj.Data)
+	}
+	// Empty objects are objects.
+	if _, err := s.Put(ctx, "a/empty", nil); err != nil {
+		t.Fatal(err)
+	}
+	if obj, err := s.Get(ctx, "a/empty"); err != nil || len(obj.Data) != 0 {
+		t.Fatalf("Get empty = %q, %v", obj.Data, err)
+	}
+}
+
+func testCreate(t *testing.T, s storage.Store) {
+	v, err := s.Create(ctx, "x/once", []byte("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(ctx, "x/once", []byte("second")); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("second Create: got %v, want ErrExists", err)
+	}
+	obj, err := s.Get(ctx, "x/once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(obj.Data) != "first" || obj.Version != v {
+		t.Fatalf("after failed Create: %q %q, want first %q", obj.Data, obj.Version, v)
+	}
+}
+
+func testUpdate(t *testing.T, s storage.Store) {
+	if _, err := s.Update(ctx, "u/missing", []byte("x"), "whatever"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Update missing: got %v, want ErrNotFound", err)
+	}
+	v1, _ := s.Put(ctx, "u/k", []byte("1"))
+	v2, err := s.Update(ctx, "u/k", []byte("2"), v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, "u/k", []byte("3"), v1); !errors.Is(err, storage.ErrVersionMismatch) {
+		t.Fatalf("stale Update: got %v, want ErrVersionMismatch", err)
+	}
+	obj, _ := s.Get(ctx, "u/k")
+	if string(obj.Data) != "2" || obj.Version != v2 {
+		t.Fatalf("after stale Update: %q %q, want 2 %q", obj.Data, obj.Version, v2)
+	}
+}
+
+func testDelete(t *testing.T, s storage.Store) {
+	s.Put(ctx, "d/k", []byte("x"))
+	if err := s.Delete(ctx, "d/k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "d/k"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Get after Delete: %v", err)
+	}
+	if err := s.Delete(ctx, "d/k"); err != nil {
+		t.Fatalf("Delete missing: %v", err)
+	}
+	if _, err := s.Create(ctx, "d/k", []byte("again")); err != nil {
+		t.Fatalf("Create after Delete: %v", err)
+	}
+}
+
+func testList(t *testing.T, s storage.Store) {
+	keys := []string{"p/a/b", "p/a.b", "p/a-b", "p/a/c/d", "p/b", "p/ab", "q/z", "pz"}
+	for _, k := range keys {
+		if _, err := s.Put(ctx, k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		prefix string
+		want   []string
+	}{
+		{"p/", []string{"p/a-b", "p/a.b", "p/a/b", "p/a/c/d", "p/ab", "p/b"}},
+		{"p/a", []string{"p/a-b", "p/a.b", "p/a/b", "p/a/c/d", "p/ab"}},
+		{"p/a/", []string{"p/a/b", "p/a/c/d"}},
+		{"p", []string{"p/a-b", "p/a.b", "p/a/b", "p/a/c/d", "p/ab", "p/b", "pz"}},
+		{"", []string{"p/a-b", "p/a.b", "p/a/b", "p/a/c/d", "p/ab", "p/b", "pz", "q/z"}},
+		{"nothing/", nil},
+	}
+	for _, tt := range tests {
+		page, err := s.List(ctx, tt.prefix, storage.ListOptions{})
+		if err != nil {
+			t.Fatalf("List(%q): %v", tt.prefix, err)
+		}
+		if !slices.Equal(page.Keys, tt.want) {
+			t.Errorf("List(%q) = %q, want %q", tt.prefix, page.Keys, tt.want)
+		}
+		if page.Next != "" {
+			t.Errorf("List(%q).Next = %q on the last page", tt.prefix, page.Next)
+		}
+	}
+}
+
+func testListPaging(t *testing.T, s storage.Store) {
+	var want []string
+	for i := range 25 {
+		k := fmt.Sprintf("pg/%02d/item-%d", i%7, i)
+		want = append(want, k)
+		if _, err := s.Put(ctx, k, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(want)
+	var got []string
+	opts := storage.ListOptions{Limit: 4}
+	for pages := 0; ; pages++ {
+		if pages > 10 {
+			t.Fatal("paging does not terminate")
+		}
+		page, err := s.List(ctx, "pg/", opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Keys) > 4 {
+			t.Fatalf("page of %d keys, limit 4", len(page.Keys))
+		}
+		got = append(got, page.Keys...)
+		if page.Next == "" {
+			break
+		}
+		opts.After = page.Next
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged listing = %q, want %q", got, want)
+	}
+	page, _ := s.List(ctx, "pg/", storage.ListOptions{After: want[10]})
+	if !slices.Equal(page.Keys, want[11:]) {
+		t.Fatalf("List after %q = %q, want %q", want[10], page.Keys, want[11:])
+	}
+}
+
+func testInvalidKeys(t *testing.T, s storage.Store) {
+	bad := []string{"", "../escape", "a/../../b", "/abs", "a//b", "a/./b", "a/", ".hidden", "a\\b", "a/%2F", "a b", "a\x00b"}
+	for _, k := range bad {
+		if _, err := s.Put(ctx, k, []byte("x")); !errors.Is(err, storage.ErrInvalidKey) {
+			t.Errorf("Put(%q): got %v, want ErrInvalidKey", k, err)
+		}
+		if _, err := s.Get(ctx, k); !errors.Is(err, storage.ErrInvalidKey) {
+			t.Errorf("Get(%q): got %v, want ErrInvalidKey", k, err)
+		}
+		if _, err := s.Create(ctx, k, []byte("x")); !errors.Is(err, storage.ErrInvalidKey) {
+			t.Errorf("Create(%q): got %v, want ErrInvalidKey", k, err)
+		}
+		if err := s.Delete(ctx, k); !errors.Is(err, storage.ErrInvalidKey) {
+			t.Errorf("Delete(%q): got %v, want ErrInvalidKey", k, err)
+		}
+	}
+	page, err := s.List(ctx, "", storage.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Keys) != 0 {
+		t.Fatalf("invalid writes left keys behind: %q", page.Keys)
+	}
+}
+
+func testConcurrentCreate(t *testing.T, s storage.Store) {
+	const n = 16
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := s.Create(ctx, "race/create", []byte(strconv.Itoa(i)))
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case !errors.Is(err, storage.ErrExists):
+				t.Errorf("Create: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := wins.Load(); got != 1 {
+		t.Fatalf("%d concurrent Creates succeeded, want exactly 1", got)
+	}
+}
+
+func testConcurrentUpdate(t *testing.T, s storage.Store) {
+	const workers, each = 8, 10
+	if _, err := s.Put(ctx, "race/counter", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for done := 0; done < each; {
+				obj, err := s.Get(ctx, "race/counter")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n, _ := strconv.Atoi(string(obj.Data))
+				_, err = s.Update(ctx, "race/counter", []byte(strconv.Itoa(n+1)), obj.Version)
+				if errors.Is(err, storage.ErrVersionMismatch) {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				done++
+			}
+		})
+	}
+	wg.Wait()
+	obj, _ := s.Get(ctx, "race/counter")
+	if got, want := string(obj.Data), strconv.Itoa(workers*each); got != want {
+		t.Fatalf("counter = %s, want %s: an Update overwrote a newer version", got, want)
+	}
+}
