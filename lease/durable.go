@@ -1,0 +1,249 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// Durable state is a journal of records plus, from time to time, a snapshot
+// that folds the journal objects it covers (which are then deleted).
+//
+// A grant record carries the wall-clock deadline and the TTL left when it
+// was written; on restart a lease gets min(deadline - now, that TTL), so a
+// restart never extends a lease, even if the wall clock stepped back.
+//
+// Replay does not depend on record order: a grant applies when its token
+// is above every token seen for the name (or equals the live one, which is
+// a renewal: the later deadline wins because renewals never shorten), and a
+// release clears the name only if the token matches, remembering it so an
+// earlier-token grant cannot come back.
+
+type record struct {
+	Op string `json:"op"`          // "g" grant or renewal, "r" release
+	X  string `json:"x"`           // exchange
+	N  string `json:"n"`           // canonical name
+	A  string `json:"a,omitempty"` // holder
+	T  uint64 `json:"t"`           // fencing token
+	E  int64  `json:"e,omitempty"` // deadline, epoch ms
+	R  int64  `json:"r,omitempty"` // ms left when written
+}
+
+type snapshot struct {
+	// Next is a token no lease in the journal objects it replaced could
+	// have reached: every token below it was issued before the snapshot
+	// was taken, so its effect is in Leases.
+	Next   uint64   `json:"next"`
+	Leases []record `json:"leases"`
+}
+
+func makeGrantRecord(k key, g Grant, now time.Time) record {
+	return record{Op: "g", X: k.x, N: k.n, A: g.Holder, T: g.Token,
+		E: g.ExpiresAt.UnixMilli(), R: max(remainingMs(g.ExpiresAt.Sub(now)), 1)}
+}
+
+func grantRecord(k key, g Grant, now time.Time) []byte {
+	b, _ := json.Marshal(makeGrantRecord(k, g, now))
+	return b
+}
+
+func releaseRecord(k key, token uint64) []byte {
+	b, _ := json.Marshal(record{Op: "r", X: k.x, N: k.n, T: token})
+	return b
+}
+
+// replayState rebuilds leases from a snapshot and journal records.
+type replayState struct {
+	next  uint64 // tokens below it are settled by the snapshot
+	maxT  uint64 // highest token seen anywhere
+	live  map[key]record
+	maxAt map[key]uint64 // highest token seen per name
+}
+
+func (st *replayState) apply(r record) {
+	k := key{r.X, r.N}
+	st.maxT = max(st.maxT, r.T)
+	cur, isLive := st.live[k]
+	switch r.Op {
+	case "g":
+		if isLive && cur.T == r.T {
+			if r.E > cur.E {
+				st.live[k] = r
+			}
+			return
+		}
+		if r.T < st.next || r.T <= st.maxAt[k] {
+			return
+		}
+		st.live[k] = r
+		st.maxAt[k] = r.T
+	case "r":
+		st.maxAt[k] = max(st.maxAt[k], r.T)
+		if isLive && cur.T == r.T {
+			delete(st.live, k)
+		}
+	}
+}
+
+func (m *Manager) snapPrefix() string { return m.cfg.Prefix + "/snap/" }
+
+// load restores the state from the newest snapshot and the journal.
+func (m *Manager) load(ctx context.Context) error {
+	st := &replayState{live: map[key]record{}, maxAt: map[key]uint64{}}
+	snapKey, err := m.latestSnapshot(ctx)
+	if err != nil {
+		return err
+	}
+	if snapKey != "" {
+		obj, err := m.cfg.Store.Get(ctx, snapKey)
+		if err != nil {
+			return fmt.Errorf("lease: read snapshot: %w", err)
+		}
+		var sn snapshot
+		if err := json.Unmarshal(obj.Data, &sn); err != nil {
+			return fmt.Errorf("lease: decode snapshot %s: %w", snapKey, err)
+		}
+		for _, r := range sn.Leases {
+			k := key{r.X, r.N}
+			st.live[k] = r
+			st.maxAt[k] = r.T
+			st.maxT = max(st.maxT, r.T)
+		}
+		st.next = sn.Next
+		if sn.Next > 0 {
+			st.maxT = max(st.maxT, sn.Next-1)
+		}
+	}
+	err = journal.Replay(ctx, m.cfg.Store, journal.ReplayConfig{
+		Prefix: m.logKey + "/",
+		Decode: func(_ string, data []byte) (any, error) {
+			lines, _ := journal.Lines(data) // a torn tail was never acknowledged
+			recs := make([]record, 0, len(lines))
+			for _, l := range lines {
+				var r record
+				if err := json.Unmarshal(l, &r); err != nil {
+					return nil, err
+				}
+				recs = append(recs, r)
+			}
+			return recs, nil
+		},
+		Apply: func(_ string, v any) error {
+			for _, r := range v.([]record) {
+				st.apply(r)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("lease: replay: %w", err)
+	}
+	m.tokens.Store(st.maxT)
+	now := m.cfg.Now()
+	wall := now.UnixMilli()
+	for k, r := range st.live {
+		left := min(r.E-wall, r.R)
+		if left <= 0 || ValidID(k.x) != nil || ValidID(r.A) != nil {
+			continue
+		}
+		s := m.shard(k)
+		s.m[k] = &entry{holder: r.A, token: r.T, deadline: now.Add(time.Duration(left) * time.Millisecond)}
+	}
+	return nil
+}
+
+func (m *Manager) latestSnapshot(ctx context.Context) (string, error) {
+	keys, err := m.listAll(ctx, m.snapPrefix())
+	if err != nil || len(keys) == 0 {
+		return "", err
+	}
+	return keys[len(keys)-1], nil
+}
+
+func (m *Manager) listAll(ctx context.Context, prefix string) ([]string, error) {
+	var keys []string
+	opts := storage.ListOptions{}
+	for {
+		page, err := m.cfg.Store.List(ctx, prefix, opts)
+		if err != nil {
+			return nil, fmt.Errorf("lease: list %s: %w", prefix, err)
+		}
+		keys = append(keys, page.Keys...)
+		if page.Next == "" {
+			return keys, nil
+		}
+		opts.After = page.Next
+	}
+}
+
+// Compact writes a snapshot of the live leases and deletes the journal
+// objects and older snapshots it replaces. It runs on its own every
+// Config.CompactInterval and at Close; calling it is only useful before a
+// planned restart.
+func (m *Manager) Compact(ctx context.Context) error {
+	if !m.enter() {
+		return ErrClosed
+	}
+	defer m.leave()
+	return m.compact(ctx)
+}
+
+func (m *Manager) compact(ctx context.Context) error {
+	if m.cfg.Store == nil {
+		return errNoStore
+	}
+	m.compactMu.Lock()
+	defer m.compactMu.Unlock()
+	// Order matters. The journal objects are listed first: every record in
+	// them was applied in memory before it was queued, so the scan below
+	// sees it. The token counter is read before the scan: a token below it
+	// was issued under its shard's lock, so the scan sees that grant too.
+	logs, err := m.listAll(ctx, m.logKey+"/")
+	if err != nil {
+		return err
+	}
+	olds, err := m.listAll(ctx, m.snapPrefix())
+	if err != nil {
+		return err
+	}
+	if len(logs) == 0 && len(olds) > 0 {
+		return nil
+	}
+	sn := snapshot{Next: m.tokens.Load() + 1, Leases: []record{}}
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		now := m.cfg.Now()
+		for k, e := range s.m {
+			if e.live(now) {
+				sn.Leases = append(sn.Leases, makeGrantRecord(k, e.grant(k), now))
+			}
+		}
+		s.mu.Unlock()
+	}
+	data, err := json.Marshal(sn)
+	if err != nil {
+		return err
+	}
+	// Snapshots are named by their token high-water mark, which never goes
+	// back, so the newest sorts last whatever the wall clock does.
+	name := fmt.Sprintf("%s%020d.json", m.snapPrefix(), sn.Next)
+	if _, err := m.cfg.Store.Put(ctx, name, data); err != nil {
+		return fmt.Errorf("lease: write snapshot: %w", err)
+	}
+	var errs []error
+	for _, k := range olds {
+		if k != name {
+			errs = append(errs, m.cfg.Store.Delete(ctx, k))
+		}
+	}
+	for _, k := range logs {
+		errs = append(errs, m.cfg.Store.Delete(ctx, k))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,56 @@
+package lease
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Test for them with errors.Is; the HTTP client maps the
+// server's error codes back onto the same values.
+var (
+	// ErrHeld is returned by Acquire when another agent holds the lease. The
+	// error is a *HeldError carrying the holder and its deadline.
+	ErrHeld = errors.New("lease: held by another agent")
+	// ErrNotHeld is returned by Renew when the caller holds no live lease on
+	// the name: it expired, was released, or was never granted.
+	ErrNotHeld = errors.New("lease: not held")
+	// ErrStaleToken is returned by Renew when the token is not the one of
+	// the current grant on the name (the lease passed to someone else).
+	ErrStaleToken = errors.New("lease: stale fencing token")
+	// ErrInvalidName is returned for an empty, too long or malformed name.
+	ErrInvalidName = errors.New("lease: invalid name")
+	// ErrInvalidTTL is returned when a TTL is outside [MinTTL, MaxTTL].
+	ErrInvalidTTL = errors.New("lease: invalid ttl")
+	// ErrInvalidID is returned for an exchange or agent id that does not
+	// match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.
+	ErrInvalidID = errors.New("lease: invalid id")
+	// ErrInvalidToken is returned when a fencing token is missing (zero).
+	ErrInvalidToken = errors.New("lease: invalid token")
+	// ErrClosed is returned by every operation after Close.
+	ErrClosed = errors.New("lease: closed")
+	// ErrUnauthorized is returned by an Authenticator for a missing or
+	// unknown API key (HTTP 401).
+	ErrUnauthorized = errors.New("lease: unauthorized")
+	// ErrForbidden is returned by an Authenticator for a valid key that
+	// belongs to another exchange (HTTP 403).
+	ErrForbidden = errors.New("lease: forbidden")
+)
+
+// HeldError reports that a lease is held by another agent. It matches
+// ErrHeld with errors.Is.
+type HeldError struct {
+	// Name is the canonical lease name.
+	Name string
+	// Holder is the agent holding the lease.
+	Holder string
+	// ExpiresAt is the holder's current deadline (wall clock).
+	ExpiresAt time.Time
+}
+
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("lease: %q held by %s until %s", e.Name, e.Holder, e.ExpiresAt.UTC().Format(time.RFC3339Nano))
+}
+
+// Is makes errors.Is(err, ErrHeld) true for a *HeldError.
+func (e *HeldError) Is(target error) bool { return target == ErrHeld }

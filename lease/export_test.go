@@ -1,0 +1,30 @@
+package lease
+
+import "context"
+
+// Crash stops m the way a killed process would: background work stops and
+// queued journal writes finish, but no snapshot is written and nothing else
+// is tidied up.
+func (m *Manager) Crash() {
+	m.closeOnce.Do(func() { close(m.done) })
+	m.closeMu.Lock()
+	m.closed = true
+	m.closeMu.Unlock()
+	m.wg.Wait()
+	if m.j != nil {
+		_ = m.j.Close(context.Background())
+	}
+}
+
+// Waiters reports how many blocking acquires are queued on name.
+func (m *Manager) Waiters(exchangeID, name string) int {
+	n, _ := CanonicalName(name)
+	k := key{exchangeID, n}
+	s := m.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[k]; e != nil {
+		return len(e.waiters)
+	}
+	return 0
+}

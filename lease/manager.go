@@ -1,0 +1,722 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultMinTTL          = 100 * time.Millisecond
+	DefaultMaxTTL          = time.Hour
+	DefaultMaxWait         = time.Minute
+	DefaultPrefix          = "leases"
+	DefaultCompactInterval = 30 * time.Second
+	DefaultSweepInterval   = 5 * time.Second
+)
+
+// Config configures a Manager.
+type Config struct {
+	// Store keeps grants durable. Nil means leases live in memory only and
+	// are lost on restart (tests and examples).
+	Store storage.Store
+	// Prefix is the key prefix of the lease state in Store. Zero means
+	// "leases"; the journal goes under {Prefix}/log/ and snapshots under
+	// {Prefix}/snap/.
+	Prefix string
+	// MinTTL and MaxTTL bound the TTL of every grant and renewal. Zero
+	// means 100ms and 1h.
+	MinTTL, MaxTTL time.Duration
+	// MaxWait caps how long a blocking acquire may wait. Zero means 1m.
+	MaxWait time.Duration
+	// CompactInterval is how often the journal is folded into a snapshot.
+	// Zero means 30s; negative disables periodic compaction (Close still
+	// compacts).
+	CompactInterval time.Duration
+	// SweepInterval is how often expired leases are dropped from memory.
+	// Expiry itself never waits for the sweep. Zero means 5s.
+	SweepInterval time.Duration
+	// Now is the clock. Its monotonic reading measures TTLs; its wall
+	// reading is what ExpiresAt reports and what survives a restart. Zero
+	// means time.Now.
+	Now func() time.Time
+	// Logger receives background errors (compaction). Nil discards them.
+	Logger *slog.Logger
+}
+
+// Grant is a lease held by Holder until ExpiresAt, identified by its fencing
+// token. Tokens strictly increase per name over the service's whole life.
+type Grant struct {
+	Name      string
+	Holder    string
+	Token     uint64
+	ExpiresAt time.Time
+}
+
+// Status describes a lease as the seed's LeaseStatus does; a free name has
+// only IsLeased false.
+type Status struct {
+	IsLeased    bool   `json:"isLeased"`
+	AgentID     string `json:"agentId,omitempty"`
+	ExpiresAt   int64  `json:"expiresAt,omitempty"` // epoch ms
+	Token       uint64 `json:"token,omitempty"`
+	RemainingMs int64  `json:"remainingMs,omitempty"`
+}
+
+const numShards = 256
+
+type key struct{ x, n string }
+
+type entry struct {
+	holder   string // "" when free
+	token    uint64
+	deadline time.Time
+	waiters  []*waiter // FIFO
+	timer    *time.Timer
+}
+
+type waiter struct {
+	agent   string
+	ttl     time.Duration
+	granted chan struct{} // closed by handoff
+	got     bool
+	token   uint64
+	expires time.Time
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[key]*entry
+}
+
+// Manager grants leases. It is safe for concurrent use.
+type Manager struct {
+	cfg    Config
+	seed   maphash.Seed
+	shards [numShards]shard
+	tokens atomic.Uint64 // last token issued
+	j      *journal.Journal
+	logKey string // journal partition
+
+	compactMu sync.Mutex // one compaction at a time
+
+	closeMu   sync.RWMutex // held shared by every operation
+	closed    bool
+	done      chan struct{} // closed by Close: wakes waiters and loops
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// New opens a Manager, restoring the durable state found in cfg.Store.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if err := storage.ValidKey(cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("lease: Config.Prefix: %w", err)
+	}
+	if cfg.MinTTL == 0 {
+		cfg.MinTTL = DefaultMinTTL
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = DefaultMaxTTL
+	}
+	if cfg.MinTTL < time.Millisecond || cfg.MaxTTL < cfg.MinTTL {
+		return nil, fmt.Errorf("lease: need 1ms <= MinTTL (%s) <= MaxTTL (%s)", cfg.MinTTL, cfg.MaxTTL)
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = DefaultMaxWait
+	}
+	if cfg.CompactInterval == 0 {
+		cfg.CompactInterval = DefaultCompactInterval
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{cfg: cfg, seed: maphash.MakeSeed(), done: make(chan struct{}), logKey: cfg.Prefix + "/log"}
+	for i := range m.shards {
+		m.shards[i].m = make(map[key]*entry)
+	}
+	if cfg.Store != nil {
+		if err := m.load(context.Background()); err != nil {
+			return nil, err
+		}
+		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
+		if err != nil {
+			return nil, err
+		}
+		m.j = j
+		if cfg.CompactInterval > 0 {
+			m.wg.Go(m.compactLoop)
+		}
+	}
+	m.wg.Go(m.sweepLoop)
+	return m, nil
+}
+
+func (m *Manager) shard(k key) *shard {
+	return &m.shards[maphash.Comparable(m.seed, k)%numShards]
+}
+
+// enter admits an operation unless the manager is closed.
+func (m *Manager) enter() bool {
+	m.closeMu.RLock()
+	if m.closed {
+		m.closeMu.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (m *Manager) leave() { m.closeMu.RUnlock() }
+
+func (m *Manager) checkTTL(ttl time.Duration) error {
+	if ttl < m.cfg.MinTTL || ttl > m.cfg.MaxTTL {
+		return fmt.Errorf("%w: %s not in [%s, %s]", ErrInvalidTTL, ttl, m.cfg.MinTTL, m.cfg.MaxTTL)
+	}
+	return nil
+}
+
+func validate(exchangeID, agentID, name string) (key, error) {
+	if err := ValidID(exchangeID); err != nil {
+		return key{}, err
+	}
+	if agentID != "" {
+		if err := ValidID(agentID); err != nil {
+			return key{}, err
+		}
+	}
+	n, err := CanonicalName(name)
+	if err != nil {
+		return key{}, err
+	}
+	return key{exchangeID, n}, nil
+}
+
+func (e *entry) live(now time.Time) bool { return e.holder != "" && now.Before(e.deadline) }
+
+func (e *entry) grant(k key) Grant {
+	return Grant{Name: k.n, Holder: e.holder, Token: e.token, ExpiresAt: e.deadline}
+}
+
+func (e *entry) heldError(k key) *HeldError {
+	return &HeldError{Name: k.n, Holder: e.holder, ExpiresAt: e.deadline}
+}
+
+// outcome is what an attempt decided under the shard lock.
+type outcome int
+
+const (
+	outGranted outcome = iota // a new grant (new token)
+	outRenewed                // the caller's own lease, deadline kept or extended
+	outHeld                   // another agent holds it
+)
+
+// tryLocked grants or renews k for agent if it can; s.mu must be held. On
+// outRenewed, prev is the deadline before the renewal (for rollback).
+func (m *Manager) tryLocked(s *shard, k key, agent string, ttl time.Duration, now time.Time) (e *entry, out outcome, prev time.Time) {
+	e = s.m[k]
+	if e == nil {
+		e = &entry{}
+		s.m[k] = e
+	}
+	for {
+		if e.live(now) {
+			if e.holder != agent {
+				return e, outHeld, time.Time{}
+			}
+			prev = e.deadline
+			if d := now.Add(ttl); d.After(e.deadline) {
+				e.deadline = d
+			}
+			return e, outRenewed, prev
+		}
+		if len(e.waiters) == 0 {
+			break
+		}
+		// Expired or free with a queue: the head of the queue goes first.
+		m.handoffLocked(e, k, now)
+	}
+	e.holder = agent
+	e.token = m.tokens.Add(1)
+	e.deadline = now.Add(ttl)
+	return e, outGranted, time.Time{}
+}
+
+// handoffLocked gives a free or expired lease to the first waiter.
+func (m *Manager) handoffLocked(e *entry, k key, now time.Time) {
+	w := e.waiters[0]
+	e.waiters[0] = nil
+	e.waiters = e.waiters[1:]
+	e.holder = w.agent
+	e.token = m.tokens.Add(1)
+	e.deadline = now.Add(w.ttl)
+	w.got, w.token, w.expires = true, e.token, e.deadline
+	close(w.granted)
+	m.armLocked(e, k, now)
+}
+
+// armLocked makes sure someone wakes the queue when the current holder's
+// lease runs out; release wakes it directly.
+func (m *Manager) armLocked(e *entry, k key, now time.Time) {
+	if len(e.waiters) == 0 || e.holder == "" {
+		if e.timer != nil {
+			e.timer.Stop()
+			e.timer = nil
+		}
+		return
+	}
+	d := e.deadline.Sub(now)
+	if e.timer == nil {
+		e.timer = time.AfterFunc(d, func() { m.expire(k) })
+	} else {
+		e.timer.Reset(d)
+	}
+}
+
+// expire runs when a lease with waiters reaches its deadline.
+func (m *Manager) expire(k key) {
+	s := m.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.m[k]
+	if e == nil {
+		return
+	}
+	now := m.cfg.Now()
+	if e.holder != "" && e.live(now) {
+		m.armLocked(e, k, now) // renewed meanwhile
+		return
+	}
+	if len(e.waiters) > 0 {
+		m.handoffLocked(e, k, now)
+	}
+}
+
+// freeLocked clears the holder of e and passes the lease on to the queue.
+func (m *Manager) freeLocked(s *shard, e *entry, k key, now time.Time) {
+	e.holder = ""
+	if len(e.waiters) > 0 {
+		m.handoffLocked(e, k, now)
+		return
+	}
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
+	delete(s.m, k)
+}
+
+// Acquire grants the lease on name to agentID for ttl when it is free or
+// expired, or renews it (never shortening it) when agentID already holds
+// it. When another agent holds it, the error is a *HeldError. The grant is
+// durable when Acquire returns.
+func (m *Manager) Acquire(ctx context.Context, exchangeID, agentID, name string, ttl time.Duration) (Grant, error) {
+	return m.AcquireWait(ctx, exchangeID, agentID, name, ttl, 0)
+}
+
+// AcquireWait is Acquire that, while another agent holds the lease, waits
+// up to wait (capped at Config.MaxWait) for it. Waiters are served first
+// come, first served: a release or expiry hands the lease to the oldest
+// waiter only. On timeout the error is a *HeldError for the then holder;
+// when ctx ends first it is ctx.Err().
+func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name string, ttl, wait time.Duration) (Grant, error) {
+	if agentID == "" {
+		return Grant{}, fmt.Errorf("%w: empty agent id", ErrInvalidID)
+	}
+	k, err := validate(exchangeID, agentID, name)
+	if err != nil {
+		return Grant{}, err
+	}
+	if err := m.checkTTL(ttl); err != nil {
+		return Grant{}, err
+	}
+	wait = min(wait, m.cfg.MaxWait)
+	if !m.enter() {
+		return Grant{}, ErrClosed
+	}
+	defer m.leave()
+
+	s := m.shard(k)
+	s.mu.Lock()
+	now := m.cfg.Now()
+	e, out, prev := m.tryLocked(s, k, agentID, ttl, now)
+	if out != outHeld {
+		g := e.grant(k)
+		s.mu.Unlock()
+		return m.commitGrant(ctx, k, g, out, prev, now)
+	}
+	if wait <= 0 {
+		he := e.heldError(k)
+		s.mu.Unlock()
+		return Grant{}, he
+	}
+	w := &waiter{agent: agentID, ttl: ttl, granted: make(chan struct{})}
+	e.waiters = append(e.waiters, w)
+	m.armLocked(e, k, now)
+	s.mu.Unlock()
+
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	var cause error
+	select {
+	case <-w.granted:
+	case <-t.C:
+	case <-ctx.Done():
+		cause = ctx.Err()
+	case <-m.done:
+		cause = ErrClosed
+	}
+	s.mu.Lock()
+	now = m.cfg.Now()
+	if w.got {
+		if cause == nil {
+			g := Grant{Name: k.n, Holder: agentID, Token: w.token, ExpiresAt: w.expires}
+			s.mu.Unlock()
+			return m.commitGrant(ctx, k, g, outGranted, time.Time{}, now)
+		}
+		// The caller is gone: give the lease straight to the next in line.
+		// It was never journaled, so there is nothing to undo durably.
+		if e := s.m[k]; e != nil && e.token == w.token && e.holder == agentID {
+			m.freeLocked(s, e, k, now)
+		}
+		s.mu.Unlock()
+		return Grant{}, cause
+	}
+	e = s.m[k] // still present: an entry with waiters is never deleted
+	for i, x := range e.waiters {
+		if x == w {
+			e.waiters = append(e.waiters[:i], e.waiters[i+1:]...)
+			break
+		}
+	}
+	m.armLocked(e, k, now)
+	if cause == nil {
+		if !e.live(now) && len(e.waiters) == 0 {
+			// The holder expired just as the timer fired and nobody else
+			// is queued: this waiter is first in line after all.
+			_, out, prev := m.tryLocked(s, k, agentID, ttl, now)
+			g := s.m[k].grant(k)
+			s.mu.Unlock()
+			return m.commitGrant(ctx, k, g, out, prev, now)
+		}
+		cause = e.heldError(k)
+	}
+	if e.holder == "" && len(e.waiters) == 0 {
+		delete(s.m, k)
+	}
+	s.mu.Unlock()
+	return Grant{}, cause
+}
+
+// commitGrant makes a grant or renewal durable, undoing it in memory if the
+// write fails so that nobody relies on a grant a restart would forget.
+func (m *Manager) commitGrant(ctx context.Context, k key, g Grant, out outcome, prev time.Time, now time.Time) (Grant, error) {
+	err := m.log(ctx, grantRecord(k, g, now))
+	if err == nil {
+		return g, nil
+	}
+	s := m.shard(k)
+	s.mu.Lock()
+	if e := s.m[k]; e != nil && e.token == g.Token && e.holder == g.Holder {
+		switch {
+		case out == outGranted:
+			m.freeLocked(s, e, k, m.cfg.Now())
+		case e.deadline.Equal(g.ExpiresAt):
+			e.deadline = prev
+		}
+	}
+	s.mu.Unlock()
+	return Grant{}, fmt.Errorf("lease: record grant on %q: %w", k.n, err)
+}
+
+// Renew extends agentID's lease on name to ttl from now, given the token of
+// its grant. It never shortens the lease: if the lease already runs longer,
+// the returned Grant keeps the later deadline. A token that is no longer
+// the current one gives ErrStaleToken; a lease that expired or is not the
+// caller's gives ErrNotHeld.
+func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, token uint64, ttl time.Duration) (Grant, error) {
+	k, err := validate(exchangeID, agentID, name)
+	if err != nil {
+		return Grant{}, err
+	}
+	if agentID == "" {
+		return Grant{}, fmt.Errorf("%w: empty agent id", ErrInvalidID)
+	}
+	if token == 0 {
+		return Grant{}, ErrInvalidToken
+	}
+	if err := m.checkTTL(ttl); err != nil {
+		return Grant{}, err
+	}
+	if !m.enter() {
+		return Grant{}, ErrClosed
+	}
+	defer m.leave()
+	s := m.shard(k)
+	s.mu.Lock()
+	now := m.cfg.Now()
+	e := s.m[k]
+	switch {
+	case e == nil || e.holder == "":
+		s.mu.Unlock()
+		return Grant{}, fmt.Errorf("%w: %q is not leased", ErrNotHeld, k.n)
+	case e.token != token:
+		s.mu.Unlock()
+		return Grant{}, fmt.Errorf("%w: %q is at token %d, not %d", ErrStaleToken, k.n, e.token, token)
+	case e.holder != agentID:
+		s.mu.Unlock()
+		return Grant{}, fmt.Errorf("%w: %q is held by %s", ErrNotHeld, k.n, e.holder)
+	case !e.live(now):
+		s.mu.Unlock()
+		return Grant{}, fmt.Errorf("%w: lease on %q expired", ErrNotHeld, k.n)
+	}
+	prev := e.deadline
+	if d := now.Add(ttl); d.After(e.deadline) {
+		e.deadline = d
+	}
+	g := e.grant(k)
+	s.mu.Unlock()
+	return m.commitGrant(ctx, k, g, outRenewed, prev, now)
+}
+
+// Release gives up agentID's lease on name if token is its current grant
+// and it has not expired, and reports whether it did. Anyone else's release
+// (another agent, a stale token, an expired lease) releases nothing.
+func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string, token uint64) (bool, error) {
+	k, err := validate(exchangeID, agentID, name)
+	if err != nil {
+		return false, err
+	}
+	if token == 0 {
+		return false, ErrInvalidToken
+	}
+	if !m.enter() {
+		return false, ErrClosed
+	}
+	defer m.leave()
+	s := m.shard(k)
+	s.mu.Lock()
+	now := m.cfg.Now()
+	e := s.m[k]
+	if e == nil || e.holder != agentID || e.token != token || !e.live(now) {
+		s.mu.Unlock()
+		return false, nil
+	}
+	m.freeLocked(s, e, k, now)
+	s.mu.Unlock()
+	if err := m.log(ctx, releaseRecord(k, token)); err != nil {
+		// The lease is already free in memory; after a crash it could come
+		// back until its deadline, which is safe (it only ever blocks).
+		return false, fmt.Errorf("lease: record release of %q: %w", k.n, err)
+	}
+	return true, nil
+}
+
+// Status reports the lease on name. An expired lease is reported free.
+func (m *Manager) Status(ctx context.Context, exchangeID, name string) (Status, error) {
+	k, err := validate(exchangeID, "", name)
+	if err != nil {
+		return Status{}, err
+	}
+	if !m.enter() {
+		return Status{}, ErrClosed
+	}
+	defer m.leave()
+	s := m.shard(k)
+	s.mu.Lock()
+	now := m.cfg.Now()
+	e := s.m[k]
+	if e == nil || !e.live(now) {
+		s.mu.Unlock()
+		return Status{IsLeased: false}, nil
+	}
+	st := Status{
+		IsLeased:    true,
+		AgentID:     e.holder,
+		ExpiresAt:   e.deadline.UnixMilli(),
+		Token:       e.token,
+		RemainingMs: remainingMs(e.deadline.Sub(now)),
+	}
+	s.mu.Unlock()
+	return st, nil
+}
+
+// remainingMs rounds up so a live lease never reports 0 ms left.
+func remainingMs(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// List returns the live leases in exchangeID, sorted by name; a non-empty
+// agentID keeps only that agent's. It scans every lease of the manager.
+func (m *Manager) List(ctx context.Context, exchangeID, agentID string) ([]Grant, error) {
+	if err := ValidID(exchangeID); err != nil {
+		return nil, err
+	}
+	if agentID != "" {
+		if err := ValidID(agentID); err != nil {
+			return nil, err
+		}
+	}
+	if !m.enter() {
+		return nil, ErrClosed
+	}
+	defer m.leave()
+	var out []Grant
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		now := m.cfg.Now()
+		for k, e := range s.m {
+			if k.x == exchangeID && e.live(now) && (agentID == "" || e.holder == agentID) {
+				out = append(out, e.grant(k))
+			}
+		}
+		s.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ReleaseAll releases every live lease agentID holds in exchangeID, for an
+// agent that went away, and returns how many it released.
+func (m *Manager) ReleaseAll(ctx context.Context, exchangeID, agentID string) (int, error) {
+	if err := ValidID(exchangeID); err != nil {
+		return 0, err
+	}
+	if err := ValidID(agentID); err != nil {
+		return 0, err
+	}
+	if !m.enter() {
+		return 0, ErrClosed
+	}
+	defer m.leave()
+	var recs [][]byte
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		now := m.cfg.Now()
+		for k, e := range s.m {
+			if k.x == exchangeID && e.holder == agentID && e.live(now) {
+				recs = append(recs, releaseRecord(k, e.token))
+				m.freeLocked(s, e, k, now)
+			}
+		}
+		s.mu.Unlock()
+	}
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	if err := m.log(ctx, recs...); err != nil {
+		return 0, fmt.Errorf("lease: record release of %d leases: %w", len(recs), err)
+	}
+	return len(recs), nil
+}
+
+// log appends records durably. The append is not cancelled with ctx so that
+// its outcome is known: a record written after the caller gave up would
+// otherwise resurrect a grant that was rolled back.
+func (m *Manager) log(ctx context.Context, lines ...[]byte) error {
+	if m.j == nil {
+		return nil
+	}
+	return m.j.Append(context.WithoutCancel(ctx), m.logKey, lines...)
+}
+
+func (m *Manager) sweepLoop() {
+	t := time.NewTicker(m.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		for i := range m.shards {
+			s := &m.shards[i]
+			s.mu.Lock()
+			now := m.cfg.Now()
+			for k, e := range s.m {
+				if !e.live(now) && len(e.waiters) == 0 {
+					delete(s.m, k)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (m *Manager) compactLoop() {
+	t := time.NewTicker(m.cfg.CompactInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		if err := m.Compact(context.Background()); err != nil {
+			m.cfg.Logger.Error("lease: compaction failed", "err", err)
+		}
+	}
+}
+
+// Close stops the manager: waiters get ErrClosed, later calls get
+// ErrClosed, queued journal writes finish, and the journal is folded into a
+// snapshot so the next start replays little. It is idempotent.
+func (m *Manager) Close(ctx context.Context) error {
+	first := false
+	m.closeOnce.Do(func() { first = true; close(m.done) })
+	if !first {
+		return nil
+	}
+	finished := make(chan error, 1)
+	go func() {
+		m.closeMu.Lock() // waits for operations in flight
+		m.closed = true
+		m.closeMu.Unlock()
+		m.wg.Wait()
+		var err error
+		if m.j != nil {
+			err = m.j.Close(context.Background())
+			if cerr := m.compact(context.Background()); err == nil {
+				err = cerr
+			}
+		}
+		for i := range m.shards {
+			s := &m.shards[i]
+			s.mu.Lock()
+			for _, e := range s.m {
+				if e.timer != nil {
+					e.timer.Stop()
+				}
+			}
+			s.mu.Unlock()
+		}
+		finished <- err
+	}()
+	select {
+	case err := <-finished:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+var errNoStore = errors.New("lease: no store configured")

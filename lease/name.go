@@ -1,0 +1,49 @@
+package lease
+
+import (
+	"fmt"
+	"path"
+	"unicode/utf8"
+)
+
+// MaxNameLen is the longest lease name accepted, in bytes.
+const MaxNameLen = 1024
+
+// CanonicalName returns the form under which a lease on name is kept:
+// the name is a slash-separated path cleaned lexically, so "./a//b" and
+// "a/b" are the same lease. Names must be valid UTF-8 without control
+// characters; "", "." and "/" are rejected because they name nothing.
+func CanonicalName(name string) (string, error) {
+	if name == "" || len(name) > MaxNameLen || !utf8.ValidString(name) {
+		return "", fmt.Errorf("%w: %q", ErrInvalidName, name)
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return "", fmt.Errorf("%w: control character in %q", ErrInvalidName, name)
+		}
+	}
+	c := path.Clean(name)
+	if c == "." || c == "/" {
+		return "", fmt.Errorf("%w: %q", ErrInvalidName, name)
+	}
+	return c, nil
+}
+
+// ValidID reports whether id is an acceptable exchange or agent id:
+// ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$. Ids end up in journal records and, for
+// exchanges, in URLs, so they are checked before any use.
+func ValidID(id string) error {
+	if len(id) == 0 || len(id) > 64 {
+		return fmt.Errorf("%w: %q", ErrInvalidID, id)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case (c == '_' || c == '-') && i > 0:
+		default:
+			return fmt.Errorf("%w: %q", ErrInvalidID, id)
+		}
+	}
+	return nil
+}
