@@ -1,0 +1,231 @@
+// Command messd serves the MESS exchange, the mail bus and the lease service
+// over HTTP and WebSocket.
+//
+// Configuration comes from flags, each defaulting to an environment variable
+// (the original server's names where it had one); run messd -h for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "messd:", err)
+		os.Exit(1)
+	}
+}
+
+// config is everything messd reads from flags and the environment.
+type config struct {
+	addr              string
+	storageType       string
+	storagePath       string
+	capabilitiesDir   string
+	openRegistration  bool
+	openExchanges     []string
+	allowedExchanges  []string
+	registrationToken string
+	corsOrigins       []string
+	maxBody           int64
+	shutdownTimeout   time.Duration
+	logLevel          slog.Level
+}
+
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	env := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("messd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	port := fs.String("port", env("PORT", "3000"), "TCP port to listen on (PORT)")
+	addr := fs.String("addr", env("ADDR", ""), "listen address host:port; overrides -port (ADDR)")
+	storageType := fs.String("storage-type", env("STORAGE_TYPE", "filesystem"), "storage backend: filesystem (STORAGE_TYPE)")
+	storagePath := fs.String("storage-path", env("STORAGE_PATH", "./data"), "data directory for the filesystem backend (STORAGE_PATH)")
+	capDir := fs.String("capabilities-dir", env("CAPABILITIES_DIR", "./capabilities"), "directory of capability YAML files (CAPABILITIES_DIR)")
+	open := fs.Bool("open-registration", env("MESS_OPEN_REGISTRATION", "") == "true", "let anyone register in any exchange without an invite (MESS_OPEN_REGISTRATION=true)")
+	openEx := fs.String("open-exchanges", env("MESS_OPEN_EXCHANGES", ""), "comma-separated exchanges open to registration without invites (MESS_OPEN_EXCHANGES)")
+	allowed := fs.String("allowed-exchanges", env("MESS_ALLOWED_EXCHANGES", ""), "comma-separated exchanges that may exist; empty allows any (MESS_ALLOWED_EXCHANGES)")
+	regToken := fs.String("registration-token", env("MESS_REGISTRATION_TOKEN", ""), "server-wide token that admits a registration to any exchange (MESS_REGISTRATION_TOKEN)")
+	cors := fs.String("cors-origins", env("CORS_ORIGINS", "*"), "comma-separated allowed CORS origins (CORS_ORIGINS)")
+	maxBody := fs.Int64("max-body-bytes", envInt(getenv, "MAX_BODY_BYTES", 10<<20), "largest request body accepted (MAX_BODY_BYTES)")
+	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for requests in flight")
+	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	c := config{
+		addr:              *addr,
+		storageType:       *storageType,
+		storagePath:       *storagePath,
+		capabilitiesDir:   *capDir,
+		openRegistration:  *open,
+		openExchanges:     splitList(*openEx),
+		allowedExchanges:  splitList(*allowed),
+		registrationToken: *regToken,
+		corsOrigins:       splitList(*cors),
+		maxBody:           *maxBody,
+		shutdownTimeout:   *shutdown,
+	}
+	if c.addr == "" {
+		p, err := strconv.Atoi(*port)
+		if err != nil || p < 0 || p > 65535 {
+			return config{}, fmt.Errorf("invalid port %q", *port)
+		}
+		c.addr = ":" + *port
+	}
+	if c.maxBody <= 0 {
+		return config{}, errors.New("max-body-bytes must be positive")
+	}
+	if err := c.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return config{}, fmt.Errorf("invalid log level %q", *level)
+	}
+	return c, nil
+}
+
+func envInt(getenv func(string) string, k string, def int64) int64 {
+	if v, err := strconv.ParseInt(getenv(k), 10, 64); err == nil {
+		return v
+	}
+	return def
+}
+
+func splitList(s string) []string {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// openStore opens the configured backend and, for the filesystem, takes an
+// exclusive lock on the directory: the in-memory projections assume one
+// server per data directory.
+func openStore(c config) (storage.Store, func(), error) {
+	switch c.storageType {
+	case "filesystem", "fs", "":
+		fs, err := storage.NewFS(c.storagePath)
+		if err != nil {
+			return nil, nil, err
+		}
+		f, err := os.OpenFile(filepath.Join(fs.Root(), ".lock", "messd"), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			fs.Close()
+			return nil, nil, err
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			fs.Close()
+			return nil, nil, fmt.Errorf("%s is in use by another messd: %w", fs.Root(), err)
+		}
+		return fs, func() { f.Close(); fs.Close() }, nil
+	default:
+		return nil, nil, fmt.Errorf("unknown STORAGE_TYPE %q (supported: filesystem)", c.storageType)
+	}
+}
+
+// run starts the server and blocks until ctx ends, then shuts down in
+// order: stop accepting, drain requests, close services, close storage.
+// ready, if not nil, receives the listening address.
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready chan<- string) error {
+	c, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.logLevel}))
+	store, closeStore, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	start := time.Now()
+	svc, err := mess.New(ctx, mess.Config{
+		Store:             store,
+		Logger:            logger,
+		OpenRegistration:  c.openRegistration,
+		OpenExchanges:     c.openExchanges,
+		AllowedExchanges:  c.allowedExchanges,
+		RegistrationToken: c.registrationToken,
+	})
+	if err != nil {
+		return err
+	}
+	logger.Info("state rebuilt", "took", time.Since(start).Round(time.Millisecond))
+
+	// Requests that wait (long-polls, event streams, sockets) end when
+	// this context is cancelled at shutdown.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	e, closers, err := newServer(c, svc, store, logger, getenv)
+	if err != nil {
+		svc.Close(context.Background())
+		return err
+	}
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		svc.Close(context.Background())
+		return err
+	}
+	srv := &http.Server{
+		Handler:           e,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+	logger.Info("messd listening", "addr", ln.Addr().String(), "storage", c.storageType, "path", c.storagePath)
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	cancelBase()
+	if serr := srv.Shutdown(sctx); serr != nil {
+		logger.Warn("http shutdown", "err", serr)
+	}
+	for i := len(closers) - 1; i >= 0; i-- {
+		if cerr := closers[i](sctx); cerr != nil {
+			logger.Warn("close service", "err", cerr)
+		}
+	}
+	if cerr := svc.Close(sctx); cerr != nil {
+		logger.Warn("close exchange", "err", cerr)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,473 @@
+package mess
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// Config configures a Service. Zero values get the documented defaults.
+type Config struct {
+	// Store holds the event log, executors and exchange records. Required.
+	Store storage.Store
+	// Now is the clock. Zero means time.Now.
+	Now func() time.Time
+	// Logger receives operational messages. Zero means slog.Default().
+	Logger *slog.Logger
+
+	// OpenRegistration lets anyone register in any exchange without an
+	// invite. Off by default: the first registrant of an exchange becomes its
+	// owner and everyone after needs an invite or the RegistrationToken.
+	OpenRegistration bool
+	// OpenExchanges are exchanges that accept registrations without invites.
+	OpenExchanges []string
+	// RegistrationToken, when set, lets a registration that presents it join
+	// any exchange (or create one).
+	RegistrationToken string
+	// AllowedExchanges, when non-empty, is the only exchanges that may exist.
+	AllowedExchanges []string
+
+	// IdempotencyTTL is how long an Idempotency-Key is remembered. Zero means 24h.
+	IdempotencyTTL time.Duration
+	// EventBuffer is how many recent events each exchange keeps for stream
+	// resumption. Zero means 10,000.
+	EventBuffer int
+	// ExpiryInterval is how often needed_by deadlines are checked. Zero means 1s.
+	ExpiryInterval time.Duration
+}
+
+// Service is the MESS exchange: threads, executors and their keys for any
+// number of exchanges. State is an in-memory projection of the event log
+// rebuilt by New; every change is durable before its method returns.
+type Service struct {
+	cfg     Config
+	store   storage.Store
+	journal *journal.Journal
+	log     *slog.Logger
+
+	mu        sync.RWMutex
+	exchanges map[string]*exchange
+	keys      map[[32]byte]keyRef
+
+	listenMu  sync.RWMutex
+	listeners []func(Event)
+
+	closed  atomic.Bool
+	stop    chan struct{}
+	bg      sync.WaitGroup
+	openSet map[string]bool
+	allowed map[string]bool
+}
+
+// New opens the service on cfg.Store and rebuilds its state from the log.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("mess: Config.Store is required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.IdempotencyTTL <= 0 {
+		cfg.IdempotencyTTL = 24 * time.Hour
+	}
+	if cfg.EventBuffer <= 0 {
+		cfg.EventBuffer = 10000
+	}
+	if cfg.ExpiryInterval <= 0 {
+		cfg.ExpiryInterval = time.Second
+	}
+	s := &Service{
+		cfg:       cfg,
+		store:     cfg.Store,
+		log:       cfg.Logger,
+		exchanges: map[string]*exchange{},
+		keys:      map[[32]byte]keyRef{},
+		stop:      make(chan struct{}),
+		openSet:   map[string]bool{},
+		allowed:   map[string]bool{},
+	}
+	for _, id := range cfg.OpenExchanges {
+		if !ValidID(id) {
+			return nil, fmt.Errorf("mess: OpenExchanges: invalid exchange id %q", id)
+		}
+		s.openSet[id] = true
+	}
+	for _, id := range cfg.AllowedExchanges {
+		if !ValidID(id) {
+			return nil, fmt.Errorf("mess: AllowedExchanges: invalid exchange id %q", id)
+		}
+		s.allowed[id] = true
+	}
+	if err := s.load(ctx); err != nil {
+		return nil, err
+	}
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	s.journal = j
+	s.bg.Add(1)
+	go s.sweep()
+	return s, nil
+}
+
+// Close stops background work and waits for writes in flight. It is idempotent.
+func (s *Service) Close(ctx context.Context) error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	close(s.stop)
+	s.bg.Wait()
+	err := s.journal.Close(ctx)
+	s.flushLastSeen(ctx)
+	s.mu.RLock()
+	for _, ex := range s.exchanges {
+		ex.mu.Lock()
+		close(ex.changed)
+		ex.changed = make(chan struct{})
+		ex.mu.Unlock()
+	}
+	s.mu.RUnlock()
+	return err
+}
+
+// OnEvent registers fn to be called with every event after it is durable and
+// applied, in the order events are applied within a thread. fn must not
+// block; it runs on the writer's goroutine.
+func (s *Service) OnEvent(fn func(Event)) {
+	s.listenMu.Lock()
+	s.listeners = append(s.listeners, fn)
+	s.listenMu.Unlock()
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
+
+func (s *Service) checkOpen() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// exchange is the in-memory state of one exchange. mu guards every field and
+// the state of its threads; a thread's own mutex serialises its writers.
+type exchange struct {
+	id string
+
+	mu          sync.RWMutex
+	meta        *exchangeMeta
+	metaVersion string
+	executors   map[string]*executorRec
+	threads     map[string]*thread
+	order       []orderEntry // update order, oldest first; stale entries skipped
+	stale       int
+	useq        uint64
+	version     uint64
+	changed     chan struct{}
+	ring        []Event
+	ringStart   int // index of the oldest event in ring once it is full
+	idem        map[string]*idemEntry
+
+	execMu sync.Mutex // serialises executor and exchange-record writes
+}
+
+type orderEntry struct {
+	useq uint64
+	t    *thread
+}
+
+type idemEntry struct {
+	ref  string
+	at   time.Time
+	done chan struct{} // closed when the first request finished
+	err  error
+}
+
+func newExchange(id string) *exchange {
+	return &exchange{
+		id:        id,
+		executors: map[string]*executorRec{},
+		threads:   map[string]*thread{},
+		changed:   make(chan struct{}),
+		idem:      map[string]*idemEntry{},
+	}
+}
+
+// exchange returns the state of id, creating it in memory if create is set.
+func (s *Service) exchange(id string, create bool) *exchange {
+	s.mu.RLock()
+	ex := s.exchanges[id]
+	s.mu.RUnlock()
+	if ex != nil || !create {
+		return ex
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ex = s.exchanges[id]; ex == nil {
+		ex = newExchange(id)
+		s.exchanges[id] = ex
+	}
+	return ex
+}
+
+// notifyLocked wakes waiters; ex.mu must be held for writing.
+func (ex *exchange) notifyLocked() {
+	ex.version++
+	close(ex.changed)
+	ex.changed = make(chan struct{})
+}
+
+func (ex *exchange) pushEventLocked(ev Event, max int) {
+	if len(ex.ring) < max {
+		ex.ring = append(ex.ring, ev)
+		return
+	}
+	ex.ring[ex.ringStart] = ev
+	ex.ringStart = (ex.ringStart + 1) % max
+}
+
+// touchLocked moves t to the front of the update order.
+func (ex *exchange) touchLocked(t *thread) {
+	ex.useq++
+	if t.useq != 0 {
+		ex.stale++
+	}
+	t.useq = ex.useq
+	ex.order = append(ex.order, orderEntry{ex.useq, t})
+	if ex.stale > 1024 && ex.stale > len(ex.order)/2 {
+		live := ex.order[:0]
+		for _, e := range ex.order {
+			if e.t.useq == e.useq {
+				live = append(live, e)
+			}
+		}
+		clear(ex.order[len(live):])
+		ex.order = live
+		ex.stale = 0
+	}
+}
+
+// thread is a thread's state plus what its writers need.
+type thread struct {
+	mu        sync.Mutex // held by a writer from validation to apply
+	ready     bool       // false while the creating write is in flight
+	useq      uint64
+	confirmed bool
+	caps      []string
+	idemKey   string
+	Thread
+}
+
+func partition(exchangeID string, t time.Time) string {
+	return fmt.Sprintf("events/exchange=%s/%04d/%02d/%02d", exchangeID, t.Year(), t.Month(), t.Day())
+}
+
+// commit makes events durable, then applies them to ex under its lock.
+// The caller holds the thread's mutex when the events touch a thread.
+func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded []any) error {
+	lines := make([][]byte, len(evs))
+	for i := range evs {
+		b, err := json.Marshal(evs[i])
+		if err != nil {
+			return fmt.Errorf("mess: encode event: %w", err)
+		}
+		lines[i] = b
+	}
+	if err := s.journal.Append(ctx, partition(ex.id, evs[0].TS), lines...); err != nil {
+		if errors.Is(err, journal.ErrClosed) {
+			return ErrClosed
+		}
+		return fmt.Errorf("mess: append events: %w", err)
+	}
+	ex.mu.Lock()
+	for i := range evs {
+		s.applyLocked(ex, &evs[i], decoded[i])
+		ex.pushEventLocked(evs[i], s.cfg.EventBuffer)
+	}
+	ex.notifyLocked()
+	ex.mu.Unlock()
+	s.listenMu.RLock()
+	for _, fn := range s.listeners {
+		for _, ev := range evs {
+			fn(ev)
+		}
+	}
+	s.listenMu.RUnlock()
+	return nil
+}
+
+func (s *Service) newEvent(ex *exchange, ref string, typ, actor string, seq int64, ts time.Time, payload any) (Event, error) {
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return Event{}, fmt.Errorf("mess: encode payload: %w", err)
+	}
+	var r *string
+	if ref != "" {
+		r = &ref
+	}
+	return Event{
+		EventID:    s.journal.NewID(ts).String(),
+		TS:         ts,
+		ExchangeID: ex.id,
+		ThreadRef:  r,
+		EventType:  typ,
+		ActorID:    actor,
+		Seq:        seq,
+		Payload:    b,
+	}, nil
+}
+
+// applyLocked folds one event into state. It is used both live and during
+// replay; events at or below a thread's current seq are duplicates.
+func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
+	if ev.ThreadRef == nil {
+		return
+	}
+	ref := *ev.ThreadRef
+	t := ex.threads[ref]
+	if ev.EventType == EventThreadCreated {
+		tc, ok := p.(*threadCreatedPayload)
+		if !ok {
+			return
+		}
+		if t == nil {
+			t = &thread{}
+			ex.threads[ref] = t
+		} else if t.ready {
+			return // a replayed duplicate
+		}
+		req := tc.Request
+		t.ready = true
+		t.Thread = Thread{
+			Ref:         ref,
+			Status:      StatusPending,
+			Intent:      req.Intent,
+			RequestorID: tc.RequestorID,
+			Priority:    req.Priority,
+			CreatedAt:   ev.TS,
+			UpdatedAt:   ev.TS,
+			Seq:         ev.Seq,
+			NeededBy:    req.NeededBy,
+			Request:     &req,
+		}
+		if t.Priority == "" {
+			t.Priority = PriorityNormal
+		}
+		t.caps, _ = req.RequiredCapabilities()
+		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "created", NewStatus: StatusPending})
+		if tc.IdempotencyKey != "" {
+			t.idemKey = tc.IdempotencyKey
+			k := idemKey(tc.RequestorID, tc.IdempotencyKey)
+			if _, ok := ex.idem[k]; !ok && s.now().Sub(ev.TS) < s.cfg.IdempotencyTTL {
+				done := make(chan struct{})
+				close(done)
+				ex.idem[k] = &idemEntry{ref: ref, at: ev.TS, done: done}
+			}
+		}
+		ex.touchLocked(t)
+		return
+	}
+	if t == nil || !t.ready || ev.Seq <= t.Seq {
+		return
+	}
+	t.Seq = ev.Seq
+	t.UpdatedAt = ev.TS
+	switch p := p.(type) {
+	case *messagePayload:
+		t.Messages = append(t.Messages, Message{From: ev.ActorID, TS: ev.TS, Mess: p.Mess})
+		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "message"})
+	case *statusPayload:
+		t.Status = p.NewStatus
+		t.ExecutorID = p.ExecutorID
+		if p.Confirmed {
+			t.confirmed = true
+		}
+		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "status", OldStatus: p.OldStatus, NewStatus: p.NewStatus, Message: p.Message})
+	case *externalIDPayload:
+		t.ExternalID = p.ExternalID
+	}
+	ex.touchLocked(t)
+}
+
+func idemKey(requestor, key string) string { return requestor + "\x00" + key }
+
+// sweep expires pending threads whose needed_by has passed and forgets old
+// idempotency keys.
+func (s *Service) sweep() {
+	defer s.bg.Done()
+	tick := time.NewTicker(s.cfg.ExpiryInterval)
+	defer tick.Stop()
+	lastSeenFlush := s.now()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		}
+		now := s.now()
+		if now.Sub(lastSeenFlush) > time.Minute {
+			lastSeenFlush = now
+			s.flushLastSeen(context.Background())
+		}
+		s.mu.RLock()
+		exs := make([]*exchange, 0, len(s.exchanges))
+		for _, ex := range s.exchanges {
+			exs = append(exs, ex)
+		}
+		s.mu.RUnlock()
+		for _, ex := range exs {
+			var due []string
+			ex.mu.Lock()
+			for k, e := range ex.idem {
+				if e.ref != "" && now.Sub(e.at) > s.cfg.IdempotencyTTL {
+					delete(ex.idem, k)
+				}
+			}
+			for ref, t := range ex.threads {
+				if t.ready && t.NeededBy != nil && !t.NeededBy.After(now) && t.Status == StatusPending {
+					due = append(due, ref)
+				}
+			}
+			ex.mu.Unlock()
+			slices.Sort(due)
+			for _, ref := range due {
+				_, err := s.transition(context.Background(), ex, systemActor, ref, Update{Status: string(StatusExpired), Message: "needed_by passed before anyone claimed it"})
+				if err != nil && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrClosed) {
+					s.log.Warn("expire thread", "exchange", ex.id, "ref", ref, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// systemActor is the actor of changes the exchange itself makes.
+const systemActor = "exchange"
+
+func (s *Service) loadExchangeForRead(exchangeID string) (*exchange, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	if !ValidID(exchangeID) {
+		return nil, errorf(ErrInvalid, "invalid exchange id")
+	}
+	ex := s.exchange(exchangeID, false)
+	if ex == nil {
+		return nil, errorf(ErrNotFound, "exchange not found")
+	}
+	return ex, nil
+}
+
+func trimLower(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
