@@ -1,7 +1,9 @@
 package lease_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
@@ -43,3 +45,5 @@ func interesting(stacks string) string {
 	}
 	return strings.Join(out, "\n\n")
 }
+
+func decodeJSON(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }

@@ -1,0 +1,189 @@
+package lease
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls the lease HTTP API of one exchange as the agent that owns
+// its API key. It is safe for concurrent use.
+type Client struct {
+	base string // .../api/v1/exchanges/{id}/leases/
+	key  string
+	hc   *http.Client
+}
+
+// NewClient returns a client for the lease API at baseURL (the server root,
+// e.g. "http://127.0.0.1:8080"). A nil hc means a client with its own
+// connection pool and no overall timeout: calls are bounded by their ctx,
+// and a blocking acquire may legitimately take as long as its wait.
+func NewClient(baseURL, exchangeID, apiKey string, hc *http.Client) *Client {
+	if hc == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 256
+		hc = &http.Client{Transport: t}
+	}
+	return &Client{
+		base: strings.TrimRight(baseURL, "/") + "/api/v1/exchanges/" + url.PathEscape(exchangeID) + "/leases/",
+		key:  apiKey,
+		hc:   hc,
+	}
+}
+
+// CloseIdleConnections closes the client's idle keep-alive connections.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
+// APIError is an error response from the server. It unwraps to the
+// package's sentinel for its code (ErrStaleToken for "stale_token", ...),
+// so callers test it with errors.Is like in-process errors.
+type APIError struct {
+	StatusCode int
+	Code       string
+	Message    string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("lease: server: %d %s: %s", e.StatusCode, e.Code, e.Message)
+}
+
+var codeErrors = map[string]error{
+	"stale_token":   ErrStaleToken,
+	"not_held":      ErrNotHeld,
+	"invalid_name":  ErrInvalidName,
+	"invalid_ttl":   ErrInvalidTTL,
+	"invalid_id":    ErrInvalidID,
+	"invalid_token": ErrInvalidToken,
+	"unauthorized":  ErrUnauthorized,
+	"forbidden":     ErrForbidden,
+	"unavailable":   ErrClosed,
+}
+
+// Unwrap returns the sentinel matching the error code, if any.
+func (e *APIError) Unwrap() error { return codeErrors[e.Code] }
+
+func (c *Client) do(ctx context.Context, method, op string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+op, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("lease: %s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("lease: %s: read response: %w", op, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e errorResponse
+		if json.Unmarshal(data, &e) != nil || e.Code == "" {
+			e = errorResponse{Code: "http_" + fmt.Sprint(resp.StatusCode), Error: strings.TrimSpace(string(data))}
+		}
+		return &APIError{StatusCode: resp.StatusCode, Code: e.Code, Message: e.Error}
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("lease: %s: decode response: %w", op, err)
+	}
+	return nil
+}
+
+func ms(d time.Duration) int64 {
+	// Round up so a sub-millisecond TTL is not sent as zero.
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+func (j leaseJSON) grant() Grant {
+	return Grant{Name: j.File, Holder: j.AgentID, Token: j.Token, ExpiresAt: time.UnixMilli(j.ExpiresAt)}
+}
+
+// Acquire asks for the lease on name for ttl. When another agent holds it,
+// the error is a *HeldError (errors.Is(err, ErrHeld)).
+func (c *Client) Acquire(ctx context.Context, name string, ttl time.Duration) (Grant, error) {
+	return c.AcquireWait(ctx, name, ttl, 0)
+}
+
+// AcquireWait is Acquire that waits on the server up to wait for a held
+// lease, in first-come-first-served order.
+func (c *Client) AcquireWait(ctx context.Context, name string, ttl, wait time.Duration) (Grant, error) {
+	var resp acquireResponse
+	if err := c.do(ctx, http.MethodPost, "acquire", acquireRequest{File: name, TTLMs: ms(ttl), WaitMs: ms(wait)}, &resp); err != nil {
+		return Grant{}, err
+	}
+	if !resp.Acquired {
+		return Grant{}, &HeldError{Name: resp.File, Holder: resp.AgentID, ExpiresAt: time.UnixMilli(resp.ExpiresAt)}
+	}
+	return Grant{Name: resp.File, Holder: resp.AgentID, Token: resp.Token, ExpiresAt: time.UnixMilli(resp.ExpiresAt)}, nil
+}
+
+// Renew extends the lease granted with token to ttl from now (never
+// shortening it). Errors match ErrStaleToken or ErrNotHeld.
+func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.Duration) (Grant, error) {
+	var resp renewResponse
+	if err := c.do(ctx, http.MethodPost, "renew", renewRequest{File: name, Token: token, TTLMs: ms(ttl)}, &resp); err != nil {
+		return Grant{}, err
+	}
+	return resp.grant(), nil
+}
+
+// Release gives up the lease granted with token and reports whether it was
+// released (false: not the holder, stale token, or already expired).
+func (c *Client) Release(ctx context.Context, name string, token uint64) (released bool, err error) {
+	var resp releaseResponse
+	if err := c.do(ctx, http.MethodPost, "release", releaseRequest{File: name, Token: token}, &resp); err != nil {
+		return false, err
+	}
+	return resp.Released, nil
+}
+
+// Status reports the lease on name.
+func (c *Client) Status(ctx context.Context, name string) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodPost, "status", statusRequest{File: name}, &st)
+	return st, err
+}
+
+// List returns the live leases of the exchange, only agentID's when it is
+// not empty.
+func (c *Client) List(ctx context.Context, agentID string) ([]Grant, error) {
+	var resp listResponse
+	op := "list"
+	if agentID != "" {
+		op += "?agent=" + url.QueryEscape(agentID)
+	}
+	if err := c.do(ctx, http.MethodGet, op, nil, &resp); err != nil {
+		return nil, err
+	}
+	out := make([]Grant, 0, len(resp.Leases))
+	for _, l := range resp.Leases {
+		out = append(out, l.grant())
+	}
+	return out, nil
+}
+
+// ReleaseAll releases every lease the client's agent holds and returns how
+// many were released.
+func (c *Client) ReleaseAll(ctx context.Context) (int, error) {
+	var resp releaseAllResponse
+	err := c.do(ctx, http.MethodPost, "release-all", struct{}{}, &resp)
+	return resp.Released, err
+}
