@@ -318,6 +318,10 @@ func (s *Service) transition(ctx context.Context, ex *exchange, actorID, ref str
 	var decoded []any
 	now := s.now()
 	seq := t.Seq
+	if to != "" && to == cur && executorStatuses[to] && t.ExecutorID != nil && *t.ExecutorID != actorID {
+		// Repeating the current status is a no-op only for the claimant.
+		return result(), errorf(ErrConflict, "thread is claimed by %s", *t.ExecutorID).with("status", cur).with("executor_id", *t.ExecutorID)
+	}
 	if to != "" && to != cur {
 		exec, confirmed, err := decide(&t.Thread, t.confirmed, actorID, to)
 		if err != nil {

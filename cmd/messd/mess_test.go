@@ -1,0 +1,672 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Ensure the seed README's curl workflow works as written on a server with
+// default (closed) registration: the first registrant owns the exchange.
+func TestSeedWorkflow(t *testing.T) {
+	ts := startServer(t, withEnv("MESS_OPEN_REGISTRATION", "false"))
+	var reg struct {
+		ExecutorID string `json:"executor_id"`
+		APIKey     string `json:"api_key"`
+		Message    string `json:"message"`
+	}
+	if code := ts.do(t, "POST", ts.api("home")+"/register", "", map[string]any{"executor_id": "phone", "display_name": "My Phone"}, &reg); code != 201 {
+		t.Fatalf("register = %d", code)
+	}
+	if !strings.HasPrefix(reg.APIKey, "mess_home_") || len(reg.APIKey) < len("mess_home_")+32 || reg.ExecutorID != "phone" || reg.Message == "" {
+		t.Fatalf("register response = %+v", reg)
+	}
+	key := reg.APIKey
+	ref := ts.create(t, "home", key, map[string]any{"intent": "Check front door", "priority": "normal"})
+	if !strings.HasPrefix(ref, time.Now().UTC().Format("2006-01-02")+"-") || len(ref) != 15 {
+		t.Fatalf("ref = %q", ref)
+	}
+	var upd struct{ Ref, Status string }
+	if code := ts.do(t, "PATCH", ts.api("home")+"/requests/"+ref, key, map[string]any{"status": "claimed"}, &upd); code != 200 || upd.Status != "claimed" {
+		t.Fatalf("claim = %d %+v", code, upd)
+	}
+	body := `{"status":"completed","mess":[{"response":{"content":["Door is locked ✓"]}}]}`
+	if code := ts.do(t, "PATCH", ts.api("home")+"/requests/"+ref, key, body, &upd); code != 200 || upd.Status != "completed" {
+		t.Fatalf("complete = %d %+v", code, upd)
+	}
+	th := ts.thread(t, "home", key, ref).Thread
+	if th.Status != "completed" || th.ExecutorID == nil || *th.ExecutorID != "phone" || th.Intent != "Check front door" {
+		t.Fatalf("thread = %+v", th)
+	}
+	if len(th.Messages) != 2 || !strings.Contains(string(th.Messages[1].Mess), "Door is locked") {
+		t.Fatalf("messages = %+v", th.Messages)
+	}
+	var statuses []string
+	for _, h := range th.History {
+		if h.Type == "status" {
+			statuses = append(statuses, h.NewStatus)
+		}
+	}
+	if strings.Join(statuses, ",") != "claimed,completed" {
+		t.Fatalf("status history = %v", statuses)
+	}
+	var list struct {
+		Threads []struct{ Ref, Status string } `json:"threads"`
+	}
+	ts.do(t, "GET", ts.api("home")+"/requests?status=completed", key, nil, &list)
+	if len(list.Threads) != 1 || list.Threads[0].Ref != ref {
+		t.Fatalf("list = %+v", list)
+	}
+}
+
+func TestRegistration(t *testing.T) {
+	ts := startServer(t,
+		withEnv("MESS_OPEN_REGISTRATION", "false"),
+		withEnv("MESS_REGISTRATION_TOKEN", "server-secret"),
+		withEnv("MESS_OPEN_EXCHANGES", "lobby"),
+	)
+	owner := ts.register(t, "team_a", "boss") // "_" in the exchange id must work
+	var e struct{ Error string }
+	if code := ts.do(t, "POST", ts.api("team_a")+"/register", "", map[string]any{"executor_id": "stranger"}, &e); code != 403 {
+		t.Fatalf("uninvited registration = %d, want 403", code)
+	}
+	var inv struct{ Token string }
+	if code := ts.do(t, "POST", ts.api("team_a")+"/invites", owner, map[string]any{"max_uses": 1}, &inv); code != 201 || inv.Token == "" {
+		t.Fatalf("invite = %d %+v", code, inv)
+	}
+	if code := ts.do(t, "POST", ts.api("team_a")+"/register", "", map[string]any{"executor_id": "friend", "invite_token": inv.Token}, nil); code != 201 {
+		t.Fatalf("invited registration = %d", code)
+	}
+	if code := ts.do(t, "POST", ts.api("team_a")+"/register", "", map[string]any{"executor_id": "friend2", "invite_token": inv.Token}, nil); code != 403 {
+		t.Fatalf("reused single-use invite = %d, want 403", code)
+	}
+	friendKey := ""
+	// Only the owner invites.
+	var r struct {
+		APIKey string `json:"api_key"`
+	}
+	ts.do(t, "POST", ts.api("team_a")+"/register", "", map[string]any{"executor_id": "viatoken", "registration_token": "server-secret"}, &r)
+	if r.APIKey == "" {
+		t.Fatal("registration with the server token failed")
+	}
+	friendKey = r.APIKey
+	if code := ts.do(t, "POST", ts.api("team_a")+"/invites", friendKey, nil, nil); code != 403 {
+		t.Fatalf("non-owner invite = %d, want 403", code)
+	}
+	if code := ts.do(t, "POST", ts.api("team_a")+"/register", "", map[string]any{"executor_id": "boss"}, nil); code != 409 {
+		t.Fatalf("duplicate executor = %d, want 409", code)
+	}
+	// An open exchange admits anyone after its owner.
+	ts.register(t, "lobby", "first")
+	ts.register(t, "lobby", "second")
+	if code := ts.do(t, "POST", ts.api("team_a")+"/register", "", map[string]any{}, &e); code != 400 || e.Error != "executor_id required" {
+		t.Fatalf("missing executor_id = %d %q", code, e.Error)
+	}
+	// Keys are exchange-bound: a team_a key is forbidden in lobby.
+	if code := ts.do(t, "GET", ts.api("lobby")+"/requests", owner, nil, nil); code != 403 {
+		t.Fatalf("key of another exchange = %d, want 403", code)
+	}
+	if code := ts.do(t, "GET", ts.api("team_a")+"/requests", "mess_team_a_00000000000000000000000000000000", nil, nil); code != 401 {
+		t.Fatalf("unknown key = %d, want 401", code)
+	}
+	if code := ts.do(t, "GET", ts.api("team_a")+"/requests", "", nil, nil); code != 401 {
+		t.Fatalf("no key = %d, want 401", code)
+	}
+	// The executor file holds a hash, never the key.
+	data, err := os.ReadFile(filepath.Join(ts.DataDir, "executors", "exchange=team_a", "boss.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), owner) || strings.Contains(string(data), owner[len("mess_team_a_"):]) {
+		t.Fatal("API key stored in plain text")
+	}
+}
+
+func TestAllowedExchanges(t *testing.T) {
+	ts := startServer(t, withEnv("MESS_ALLOWED_EXCHANGES", "home,work"))
+	ts.register(t, "home", "a")
+	if code := ts.do(t, "POST", ts.api("elsewhere")+"/register", "", map[string]any{"executor_id": "a"}, nil); code != 403 {
+		t.Fatalf("registration in a disallowed exchange = %d, want 403", code)
+	}
+}
+
+// Ensure every role rule of the transition table holds.
+func TestStatusRules(t *testing.T) {
+	ts := startServer(t)
+	keys := map[string]string{}
+	for _, id := range []string{"req", "exec", "other"} {
+		keys[id] = ts.register(t, "rules", id)
+	}
+	type step struct {
+		who, status string
+		want        int
+	}
+	tests := []struct {
+		name  string
+		req   map[string]any
+		steps []step
+		final string
+	}{
+		{"claim then complete", nil, []step{{"exec", "claimed", 200}, {"exec", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
+		{"aliases stored canonically", nil, []step{{"exec", "claimed", 200}, {"exec", "in-progress", 200}, {"exec", "needs-input", 200}}, "needs_input"},
+		{"implicit claim on complete", nil, []step{{"exec", "completed", 200}}, "completed"},
+		{"only claimant moves a claimed thread", nil, []step{{"exec", "claimed", 200}, {"other", "in_progress", 409}, {"other", "completed", 409}, {"req", "completed", 409}}, "claimed"},
+		{"second claim conflicts", nil, []step{{"exec", "claimed", 200}, {"other", "claimed", 409}}, "claimed"},
+		{"requestor cancels", nil, []step{{"exec", "claimed", 200}, {"req", "cancelled", 200}}, "cancelled"},
+		{"others cannot cancel", nil, []step{{"exec", "canceled", 403}, {"other", "cancelled", 403}}, "pending"},
+		{"terminal cannot reopen", nil, []step{{"exec", "completed", 200}, {"exec", "in_progress", 409}, {"req", "pending", 409}, {"req", "cancelled", 409}}, "completed"},
+		{"unknown status", nil, []step{{"exec", "banana", 400}}, "pending"},
+		{"decline needs a claim", nil, []step{{"exec", "declined", 409}, {"exec", "claimed", 200}, {"exec", "rejected", 200}}, "declined"},
+		{"executor releases claim", nil, []step{{"exec", "claimed", 200}, {"exec", "pending", 200}, {"other", "claimed", 200}}, "claimed"},
+		{"requestor answers needs_input", nil, []step{{"exec", "needs_input", 200}, {"req", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
+		{"nobody sets expired", nil, []step{{"req", "expired", 403}, {"exec", "expired", 403}}, "pending"},
+		{"confirm_before enforced", map[string]any{"confirm_before": true}, []step{
+			{"exec", "claimed", 200}, {"exec", "completed", 409}, {"exec", "needs_confirmation", 200},
+			{"req", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := map[string]any{"intent": tt.name}
+			for k, v := range tt.req {
+				body[k] = v
+			}
+			ref := ts.create(t, "rules", keys["req"], body)
+			for i, s := range tt.steps {
+				var res map[string]any
+				code := ts.do(t, "PATCH", ts.api("rules")+"/requests/"+ref, keys[s.who], map[string]any{"status": s.status, "message": fmt.Sprintf("step %d", i)}, &res)
+				if code != s.want {
+					t.Fatalf("step %d: %s sets %s = %d %v, want %d", i, s.who, s.status, code, res, s.want)
+				}
+			}
+			if got := ts.thread(t, "rules", keys["req"], ref).Thread.Status; got != tt.final {
+				t.Fatalf("final status = %s, want %s", got, tt.final)
+			}
+		})
+	}
+	t.Run("status notes are in the history", func(t *testing.T) {
+		ref := ts.create(t, "rules", keys["req"], map[string]any{"intent": "notes"})
+		ts.do(t, "PATCH", ts.api("rules")+"/requests/"+ref, keys["exec"], map[string]any{"status": "claimed", "message": "on my way"}, nil)
+		h := ts.thread(t, "rules", keys["req"], ref).Thread.History
+		last := h[len(h)-1]
+		if last.Type != "status" || last.NewStatus != "claimed" || last.Message != "on my way" || last.ActorID != "exec" {
+			t.Fatalf("history = %+v", h)
+		}
+	})
+	t.Run("conflict names the claimant", func(t *testing.T) {
+		ref := ts.create(t, "rules", keys["req"], map[string]any{"intent": "who"})
+		ts.do(t, "PATCH", ts.api("rules")+"/requests/"+ref, keys["exec"], map[string]any{"status": "claimed"}, nil)
+		var res map[string]any
+		ts.do(t, "PATCH", ts.api("rules")+"/requests/"+ref, keys["other"], map[string]any{"status": "claimed"}, &res)
+		if res["executor_id"] != "exec" {
+			t.Fatalf("conflict body = %v, want executor_id exec", res)
+		}
+	})
+	t.Run("priority validated", func(t *testing.T) {
+		var res map[string]any
+		if code := ts.do(t, "POST", ts.api("rules")+"/requests", keys["req"], map[string]any{"intent": "x", "priority": "asap"}, &res); code != 400 {
+			t.Fatalf("bad priority = %d", code)
+		}
+		if code := ts.do(t, "POST", ts.api("rules")+"/requests", keys["req"], map[string]any{"priority": "urgent"}, &res); code != 400 || res["error"] != "intent required" {
+			t.Fatalf("missing intent = %d %v", code, res)
+		}
+	})
+	t.Run("request fields kept", func(t *testing.T) {
+		ref := ts.create(t, "rules", keys["req"], map[string]any{
+			"intent": "photo", "id": "client-7", "requires": []string{"photo:capture"}, "needed_by": "2099-01-01T00:00:00Z",
+			"confirm_before": true, "constraints": map[string]any{"location": "front door"}, "response_hints": []string{"image"},
+			"context": []string{"the red door"},
+		})
+		r := ts.thread(t, "rules", keys["req"], ref).Thread.Request
+		for _, f := range []string{"id", "requires", "needed_by", "confirm_before", "constraints", "response_hint", "context"} {
+			if len(r[f]) == 0 {
+				t.Errorf("field %s dropped: %v", f, r)
+			}
+		}
+	})
+}
+
+// Ensure that of many concurrent claims exactly one wins and every loser is
+// told who did.
+func TestConcurrentClaims(t *testing.T) {
+	ts := startServer(t)
+	req := ts.register(t, "race", "requestor")
+	const n = 16
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = ts.register(t, "race", fmt.Sprintf("ex%d", i))
+	}
+	for round := range 5 {
+		ref := ts.create(t, "race", req, map[string]any{"intent": fmt.Sprintf("round %d", round)})
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		winners := []string{}
+		losers := map[string]int{}
+		for i := range n {
+			wg.Go(func() {
+				var res map[string]any
+				code := ts.do(t, "PATCH", ts.api("race")+"/requests/"+ref, keys[i], map[string]any{"status": "claimed"}, &res)
+				mu.Lock()
+				defer mu.Unlock()
+				switch code {
+				case 200:
+					winners = append(winners, fmt.Sprintf("ex%d", i))
+				case 409:
+					losers[fmt.Sprint(res["executor_id"])]++
+				default:
+					t.Errorf("claim = %d %v", code, res)
+				}
+			})
+		}
+		wg.Wait()
+		if len(winners) != 1 {
+			t.Fatalf("round %d: %d winners %v", round, len(winners), winners)
+		}
+		if losers[winners[0]] != n-1 {
+			t.Fatalf("round %d: losers saw claimants %v, want %s ×%d", round, losers, winners[0], n-1)
+		}
+		th := ts.thread(t, "race", req, ref).Thread
+		if th.ExecutorID == nil || *th.ExecutorID != winners[0] {
+			t.Fatalf("stored executor %v, winner %s", th.ExecutorID, winners[0])
+		}
+	}
+}
+
+// Ensure traversal attempts are rejected and write nothing outside the data
+// directory.
+func TestPathTraversal(t *testing.T) {
+	parent := t.TempDir()
+	data := filepath.Join(parent, "data")
+	ts := startServer(t, withDataDir(data))
+	key := ts.register(t, "safe", "owner")
+	attempts := []struct{ method, path, body string }{
+		{"POST", "/api/v1/exchanges/..%2F..%2Fevil/register", `{"executor_id":"x"}`},
+		{"POST", "/api/v1/exchanges/%2Ftmp%2Fevil/register", `{"executor_id":"x"}`},
+		{"POST", "/api/v1/exchanges/safe/register", `{"executor_id":"../../evil"}`},
+		{"POST", "/api/v1/exchanges/safe/register", `{"executor_id":"/tmp/evil"}`},
+		{"POST", "/api/v1/exchanges/safe/register", `{"executor_id":"a%2F..%2Fevil"}`},
+		{"POST", "/api/v1/exchanges/..%2Fevil/register", `{"executor_id":"x"}`},
+		{"GET", "/api/v1/exchanges/safe/requests/..%2F..%2Fexecutors", ""},
+		{"GET", "/api/v1/exchanges/safe/requests/2025-01-01-AAAA/attachments/..%2F..%2Fowner.json", ""},
+		{"PATCH", "/api/v1/exchanges/safe/executors/..%2Fowner", `{"display_name":"x"}`},
+	}
+	for _, a := range attempts {
+		code := ts.do(t, a.method, ts.URL+a.path, key, a.body, nil)
+		if code < 400 || code >= 500 {
+			t.Errorf("%s %s = %d, want a 4xx", a.method, a.path, code)
+		}
+	}
+	ents, _ := os.ReadDir(parent)
+	if len(ents) != 1 {
+		t.Fatalf("entries beside the data dir: %v", ents)
+	}
+	filepath.Walk(data, func(p string, info os.FileInfo, err error) error {
+		if strings.Contains(p, "evil") {
+			t.Errorf("traversal wrote %s", p)
+		}
+		return nil
+	})
+}
+
+// Ensure every failure is a JSON error with the right status, and the server
+// keeps serving.
+func TestErrorResponses(t *testing.T) {
+	ts := startServer(t, withEnv("MAX_BODY_BYTES", "4096"))
+	key := ts.register(t, "errs", "a")
+	tests := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"malformed JSON", "POST", "/requests", `{"intent":`, 400},
+		{"wrong type", "POST", "/requests", `{"intent":42}`, 400},
+		{"unknown route", "GET", "/nope", "", 404},
+		{"unknown thread", "GET", "/requests/2025-01-01-ZZZZ", "", 404},
+		{"bad ref", "GET", "/requests/not-a-ref", "", 404},
+		{"oversized body", "POST", "/requests", `{"intent":"` + strings.Repeat("x", 8000) + `"}`, 413},
+		{"bad limit", "GET", "/requests?limit=-1", "", 400},
+		{"bad cursor", "GET", "/requests?cursor=zzz", "", 400},
+		{"bad status filter", "GET", "/requests?status=banana", "", 400},
+		{"mess not an array", "PATCH", "/requests/2025-01-01-ZZZZ", `{"mess":"hi"}`, 400},
+		{"other's profile", "PATCH", "/executors/someone", `{"display_name":"x"}`, 403},
+	}
+	for _, tt := range tests {
+		var res map[string]any
+		code := ts.do(t, tt.method, ts.api("errs")+tt.path, key, tt.body, &res)
+		if code != tt.want {
+			t.Errorf("%s: status %d %v, want %d", tt.name, code, res, tt.want)
+		}
+		if res["error"] == nil || res["error"] == "" || res["code"] == nil {
+			t.Errorf("%s: body %v lacks error and code", tt.name, res)
+		}
+	}
+	ts.create(t, "errs", key, map[string]any{"intent": "still serving"})
+	var list struct{ Threads []any }
+	ts.do(t, "GET", ts.api("errs")+"/requests", key, nil, &list)
+	if len(list.Threads) != 1 {
+		t.Fatalf("failed requests left %d threads, want 1", len(list.Threads))
+	}
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "idem", "a")
+	post := func(k string) (int, string) {
+		req, _ := http.NewRequest("POST", ts.api("idem")+"/requests", strings.NewReader(`{"intent":"once"}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Idempotency-Key", k)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var res struct{ Ref string }
+		json.NewDecoder(resp.Body).Decode(&res)
+		return resp.StatusCode, res.Ref
+	}
+	var wg sync.WaitGroup
+	refs := make([]string, 8)
+	for i := range refs {
+		wg.Go(func() { _, refs[i] = post("k1") })
+	}
+	wg.Wait()
+	for _, r := range refs {
+		if r != refs[0] || r == "" {
+			t.Fatalf("same key gave refs %v", refs)
+		}
+	}
+	if _, r := post("k2"); r == refs[0] {
+		t.Fatal("different key returned the same thread")
+	}
+	// Remembered across a restart.
+	ts.Stop()
+	ts2 := startServer(t, withDataDir(ts.DataDir))
+	ts = ts2
+	if _, r := post("k1"); r != refs[0] {
+		t.Fatalf("after restart key k1 gave %s, want %s", r, refs[0])
+	}
+}
+
+func TestPaginationAndFilters(t *testing.T) {
+	ts := startServer(t)
+	a := ts.register(t, "pages", "a")
+	b := ts.register(t, "pages", "b")
+	var refs []string
+	for i := range 25 {
+		prio := "normal"
+		if i%5 == 0 {
+			prio = "urgent"
+		}
+		refs = append(refs, ts.create(t, "pages", a, map[string]any{"intent": fmt.Sprint(i), "priority": prio}))
+	}
+	for _, r := range refs[:3] {
+		ts.do(t, "PATCH", ts.api("pages")+"/requests/"+r, b, map[string]any{"status": "claimed"}, nil)
+	}
+	type page struct {
+		Threads    []struct{ Ref, Status, Priority string } `json:"threads"`
+		NextCursor string                                   `json:"next_cursor"`
+	}
+	seen := map[string]bool{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		var p page
+		ts.do(t, "GET", ts.api("pages")+"/requests?limit=7&cursor="+cursor, a, nil, &p)
+		for _, th := range p.Threads {
+			if seen[th.Ref] {
+				t.Fatalf("thread %s on two pages", th.Ref)
+			}
+			seen[th.Ref] = true
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		cursor = p.NextCursor
+		if pages > 5 {
+			t.Fatal("paging does not end")
+		}
+	}
+	if len(seen) != 25 {
+		t.Fatalf("pages covered %d threads, want 25", len(seen))
+	}
+	var p page
+	ts.do(t, "GET", ts.api("pages")+"/requests?executor_id=b&status=claimed,completed", a, nil, &p)
+	if len(p.Threads) != 3 || p.Threads[0].Ref != refs[2] {
+		t.Fatalf("executor filter = %+v", p.Threads)
+	}
+	ts.do(t, "GET", ts.api("pages")+"/requests?priority=urgent&status=pending", a, nil, &p)
+	if len(p.Threads) != 4 { // urgent are 0, 5, 10, 15, 20; 0 was claimed
+		t.Fatalf("priority filter gave %d, want 4", len(p.Threads))
+	}
+	ts.do(t, "GET", ts.api("pages")+"/requests?requestor_id=b", a, nil, &p)
+	if len(p.Threads) != 0 {
+		t.Fatalf("requestor filter gave %d, want 0", len(p.Threads))
+	}
+}
+
+func TestKeysRotateRevoke(t *testing.T) {
+	ts := startServer(t)
+	k1 := ts.register(t, "keys", "a")
+	var nk struct {
+		ID  string `json:"id"`
+		Key string `json:"api_key"`
+	}
+	if code := ts.do(t, "POST", ts.api("keys")+"/executors/a/keys", k1, nil, &nk); code != 201 || nk.Key == "" {
+		t.Fatalf("create key = %d", code)
+	}
+	k2 := nk.Key
+	for _, k := range []string{k1, k2} {
+		if code := ts.do(t, "GET", ts.api("keys")+"/requests", k, nil, nil); code != 200 {
+			t.Fatalf("key works = %d", code)
+		}
+	}
+	var me struct {
+		Executor struct {
+			APIKeys []map[string]any `json:"api_keys"`
+		}
+	}
+	ts.do(t, "GET", ts.api("keys")+"/executors/a", k2, nil, &me)
+	if len(me.Executor.APIKeys) != 2 {
+		t.Fatalf("keys listed = %v", me.Executor.APIKeys)
+	}
+	for _, k := range me.Executor.APIKeys {
+		if k["hash"] != nil && k["hash"] != "" {
+			t.Fatalf("key hash exposed: %v", k)
+		}
+	}
+	// Rotation revokes the others.
+	if code := ts.do(t, "POST", ts.api("keys")+"/executors/a/keys", k2, map[string]any{"revoke_others": true}, &nk); code != 201 {
+		t.Fatalf("rotate = %d", code)
+	}
+	k3 := nk.Key
+	for _, k := range []string{k1, k2} {
+		if code := ts.do(t, "GET", ts.api("keys")+"/requests", k, nil, nil); code != 401 {
+			t.Fatalf("revoked key = %d, want 401", code)
+		}
+	}
+	if code := ts.do(t, "DELETE", ts.api("keys")+"/executors/a/keys/"+nk.ID, k3, nil, nil); code != 409 {
+		t.Fatalf("revoking the only key = %d, want 409", code)
+	}
+	// Survives a restart.
+	ts.Stop()
+	ts = startServer(t, withDataDir(ts.DataDir))
+	if code := ts.do(t, "GET", ts.api("keys")+"/requests", k3, nil, nil); code != 200 {
+		t.Fatalf("rotated key after restart = %d", code)
+	}
+	if code := ts.do(t, "GET", ts.api("keys")+"/requests", k1, nil, nil); code != 401 {
+		t.Fatalf("revoked key after restart = %d", code)
+	}
+}
+
+func TestLongPoll(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "poll", "a")
+	ref := ts.create(t, "poll", key, map[string]any{"intent": "wait for me"})
+	th := ts.thread(t, "poll", key, ref).Thread
+	got := make(chan threadResp, 1)
+	go func() {
+		var tr threadResp
+		ts.do(t, "GET", fmt.Sprintf("%s/requests/%s?wait=30&after_seq=%d", ts.api("poll"), ref, th.Seq), key, nil, &tr)
+		got <- tr
+	}()
+	select {
+	case <-got:
+		t.Fatal("long-poll returned before any change")
+	case <-time.After(200 * time.Millisecond):
+	}
+	ts.do(t, "PATCH", ts.api("poll")+"/requests/"+ref, key, map[string]any{"status": "claimed"}, nil)
+	select {
+	case tr := <-got:
+		if tr.Thread.Status != "claimed" {
+			t.Fatalf("long-poll saw %s", tr.Thread.Status)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("long-poll did not return after the change")
+	}
+	// The list waits too.
+	var first struct{ Version uint64 }
+	ts.do(t, "GET", ts.api("poll")+"/requests", key, nil, &first)
+	listed := make(chan int, 1)
+	go func() {
+		var res struct{ Threads []any }
+		ts.do(t, "GET", fmt.Sprintf("%s/requests?wait=30&after=%d", ts.api("poll"), first.Version), key, nil, &res)
+		listed <- len(res.Threads)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	ts.create(t, "poll", key, map[string]any{"intent": "new"})
+	select {
+	case n := <-listed:
+		if n != 2 {
+			t.Fatalf("list after wait has %d threads, want 2", n)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("list long-poll did not return")
+	}
+}
+
+func TestEventStream(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "sse", "a")
+	open := func(last string) (*bufio.Reader, func()) {
+		req, _ := http.NewRequest("GET", ts.api("sse")+"/events", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		if last != "" {
+			req.Header.Set("Last-Event-ID", last)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+			t.Fatalf("events = %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		return bufio.NewReader(resp.Body), func() { resp.Body.Close() }
+	}
+	next := func(r *bufio.Reader) (id, typ string) {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("stream ended: %v", err)
+			}
+			line = strings.TrimRight(line, "\n")
+			switch {
+			case strings.HasPrefix(line, "id: "):
+				id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				typ = line[7:]
+			case line == "" && typ != "":
+				return id, typ
+			}
+		}
+	}
+	r, closeStream := open("")
+	ref := ts.create(t, "sse", key, map[string]any{"intent": "stream me"})
+	id1, typ1 := next(r)
+	_, typ2 := next(r)
+	if typ1 != "thread_created" || typ2 != "message_added" {
+		t.Fatalf("events %s, %s", typ1, typ2)
+	}
+	closeStream()
+	// Changes made while disconnected arrive on resume.
+	ts.do(t, "PATCH", ts.api("sse")+"/requests/"+ref, key, map[string]any{"status": "claimed"}, nil)
+	r, closeStream = open(id1)
+	defer closeStream()
+	if _, typ := next(r); typ != "message_added" {
+		t.Fatalf("first resumed event %s, want message_added", typ)
+	}
+	if _, typ := next(r); typ != "status_changed" {
+		t.Fatalf("second resumed event %s, want status_changed", typ)
+	}
+}
+
+// Ensure a change acknowledged with 2xx survives SIGKILL of the server, and
+// a torn last line in an event file does not stop the restart.
+func TestCrashDurability(t *testing.T) {
+	dir := t.TempDir()
+	start := func() (*exec.Cmd, string) {
+		addrFile := filepath.Join(t.TempDir(), "addr")
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "MESSD_TEST_CHILD="+addrFile, "ADDR=127.0.0.1:0", "STORAGE_PATH="+dir, "MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
+				return cmd, "http://" + string(b)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cmd.Process.Kill()
+		t.Fatal("child server did not start")
+		return nil, ""
+	}
+	cmd, url := start()
+	ts := &testServer{URL: url}
+	key := ts.register(t, "crash", "a")
+	var refs []string
+	for i := range 20 {
+		refs = append(refs, ts.create(t, "crash", key, map[string]any{"intent": fmt.Sprint("job ", i)}))
+	}
+	ts.do(t, "PATCH", ts.api("crash")+"/requests/"+refs[0], key, map[string]any{"status": "claimed"}, nil)
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+
+	// A torn write at the end of one event file.
+	var files []string
+	filepath.Walk(filepath.Join(dir, "events"), func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if len(files) == 0 {
+		t.Fatal("no event files")
+	}
+	f, _ := os.OpenFile(files[len(files)-1], os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"event_id":"01TORN","ts":"2025-01-01T00:00:00.000Z","exchange_id":"crash","thread_ref":"` + refs[1])
+	f.Close()
+
+	cmd, url = start()
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	ts = &testServer{URL: url}
+	for i, ref := range refs {
+		th := ts.thread(t, "crash", key, ref).Thread
+		want := "pending"
+		if i == 0 {
+			want = "claimed"
+		}
+		if th.Status != want {
+			t.Fatalf("after SIGKILL %s is %s, want %s", ref, th.Status, want)
+		}
+	}
+	// And it keeps working.
+	ts.create(t, "crash", key, map[string]any{"intent": "after restart"})
+}
