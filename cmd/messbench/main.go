@@ -40,8 +40,11 @@ type options struct {
 
 // scenarios maps -scenario names to their functions.
 var scenarios = map[string]func(ctx context.Context, o options) error{
-	"create": benchCreate,
-	"list":   benchList,
+	"create":       benchCreate,
+	"list":         benchList,
+	"lease":        benchLease,
+	"lease-status": benchLeaseStatus,
+	"lease-fair":   benchLeaseFair,
 }
 
 func main() {
