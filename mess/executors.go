@@ -483,8 +483,9 @@ func (s *Service) Executors(ctx context.Context, exchangeID string) ([]PublicExe
 	return out, nil
 }
 
-// Executor returns the full profile of an executor, key hashes removed.
-// Callers decide who may see it (the HTTP layer: the executor itself).
+// Executor returns the profile of an executor with key hashes removed and
+// secrets in notification and hook configs redacted. Callers decide who may
+// see it (the HTTP layer: the executor itself).
 func (s *Service) Executor(ctx context.Context, exchangeID, executorID string) (Executor, error) {
 	ex, err := s.loadExchangeForRead(exchangeID)
 	if err != nil {
@@ -499,11 +500,47 @@ func (s *Service) Executor(ctx context.Context, exchangeID, executorID string) (
 	out := rec.Executor
 	out.LastSeen = rec.seen()
 	out.APIKeyHash = ""
+	out.Notifications = redactJSON(out.Notifications)
+	out.Hooks = redactJSON(out.Hooks)
 	out.APIKeys = make([]APIKey, len(rec.APIKeys))
 	for i, k := range rec.APIKeys {
 		out.APIKeys[i] = APIKey{ID: k.ID, CreatedAt: k.CreatedAt}
 	}
 	return out, nil
+}
+
+// ExecutorConfig returns an executor's profile with its secrets, for
+// delivering notifications and hooks inside the process. Never serve it.
+func (s *Service) ExecutorConfig(exchangeID, executorID string) (Executor, bool) {
+	ex := s.exchange(exchangeID, false)
+	if ex == nil {
+		return Executor{}, false
+	}
+	ex.mu.RLock()
+	defer ex.mu.RUnlock()
+	rec := ex.executors[executorID]
+	if rec == nil {
+		return Executor{}, false
+	}
+	out := rec.Executor
+	out.APIKeyHash, out.APIKeys = "", nil
+	return out, true
+}
+
+// ExecutorIDs lists the ids of an exchange's executors.
+func (s *Service) ExecutorIDs(exchangeID string) []string {
+	ex := s.exchange(exchangeID, false)
+	if ex == nil {
+		return nil
+	}
+	ex.mu.RLock()
+	defer ex.mu.RUnlock()
+	ids := make([]string, 0, len(ex.executors))
+	for id := range ex.executors {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // ExecutorCapabilities returns the capability ids of an executor.

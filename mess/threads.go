@@ -538,3 +538,35 @@ func (s *Service) EventsAfter(exchangeID, lastEventID string) (evs []Event, vers
 	}
 	return evs, ex.version, found, nil
 }
+
+// SetExternalID records the id an external system (a task tracker a hook
+// created a task in) gave the thread, so later hooks can refer to it.
+func (s *Service) SetExternalID(ctx context.Context, exchangeID, ref, externalID string) error {
+	ex, err := s.loadExchangeForRead(exchangeID)
+	if err != nil {
+		return err
+	}
+	if len(externalID) > 512 {
+		return errorf(ErrInvalid, "external id longer than 512 bytes")
+	}
+	ex.mu.RLock()
+	t := ex.threads[ref]
+	ex.mu.RUnlock()
+	if t == nil {
+		return errorf(ErrNotFound, "Thread not found")
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.ready {
+		return errorf(ErrNotFound, "Thread not found")
+	}
+	if t.ExternalID == externalID {
+		return nil
+	}
+	p := &externalIDPayload{ExternalID: externalID}
+	ev, err := s.newEvent(ex, ref, EventExternalIDSet, systemActor, t.Seq+1, s.now(), p)
+	if err != nil {
+		return err
+	}
+	return s.commit(ctx, ex, []Event{ev}, []any{p})
+}
