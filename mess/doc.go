@@ -1,0 +1,48 @@
+// Package mess is the MESS exchange: requestors (often AI agents) post
+// requests for real-world help, and human or machine executors claim,
+// progress and complete them with responses.
+//
+// A Service holds any number of exchanges. Its state is an in-memory
+// projection of an append-only event log kept in a storage.Store under
+// events/exchange={id}/{YYYY}/{MM}/{DD}/{ULID}.jsonl, one JSON event per
+// line in the original server's schema (event_id, ts, exchange_id,
+// thread_ref, event_type, actor_id, payload) plus a per-thread seq. DuckDB
+// reads the log directly:
+//
+//	SELECT * FROM read_json_auto('data/events/**/*.jsonl', hive_partitioning=true);
+//
+// New rebuilds the projection from the log; reads never touch storage.
+// Every change is appended durably, through a group commit that lets many
+// concurrent writers share one fsync, before the method that made it
+// returns. Executor profiles live in executors/exchange={id}/{executor}.json
+// and exchange records (owner, invites) in exchanges/{id}.json, both written
+// with conditional writes.
+//
+// # Statuses and roles
+//
+// Threads follow protocol v1: pending, claimed, in_progress, waiting, held,
+// needs_input, needs_confirmation, partial, and the terminal completed,
+// failed, declined, cancelled, expired, superseded and delegated. ParseStatus
+// accepts the spellings other clients send (in-progress, needs-input,
+// rejected, canceled, received). Update enforces who may do what:
+//
+//   - Any executor may claim a pending thread; setting any executor status
+//     on a pending thread (completing it, say) claims it implicitly.
+//   - Once claimed, only the claimant changes the status; others get
+//     ErrConflict naming the claimant. The claimant may release it (pending).
+//   - declined and delegated need a claim first.
+//   - Only the requestor cancels or supersedes; it may also move a thread
+//     from needs_input or needs_confirmation back to in_progress (answering).
+//   - Only the exchange expires a thread: pending threads whose needed_by
+//     passes are expired automatically.
+//   - Terminal threads never change status again.
+//   - A request with confirm_before cannot be completed until the requestor
+//     has answered a needs_confirmation.
+//
+// # Concurrency
+//
+// A Service is safe for concurrent use. Changes to one thread are serialised
+// (so of many concurrent claims exactly one wins); changes to different
+// threads proceed in parallel and share durable writes. Callbacks registered
+// with OnEvent run on the writer's goroutine and must not block.
+package mess
