@@ -93,13 +93,40 @@ func (j *Journal) NewID(t time.Time) ulid.ULID {
 // newline) to partition and returns once they are durable. Lines of one call
 // land in one object, in order.
 func (j *Journal) Append(ctx context.Context, partition string, lines ...[]byte) error {
-	if err := storage.ValidKey(partition); err != nil {
+	p, err := j.enqueue(partition, lines)
+	if err != nil {
 		return err
+	}
+	// Once queued the write goes ahead even if ctx ends: the caller is told
+	// it was cancelled, but the record may still become durable.
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// AppendAsync queues lines like Append but does not wait: the returned
+// channel receives exactly one value (nil once the lines are durable). Lines
+// queued by successive calls for one partition land in key order, so a
+// caller that queues under its own lock gets a journal in its lock order.
+func (j *Journal) AppendAsync(partition string, lines ...[]byte) (<-chan error, error) {
+	p, err := j.enqueue(partition, lines)
+	if err != nil {
+		return nil, err
+	}
+	return p.done, nil
+}
+
+func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
+	if err := storage.ValidKey(partition); err != nil {
+		return nil, err
 	}
 	n := 0
 	for _, l := range lines {
 		if bytes.IndexByte(l, '\n') >= 0 {
-			return errors.New("journal: line contains a newline")
+			return nil, errors.New("journal: line contains a newline")
 		}
 		n += len(l) + 1
 	}
@@ -112,7 +139,7 @@ func (j *Journal) Append(ctx context.Context, partition string, lines ...[]byte)
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	j.queue = append(j.queue, p)
 	j.mu.Unlock()
@@ -120,14 +147,7 @@ func (j *Journal) Append(ctx context.Context, partition string, lines ...[]byte)
 	case j.wake <- struct{}{}:
 	default:
 	}
-	// Once queued the write goes ahead even if ctx ends: the caller is told
-	// it was cancelled, but the record may still become durable.
-	select {
-	case err := <-p.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return p, nil
 }
 
 // run is the single flusher: it takes everything queued, writes it (one

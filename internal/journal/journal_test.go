@@ -156,3 +156,37 @@ func BenchmarkJournal_Append64(b *testing.B) {
 		}
 	})
 }
+
+func TestJournal_AppendAsyncOrder(t *testing.T) {
+	s := newStore(t)
+	j, err := journal.New(journal.Config{Store: s, MaxBatchBytes: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chans []<-chan error
+	var want []string
+	for i := range 500 {
+		line := fmt.Sprintf(`{"i":%d}`, i)
+		want = append(want, line)
+		ch, err := j.AppendAsync("p", []byte(line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chans = append(chans, ch)
+	}
+	for _, ch := range chans {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.AppendAsync("p", []byte("{}")); err != journal.ErrClosed {
+		t.Errorf("after Close: %v, want ErrClosed", err)
+	}
+	got, _ := replayAll(t, s, "p/")
+	if !slices.Equal(got, want) {
+		t.Errorf("replayed %d lines out of order or missing (want %d)", len(got), len(want))
+	}
+}

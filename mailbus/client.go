@@ -1,0 +1,507 @@
+package mailbus
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/meatspace-exchange/mess/lease"
+)
+
+// ClientConfig configures a remote Client. Every zero field has the
+// default named in its comment.
+type ClientConfig struct {
+	// URL is the server's base URL, e.g. "http://127.0.0.1:8080". Required.
+	URL string
+	// Exchange and APIKey identify the agent; the server derives the agent
+	// id from the key. Required.
+	Exchange, APIKey string
+	// HTTPClient is used for HTTP calls and the WebSocket handshake. Zero
+	// means a client with a 30s timeout on HTTP calls.
+	HTTPClient *http.Client
+	// Leaser serves the lease calls. Zero means lease.NewClient on the same
+	// server and key.
+	Leaser Leaser
+	// ManualAck turns off automatic acknowledgement of ackRequired
+	// messages whose handlers all returned nil.
+	ManualAck bool
+	// OnError receives handler failures and connection errors. Zero drops
+	// them.
+	OnError func(error)
+	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles
+	// per failed attempt with full jitter. Zero means 100ms and 10s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Client is a remote agent over WebSocket. It reconnects with exponential
+// backoff and jitter, resumes after the last sequence it received (no gap,
+// no duplicate apart from redelivered unacknowledged messages, which it
+// deduplicates by id), and never reconnects after Shutdown. Use it from
+// any goroutine.
+type Client struct {
+	cfg    ClientConfig
+	hc     *http.Client
+	base   string
+	d      *dispatcher
+	leases leases
+
+	mu      sync.Mutex
+	agentID string
+	conn    *websocket.Conn
+	lastSeq uint64
+	started bool
+	closed  bool
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+var _ MailBus = (*Client)(nil)
+
+// NewClient returns a client; Connect starts it.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w: ClientConfig.URL %q must be an http(s) URL", ErrInvalid, cfg.URL)
+	}
+	if !ValidID(cfg.Exchange) || cfg.APIKey == "" {
+		return nil, fmt.Errorf("%w: ClientConfig needs a valid Exchange and an APIKey", ErrInvalid)
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 10 * time.Second
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	base := strings.TrimRight(cfg.URL, "/")
+	c := &Client{cfg: cfg, hc: hc, base: base, stop: make(chan struct{}), done: make(chan struct{})}
+	if cfg.Leaser == nil {
+		cfg.Leaser = lease.NewClient(base, cfg.Exchange, cfg.APIKey, hc)
+	}
+	c.leases = leases{l: cfg.Leaser}
+	c.d = newDispatcher(c.ack, cfg.OnError, cfg.ManualAck)
+	return c, nil
+}
+
+// AgentID implements MailBus; it is empty until the first connection.
+func (c *Client) AgentID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.agentID
+}
+
+// LastSeq is the highest inbox sequence received so far.
+func (c *Client) LastSeq() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastSeq
+}
+
+func (c *Client) endpoint(op string) string {
+	return c.base + "/api/v1/exchanges/" + c.cfg.Exchange + "/mailbus/" + op
+}
+
+// Connect dials the server and starts receiving. It returns the first
+// dial's error; later disconnects are retried in the background.
+// Subscribe before Connect so the first connection already carries the
+// subscriptions.
+func (c *Client) Connect(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.started {
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		conn.CloseNow()
+		return ErrClosed
+	}
+	c.started = true
+	c.mu.Unlock()
+	go c.run(conn)
+	return nil
+}
+
+// dial opens a connection resuming after lastSeq, with this client's
+// subscriptions, and reads the welcome frame.
+func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
+	q := url.Values{}
+	q.Set("batch", "1")
+	q.Set("types", strings.Join(c.d.patterns(), ","))
+	c.mu.Lock()
+	if c.agentID != "" {
+		q.Set("since", strconv.FormatUint(c.lastSeq, 10))
+	}
+	c.mu.Unlock()
+	u := "ws" + strings.TrimPrefix(c.endpoint("subscribe"), "http") + "?" + q.Encode()
+	hdr := http.Header{}
+	hdr.Set("Authorization", "Bearer "+c.cfg.APIKey)
+	// The handshake must not inherit the HTTP client's whole-request
+	// timeout: it would cut the long-lived connection.
+	hc := *c.hc
+	hc.Timeout = 0
+	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: &hc, HTTPHeader: hdr})
+	if err != nil {
+		if resp != nil {
+			return nil, statusError(resp.StatusCode, err)
+		}
+		return nil, fmt.Errorf("mailbus: dial: %w", err)
+	}
+	conn.SetReadLimit(64 << 20)
+	_, data, err := conn.Read(ctx)
+	if err != nil {
+		conn.CloseNow()
+		return nil, fmt.Errorf("mailbus: read welcome: %w", err)
+	}
+	var f Frame
+	if err := json.Unmarshal(data, &f); err != nil || f.Action != "welcome" {
+		conn.CloseNow()
+		return nil, fmt.Errorf("mailbus: unexpected first frame %.100s", data)
+	}
+	c.mu.Lock()
+	c.agentID = f.AgentID
+	if f.Next > 0 && c.lastSeq < f.Next-1 {
+		// Starting from the server's cursor (first connection) or after
+		// retention dropped what we had not seen.
+		c.lastSeq = f.Next - 1
+	}
+	c.conn = conn
+	c.mu.Unlock()
+	return conn, nil
+}
+
+func statusError(code int, err error) error {
+	switch code {
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %v", ErrForbidden, err)
+	case http.StatusBadRequest:
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return fmt.Errorf("mailbus: HTTP %d: %w", code, err)
+}
+
+func (c *Client) run(conn *websocket.Conn) {
+	defer close(c.done)
+	attempt := 0
+	for {
+		err := c.read(conn)
+		c.mu.Lock()
+		c.conn = nil
+		closed := c.closed
+		c.mu.Unlock()
+		conn.CloseNow()
+		if closed {
+			return
+		}
+		if websocket.CloseStatus(err) == StatusReplaced {
+			c.d.onError(ErrReplaced)
+			return
+		}
+		c.d.onError(fmt.Errorf("mailbus: connection lost: %w", err))
+		for {
+			if attempt < 30 {
+				attempt++
+			}
+			backoff := min(c.cfg.MinBackoff<<min(attempt-1, 20), c.cfg.MaxBackoff)
+			select {
+			case <-c.stop:
+				return
+			case <-time.After(rand.N(backoff) + time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			go func() {
+				select {
+				case <-c.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			var derr error
+			conn, derr = c.dial(ctx)
+			cancel()
+			if derr == nil {
+				attempt = 0
+				break
+			}
+			if errors.Is(derr, ErrUnauthorized) || errors.Is(derr, ErrForbidden) {
+				c.d.onError(derr)
+				return
+			}
+			c.d.onError(derr)
+		}
+	}
+}
+
+// read consumes frames until the connection fails.
+func (c *Client) read(conn *websocket.Conn) error {
+	for {
+		_, data, err := conn.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		data = bytes.TrimSpace(data)
+		if len(data) > 0 && data[0] == '[' {
+			var ms []Message
+			if err := json.Unmarshal(data, &ms); err != nil {
+				c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
+				continue
+			}
+			c.deliver(ms)
+			continue
+		}
+		var probe struct {
+			Action string `json:"action"`
+		}
+		if err := json.Unmarshal(data, &probe); err != nil {
+			c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
+			continue
+		}
+		if probe.Action != "" {
+			var f Frame
+			if json.Unmarshal(data, &f) == nil && f.Action == "error" {
+				c.d.onError(fmt.Errorf("mailbus: server: %s (%s)", f.Error, f.Code))
+			}
+			continue
+		}
+		var m Message
+		if err := json.Unmarshal(data, &m); err != nil {
+			c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
+			continue
+		}
+		c.deliver([]Message{m})
+	}
+}
+
+// deliver drops messages already received (by seq) unless they are
+// redeliveries of unacknowledged messages, and queues the rest.
+func (c *Client) deliver(ms []Message) {
+	out := ms[:0]
+	c.mu.Lock()
+	for _, m := range ms {
+		switch {
+		case m.Seq == 0: // heartbeat: live only
+		case m.Seq > c.lastSeq:
+			c.lastSeq = m.Seq
+		case !m.AckRequired || m.AckedAt != nil:
+			continue
+		}
+		out = append(out, m)
+	}
+	c.mu.Unlock()
+	if len(out) > 0 {
+		c.d.push(out...)
+	}
+}
+
+// Shutdown implements MailBus.
+func (c *Client) Shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	conn, started := c.conn, c.started
+	c.mu.Unlock()
+	close(c.stop)
+	if conn != nil {
+		conn.Close(websocket.StatusNormalClosure, "client shutdown")
+	}
+	if started {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return c.d.close(ctx)
+}
+
+// do makes one HTTP call and decodes a JSON answer into out.
+func (c *Client) do(ctx context.Context, method, op string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.endpoint(op), body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.APIKey)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("mailbus: %s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("mailbus: %s: %w", op, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error, Code string }
+		_ = json.Unmarshal(data, &e)
+		base := statusError(resp.StatusCode, errors.New(e.Error))
+		if resp.StatusCode == http.StatusNotFound {
+			base = fmt.Errorf("%w: %s", ErrNotFound, e.Error)
+		}
+		return fmt.Errorf("mailbus: %s: %w", op, base)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("mailbus: %s: decode answer: %w", op, err)
+		}
+	}
+	return nil
+}
+
+func (c *Client) checkOpen() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Publish implements MailBus. It returns once the server stored m.
+func (c *Client) Publish(ctx context.Context, m Message) (Message, error) {
+	if err := c.checkOpen(); err != nil {
+		return Message{}, err
+	}
+	var out Message
+	err := c.do(ctx, http.MethodPost, "publish", m, &out)
+	return out, err
+}
+
+// SendTo implements MailBus. It returns once the server stored m.
+func (c *Client) SendTo(ctx context.Context, agentID string, m Message) (Message, error) {
+	if err := c.checkOpen(); err != nil {
+		return Message{}, err
+	}
+	var out Message
+	err := c.do(ctx, http.MethodPost, "send", SendRequest{TargetAgent: agentID, Message: m}, &out)
+	return out, err
+}
+
+// Subscribe implements MailBus. Before Connect it only registers the
+// handler; the connection carries it.
+func (c *Client) Subscribe(ctx context.Context, pattern string, h Handler) (*Subscription, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	s, isNew, err := c.d.add(pattern, h)
+	if err != nil || !isNew {
+		return s, err
+	}
+	if err := c.syncSubscriptions(ctx); err != nil {
+		c.d.remove(s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// Unsubscribe implements MailBus.
+func (c *Client) Unsubscribe(ctx context.Context, s *Subscription) error {
+	if s == nil || !c.d.remove(s) {
+		return nil
+	}
+	return c.syncSubscriptions(ctx)
+}
+
+func (c *Client) syncSubscriptions(ctx context.Context) error {
+	c.mu.Lock()
+	started := c.started
+	c.mu.Unlock()
+	if !started {
+		return nil
+	}
+	return c.do(ctx, http.MethodPut, "subscriptions", SubscriptionsBody{Types: c.d.patterns()}, nil)
+}
+
+// Acknowledge implements MailBus.
+func (c *Client) Acknowledge(ctx context.Context, messageID string) error {
+	return c.do(ctx, http.MethodPost, "acknowledge", AckRequest{MessageID: messageID}, nil)
+}
+
+// ack is the dispatcher's automatic acknowledgement: a frame on the live
+// connection when there is one (cheap, and a lost one only means one more
+// redelivery), HTTP otherwise.
+func (c *Client) ack(ctx context.Context, id string) error {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		b, _ := json.Marshal(Frame{Action: "ack", MessageID: id})
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if conn.Write(wctx, websocket.MessageText, b) == nil {
+			return nil
+		}
+	}
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	return c.Acknowledge(ctx, id)
+}
+
+// SendHeartbeat implements MailBus.
+func (c *Client) SendHeartbeat(ctx context.Context) error {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		if conn.Write(ctx, websocket.MessageText, []byte(`{"action":"heartbeat"}`)) == nil {
+			return nil
+		}
+	}
+	return c.do(ctx, http.MethodPost, "heartbeat", struct{}{}, nil)
+}
+
+// AcquireLease implements MailBus.
+func (c *Client) AcquireLease(ctx context.Context, file string, ttl time.Duration) (bool, error) {
+	return c.leases.acquire(ctx, file, ttl)
+}
+
+// ReleaseLease implements MailBus.
+func (c *Client) ReleaseLease(ctx context.Context, file string) error {
+	return c.leases.release(ctx, file)
+}
+
+// IsLeased implements MailBus.
+func (c *Client) IsLeased(ctx context.Context, file string) (LeaseStatus, error) {
+	return c.leases.status(ctx, file)
+}

@@ -1,0 +1,249 @@
+package mailbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Handler receives a message. Returning an error (or panicking) leaves an
+// ackRequired message unacknowledged, so the bus delivers it again after
+// the visibility timeout; other messages and handlers are unaffected.
+type Handler func(ctx context.Context, m Message) error
+
+// Subscription is one handler registered for one pattern.
+type Subscription struct {
+	Pattern string
+	h       Handler
+	id      uint64
+}
+
+// MailBus is what an agent uses, in process (Local) or remote (Client):
+// the original IMailBus method set as Go.
+type MailBus interface {
+	// AgentID is the agent this bus speaks for (known after Connect for a
+	// Client, which learns it from its credential).
+	AgentID() string
+	// Connect starts receiving (the original's initialize).
+	Connect(ctx context.Context) error
+	// Shutdown stops receiving, lets queued handlers finish within ctx,
+	// and never reconnects afterwards. It is idempotent.
+	Shutdown(ctx context.Context) error
+	// Publish broadcasts m to the agents subscribed to its type (or, with
+	// m.To set, to that agent only) and returns it as stored.
+	Publish(ctx context.Context, m Message) (Message, error)
+	// SendTo sends m to agentID only.
+	SendTo(ctx context.Context, agentID string, m Message) (Message, error)
+	// Subscribe registers h for messages whose type matches pattern (a
+	// type, "prefix.*" or "*") and makes the subscription durable on the
+	// bus, so broadcasts reach this agent's inbox while it is offline.
+	Subscribe(ctx context.Context, pattern string, h Handler) (*Subscription, error)
+	// Unsubscribe removes s; the pattern is dropped from the bus when no
+	// handler uses it any more.
+	Unsubscribe(ctx context.Context, s *Subscription) error
+	// Acknowledge acknowledges this agent's copy of messageID.
+	Acknowledge(ctx context.Context, messageID string) error
+	// SendHeartbeat reports this agent alive.
+	SendHeartbeat(ctx context.Context) error
+	// AcquireLease tries to take the lease on file for ttl; false means
+	// another agent holds it.
+	AcquireLease(ctx context.Context, file string, ttl time.Duration) (bool, error)
+	// ReleaseLease releases a lease this bus acquired.
+	ReleaseLease(ctx context.Context, file string) error
+	// IsLeased reports who holds file.
+	IsLeased(ctx context.Context, file string) (LeaseStatus, error)
+}
+
+// dispatcher runs handlers for one agent: one goroutine, messages in
+// arrival order, every handler isolated from the others' failures.
+type dispatcher struct {
+	ack       func(ctx context.Context, id string) error
+	onError   func(error)
+	manualAck bool
+
+	mu     sync.Mutex
+	subs   []*Subscription
+	nextID uint64
+	queue  []Message
+	wake   chan struct{}
+	done   chan struct{}
+	stop   chan struct{}
+	closed atomic.Bool
+
+	// handled remembers ids of ackRequired messages whose handlers
+	// succeeded, so a redelivery is acknowledged again without rerunning
+	// the handlers.
+	handled     map[string]struct{}
+	handledRing []string
+	handledPos  int
+}
+
+func newDispatcher(ack func(context.Context, string) error, onError func(error), manualAck bool) *dispatcher {
+	if onError == nil {
+		onError = func(error) {}
+	}
+	d := &dispatcher{
+		ack: ack, onError: onError, manualAck: manualAck,
+		wake: make(chan struct{}, 1), done: make(chan struct{}), stop: make(chan struct{}),
+		handled: map[string]struct{}{}, handledRing: make([]string, 8192),
+	}
+	go d.run()
+	return d
+}
+
+func (d *dispatcher) add(pattern string, h Handler) (*Subscription, bool, error) {
+	if !ValidPattern(pattern) {
+		return nil, false, fmt.Errorf("%w: subscription pattern %q", ErrInvalid, pattern)
+	}
+	if h == nil {
+		return nil, false, fmt.Errorf("%w: nil handler", ErrInvalid)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nextID++
+	s := &Subscription{Pattern: pattern, h: h, id: d.nextID}
+	isNew := !slices.ContainsFunc(d.subs, func(o *Subscription) bool { return o.Pattern == pattern })
+	d.subs = append(d.subs, s)
+	return s, isNew, nil
+}
+
+// remove drops s and reports whether its pattern has no handler left.
+func (d *dispatcher) remove(s *Subscription) (last bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.subs = slices.DeleteFunc(d.subs, func(o *Subscription) bool { return o == s })
+	return !slices.ContainsFunc(d.subs, func(o *Subscription) bool { return o.Pattern == s.Pattern })
+}
+
+func (d *dispatcher) patterns() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for _, s := range d.subs {
+		out = append(out, s.Pattern)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (d *dispatcher) push(ms ...Message) {
+	d.mu.Lock()
+	d.queue = append(d.queue, ms...)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dispatcher) run() {
+	defer close(d.done)
+	for {
+		d.mu.Lock()
+		q := d.queue
+		d.queue = nil
+		d.mu.Unlock()
+		for _, m := range q {
+			d.dispatch(m)
+		}
+		if len(q) > 0 {
+			continue
+		}
+		select {
+		case <-d.wake:
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+func (d *dispatcher) dispatch(m Message) {
+	if m.AckRequired {
+		if _, ok := d.handled[m.ID]; ok {
+			d.doAck(m)
+			return
+		}
+	}
+	d.mu.Lock()
+	var hs []*Subscription
+	for _, s := range d.subs {
+		if Match(s.Pattern, m.Type) {
+			hs = append(hs, s)
+		}
+	}
+	d.mu.Unlock()
+	failed := false
+	ctx := context.Background()
+	for _, s := range hs {
+		if err := call(ctx, s.h, m); err != nil {
+			failed = true
+			d.onError(fmt.Errorf("mailbus: handler for %s on message %s: %w", s.Pattern, m.ID, err))
+		}
+	}
+	if failed || !m.AckRequired {
+		return
+	}
+	d.remember(m.ID)
+	d.doAck(m)
+}
+
+func (d *dispatcher) doAck(m Message) {
+	if d.manualAck || m.AckedAt != nil {
+		return
+	}
+	if err := d.ack(context.Background(), m.ID); err != nil && !errors.Is(err, ErrClosed) {
+		d.onError(fmt.Errorf("mailbus: acknowledge %s: %w", m.ID, err))
+	}
+}
+
+func (d *dispatcher) remember(id string) {
+	if old := d.handledRing[d.handledPos]; old != "" {
+		delete(d.handled, old)
+	}
+	d.handledRing[d.handledPos] = id
+	d.handledPos = (d.handledPos + 1) % len(d.handledRing)
+	d.handled[id] = struct{}{}
+}
+
+// call runs h, turning a panic into an error.
+func call(ctx context.Context, h Handler, m Message) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return h(ctx, m)
+}
+
+// close stops the dispatcher once the queue is drained or ctx ends.
+func (d *dispatcher) close(ctx context.Context) error {
+	if d.closed.Swap(true) {
+		<-d.done
+		return nil
+	}
+	for {
+		d.mu.Lock()
+		empty := len(d.queue) == 0
+		d.mu.Unlock()
+		if empty {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			close(d.stop)
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	close(d.stop)
+	select {
+	case <-d.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

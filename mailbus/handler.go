@@ -1,0 +1,642 @@
+package mailbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// HandlerConfig configures NewHandler. Every zero field has the default
+// named in its comment.
+type HandlerConfig struct {
+	// Auth maps bearer tokens to agents. Required.
+	Auth Authenticator
+	// MaxBodyBytes caps request bodies and WebSocket frames. Zero means 1 MiB.
+	MaxBodyBytes int64
+	// PingInterval is how often the server pings each WebSocket; a
+	// connection whose pong does not come back within the same interval is
+	// closed. Zero means 30s.
+	PingInterval time.Duration
+	// WriteTimeout bounds one WebSocket write. Zero means 10s.
+	WriteTimeout time.Duration
+	// BatchMax caps how many messages go into one frame for clients that
+	// asked for batches (?batch=1). Zero means 256.
+	BatchMax int
+	// OriginPatterns lists extra browser origins allowed to open the
+	// WebSocket (see websocket.AcceptOptions). Non-browser clients send no
+	// Origin and are always accepted.
+	OriginPatterns []string
+	// Logger receives unexpected errors. Zero means slog.Default().
+	Logger *slog.Logger
+}
+
+// Close codes the server uses beyond the standard ones.
+const (
+	// StatusReplaced closes a connection superseded by a newer connection
+	// of the same agent.
+	StatusReplaced websocket.StatusCode = 4000
+)
+
+type handler struct {
+	b      *Bus
+	cfg    HandlerConfig
+	mux    *http.ServeMux
+	routes map[string][]any
+}
+
+// NewHandler serves the bus over HTTP and WebSocket at the full paths
+// /api/v1/exchanges/{exchange_id}/mailbus/... (see docs/mailbus.md).
+func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
+	if b == nil || cfg.Auth == nil {
+		return nil, errors.New("mailbus: NewHandler needs a Bus and HandlerConfig.Auth")
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.BatchMax <= 0 {
+		cfg.BatchMax = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	h := &handler{b: b, cfg: cfg, mux: http.NewServeMux()}
+	const base = "/api/v1/exchanges/{exchange_id}/mailbus/"
+	h.route(base+"subscribe", http.MethodGet, h.subscribe)
+	h.route(base+"publish", http.MethodPost, h.publish)
+	h.route(base+"send", http.MethodPost, h.send)
+	h.route(base+"acknowledge", http.MethodPost, h.acknowledge)
+	h.route(base+"inbox", http.MethodGet, h.inbox)
+	h.route(base+"presence", http.MethodGet, h.presence)
+	h.route(base+"heartbeat", http.MethodPost, h.heartbeat)
+	h.route(base+"subscriptions", http.MethodGet, h.getSubscriptions)
+	h.route(base+"subscriptions", http.MethodPut, h.putSubscriptions)
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+	})
+	return h, nil
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+type caller struct {
+	exchange, agent string
+}
+
+// route registers an authenticated endpoint; methods of one path share a
+// registration so a wrong method gets a JSON 405.
+func (h *handler) route(pattern, method string, fn func(http.ResponseWriter, *http.Request, caller)) {
+	type entry struct {
+		method string
+		fn     func(http.ResponseWriter, *http.Request, caller)
+	}
+	if h.routes == nil {
+		h.routes = map[string][]any{}
+	}
+	first := len(h.routes[pattern]) == 0
+	h.routes[pattern] = append(h.routes[pattern], entry{method, fn})
+	if !first {
+		return
+	}
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		for _, e := range h.routes[pattern] {
+			e := e.(entry)
+			if e.method != r.Method {
+				continue
+			}
+			c, ok := h.authenticate(w, r)
+			if !ok {
+				return
+			}
+			e.fn(w, r, c)
+			return
+		}
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" not allowed here")
+	})
+}
+
+func (h *handler) authenticate(w http.ResponseWriter, r *http.Request) (caller, bool) {
+	ex := r.PathValue("exchange_id")
+	if !ValidID(ex) {
+		writeError(w, http.StatusBadRequest, "invalid_input", "invalid exchange id")
+		return caller{}, false
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || strings.TrimSpace(token) == "" {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing bearer token")
+		return caller{}, false
+	}
+	agent, err := h.cfg.Auth.Authenticate(r.Context(), ex, strings.TrimSpace(token))
+	if err == nil && !ValidID(agent) {
+		err = fmt.Errorf("authenticator returned invalid agent id %q", agent)
+	}
+	if err != nil {
+		h.fail(w, err)
+		return caller{}, false
+	}
+	return caller{exchange: ex, agent: agent}, true
+}
+
+// errorStatus is the one table from bus errors to HTTP statuses and codes.
+func errorStatus(err error) (int, string, string) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge, "body_too_large", "request body too large"
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest, "invalid_input", strings.TrimPrefix(err.Error(), "mailbus: ")
+	case errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized, "unauthorized", "invalid API key"
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden, "forbidden", "API key not valid for this exchange"
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound, "not_found", strings.TrimPrefix(err.Error(), "mailbus: ")
+	case errors.Is(err, ErrClosed):
+		return http.StatusServiceUnavailable, "unavailable", "mail bus is shutting down"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, "timeout", "request cancelled before it completed"
+	}
+	return http.StatusInternalServerError, "internal_error", "internal error"
+}
+
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	status, code, msg := errorStatus(err)
+	if status == http.StatusInternalServerError {
+		h.cfg.Logger.Error("mailbus: request failed", "err", err)
+	}
+	writeError(w, status, code, msg)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg, "code": code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.fail(w, err)
+		} else {
+			writeError(w, http.StatusBadRequest, "malformed_json", "malformed JSON body: "+err.Error())
+		}
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, http.StatusBadRequest, "malformed_json", "trailing data after JSON body")
+		return false
+	}
+	return true
+}
+
+func (h *handler) publish(w http.ResponseWriter, r *http.Request, c caller) {
+	var m Message
+	if !h.decode(w, r, &m) {
+		return
+	}
+	out, err := h.b.Publish(r.Context(), c.exchange, c.agent, m)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// SendRequest is the body of POST /send, the original's shape.
+type SendRequest struct {
+	TargetAgent string  `json:"targetAgent"`
+	Message     Message `json:"message"`
+}
+
+func (h *handler) send(w http.ResponseWriter, r *http.Request, c caller) {
+	var req SendRequest
+	if !h.decode(w, r, &req) {
+		return
+	}
+	if req.Message.To != "" && req.Message.To != req.TargetAgent {
+		writeError(w, http.StatusBadRequest, "invalid_input", "message.to differs from targetAgent")
+		return
+	}
+	out, err := h.b.SendTo(r.Context(), c.exchange, c.agent, req.TargetAgent, req.Message)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// AckRequest is the body of POST /acknowledge. AgentID may be empty; when
+// set it must be the caller.
+type AckRequest struct {
+	MessageID string `json:"messageId"`
+	AgentID   string `json:"agentId,omitempty"`
+}
+
+func (h *handler) acknowledge(w http.ResponseWriter, r *http.Request, c caller) {
+	var req AckRequest
+	if !h.decode(w, r, &req) {
+		return
+	}
+	if req.AgentID != "" && req.AgentID != c.agent {
+		writeError(w, http.StatusForbidden, "forbidden", "an agent can only acknowledge its own messages")
+		return
+	}
+	if req.MessageID == "" {
+		writeError(w, http.StatusBadRequest, "invalid_input", "messageId is required")
+		return
+	}
+	if err := h.b.Acknowledge(r.Context(), c.exchange, c.agent, req.MessageID); err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"acknowledged": true, "messageId": req.MessageID, "agentId": c.agent})
+}
+
+// InboxResponse is the body of GET /inbox.
+type InboxResponse struct {
+	Messages []Message `json:"messages"`
+	// Next is the since to pass on the following call.
+	Next uint64 `json:"next"`
+}
+
+func (h *handler) inbox(w http.ResponseWriter, r *http.Request, c caller) {
+	since, ok := parseSince(w, r)
+	if !ok {
+		return
+	}
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			writeError(w, http.StatusBadRequest, "invalid_input", "limit must be 1..1000")
+			return
+		}
+		limit = n
+	}
+	msgs, next, err := h.b.Inbox(r.Context(), c.exchange, c.agent, since, limit)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if msgs == nil {
+		msgs = []Message{}
+	}
+	writeJSON(w, http.StatusOK, InboxResponse{Messages: msgs, Next: next})
+}
+
+func parseSince(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	v := r.URL.Query().Get("since")
+	if v == "" {
+		return -1, true
+	}
+	n, err := strconv.ParseUint(v, 10, 63)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_input", "since must be a non-negative integer")
+		return 0, false
+	}
+	return int64(n), true
+}
+
+func (h *handler) presence(w http.ResponseWriter, r *http.Request, c caller) {
+	ps, err := h.b.Presence(r.Context(), c.exchange)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"agents": ps})
+}
+
+func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request, c caller) {
+	if err := h.b.Heartbeat(r.Context(), c.exchange, c.agent); err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// SubscriptionsBody is the body of GET and PUT /subscriptions.
+type SubscriptionsBody struct {
+	Types []string `json:"types"`
+}
+
+func (h *handler) getSubscriptions(w http.ResponseWriter, r *http.Request, c caller) {
+	subs, err := h.b.Subscriptions(r.Context(), c.exchange, c.agent)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, SubscriptionsBody{Types: subs})
+}
+
+func (h *handler) putSubscriptions(w http.ResponseWriter, r *http.Request, c caller) {
+	var body SubscriptionsBody
+	if !h.decode(w, r, &body) {
+		return
+	}
+	if err := h.b.SetSubscriptions(r.Context(), c.exchange, c.agent, body.Types); err != nil {
+		h.fail(w, err)
+		return
+	}
+	subs, err := h.b.Subscriptions(r.Context(), c.exchange, c.agent)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, SubscriptionsBody{Types: subs})
+}
+
+// Frame is a control frame on the WebSocket, in either direction. Client
+// actions: subscribe, unsubscribe (Type), ack (MessageID), publish
+// (Message), send (TargetAgent, Message), heartbeat. Server actions:
+// welcome, subscribed, unsubscribed, acked, accepted (ID), error (Error,
+// Code). Ref, when a client sets it, is echoed in the reply.
+type Frame struct {
+	Action       string   `json:"action"`
+	Ref          string   `json:"ref,omitempty"`
+	Type         string   `json:"type,omitempty"`
+	MessageID    string   `json:"messageId,omitempty"`
+	TargetAgent  string   `json:"targetAgent,omitempty"`
+	Message      *Message `json:"message,omitempty"`
+	ID           string   `json:"id,omitempty"`
+	AgentID      string   `json:"agentId,omitempty"`
+	Next         uint64   `json:"next,omitempty"`
+	Subscription []string `json:"subscriptions,omitempty"`
+	Error        string   `json:"error,omitempty"`
+	Code         string   `json:"code,omitempty"`
+}
+
+func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
+	since, ok := parseSince(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	batch := q.Get("batch") == "1" || q.Get("batch") == "true"
+	ctx := r.Context()
+	if q.Has("types") {
+		var types []string
+		for t := range strings.SplitSeq(q.Get("types"), ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				types = append(types, t)
+			}
+		}
+		if err := h.b.SetSubscriptions(ctx, c.exchange, c.agent, types); err != nil {
+			h.fail(w, err)
+			return
+		}
+	}
+	ex, err := h.b.exchange(ctx, c.exchange)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if !h.b.enter() {
+		h.fail(w, ErrClosed)
+		return
+	}
+	defer h.b.leave()
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
+	if err != nil {
+		return // Accept already answered
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(h.cfg.MaxBodyBytes)
+	s, err := ex.attach(c.agent, since)
+	if err != nil {
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	defer s.detach()
+
+	ws := &wsConn{h: h, conn: conn, s: s, c: c, batch: batch}
+	subs, _ := h.b.Subscriptions(ctx, c.exchange, c.agent)
+	s.a.mu.Lock()
+	next := s.next
+	s.a.mu.Unlock()
+	ws.reply(ctx, Frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
+
+	// The connection lives until the client goes, the server kicks the
+	// session, or a ping or write fails; every goroutine below ends then.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		ws.writeLoop(ctx)
+		// A kicked session says why before the reader is cancelled
+		// (cancelling a read drops the connection without a close frame).
+		s.kick(nil)
+		ws.closeWith(s.err)
+		cancel()
+	})
+	ws.readLoop(ctx)
+	s.kick(nil)
+	wg.Wait()
+	ws.pending.Wait()
+}
+
+func (ws *wsConn) closeWith(err error) {
+	switch {
+	case errors.Is(err, ErrReplaced):
+		ws.conn.Close(StatusReplaced, "replaced by a newer connection of the same agent")
+	case errors.Is(err, ErrClosed):
+		ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
+	default:
+		ws.conn.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
+type wsConn struct {
+	h       *handler
+	conn    *websocket.Conn
+	s       *session
+	c       caller
+	batch   bool
+	pending sync.WaitGroup // replies waiting for durability
+}
+
+func (ws *wsConn) reply(ctx context.Context, f Frame) {
+	b, _ := json.Marshal(f)
+	ctx, cancel := context.WithTimeout(ctx, ws.h.cfg.WriteTimeout)
+	defer cancel()
+	_ = ws.conn.Write(ctx, websocket.MessageText, b)
+}
+
+func (ws *wsConn) replyErr(ctx context.Context, ref string, err error) {
+	_, code, msg := errorStatus(err)
+	if code == "internal_error" {
+		ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
+	}
+	ws.reply(ctx, Frame{Action: "error", Ref: ref, Error: msg, Code: code})
+}
+
+func (ws *wsConn) writeLoop(ctx context.Context) {
+	ping := time.NewTicker(ws.h.cfg.PingInterval)
+	defer ping.Stop()
+	var (
+		buf []byte
+		ds  []delivery
+	)
+	n := 1
+	if ws.batch {
+		n = ws.h.cfg.BatchMax
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ws.s.gone:
+			return
+		case <-ping.C:
+			pctx, cancel := context.WithTimeout(ctx, ws.h.cfg.PingInterval)
+			err := ws.conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return
+			}
+			continue
+		case <-ws.s.wake:
+		}
+		for {
+			ds = ws.s.take(n, ds[:0])
+			if len(ds) == 0 {
+				break
+			}
+			buf = buf[:0]
+			if len(ds) > 1 {
+				buf = append(buf, '[')
+			}
+			for i := range ds {
+				if i > 0 {
+					buf = append(buf, ',')
+				}
+				buf = ds[i].appendJSON(buf, ws.c.agent)
+			}
+			if len(ds) > 1 {
+				buf = append(buf, ']')
+			}
+			clear(ds)
+			wctx, cancel := context.WithTimeout(ctx, ws.h.cfg.WriteTimeout)
+			err := ws.conn.Write(wctx, websocket.MessageText, buf)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (ws *wsConn) readLoop(ctx context.Context) {
+	// Bound the replies waiting for durability so a client cannot pile up
+	// unbounded work; the reader stalls instead, which backs the client off.
+	sem := make(chan struct{}, 1024)
+	for {
+		typ, data, err := ws.conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ != websocket.MessageText {
+			ws.replyErr(ctx, "", fmt.Errorf("%w: binary frames are not supported", ErrInvalid))
+			continue
+		}
+		var f Frame
+		if err := json.Unmarshal(data, &f); err != nil {
+			ws.reply(ctx, Frame{Action: "error", Error: "malformed frame: " + err.Error(), Code: "malformed_frame"})
+			continue
+		}
+		ws.handle(ctx, f, sem)
+	}
+}
+
+func (ws *wsConn) handle(ctx context.Context, f Frame, sem chan struct{}) {
+	b, c := ws.h.b, ws.c
+	switch f.Action {
+	case "subscribe", "unsubscribe":
+		var err error
+		if f.Action == "subscribe" {
+			err = b.Subscribe(ctx, c.exchange, c.agent, f.Type)
+		} else {
+			err = b.Unsubscribe(ctx, c.exchange, c.agent, f.Type)
+		}
+		if err != nil {
+			ws.replyErr(ctx, f.Ref, err)
+			return
+		}
+		ws.reply(ctx, Frame{Action: f.Action + "d", Ref: f.Ref, Type: f.Type})
+	case "ack":
+		ex, err := b.exchange(ctx, c.exchange)
+		var result <-chan error
+		if err == nil {
+			result, err = ex.ackAsync(c.agent, f.MessageID)
+		}
+		ws.later(ctx, f, sem, result, err, Frame{Action: "acked", Ref: f.Ref, MessageID: f.MessageID})
+	case "publish", "send":
+		if f.Message == nil {
+			ws.replyErr(ctx, f.Ref, fmt.Errorf("%w: %s frame without message", ErrInvalid, f.Action))
+			return
+		}
+		m := *f.Message
+		if f.Action == "send" {
+			if !ValidID(f.TargetAgent) || (m.To != "" && m.To != f.TargetAgent) {
+				ws.replyErr(ctx, f.Ref, fmt.Errorf("%w: targetAgent %q", ErrInvalid, f.TargetAgent))
+				return
+			}
+			m.To = f.TargetAgent
+		}
+		out, result, err := b.publishAsync(ctx, c.exchange, c.agent, m)
+		ws.later(ctx, f, sem, result, err, Frame{Action: "accepted", Ref: f.Ref, ID: out.ID})
+	case "heartbeat":
+		if err := b.Heartbeat(ctx, c.exchange, c.agent); err != nil {
+			ws.replyErr(ctx, f.Ref, err)
+		}
+	default:
+		ws.reply(ctx, Frame{Action: "error", Ref: f.Ref, Error: fmt.Sprintf("unknown action %q", f.Action), Code: "unknown_action"})
+	}
+}
+
+// later sends ok once result reports durability, without holding up the
+// reader, so one connection can pipeline many writes.
+func (ws *wsConn) later(ctx context.Context, f Frame, sem chan struct{}, result <-chan error, err error, ok Frame) {
+	if err != nil {
+		ws.replyErr(ctx, f.Ref, err)
+		return
+	}
+	if result == nil {
+		ws.reply(ctx, ok)
+		return
+	}
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	ws.pending.Go(func() {
+		defer func() { <-sem }()
+		if err := <-result; err != nil {
+			ws.replyErr(ctx, f.Ref, err)
+			return
+		}
+		ws.reply(ctx, ok)
+	})
+}

@@ -1,0 +1,414 @@
+package mailbus_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/meatspace-exchange/mess/mailbus"
+)
+
+func TestHandler_Routing(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	const ex = "ex1"
+	all := dialRaw(t, e, ex, "all", "types=*")
+	tasks := dialRaw(t, e, ex, "tasks", "types=task.*")
+	created := dialRaw(t, e, ex, "created", "types=task.created")
+	sender := dialRaw(t, e, ex, "sender", "types=*")
+
+	var out mailbus.Message
+	if code := post(t, "POST", e.url(ex, "publish"), key(ex, "sender"), mailbus.Message{Type: "task.created", Payload: json.RawMessage(`{"n":1}`)}, &out); code != 200 {
+		t.Fatalf("publish: %d", code)
+	}
+	if !strings.HasPrefix(out.ID, "msg-") || len(out.ID) != len("msg-")+13+1+8 {
+		t.Errorf("assigned id %q, want msg-<ms>-<8hex>", out.ID)
+	}
+	for name, c := range map[string]*rawConn{"all": all, "tasks": tasks, "created": created} {
+		m := c.message()
+		if m.ID != out.ID || m.Type != "task.created" || m.From != "sender" || m.Seq != 1 || string(m.Payload) != `{"n":1}` {
+			t.Errorf("%s got %+v", name, m)
+		}
+	}
+	// Ensure the sender does not receive its own broadcast.
+	sender.quiet(100 * time.Millisecond)
+
+	// Ensure a prefix pattern does not match a different type.
+	post(t, "POST", e.url(ex, "publish"), key(ex, "sender"), mailbus.Message{Type: "agent.status"}, nil)
+	if m := all.message(); m.Type != "agent.status" {
+		t.Errorf("all got %s", m.Type)
+	}
+	tasks.quiet(100 * time.Millisecond)
+	created.quiet(10 * time.Millisecond)
+
+	// Ensure a direct message reaches only its target, by either endpoint.
+	if code := post(t, "POST", e.url(ex, "send"), key(ex, "sender"), mailbus.SendRequest{TargetAgent: "created", Message: mailbus.Message{Type: "task.assigned"}}, nil); code != 200 {
+		t.Fatalf("send: %d", code)
+	}
+	if code := post(t, "POST", e.url(ex, "publish"), key(ex, "sender"), mailbus.Message{Type: "task.assigned", To: "created"}, nil); code != 200 {
+		t.Fatalf("publish with to: %d", code)
+	}
+	for range 2 {
+		if m := created.message(); m.Type != "task.assigned" || m.To != "created" {
+			t.Errorf("created got %+v", m)
+		}
+	}
+	all.quiet(100 * time.Millisecond)
+	tasks.quiet(10 * time.Millisecond)
+}
+
+func TestHandler_SpoofedFromIgnored(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	r := dialRaw(t, e, "ex", "b", "types=*")
+	var out mailbus.Message
+	post(t, "POST", e.url("ex", "publish"), key("ex", "a"), mailbus.Message{Type: "x.y", From: "boss"}, &out)
+	if out.From != "a" {
+		t.Errorf("stored from %q, want a", out.From)
+	}
+	if m := r.message(); m.From != "a" {
+		t.Errorf("received from %q, want a", m.From)
+	}
+	// Ensure the socket path stamps from too.
+	w := dialRaw(t, e, "ex", "c", "")
+	w.send(map[string]any{"action": "publish", "ref": "1", "message": map[string]any{"type": "x.y", "from": "boss"}})
+	if f := w.frame(); f.Action != "accepted" || f.Ref != "1" {
+		t.Fatalf("got %+v", f)
+	}
+	if m := r.message(); m.From != "c" {
+		t.Errorf("received from %q, want c", m.From)
+	}
+}
+
+func TestHandler_Auth(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	tests := []struct {
+		name, key string
+		want      int
+	}{
+		{"NoKey", "", http.StatusUnauthorized},
+		{"BadKey", "nope", http.StatusUnauthorized},
+		{"OtherExchange", key("other", "a"), http.StatusForbidden},
+		{"Good", key("ex", "a"), http.StatusOK},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var body map[string]any
+			if got := post(t, "POST", e.url("ex", "publish"), tc.key, mailbus.Message{Type: "a.b"}, &body); got != tc.want {
+				t.Errorf("publish: %d, want %d (%v)", got, tc.want, body)
+			}
+			if tc.want != 200 && (body["code"] == nil || body["error"] == nil) {
+				t.Errorf("error body %v", body)
+			}
+			u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http")
+			hdr := http.Header{}
+			if tc.key != "" {
+				hdr.Set("Authorization", "Bearer "+tc.key)
+			}
+			c, resp, err := websocket.Dial(ctxT(t), u, &websocket.DialOptions{HTTPHeader: hdr})
+			if tc.want == 200 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.CloseNow()
+				return
+			}
+			if err == nil || resp == nil || resp.StatusCode != tc.want {
+				t.Errorf("subscribe: err %v resp %v, want %d", err, resp, tc.want)
+			}
+		})
+	}
+}
+
+func TestHandler_BadInput(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	k := key("ex", "a")
+	tests := []struct {
+		name, method, op string
+		body             any
+		want             int
+	}{
+		{"MalformedJSON", "POST", "publish", `{"type":`, 400},
+		{"BadType", "POST", "publish", mailbus.Message{Type: "bad type"}, 400},
+		{"PayloadNotObject", "POST", "publish", `{"type":"a.b","payload":[1]}`, 400},
+		{"BadTarget", "POST", "send", mailbus.SendRequest{TargetAgent: "../x", Message: mailbus.Message{Type: "a"}}, 400},
+		{"TooLarge", "POST", "publish", `{"type":"a.b","payload":{"x":"` + strings.Repeat("x", 2<<20) + `"}}`, 413},
+		{"AckOther", "POST", "acknowledge", mailbus.AckRequest{MessageID: "m", AgentID: "b"}, 403},
+		{"AckUnknown", "POST", "acknowledge", mailbus.AckRequest{MessageID: "m"}, 404},
+		{"WrongMethod", "GET", "publish", nil, 405},
+		{"NoEndpoint", "POST", "nope", `{}`, 404},
+		{"BadSince", "GET", "inbox?since=-1", nil, 400},
+		{"BadPattern", "PUT", "subscriptions", mailbus.SubscriptionsBody{Types: []string{"a.*.b"}}, 400},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var body map[string]any
+			if got := post(t, tc.method, e.url("ex", tc.op), k, tc.body, &body); got != tc.want {
+				t.Errorf("got %d, want %d (%v)", got, tc.want, body)
+			}
+			if body["code"] == nil {
+				t.Errorf("no code in %v", body)
+			}
+		})
+	}
+}
+
+func TestHandler_MalformedFrames(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	r := dialRaw(t, e, "ex", "a", "types=*")
+	for _, bad := range []string{`{nope`, `{"action":"fly"}`, `{"action":"subscribe","type":"a b"}`, `{"action":"send","targetAgent":"b"}`, `{"action":"publish","message":{"type":""}}`} {
+		if err := r.c.Write(ctxT(t), websocket.MessageText, []byte(bad)); err != nil {
+			t.Fatal(err)
+		}
+		if f := r.frame(); f.Action != "error" || f.Code == "" {
+			t.Errorf("%s: got %+v, want an error frame", bad, f)
+		} else {
+			t.Log(bad, f)
+		}
+	}
+	// Ensure the connection still works.
+	r.send(map[string]any{"action": "send", "ref": "x", "targetAgent": "a", "message": map[string]any{"type": "t"}})
+	var accepted, delivered bool
+	for !accepted || !delivered {
+		var f mailbus.Frame
+		json.Unmarshal(r.next(), &f)
+		switch {
+		case f.Action == "accepted" && f.Ref == "x" && f.ID != "":
+			accepted = true
+		case f.Action == "" && f.Type == "t":
+			delivered = true
+		default:
+			t.Fatalf("unexpected frame %+v", f)
+		}
+	}
+}
+
+func TestHandler_SubscribeFrames(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	r := dialRaw(t, e, "ex", "a", "")
+	r.send(map[string]any{"action": "subscribe", "type": "task.*"})
+	if f := r.frame(); f.Action != "subscribed" {
+		t.Fatalf("got %+v", f)
+	}
+	post(t, "POST", e.url("ex", "publish"), key("ex", "b"), mailbus.Message{Type: "task.created"}, nil)
+	if m := r.message(); m.Type != "task.created" {
+		t.Fatalf("got %+v", m)
+	}
+	r.send(map[string]any{"action": "unsubscribe", "type": "task.*"})
+	if f := r.frame(); f.Action != "unsubscribed" {
+		t.Fatalf("got %+v", f)
+	}
+	post(t, "POST", e.url("ex", "publish"), key("ex", "b"), mailbus.Message{Type: "task.created"}, nil)
+	r.quiet(150 * time.Millisecond)
+}
+
+func TestHandler_OfflineInOrder(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	// The subscription is durable: it holds while the agent is offline.
+	if code := post(t, "PUT", e.url("ex", "subscriptions"), key("ex", "w"), mailbus.SubscriptionsBody{Types: []string{"task.*"}}, nil); code != 200 {
+		t.Fatal(code)
+	}
+	const n = 50
+	for i := range n {
+		m := mailbus.Message{Type: "task.created", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}
+		if i%2 == 1 {
+			post(t, "POST", e.url("ex", "send"), key("ex", "boss"), mailbus.SendRequest{TargetAgent: "w", Message: m}, nil)
+		} else {
+			post(t, "POST", e.url("ex", "publish"), key("ex", "boss"), m, nil)
+		}
+	}
+	post(t, "POST", e.url("ex", "publish"), key("ex", "boss"), mailbus.Message{Type: "other.thing"}, nil)
+	r := dialRaw(t, e, "ex", "w", "")
+	for i := range n {
+		m := r.message()
+		var p struct{ I int }
+		json.Unmarshal(m.Payload, &p)
+		if p.I != i || m.Seq != uint64(i+1) {
+			t.Fatalf("message %d: got i=%d seq=%d", i, p.I, m.Seq)
+		}
+	}
+	r.quiet(100 * time.Millisecond)
+
+	// Resuming with since gives exactly what follows.
+	r.c.CloseNow()
+	r2 := dialRaw(t, e, "ex", "w", "since=45")
+	for i := 46; i <= n; i++ {
+		if m := r2.message(); m.Seq != uint64(i) {
+			t.Fatalf("got seq %d, want %d", m.Seq, i)
+		}
+	}
+	r2.quiet(100 * time.Millisecond)
+}
+
+func TestHandler_Batch(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	for range 20 {
+		post(t, "POST", e.url("ex", "send"), key("ex", "a"), mailbus.SendRequest{TargetAgent: "b", Message: mailbus.Message{Type: "x"}}, nil)
+	}
+	r := dialRaw(t, e, "ex", "b", "batch=1")
+	var got []mailbus.Message
+	for len(got) < 20 {
+		data := r.next()
+		if data[0] == '[' {
+			var ms []mailbus.Message
+			if err := json.Unmarshal(data, &ms); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, ms...)
+		} else {
+			var m mailbus.Message
+			json.Unmarshal(data, &m)
+			got = append(got, m)
+		}
+	}
+	for i, m := range got {
+		if m.Seq != uint64(i+1) {
+			t.Fatalf("message %d has seq %d", i, m.Seq)
+		}
+	}
+}
+
+func TestHandler_AckRedelivery(t *testing.T) {
+	e := startEnv(t, mailbus.Config{VisibilityTimeout: 200 * time.Millisecond})
+	r := dialRaw(t, e, "ex", "w", "")
+	var sent mailbus.Message
+	post(t, "POST", e.url("ex", "send"), key("ex", "boss"), mailbus.SendRequest{TargetAgent: "w", Message: mailbus.Message{Type: "job", AckRequired: true}}, &sent)
+	first := r.message()
+	if first.ID != sent.ID || !first.AckRequired {
+		t.Fatalf("got %+v", first)
+	}
+	// Not acknowledged: it comes again, same id and seq.
+	again := r.message()
+	if again.ID != sent.ID || again.Seq != first.Seq {
+		t.Fatalf("redelivery %+v", again)
+	}
+	r.send(map[string]any{"action": "ack", "messageId": sent.ID, "ref": "k"})
+	if f := r.frame(); f.Action != "acked" || f.MessageID != sent.ID {
+		t.Fatalf("got %+v", f)
+	}
+	r.quiet(600 * time.Millisecond)
+	// Acknowledging again is fine; the HTTP path works too.
+	if code := post(t, "POST", e.url("ex", "acknowledge"), key("ex", "w"), mailbus.AckRequest{MessageID: sent.ID, AgentID: "w"}, nil); code != 200 {
+		t.Errorf("second ack: %d", code)
+	}
+	// A reconnect from the start shows the acknowledged copy.
+	r.c.CloseNow()
+	r2 := dialRaw(t, e, "ex", "w", "since=0")
+	if m := r2.message(); m.AckedAt == nil || m.AckedBy != "w" {
+		t.Errorf("replayed copy %+v, want ackedAt/ackedBy", m)
+	}
+}
+
+func TestHandler_AckPerRecipient(t *testing.T) {
+	e := startEnv(t, mailbus.Config{VisibilityTimeout: 200 * time.Millisecond})
+	a := dialRaw(t, e, "ex", "a", "types=job")
+	b := dialRaw(t, e, "ex", "b", "types=job")
+	var sent mailbus.Message
+	post(t, "POST", e.url("ex", "publish"), key("ex", "boss"), mailbus.Message{Type: "job", AckRequired: true}, &sent)
+	a.message()
+	b.message()
+	a.send(map[string]any{"action": "ack", "messageId": sent.ID})
+	a.frame()
+	// b did not acknowledge, so only b gets it again.
+	if m := b.message(); m.ID != sent.ID {
+		t.Fatalf("b got %+v", m)
+	}
+	a.quiet(400 * time.Millisecond)
+}
+
+func TestHandler_UnackedRedeliveredOnReconnect(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	r := dialRaw(t, e, "ex", "w", "")
+	var sent mailbus.Message
+	post(t, "POST", e.url("ex", "send"), key("ex", "boss"), mailbus.SendRequest{TargetAgent: "w", Message: mailbus.Message{Type: "job", AckRequired: true}}, &sent)
+	m := r.message()
+	r.c.CloseNow()
+	r2 := dialRaw(t, e, "ex", "w", fmt.Sprintf("since=%d", m.Seq))
+	if got := r2.message(); got.ID != sent.ID {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func TestHandler_SecondConnection(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	old := dialRaw(t, e, "ex", "a", "")
+	fresh := dialRaw(t, e, "ex", "a", "")
+	select {
+	case <-old.msgs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("old connection not closed")
+	}
+	if got := websocket.CloseStatus(<-old.err); got != mailbus.StatusReplaced {
+		t.Errorf("old closed with %v, want %v", got, mailbus.StatusReplaced)
+	}
+	post(t, "POST", e.url("ex", "send"), key("ex", "b"), mailbus.SendRequest{TargetAgent: "a", Message: mailbus.Message{Type: "x"}}, nil)
+	if m := fresh.message(); m.Type != "x" {
+		t.Errorf("got %+v", m)
+	}
+}
+
+func TestHandler_InboxPull(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	for range 5 {
+		post(t, "POST", e.url("ex", "send"), key("ex", "a"), mailbus.SendRequest{TargetAgent: "b", Message: mailbus.Message{Type: "x"}}, nil)
+	}
+	var res mailbus.InboxResponse
+	if code := post(t, "GET", e.url("ex", "inbox?since=0&limit=3"), key("ex", "b"), nil, &res); code != 200 {
+		t.Fatal(code)
+	}
+	if len(res.Messages) != 3 || res.Next != 3 || res.Messages[2].Seq != 3 {
+		t.Fatalf("got %+v", res)
+	}
+	post(t, "GET", e.url("ex", fmt.Sprintf("inbox?since=%d", res.Next)), key("ex", "b"), nil, &res)
+	if len(res.Messages) != 2 || res.Next != 5 {
+		t.Fatalf("got %+v", res)
+	}
+	// Without since, the pull continues from the last confirmed position.
+	post(t, "GET", e.url("ex", "inbox"), key("ex", "b"), nil, &res)
+	if len(res.Messages) != 2 || res.Messages[0].Seq != 4 {
+		t.Fatalf("got %+v", res)
+	}
+}
+
+func TestHandler_Presence(t *testing.T) {
+	e := startEnv(t, mailbus.Config{PresenceTimeout: 300 * time.Millisecond})
+	watcher := dialRaw(t, e, "ex", "watch", "types=heartbeat")
+	r := dialRaw(t, e, "ex", "a", "")
+	r.send(map[string]any{"action": "heartbeat"})
+	if m := watcher.message(); m.Type != "heartbeat" || m.From != "a" || m.Seq != 0 {
+		t.Errorf("watcher got %+v", m)
+	}
+	presence := func() map[string]mailbus.Presence {
+		var res struct{ Agents []mailbus.Presence }
+		post(t, "GET", e.url("ex", "presence"), key("ex", "watch"), nil, &res)
+		out := map[string]mailbus.Presence{}
+		for _, p := range res.Agents {
+			out[p.AgentID] = p
+		}
+		return out
+	}
+	if p := presence()["a"]; !p.Online || !p.Connected || p.LastHeartbeat == nil {
+		t.Errorf("presence %+v", p)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if p := presence()["a"]; p.Online || !p.Connected {
+		t.Errorf("after heartbeats stopped: %+v, want offline but connected", p)
+	}
+	// Heartbeats are not stored mail.
+	var res mailbus.InboxResponse
+	post(t, "GET", e.url("ex", "inbox?since=0"), key("ex", "watch"), nil, &res)
+	if len(res.Messages) != 0 {
+		t.Errorf("heartbeat stored: %+v", res.Messages)
+	}
+}
+
+func TestHandler_ExchangesIsolated(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	r := dialRaw(t, e, "one", "a", "types=*")
+	post(t, "POST", e.url("two", "publish"), key("two", "b"), mailbus.Message{Type: "x"}, nil)
+	post(t, "POST", e.url("two", "send"), key("two", "b"), mailbus.SendRequest{TargetAgent: "a", Message: mailbus.Message{Type: "x"}}, nil)
+	r.quiet(150 * time.Millisecond)
+}

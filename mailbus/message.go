@@ -1,0 +1,151 @@
+package mailbus
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Message types the original bus defined. Any other dotted type made of
+// letters, digits, '_' and '-' segments is accepted as well.
+const (
+	TypeTaskCreated          = "task.created"
+	TypeTaskClaimed          = "task.claimed"
+	TypeTaskAssigned         = "task.assigned"
+	TypeTaskUpdated          = "task.updated"
+	TypeTaskCompleted        = "task.completed"
+	TypeTaskFailed           = "task.failed"
+	TypeTaskRetryScheduled   = "task.retry_scheduled"
+	TypeTaskProgress         = "task.progress"
+	TypeTaskAvailable        = "task.available"
+	TypeTaskInterrupted      = "task.interrupted"
+	TypeAgentStarted         = "agent.started"
+	TypeAgentStopped         = "agent.stopped"
+	TypeAgentError           = "agent.error"
+	TypeAgentStatus          = "agent.status"
+	TypeFileLock             = "file.lock"
+	TypeFileUnlock           = "file.unlock"
+	TypeCoordinationRequest  = "coordination.request"
+	TypeCoordinationResponse = "coordination.response"
+	TypeHeartbeat            = "heartbeat"
+)
+
+// Message is the unit of mail. Field names and JSON keys are the original
+// bus's; Seq is new.
+type Message struct {
+	// ID identifies the message; the server assigns msg-<ms>-<8hex> when
+	// empty. Receivers deduplicate redeliveries by it.
+	ID string `json:"id"`
+	// Type is a dotted type such as "task.created".
+	Type string `json:"type"`
+	// From is the sender. The server overwrites it with the authenticated
+	// agent, so it cannot be spoofed.
+	From string `json:"from"`
+	// To, when set, makes the message direct: only that agent receives it,
+	// whether it was sent with Publish or SendTo.
+	To string `json:"to,omitempty"`
+	// Payload is a JSON object; empty means {}.
+	Payload json.RawMessage `json:"payload"`
+	// Timestamp is set by the server when zero.
+	Timestamp time.Time `json:"timestamp"`
+	// CorrelationID threads replies to requests.
+	CorrelationID string `json:"correlationId,omitempty"`
+	// AckRequired makes delivery at-least-once: the message is redelivered
+	// after the visibility timeout until the recipient acknowledges it.
+	AckRequired bool `json:"ackRequired,omitempty"`
+	// AckedAt and AckedBy are set on a recipient's copy once that recipient
+	// acknowledged it.
+	AckedAt *time.Time `json:"ackedAt,omitempty"`
+	AckedBy string     `json:"ackedBy,omitempty"`
+	// Seq is the message's position in the recipient's inbox, assigned by
+	// the server; resume with since=<last Seq seen>. Zero on messages that
+	// are not stored (heartbeats) and on the sender's side.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+var (
+	idRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	typeRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+	msgRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+)
+
+// ValidID reports whether s is a valid exchange or agent identifier.
+func ValidID(s string) bool { return idRE.MatchString(s) }
+
+// ValidType reports whether t is an acceptable message type.
+func ValidType(t string) bool { return len(t) <= 128 && typeRE.MatchString(t) }
+
+// ValidPattern reports whether p is an acceptable subscription: a type,
+// a prefix pattern "a.b.*", or "*".
+func ValidPattern(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if base, ok := strings.CutSuffix(p, ".*"); ok {
+		return ValidType(base)
+	}
+	return ValidType(p)
+}
+
+// Match reports whether message type t matches subscription pattern p.
+// "task.*" matches "task.created" and "task.x.y" but not "task".
+func Match(p, t string) bool {
+	if p == "*" {
+		return true
+	}
+	if base, ok := strings.CutSuffix(p, ".*"); ok {
+		return len(t) > len(base)+1 && t[len(base)] == '.' && strings.HasPrefix(t, base)
+	}
+	return p == t
+}
+
+// NewMessageID returns an id in the original's format, msg-<ms>-<8hex>.
+func NewMessageID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "msg-" + strconv.FormatInt(now.UnixMilli(), 10) + "-" + hex.EncodeToString(b[:])
+}
+
+// normalize validates m for sending and fills server-side fields.
+func normalize(m *Message, from string, now time.Time) error {
+	if !ValidType(m.Type) {
+		return fmt.Errorf("%w: message type %q (want dotted segments of letters, digits, '_' or '-')", ErrInvalid, m.Type)
+	}
+	if m.ID == "" {
+		m.ID = NewMessageID(now)
+	} else if !msgRE.MatchString(m.ID) {
+		return fmt.Errorf("%w: message id %q", ErrInvalid, m.ID)
+	}
+	if m.To != "" && !ValidID(m.To) {
+		return fmt.Errorf("%w: target agent %q", ErrInvalid, m.To)
+	}
+	if len(m.CorrelationID) > 256 {
+		return fmt.Errorf("%w: correlationId longer than 256 bytes", ErrInvalid)
+	}
+	p := bytes.TrimSpace(m.Payload)
+	switch {
+	case len(p) == 0 || bytes.Equal(p, []byte("null")):
+		m.Payload = json.RawMessage("{}")
+	case p[0] != '{' || !json.Valid(p):
+		return fmt.Errorf("%w: payload must be a JSON object", ErrInvalid)
+	default:
+		var c bytes.Buffer
+		if err := json.Compact(&c, p); err != nil {
+			return fmt.Errorf("%w: payload: %v", ErrInvalid, err)
+		}
+		m.Payload = c.Bytes()
+	}
+	m.From = from
+	if m.Timestamp.IsZero() {
+		m.Timestamp = now
+	}
+	m.Timestamp = m.Timestamp.UTC()
+	m.AckedAt, m.AckedBy, m.Seq = nil, "", 0
+	return nil
+}

@@ -1,0 +1,300 @@
+package mailbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// Storage layout of exchange X:
+//
+//	mailbus/X/log/{ULID}.jsonl   journal records (messages, acks, subscriptions, cursors)
+//	mailbus/X/snap/{LSN}.json    snapshots; the newest one plus the later journal is the state
+//
+// Records carry a per-exchange log sequence number (LSN). Journal objects
+// are written in LSN order, replay skips records a snapshot already covers,
+// and compaction deletes objects whose records are all covered.
+
+func (ex *exchange) snapPrefix() string { return "mailbus/" + ex.id + "/snap/" }
+func (ex *exchange) logPrefix() string  { return "mailbus/" + ex.id + "/log/" }
+
+type snapshot struct {
+	LSN      uint64      `json:"lsn"`
+	Messages []snapMsg   `json:"messages"`
+	Agents   []snapAgent `json:"agents"`
+}
+
+type snapMsg struct {
+	Msg  Message `json:"m"`
+	Recv int64   `json:"r"`
+}
+
+type snapAgent struct {
+	ID     string    `json:"id"`
+	Subs   []string  `json:"subs,omitempty"`
+	Cursor uint64    `json:"cursor,omitempty"`
+	First  uint64    `json:"first"`
+	Ents   []snapEnt `json:"ents,omitempty"`
+}
+
+type snapEnt struct {
+	M       int   `json:"m"`
+	Ack     bool  `json:"k,omitempty"`
+	AckedAt int64 `json:"t,omitempty"`
+}
+
+// load rebuilds the exchange from its newest snapshot and the journal.
+func (ex *exchange) load() {
+	defer close(ex.ready)
+	if st := ex.b.cfg.Store; st != nil {
+		if err := ex.restore(context.Background(), st); err != nil {
+			ex.loadErr = fmt.Errorf("mailbus: load exchange %s: %w", ex.id, err)
+			ex.b.cfg.Logger.Error("mailbus: load failed", "exchange", ex.id, "err", err)
+			return
+		}
+	}
+	for _, a := range ex.agents {
+		a.durable = a.next() - 1
+		a.savedCur = a.cursor
+	}
+	ex.committers.Add(1)
+	go ex.committer()
+}
+
+func (ex *exchange) restore(ctx context.Context, st storage.Store) error {
+	var last string
+	opts := storage.ListOptions{}
+	for {
+		page, err := st.List(ctx, ex.snapPrefix(), opts)
+		if err != nil {
+			return err
+		}
+		if n := len(page.Keys); n > 0 {
+			last = page.Keys[n-1]
+		}
+		if page.Next == "" {
+			break
+		}
+		opts.After = page.Next
+	}
+	if last != "" {
+		obj, err := st.Get(ctx, last)
+		if err != nil {
+			return err
+		}
+		var s snapshot
+		if err := json.Unmarshal(obj.Data, &s); err != nil {
+			return fmt.Errorf("decode %s: %w", last, err)
+		}
+		if err := ex.applySnapshot(&s); err != nil {
+			return fmt.Errorf("apply %s: %w", last, err)
+		}
+	}
+	return journal.Replay(ctx, st, journal.ReplayConfig{
+		Prefix: ex.logPrefix(),
+		Decode: func(key string, data []byte) (any, error) {
+			lines, _ := journal.Lines(data) // objects are written whole; a torn tail cannot be acknowledged
+			recs := make([]record, 0, len(lines))
+			for _, l := range lines {
+				var r record
+				if err := json.Unmarshal(l, &r); err != nil {
+					return nil, err
+				}
+				if r.Kind == "m" && r.Msg != nil {
+					raw, err := json.Marshal(r.Msg)
+					if err != nil {
+						return nil, err
+					}
+					r.raw = raw
+				}
+				recs = append(recs, r)
+			}
+			return recs, nil
+		},
+		Apply: func(key string, v any) error {
+			for _, r := range v.([]record) {
+				if r.LSN <= ex.lsn {
+					continue
+				}
+				ex.applyRecord(&r)
+				ex.lsn = r.LSN
+				ex.sinceSnap++
+			}
+			return nil
+		},
+	})
+}
+
+func (ex *exchange) applyRecord(r *record) {
+	switch r.Kind {
+	case "m":
+		if r.Msg == nil {
+			return
+		}
+		ex.applyMessage(&stored{msg: *r.Msg, raw: r.raw, recv: time.UnixMilli(r.Time)})
+	case "a":
+		ex.applyAck(r.Agent, r.ID, time.UnixMilli(r.Time))
+	case "s":
+		ex.agent(r.Agent).subs = r.Types
+	case "c":
+		a := ex.agent(r.Agent)
+		a.cursor = max(a.cursor, r.Seq)
+	}
+}
+
+func (ex *exchange) applySnapshot(s *snapshot) error {
+	msgs := make([]*stored, len(s.Messages))
+	for i, m := range s.Messages {
+		st, err := newStored(&m.Msg, time.UnixMilli(m.Recv))
+		if err != nil {
+			return err
+		}
+		msgs[i] = st
+	}
+	for _, sa := range s.Agents {
+		a := ex.agent(sa.ID)
+		a.subs, a.cursor, a.first = sa.Subs, sa.Cursor, max(sa.First, 1)
+		a.ents = make([]entry, 0, len(sa.Ents))
+		for i, se := range sa.Ents {
+			if se.M < 0 || se.M >= len(msgs) {
+				return errors.New("entry refers to a missing message")
+			}
+			e := entry{m: msgs[se.M]}
+			if se.Ack {
+				e.ack = &ackState{}
+				if se.AckedAt != 0 {
+					e.ack.ackedAt = time.UnixMilli(se.AckedAt)
+				}
+				a.pending[e.m.msg.ID] = a.first + uint64(i)
+			}
+			a.ents = append(a.ents, e)
+		}
+	}
+	ex.lsn = s.LSN
+	return nil
+}
+
+// wantSnapshot reports whether the caller should start a snapshot. Caller
+// holds ex.mu.
+func (ex *exchange) wantSnapshot() bool {
+	if ex.b.j == nil || ex.b.cfg.SnapshotEvery < 0 || ex.snapping || ex.closed ||
+		ex.sinceSnap < ex.b.cfg.SnapshotEvery {
+		return false
+	}
+	ex.snapping = true
+	ex.sinceSnap = 0
+	ex.committers.Add(1)
+	return true
+}
+
+// snapshot writes the exchange state and deletes the journal objects and
+// older snapshots it makes redundant.
+func (ex *exchange) snapshot() {
+	defer ex.committers.Done()
+	defer func() {
+		ex.mu.Lock()
+		ex.snapping = false
+		ex.mu.Unlock()
+	}()
+	s := ex.capture()
+	if err := ex.writeSnapshot(context.Background(), s); err != nil {
+		ex.b.cfg.Logger.Error("mailbus: snapshot failed", "exchange", ex.id, "err", err)
+	}
+}
+
+// capture copies the state under the locks; encoding happens outside them.
+func (ex *exchange) capture() *snapshot {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	s := &snapshot{LSN: ex.lsn}
+	index := map[*stored]int{}
+	for _, a := range ex.agents {
+		a.mu.Lock()
+		sa := snapAgent{ID: a.id, Subs: a.subs, Cursor: a.cursor, First: a.first, Ents: make([]snapEnt, 0, len(a.ents))}
+		for _, e := range a.ents {
+			i, ok := index[e.m]
+			if !ok {
+				i = len(s.Messages)
+				index[e.m] = i
+				s.Messages = append(s.Messages, snapMsg{Msg: e.m.msg, Recv: e.m.recv.UnixMilli()})
+			}
+			se := snapEnt{M: i}
+			if e.ack != nil {
+				se.Ack = true
+				if !e.ack.ackedAt.IsZero() {
+					se.AckedAt = e.ack.ackedAt.UnixMilli()
+				}
+			}
+			sa.Ents = append(sa.Ents, se)
+		}
+		a.mu.Unlock()
+		s.Agents = append(s.Agents, sa)
+	}
+	return s
+}
+
+func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
+	st := ex.b.cfg.Store
+	data, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	key := fmt.Sprintf("%s%020d.json", ex.snapPrefix(), s.LSN)
+	if _, err := st.Put(ctx, key, data); err != nil {
+		return err
+	}
+	// Journal objects hold increasing LSNs in key order: delete from the
+	// front while an object's last record is covered by the snapshot.
+	opts := storage.ListOptions{}
+	for {
+		page, err := st.List(ctx, ex.logPrefix(), opts)
+		if err != nil {
+			return err
+		}
+		for _, k := range page.Keys {
+			obj, err := st.Get(ctx, k)
+			if err != nil {
+				return err
+			}
+			lines, _ := journal.Lines(obj.Data)
+			if len(lines) == 0 {
+				continue
+			}
+			var r record
+			if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
+				return err
+			}
+			if r.LSN > s.LSN {
+				return ex.deleteOldSnapshots(ctx, key)
+			}
+			if err := st.Delete(ctx, k); err != nil {
+				return err
+			}
+		}
+		if page.Next == "" {
+			return ex.deleteOldSnapshots(ctx, key)
+		}
+		opts.After = page.Next
+	}
+}
+
+func (ex *exchange) deleteOldSnapshots(ctx context.Context, keep string) error {
+	st := ex.b.cfg.Store
+	page, err := st.List(ctx, ex.snapPrefix(), storage.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, k := range page.Keys {
+		if k < keep {
+			if err := st.Delete(ctx, k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,180 @@
+package mailbus
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// session is one live connection of an agent (WebSocket or in-process).
+// It holds no message queue of its own: its transport pulls from the
+// agent's inbox from position next, so a slow reader never blocks a
+// publisher and never grows memory, and replay on reconnect is the same
+// code as live delivery.
+type session struct {
+	ex *exchange
+	a  *agent
+
+	// Guarded by a.mu.
+	next      uint64    // next inbox seq to send
+	redeliver []uint64  // overdue ackRequired seqs to send again
+	live      []*stored // heartbeats: delivered live, never stored
+
+	wake chan struct{} // capacity 1: "there may be something to take"
+	gone chan struct{} // closed by kick
+	once sync.Once
+	err  error // why the session was kicked; read after gone is closed
+}
+
+// delivery is one message as a recipient sees it.
+type delivery struct {
+	seq     uint64
+	st      *stored
+	ackedAt time.Time
+}
+
+// attach opens a session for agentID starting after since (negative: after
+// the stored cursor). Unacknowledged ackRequired messages at or before the
+// start are sent again first. A previous session of the agent is kicked
+// with ErrReplaced.
+func (ex *exchange) attach(agentID string, since int64) (*session, error) {
+	ex.mu.Lock()
+	if ex.closed {
+		ex.mu.Unlock()
+		return nil, ErrClosed
+	}
+	a := ex.agent(agentID)
+	ex.mu.Unlock()
+	s := &session{ex: ex, a: a, wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	a.mu.Lock()
+	old := a.sess
+	a.sess = s
+	a.connAt = ex.b.cfg.Now()
+	start := a.cursor
+	if since >= 0 {
+		start = uint64(since)
+	}
+	s.next = max(start+1, a.first)
+	for _, seq := range a.sortedPending() {
+		if seq >= s.next {
+			break
+		}
+		if e := a.get(seq); e != nil && e.ack.ackedAt.IsZero() {
+			e.ack.due = time.Time{}
+			s.redeliver = append(s.redeliver, seq)
+		}
+	}
+	a.mu.Unlock()
+	if old != nil {
+		old.kick(ErrReplaced)
+	}
+	s.notify()
+	return s, nil
+}
+
+// detach ends s and saves the agent's cursor.
+func (s *session) detach() {
+	s.kick(nil)
+	s.a.mu.Lock()
+	if s.a.sess == s {
+		s.a.sess = nil
+	}
+	s.a.mu.Unlock()
+	s.ex.saveCursor(s.a)
+}
+
+func (s *session) kick(err error) {
+	s.once.Do(func() {
+		s.err = err
+		close(s.gone)
+	})
+}
+
+func (s *session) notify() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns up to n deliveries: redeliveries, then heartbeats, then new
+// durable inbox entries in seq order.
+func (s *session) take(n int, out []delivery) []delivery {
+	a := s.a
+	now := s.ex.b.cfg.Now()
+	vis := s.ex.b.cfg.VisibilityTimeout
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sess != s {
+		return out
+	}
+	for len(s.redeliver) > 0 && len(out) < n {
+		seq := s.redeliver[0]
+		s.redeliver = s.redeliver[1:]
+		e := a.get(seq)
+		if e == nil || e.ack == nil || !e.ack.ackedAt.IsZero() || e.m.failed.Load() {
+			continue
+		}
+		e.ack.due = now.Add(vis)
+		out = append(out, delivery{seq: seq, st: e.m})
+	}
+	for len(s.live) > 0 && len(out) < n {
+		out = append(out, delivery{st: s.live[0]})
+		s.live[0] = nil
+		s.live = s.live[1:]
+	}
+	if s.next < a.first {
+		s.next = a.first
+	}
+	for s.next <= a.durable && len(out) < n {
+		e := &a.ents[s.next-a.first]
+		if !e.m.failed.Load() {
+			d := delivery{seq: s.next, st: e.m}
+			if e.ack != nil {
+				if e.ack.ackedAt.IsZero() {
+					e.ack.due = now.Add(vis)
+				} else {
+					d.ackedAt = e.ack.ackedAt
+				}
+			}
+			out = append(out, d)
+		}
+		s.next++
+	}
+	if s.next-1 > a.cursor {
+		a.cursor = s.next - 1
+	}
+	return out
+}
+
+// appendJSON encodes d as the recipient's copy of the message. The common
+// case splices the seq into the stored encoding instead of re-encoding.
+func (d *delivery) appendJSON(buf []byte, agentID string) []byte {
+	if !d.ackedAt.IsZero() {
+		m := d.st.msg
+		m.Seq = d.seq
+		t := d.ackedAt.UTC()
+		m.AckedAt, m.AckedBy = &t, agentID
+		b, _ := json.Marshal(&m)
+		return append(buf, b...)
+	}
+	if d.seq == 0 {
+		return append(buf, d.st.raw...)
+	}
+	buf = append(buf, `{"seq":`...)
+	buf = strconv.AppendUint(buf, d.seq, 10)
+	buf = append(buf, ',')
+	return append(buf, d.st.raw[1:]...)
+}
+
+// message returns the recipient's copy of d as a value.
+func (d *delivery) message(agentID string) Message {
+	m := d.st.msg
+	m.Seq = d.seq
+	if !d.ackedAt.IsZero() {
+		t := d.ackedAt.UTC()
+		m.AckedAt, m.AckedBy = &t, agentID
+	}
+	return m
+}
