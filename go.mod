@@ -2,9 +2,11 @@ module github.com/meatspace-exchange/mess
 
 go 1.26.8
 
+require github.com/anishathalye/porcupine v1.3.1
+
 require (
-	github.com/anishathalye/porcupine v1.3.1
 	github.com/coder/websocket v1.8.15 // indirect
+	github.com/goccy/go-json v0.12.0 // indirect
 	github.com/labstack/echo/v4 v4.16.0 // indirect
 	github.com/labstack/gommon v0.5.0 // indirect
 	github.com/mattn/go-colorable v0.1.15 // indirect

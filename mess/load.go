@@ -57,18 +57,12 @@ func (s *Service) load(ctx context.Context) error {
 			out := make([]decodedLine, 0, len(lines))
 			bad := 0
 			for _, l := range lines {
-				var d decodedLine
-				if err := json.Unmarshal(l, &d.ev); err != nil || !ValidID(d.ev.ExchangeID) {
+				ev, p, err := decodeLine(l)
+				if err != nil || !ValidID(ev.ExchangeID) {
 					bad++
 					continue
 				}
-				p, err := decodePayload(&d.ev)
-				if err != nil {
-					bad++
-					continue
-				}
-				d.p = p
-				out = append(out, d)
+				out = append(out, decodedLine{ev, p})
 			}
 			return struct {
 				lines     []decodedLine
