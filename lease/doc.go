@@ -1,0 +1,55 @@
+// Package lease grants time-limited, exclusive leases on names (file paths)
+// within an exchange, with fencing tokens, so that agents editing shared
+// files can take turns safely.
+//
+// A Manager holds the leases; NewHandler serves them over HTTP under
+// /api/v1/exchanges/{exchange_id}/leases/ and Client calls that API.
+//
+// # Semantics
+//
+//   - A lease is on a canonical name (CanonicalName: "./a//b" is "a/b")
+//     within an exchange, held by one agent until its deadline.
+//   - Acquire grants a free or expired lease and refuses a held one with a
+//     *HeldError naming the holder and its deadline. Re-acquiring one's own
+//     lease renews it and never shortens it.
+//   - Every grant carries a fencing token. Tokens come from one counter for
+//     the whole service, so they strictly increase per name, across
+//     restarts too. A resource guarded by a lease should remember the
+//     highest token it has seen and reject writes carrying a lower one:
+//     that stops a holder whose lease passed (a long GC pause, a partition)
+//     from overwriting its successor's work.
+//   - Renew and Release take the token. A token that is no longer current
+//     is refused (ErrStaleToken; Release reports false), as is any
+//     operation on an expired lease. Release reports whether it released.
+//   - AcquireWait queues for a held lease. Waiters are served first come,
+//     first served: a release or the holder's expiry hands the lease to the
+//     oldest waiter only, so there is no polling and no thundering herd,
+//     and a plain Acquire cannot jump the queue.
+//   - TTLs must lie in [Config.MinTTL, Config.MaxTTL]. Deadlines are
+//     measured on the monotonic clock: a lease counts as held strictly
+//     before its deadline and free from the deadline on. A queued waiter is
+//     handed an expired lease by a timer set for the deadline.
+//
+// # Durability
+//
+// With a Config.Store, every grant, renewal and release is appended to a
+// group-commit journal (internal/journal) before it is acknowledged, and
+// the journal is folded into a snapshot every Config.CompactInterval and at
+// Close. After a crash the leases still held are held again, each for at
+// most the time it had left when last written, so a restart never extends
+// a lease; tokens resume above every token ever written. A grant whose
+// write fails is undone before the error is returned. A release whose write
+// fails is reported as an error, and the lease may come back after a crash
+// until its deadline, which only ever delays others.
+//
+// The wall clock is only used across restarts: if it steps back while the
+// server is down, a lease still ends no later than the TTL it had left.
+//
+// # Concurrency
+//
+// Manager, Client and the handler are safe for concurrent use. The Manager
+// shards its leases over 256 mutexes; no lock is held during I/O. List and
+// ReleaseAll visit every shard in turn, so they see each shard at a
+// different instant. Lock order: Manager.closeMu (shared) before a shard
+// mutex; compaction takes its own mutex before shard mutexes.
+package lease
