@@ -176,6 +176,13 @@ func (d *dispatcher) dispatch(m Message) {
 		}
 	}
 	d.mu.Unlock()
+	if len(hs) == 0 {
+		// Direct mail arrives whatever the subscriptions; without a
+		// handler it is reported, and an ackRequired one stays
+		// unacknowledged so it is not silently lost.
+		d.onError(fmt.Errorf("mailbus: no handler for message %s of type %s", m.ID, m.Type))
+		return
+	}
 	failed := false
 	ctx := context.Background()
 	for _, s := range hs {

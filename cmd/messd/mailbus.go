@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/meatspace-exchange/mess/mailbus"
+	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+func init() {
+	mounts = append(mounts, func(e *echo.Echo, store storage.Store, svc *mess.Service, getenv func(string) string, logger *slog.Logger) (func(context.Context) error, error) {
+		return setupMailbus(e, store, mailbusAuthenticator{svc}, getenv, logger)
+	})
+}
+
+// mailbusAuthenticator lets the mail bus accept the exchange's executor API
+// keys, mapping the exchange's auth errors onto the bus's. It is also the
+// bus's Directory, so mail to an agent that is not an executor is refused.
+type mailbusAuthenticator struct{ svc *mess.Service }
+
+func (a mailbusAuthenticator) Authenticate(ctx context.Context, exchangeID, token string) (string, error) {
+	id, err := a.svc.Authenticate(ctx, exchangeID, token)
+	switch {
+	case err == nil:
+		return id, nil
+	case errors.Is(err, mess.ErrUnauthorized):
+		return "", fmt.Errorf("%w: %w", mailbus.ErrUnauthorized, err)
+	case errors.Is(err, mess.ErrForbidden):
+		return "", fmt.Errorf("%w: %w", mailbus.ErrForbidden, err)
+	default:
+		return "", err
+	}
+}
+
+func (a mailbusAuthenticator) IsAgent(ctx context.Context, exchangeID, agentID string) (bool, error) {
+	_, ok := a.svc.ExecutorConfig(exchangeID, agentID)
+	return ok, nil
+}
+
+// setupMailbus serves the mail bus from store. Settings:
+//
+//	MAILBUS_RETENTION_AGE       drop stored mail older than this (Go duration, default 168h)
+//	MAILBUS_RETENTION_COUNT     messages kept per agent inbox (default 10000)
+//	MAILBUS_VISIBILITY_TIMEOUT  redeliver unacknowledged ackRequired mail after this (default 30s)
+//	MAILBUS_PRESENCE_TIMEOUT    an agent is offline this long after its last heartbeat (default 90s)
+//	MAILBUS_PING_INTERVAL       WebSocket ping period and pong deadline (default 30s)
+//	MAILBUS_SNAPSHOT_EVERY      journal records between snapshots (default 200000; negative disables)
+//	MAILBUS_MAX_BODY_BYTES      request body and frame limit in bytes (default 1048576)
+//	MAILBUS_ORIGINS             extra browser origins allowed on the WebSocket, comma-separated
+func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+	cfg := mailbus.Config{Store: store, Logger: logger}
+	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger}
+	if d, ok := auth.(mailbus.Directory); ok {
+		cfg.Directory = d
+	}
+	for _, d := range []struct {
+		env string
+		dst *time.Duration
+	}{
+		{"MAILBUS_RETENTION_AGE", &cfg.RetentionAge},
+		{"MAILBUS_VISIBILITY_TIMEOUT", &cfg.VisibilityTimeout},
+		{"MAILBUS_PRESENCE_TIMEOUT", &cfg.PresenceTimeout},
+		{"MAILBUS_PING_INTERVAL", &hcfg.PingInterval},
+	} {
+		if v := getenv(d.env); v != "" {
+			if *d.dst, err = time.ParseDuration(v); err != nil || *d.dst <= 0 {
+				return nil, fmt.Errorf("%s: want a positive Go duration, got %q", d.env, v)
+			}
+		}
+	}
+	for _, d := range []struct {
+		env string
+		dst func(int64)
+	}{
+		{"MAILBUS_RETENTION_COUNT", func(n int64) { cfg.RetentionCount = int(n) }},
+		{"MAILBUS_SNAPSHOT_EVERY", func(n int64) { cfg.SnapshotEvery = int(n) }},
+		{"MAILBUS_MAX_BODY_BYTES", func(n int64) { hcfg.MaxBodyBytes = n }},
+	} {
+		if v := getenv(d.env); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n == 0 || (n < 0 && d.env != "MAILBUS_SNAPSHOT_EVERY") {
+				return nil, fmt.Errorf("%s: want a positive integer, got %q", d.env, v)
+			}
+			d.dst(n)
+		}
+	}
+	if v := getenv("MAILBUS_ORIGINS"); v != "" {
+		hcfg.OriginPatterns = strings.Split(v, ",")
+	}
+	bus, err := mailbus.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	h, err := mailbus.NewHandler(bus, hcfg)
+	if err != nil {
+		bus.Close(context.Background())
+		return nil, err
+	}
+	e.Any("/api/v1/exchanges/:exchange_id/mailbus/*", echo.WrapHandler(h))
+	return bus.Close, nil
+}

@@ -1,0 +1,303 @@
+package mailbus_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meatspace-exchange/mess/lease"
+	"github.com/meatspace-exchange/mess/mailbus"
+)
+
+// collector records what a handler saw.
+type collector struct {
+	mu   sync.Mutex
+	msgs []mailbus.Message
+	ch   chan mailbus.Message
+}
+
+func newCollector() *collector { return &collector{ch: make(chan mailbus.Message, 10000)} }
+
+func (c *collector) handle(ctx context.Context, m mailbus.Message) error {
+	c.mu.Lock()
+	c.msgs = append(c.msgs, m)
+	c.mu.Unlock()
+	c.ch <- m
+	return nil
+}
+
+func (c *collector) wait(t *testing.T, n int) []mailbus.Message {
+	t.Helper()
+	var out []mailbus.Message
+	for len(out) < n {
+		select {
+		case m := <-c.ch:
+			out = append(out, m)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d messages, want %d", len(out), n)
+		}
+	}
+	return out
+}
+
+func newClient(t *testing.T, e *testEnv, ex, agent string, cfg mailbus.ClientConfig) *mailbus.Client {
+	t.Helper()
+	cfg.URL, cfg.Exchange, cfg.APIKey = e.srv.URL, ex, key(ex, agent)
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 10 * time.Millisecond
+	}
+	c, err := mailbus.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Shutdown(context.Background()) })
+	return c
+}
+
+func TestClient_PublishSubscribe(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	got := newCollector()
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{})
+	if _, err := w.Subscribe(ctx, "task.*", got.handle); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w.AgentID() != "w" {
+		t.Errorf("AgentID %q", w.AgentID())
+	}
+	boss := newClient(t, e, "ex", "boss", mailbus.ClientConfig{})
+	if err := boss.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := boss.Publish(ctx, mailbus.Message{Type: "task.created", From: "liar"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := boss.SendTo(ctx, "w", mailbus.Message{Type: "task.assigned"}); err != nil {
+		t.Fatal(err)
+	}
+	ms := got.wait(t, 2)
+	if ms[0].ID != pub.ID || ms[0].From != "boss" || ms[1].Type != "task.assigned" || ms[1].To != "w" {
+		t.Errorf("got %+v", ms)
+	}
+	if err := boss.SendHeartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ps []mailbus.Presence
+	for range 100 {
+		ps, _ = e.bus.Presence(ctx, "ex")
+		if len(ps) == 2 && ps[0].LastHeartbeat != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(ps) != 2 || ps[0].AgentID != "boss" || ps[0].LastHeartbeat == nil || !ps[0].Online {
+		t.Errorf("presence %+v", ps)
+	}
+}
+
+func TestClient_ReconnectResume(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	got := newCollector()
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{})
+	w.Subscribe(ctx, "*", got.handle)
+	if err := w.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range n {
+			_, err := e.bus.SendTo(ctx, "ex", "boss", "w", mailbus.Message{Type: "n", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if i%50 == 25 {
+				e.bus.DropConnections()
+			}
+		}
+	})
+	ms := got.wait(t, n)
+	wg.Wait()
+	for i, m := range ms {
+		var p struct{ I int }
+		json.Unmarshal(m.Payload, &p)
+		if p.I != i {
+			t.Fatalf("message %d has i=%d: gap or duplicate", i, p.I)
+		}
+	}
+	select {
+	case m := <-got.ch:
+		t.Fatalf("duplicate %+v", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestClient_NoReconnectAfterShutdown(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{})
+	if err := w.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	ps, _ := e.bus.Presence(ctx, "ex")
+	if len(ps) != 1 || ps[0].Connected {
+		t.Errorf("presence after shutdown %+v", ps)
+	}
+	if err := w.Connect(ctx); !errors.Is(err, mailbus.ErrClosed) {
+		t.Errorf("Connect after Shutdown: %v", err)
+	}
+	if err := w.Shutdown(ctx); err != nil {
+		t.Errorf("second Shutdown: %v", err)
+	}
+}
+
+func TestClient_BadCredentials(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	c, _ := mailbus.NewClient(mailbus.ClientConfig{URL: e.srv.URL, Exchange: "ex", APIKey: key("other", "a")})
+	defer c.Shutdown(ctx)
+	if err := c.Connect(ctx); !errors.Is(err, mailbus.ErrForbidden) {
+		t.Errorf("Connect: %v, want ErrForbidden", err)
+	}
+	c2, _ := mailbus.NewClient(mailbus.ClientConfig{URL: e.srv.URL, Exchange: "ex", APIKey: "junk"})
+	defer c2.Shutdown(ctx)
+	if _, err := c2.Publish(ctx, mailbus.Message{Type: "a"}); !errors.Is(err, mailbus.ErrUnauthorized) {
+		t.Errorf("Publish: %v, want ErrUnauthorized", err)
+	}
+}
+
+func TestClient_HandlerFailures(t *testing.T) {
+	e := startEnv(t, mailbus.Config{VisibilityTimeout: 100 * time.Millisecond})
+	ctx := ctxT(t)
+	var errs sync.Map
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{OnError: func(err error) { errs.Store(err.Error(), true) }})
+	got := newCollector()
+	var tries sync.Map
+	w.Subscribe(ctx, "boom", func(ctx context.Context, m mailbus.Message) error { panic("boom") })
+	w.Subscribe(ctx, "flaky", func(ctx context.Context, m mailbus.Message) error {
+		n, _ := tries.LoadOrStore(m.ID, new(int))
+		*n.(*int)++
+		if *n.(*int) < 3 {
+			return errors.New("not yet")
+		}
+		return got.handle(ctx, m)
+	})
+	w.Subscribe(ctx, "ok", got.handle)
+	if err := w.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.bus.SendTo(ctx, "ex", "b", "w", mailbus.Message{Type: "boom"})
+	flaky, _ := e.bus.SendTo(ctx, "ex", "b", "w", mailbus.Message{Type: "flaky", AckRequired: true})
+	e.bus.SendTo(ctx, "ex", "b", "w", mailbus.Message{Type: "ok"})
+	ms := got.wait(t, 2)
+	if ms[0].Type != "ok" || ms[1].ID != flaky.ID {
+		t.Errorf("got %+v", ms)
+	}
+	// The flaky message was acknowledged after its success: no more copies.
+	select {
+	case m := <-got.ch:
+		t.Errorf("extra delivery %+v", m)
+	case <-time.After(400 * time.Millisecond):
+	}
+	n := 0
+	errs.Range(func(k, v any) bool { n++; return true })
+	if n < 2 {
+		t.Errorf("%d handler errors reported, want the panic and the failures", n)
+	}
+}
+
+func TestLocal_RoutingAndAck(t *testing.T) {
+	b, err := mailbus.New(mailbus.Config{VisibilityTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	defer b.Close(ctx)
+	mk := func(agent string) *mailbus.Local {
+		l, err := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: agent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Shutdown(context.Background()) })
+		return l
+	}
+	a, w, x := mk("a"), mk("w"), mk("x")
+	got, other := newCollector(), newCollector()
+	w.Subscribe(ctx, "task.*", got.handle)
+	x.Subscribe(ctx, "agent.*", other.handle)
+	a.Subscribe(ctx, "*", other.handle)
+	for _, l := range []*mailbus.Local{a, w, x} {
+		if err := l.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := a.Publish(ctx, mailbus.Message{Type: "task.created", AckRequired: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SendTo(ctx, "w", mailbus.Message{Type: "task.assigned"}); err != nil {
+		t.Fatal(err)
+	}
+	ms := got.wait(t, 2)
+	if ms[0].ID != m.ID || ms[1].Type != "task.assigned" {
+		t.Errorf("got %+v", ms)
+	}
+	select {
+	case m := <-other.ch:
+		t.Errorf("unexpected delivery %+v", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+	var v struct{}
+	_ = v
+	if err := w.Acknowledge(ctx, m.ID); err != nil {
+		t.Errorf("explicit ack after auto ack: %v", err)
+	}
+	if _, err := a.AcquireLease(ctx, "f", time.Second); !errors.Is(err, mailbus.ErrNoLeaser) {
+		t.Errorf("AcquireLease without leaser: %v", err)
+	}
+}
+
+func TestLocal_Leases(t *testing.T) {
+	lm, err := lease.New(lease.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	defer lm.Close(ctx)
+	b, _ := mailbus.New(mailbus.Config{})
+	defer b.Close(ctx)
+	a, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "a", Leaser: mailbus.ManagerLeaser(lm, "ex", "a")})
+	c, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "c", Leaser: mailbus.ManagerLeaser(lm, "ex", "c")})
+	defer a.Shutdown(ctx)
+	defer c.Shutdown(ctx)
+	if ok, err := a.AcquireLease(ctx, "src/main.go", time.Minute); !ok || err != nil {
+		t.Fatalf("a acquire: %v %v", ok, err)
+	}
+	if ok, err := c.AcquireLease(ctx, "src/main.go", time.Minute); ok || err != nil {
+		t.Fatalf("c acquire held lease: %v %v", ok, err)
+	}
+	st, err := c.IsLeased(ctx, "src/main.go")
+	if err != nil || !st.IsLeased || st.AgentID != "a" {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	if err := a.ReleaseLease(ctx, "src/main.go"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.AcquireLease(ctx, "src/main.go", time.Minute); !ok || err != nil {
+		t.Fatalf("c acquire after release: %v %v", ok, err)
+	}
+}
