@@ -1,0 +1,60 @@
+// Package mailbus is a durable mail bus for the agents (executors) of an
+// exchange: broadcast by message type, direct messages, per-recipient
+// acknowledgements with redelivery, and presence, served over WebSocket and
+// HTTP and usable in process.
+//
+// Use New to create a Bus on a storage.Store, NewHandler to serve it at
+// /api/v1/exchanges/{exchange_id}/mailbus/..., Bus.Agent for an agent in
+// the same process and NewClient for a remote one. Local and Client both
+// implement MailBus, the original IMailBus method set.
+//
+// # Semantics
+//
+//   - Publish delivers to every agent of the exchange whose durable
+//     subscriptions (a type, "prefix.*" or "*") match the message type,
+//     except the sender: an agent never receives its own broadcast. A message
+//     with To set is direct, whichever call sent it: only that agent gets
+//     it, whatever its subscriptions. SendTo to oneself is delivered.
+//   - The server stamps From with the authenticated agent, assigns an id
+//     (msg-<ms>-<8hex>) when none is given, and gives each recipient's copy a
+//     sequence number Seq in that recipient's inbox.
+//   - A message is accepted (HTTP 2xx, or an "accepted" frame) only once it
+//     is durable in every recipient's inbox. An agent that is offline
+//     receives, on its next connection and in order, every message sent to
+//     it directly and every broadcast that matched its subscriptions while
+//     it was away, within retention (age and count per inbox). Resume with
+//     since=<last Seq seen>; without since the server resumes after the last
+//     message it handed to that agent.
+//   - An ackRequired message is redelivered (same id and Seq) after the
+//     visibility timeout until its recipient acknowledges it; acknowledgement
+//     is per message and recipient. Delivery is therefore at-least-once for
+//     ackRequired messages and exactly-in-order-once per connection for the
+//     rest; receivers deduplicate redeliveries by id (Client does).
+//   - Heartbeats are presence only: they update the sender's last-heartbeat
+//     time and reach live subscribers of "heartbeat" with Seq 0, and are never
+//     stored. An agent is online while its last heartbeat (or connect) is
+//     within the presence timeout.
+//   - A second connection of the same agent takes over: the older one is
+//     closed with StatusReplaced (4000) and a reason, and Client does not
+//     reconnect after that.
+//
+// # Concurrency
+//
+// Bus, Client and Local are safe for concurrent use. Within an exchange,
+// state changes are ordered by one mutex and written to the journal in that
+// order (group commit); a single committer per exchange makes them visible
+// once durable, so an agent never sees seq n+1 before seq n is durable. Lock
+// order: Bus.mu, then exchange.mu, then agent.mu; no I/O happens under
+// them. Each connection pulls from its agent's inbox, so a slow reader never
+// blocks a publisher and costs no memory beyond the retained inbox.
+// Handlers of one Client or Local run one at a time on one goroutine, in
+// arrival order; a handler that fails or panics is reported to OnError and
+// does not affect other handlers or messages, but a handler that blocks
+// holds up the ones after it.
+//
+// # Caveats
+//
+// If a journal write fails (a broken disk), the affected message is never
+// delivered and its sender gets an error, but the sequence numbers assigned
+// after it may shift on the next restart. Presence is kept in memory only.
+package mailbus
