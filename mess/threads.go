@@ -515,28 +515,28 @@ func (s *Service) EventsAfter(exchangeID, lastEventID string) (evs []Event, vers
 	defer ex.mu.RUnlock()
 	n := len(ex.ring)
 	at := func(i int) Event { return ex.ring[(ex.ringStart+i)%n] }
-	start := 0
-	found = lastEventID == ""
-	if !found {
+	start := -1
+	switch {
+	case lastEventID == "":
+		start = 0
+	case n == 0 || lastEventID >= at(n-1).EventID:
+		// Nothing newer yet (ids are ULIDs from one monotonic source).
+		start = n
+	default:
 		for i := n - 1; i >= 0; i-- {
-			if id := at(i).EventID; id == lastEventID {
-				start, found = i+1, true
-				break
-			} else if id < lastEventID && i == n-1 {
-				// Newer than anything buffered: nothing to send yet.
+			if at(i).EventID == lastEventID {
+				start = i + 1
 				break
 			}
 		}
-		if !found && n > 0 && lastEventID >= at(n-1).EventID {
-			start, found = n, true
-		}
 	}
-	if found {
-		for i := start; i < n; i++ {
-			evs = append(evs, at(i))
-		}
+	if start < 0 {
+		return nil, ex.version, false, nil
 	}
-	return evs, ex.version, found, nil
+	for i := start; i < n; i++ {
+		evs = append(evs, at(i))
+	}
+	return evs, ex.version, true, nil
 }
 
 // SetExternalID records the id an external system (a task tracker a hook
