@@ -181,17 +181,17 @@ func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, ErrForbidden):
 		writeError(w, http.StatusForbidden, "forbidden", "API key not valid for this exchange")
 	case errors.Is(err, ErrInvalidName):
-		writeError(w, http.StatusBadRequest, "invalid_name", err.Error())
+		writeError(w, http.StatusBadRequest, "invalid_name", message(err))
 	case errors.Is(err, ErrInvalidTTL):
-		writeError(w, http.StatusBadRequest, "invalid_ttl", err.Error())
+		writeError(w, http.StatusBadRequest, "invalid_ttl", message(err))
 	case errors.Is(err, ErrInvalidID):
-		writeError(w, http.StatusBadRequest, "invalid_id", err.Error())
+		writeError(w, http.StatusBadRequest, "invalid_id", message(err))
 	case errors.Is(err, ErrInvalidToken):
 		writeError(w, http.StatusBadRequest, "invalid_token", "token is required")
 	case errors.Is(err, ErrStaleToken):
-		writeError(w, http.StatusConflict, "stale_token", err.Error())
+		writeError(w, http.StatusConflict, "stale_token", message(err))
 	case errors.Is(err, ErrNotHeld):
-		writeError(w, http.StatusConflict, "not_held", err.Error())
+		writeError(w, http.StatusConflict, "not_held", message(err))
 	case errors.Is(err, ErrClosed):
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "lease service is shutting down")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -202,6 +202,9 @@ func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusInternalServerError, "internal", "internal error")
 	}
 }
+
+// message is err's text without the package prefix, for clients.
+func message(err error) string { return strings.TrimPrefix(err.Error(), "lease: ") }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, errorResponse{Error: msg, Code: code})

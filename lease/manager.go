@@ -500,6 +500,9 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 // and it has not expired, and reports whether it did. Anyone else's release
 // (another agent, a stale token, an expired lease) releases nothing.
 func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string, token uint64) (bool, error) {
+	if agentID == "" {
+		return false, fmt.Errorf("%w: empty agent id", ErrInvalidID)
+	}
 	k, err := validate(exchangeID, agentID, name)
 	if err != nil {
 		return false, err
