@@ -44,7 +44,7 @@ type snapshot struct {
 
 func makeGrantRecord(k key, g Grant, now time.Time) record {
 	return record{Op: "g", X: k.x, N: k.n, A: g.Holder, T: g.Token,
-		E: g.ExpiresAt.UnixMilli(), R: max(remainingMs(g.ExpiresAt.Sub(now)), 1)}
+		E: g.ExpiresAt.UnixMilli(), R: g.ExpiresAt.Sub(now).Milliseconds()}
 }
 
 func grantRecord(k key, g Grant, now time.Time) []byte {
@@ -145,14 +145,15 @@ func (m *Manager) load(ctx context.Context) error {
 	}
 	m.tokens.Store(st.maxT)
 	now := m.cfg.Now()
-	wall := now.UnixMilli()
 	for k, r := range st.live {
-		left := min(r.E-wall, r.R)
+		// E and R are both rounded down to the millisecond, so this never
+		// lands after the deadline that was granted.
+		left := min(time.UnixMilli(r.E).Sub(now), time.Duration(r.R)*time.Millisecond)
 		if left <= 0 || ValidID(k.x) != nil || ValidID(r.A) != nil {
 			continue
 		}
 		s := m.shard(k)
-		s.m[k] = &entry{holder: r.A, token: r.T, deadline: now.Add(time.Duration(left) * time.Millisecond)}
+		s.m[k] = &entry{holder: r.A, token: r.T, deadline: now.Add(left)}
 	}
 	return nil
 }

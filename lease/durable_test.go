@@ -3,6 +3,9 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"github.com/meatspace-exchange/mess/storage"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,6 +132,89 @@ func TestManager_restart_tokens(t *testing.T) {
 			m.Crash()
 		} else if err := m.Close(ctx); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// failingStore fails every Create (journal write) while fail is set.
+type failingStore struct {
+	storage.Store
+	fail atomic.Bool
+}
+
+func (s *failingStore) Create(ctx context.Context, key string, data []byte) (string, error) {
+	if s.fail.Load() {
+		return "", errors.New("disk on fire")
+	}
+	return s.Store.Create(ctx, key, data)
+}
+
+// Ensure a grant that could not be recorded is undone, so nobody holds a
+// lease a restart would forget.
+func TestManager_Acquire_writeFails(t *testing.T) {
+	ctx := context.Background()
+	fs := &failingStore{Store: MustFS(t, t.TempDir())}
+	m := MustNew(t, lease.Config{Store: fs, CompactInterval: -1})
+	a := MustAcquire(t, m, "alice", "renewed", time.Minute)
+
+	fs.fail.Store(true)
+	if _, err := m.Acquire(ctx, "x1", "alice", "f", time.Minute); err == nil {
+		t.Fatal("acquire succeeded with a failing store")
+	}
+	if st, _ := m.Status(ctx, "x1", "f"); st.IsLeased {
+		t.Fatalf("failed grant still visible: %+v", st)
+	}
+	if _, err := m.Renew(ctx, "x1", "alice", "renewed", a.Token, time.Hour); err == nil {
+		t.Fatal("renew succeeded with a failing store")
+	}
+	if st, _ := m.Status(ctx, "x1", "renewed"); st.ExpiresAt != a.ExpiresAt.UnixMilli() {
+		t.Fatalf("failed renewal changed the deadline: %d, want %d", st.ExpiresAt, a.ExpiresAt.UnixMilli())
+	}
+	fs.fail.Store(false)
+	g := MustAcquire(t, m, "bob", "f", time.Minute)
+	if g.Token <= a.Token {
+		t.Fatalf("token %d after %d", g.Token, a.Token)
+	}
+}
+
+// Ensure compaction replaces the journal objects with one snapshot that
+// restores the same state.
+func TestManager_Compact(t *testing.T) {
+	ctx := context.Background()
+	store := MustFS(t, t.TempDir())
+	cfg := lease.Config{Store: store, CompactInterval: -1}
+	m1, err := lease.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var grants []lease.Grant
+	for i := range 20 {
+		grants = append(grants, MustAcquire(t, m1, "alice", fmt.Sprintf("f%d", i), time.Minute))
+	}
+	for _, g := range grants[10:] {
+		if ok, _ := m1.Release(ctx, "x1", "alice", g.Name, g.Token); !ok {
+			t.Fatal("release failed")
+		}
+	}
+	if err := m1.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if page, err := store.List(ctx, "leases/log/", storage.ListOptions{}); err != nil || len(page.Keys) != 0 {
+		t.Fatalf("journal objects left after compaction: %v, %v", page.Keys, err)
+	}
+	if page, err := store.List(ctx, "leases/snap/", storage.ListOptions{}); err != nil || len(page.Keys) != 1 {
+		t.Fatalf("snapshots = %v, %v; want one", page.Keys, err)
+	}
+	m1.Crash()
+	m2 := MustNew(t, cfg)
+	gs, err := m2.List(ctx, "x1", "")
+	if err != nil || len(gs) != 10 {
+		t.Fatalf("after restart: %d leases, %v; want 10", len(gs), err)
+	}
+	for i, g := range gs {
+		want := grants[i]
+		if g.Name != want.Name || g.Token != want.Token || g.ExpiresAt.After(want.ExpiresAt) {
+			t.Fatalf("lease %d = %+v, want %+v", i, g, want)
 		}
 	}
 }

@@ -3,6 +3,8 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -398,4 +400,62 @@ func TestManager_Close(t *testing.T) {
 	if _, err := m.Acquire(context.Background(), "x1", "a", "g", time.Second); !errors.Is(err, lease.ErrClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
+}
+
+// Ensure many queued waiters are served strictly in arrival order.
+func TestManager_AcquireWait_fifo(t *testing.T) {
+	ctx := context.Background()
+	m := MustNew(t, lease.Config{})
+	g := MustAcquire(t, m, "holder", "f", time.Minute)
+	const n = 20
+	order := make(chan string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		agent := fmt.Sprintf("w%02d", i)
+		wg.Go(func() {
+			w, err := m.AcquireWait(ctx, "x1", agent, "f", time.Minute, 30*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- agent
+			if ok, err := m.Release(ctx, "x1", agent, "f", w.Token); !ok || err != nil {
+				t.Error("release", ok, err)
+			}
+		})
+		for m.Waiters("x1", "f") != i+1 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if ok, _ := m.Release(ctx, "x1", "holder", "f", g.Token); !ok {
+		t.Fatal("release failed")
+	}
+	wg.Wait()
+	close(order)
+	i := 0
+	for agent := range order {
+		if want := fmt.Sprintf("w%02d", i); agent != want {
+			t.Fatalf("grant %d went to %s, want %s", i, agent, want)
+		}
+		i++
+	}
+}
+
+func FuzzCanonicalName(f *testing.F) {
+	for _, s := range []string{"a/b", "./a//b", "../x", "/", "a/../..", "ü/./"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := lease.CanonicalName(s)
+		if err != nil {
+			return
+		}
+		again, err := lease.CanonicalName(c)
+		if err != nil || again != c {
+			t.Fatalf("CanonicalName(%q) = %q, but CanonicalName(%q) = %q, %v", s, c, c, again, err)
+		}
+		if strings.Contains(c, "//") || c == "" || len(c) > lease.MaxNameLen {
+			t.Fatalf("CanonicalName(%q) = %q", s, c)
+		}
+	})
 }
