@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/notify"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+func init() {
+	mounts = append(mounts, func(e *echo.Echo, store storage.Store, svc *mess.Service, getenv func(string) string, logger *slog.Logger) (func(context.Context) error, error) {
+		return setupNotify(e, store, svc, notifyAuthenticator{svc}, getenv, logger)
+	})
+}
+
+// notifyAuthenticator lets the notify API accept the exchange's executor
+// API keys, mapping the exchange's auth errors onto the notify package's.
+type notifyAuthenticator struct{ svc *mess.Service }
+
+func (a notifyAuthenticator) Authenticate(ctx context.Context, exchangeID, token string) (string, error) {
+	id, err := a.svc.Authenticate(ctx, exchangeID, token)
+	switch {
+	case err == nil:
+		return id, nil
+	case errors.Is(err, mess.ErrUnauthorized):
+		return "", fmt.Errorf("%w: %w", notify.ErrUnauthorized, err)
+	case errors.Is(err, mess.ErrForbidden):
+		return "", fmt.Errorf("%w: %w", notify.ErrForbidden, err)
+	default:
+		return "", err
+	}
+}
+
+// setupNotify delivers notifications and hooks for svc's events through a
+// durable outbox in store, and serves each executor its delivery state at
+// GET /api/v1/exchanges/:exchange_id/notifications/deliveries. Settings:
+//
+//	NOTIFY_ALLOW_LOOPBACK        allow deliveries to 127.0.0.0/8 and ::1 (default false)
+//	NOTIFY_ALLOW_PRIVATE         allow private, link-local and metadata addresses (default false)
+//	NOTIFY_TIMEOUT               one HTTP request's time limit (default 10s)
+//	NOTIFY_MAX_ATTEMPTS          attempts before a delivery is given up (default 8)
+//	NOTIFY_BASE_BACKOFF          wait after the first failure, doubled per failure (default 1s)
+//	NOTIFY_MAX_BACKOFF           longest wait between attempts (default 5m)
+//	NOTIFY_WORKERS               deliveries sent at once (default 8)
+//	NOTIFY_NTFY_SERVER           default ntfy server (default https://ntfy.sh)
+//	NOTIFY_PUBLIC_URL            public base URL for click links to threads (default none)
+//	NOTIFY_SIGNING_SECRET        HMAC key for webhooks without their own "secret" (default none)
+//	NOTIFY_SLACK_INTERVAL        least time between posts to one Slack webhook (default 1s)
+//	NOTIFY_GOOGLE_CHAT_INTERVAL  least time between posts to one Google Chat webhook (default 1s)
+//	NOTIFY_IFTTT_URL, NOTIFY_TODOIST_URL, NOTIFY_LINEAR_URL,
+//	NOTIFY_GOOGLE_TASKS_URL, NOTIFY_GOOGLE_OAUTH_URL
+//	                             third-party API endpoints (default the public services)
+func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth notify.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+	cfg := notify.Config{Source: svc, Store: store, Logger: logger}
+	for _, b := range []struct {
+		env string
+		dst *bool
+	}{
+		{"NOTIFY_ALLOW_LOOPBACK", &cfg.Policy.AllowLoopback},
+		{"NOTIFY_ALLOW_PRIVATE", &cfg.Policy.AllowPrivate},
+	} {
+		if v := getenv(b.env); v != "" {
+			if *b.dst, err = strconv.ParseBool(v); err != nil {
+				return nil, fmt.Errorf("%s: want true or false, got %q", b.env, v)
+			}
+		}
+	}
+	for _, d := range []struct {
+		env string
+		dst *time.Duration
+	}{
+		{"NOTIFY_TIMEOUT", &cfg.Timeout},
+		{"NOTIFY_BASE_BACKOFF", &cfg.BaseBackoff},
+		{"NOTIFY_MAX_BACKOFF", &cfg.MaxBackoff},
+		{"NOTIFY_SLACK_INTERVAL", &cfg.SlackInterval},
+		{"NOTIFY_GOOGLE_CHAT_INTERVAL", &cfg.GoogleChatInterval},
+	} {
+		if v := getenv(d.env); v != "" {
+			if *d.dst, err = time.ParseDuration(v); err != nil {
+				return nil, fmt.Errorf("%s: %w", d.env, err)
+			}
+		}
+	}
+	for _, n := range []struct {
+		env string
+		dst *int
+	}{
+		{"NOTIFY_MAX_ATTEMPTS", &cfg.MaxAttempts},
+		{"NOTIFY_WORKERS", &cfg.Workers},
+	} {
+		if v := getenv(n.env); v != "" {
+			if *n.dst, err = strconv.Atoi(v); err != nil || *n.dst <= 0 {
+				return nil, fmt.Errorf("%s: want a positive integer, got %q", n.env, v)
+			}
+		}
+	}
+	for _, s := range []struct {
+		env string
+		dst *string
+	}{
+		{"NOTIFY_NTFY_SERVER", &cfg.NtfyServer},
+		{"NOTIFY_PUBLIC_URL", &cfg.PublicURL},
+		{"NOTIFY_SIGNING_SECRET", &cfg.SigningSecret},
+		{"NOTIFY_IFTTT_URL", &cfg.Endpoints.IFTTT},
+		{"NOTIFY_TODOIST_URL", &cfg.Endpoints.Todoist},
+		{"NOTIFY_LINEAR_URL", &cfg.Endpoints.Linear},
+		{"NOTIFY_GOOGLE_TASKS_URL", &cfg.Endpoints.GoogleTasks},
+		{"NOTIFY_GOOGLE_OAUTH_URL", &cfg.Endpoints.GoogleOAuth},
+	} {
+		*s.dst = getenv(s.env)
+	}
+	start := time.Now()
+	n, err := notify.New(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("notification outbox restored", "pending", n.Stats().Pending, "took", time.Since(start).Round(time.Millisecond))
+	h := notify.NewHandler(n, notify.HandlerConfig{Auth: auth, Logger: logger})
+	e.Any("/api/v1/exchanges/:exchange_id/notifications/*", echo.WrapHandler(h))
+	return n.Close, nil
+}
