@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/meatspace-exchange/mess/storage"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -216,5 +217,79 @@ func TestManager_Compact(t *testing.T) {
 		if g.Name != want.Name || g.Token != want.Token || g.ExpiresAt.After(want.ExpiresAt) {
 			t.Fatalf("lease %d = %+v, want %+v", i, g, want)
 		}
+	}
+}
+
+// Ensure state survives a crash while operations and compactions run
+// concurrently: every acknowledged grant that was not released is held
+// again with its token, and new tokens are higher than any acknowledged.
+func TestManager_restart_underLoad(t *testing.T) {
+	ctx := context.Background()
+	cfg := lease.Config{Store: MustFS(t, t.TempDir()), CompactInterval: 3 * time.Millisecond}
+	m1, err := lease.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu       sync.Mutex
+		latest   = map[string]lease.Grant{} // highest-token grant per name
+		released = map[uint64]bool{}
+		wg       sync.WaitGroup
+		stop     = time.Now().Add(300 * time.Millisecond)
+	)
+	for w := range 16 {
+		agent := fmt.Sprintf("a%d", w)
+		wg.Go(func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				name := fmt.Sprintf("f%d", (i*7+w)%32)
+				g, err := m1.Acquire(ctx, "x1", agent, name, time.Minute)
+				if errors.Is(err, lease.ErrHeld) {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if g.Token > latest[name].Token {
+					latest[name] = g
+				}
+				mu.Unlock()
+				if i%3 != 0 {
+					ok, err := m1.Release(ctx, "x1", agent, name, g.Token)
+					if err != nil || !ok {
+						t.Error("release", ok, err)
+						return
+					}
+					mu.Lock()
+					released[g.Token] = true
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	m1.Crash()
+
+	m2 := MustNew(t, cfg)
+	var maxToken uint64
+	for name, g := range latest {
+		maxToken = max(maxToken, g.Token)
+		st, err := m2.Status(ctx, "x1", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if released[g.Token] {
+			if st.IsLeased {
+				t.Errorf("%s: released token %d, but held after restart: %+v", name, g.Token, st)
+			}
+			continue
+		}
+		if !st.IsLeased || st.AgentID != g.Holder || st.Token != g.Token || st.ExpiresAt > g.ExpiresAt.UnixMilli() {
+			t.Errorf("%s: after restart %+v, want %+v", name, st, g)
+		}
+	}
+	if g := MustAcquire(t, m2, "z", "fresh", time.Second); g.Token <= maxToken {
+		t.Fatalf("token after restart %d, want > %d", g.Token, maxToken)
 	}
 }
