@@ -236,3 +236,27 @@ func TestLease_crash(t *testing.T) {
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
 	checkAfterRestart(t, before, lease.NewClient(ts.URL, "lc", aliceKey, hc), lease.NewClient(ts.URL, "lc", bobKey, hc))
 }
+
+// BenchmarkLease_status measures status calls through the real server
+// (echo, authentication, handler) and the lease Client in one process.
+func BenchmarkLease_status(b *testing.B) {
+	ts := startServer(b)
+	key := ts.register(b, "lb", "alice")
+	c := lease.NewClient(ts.URL, "lb", key, nil)
+	b.Cleanup(c.CloseIdleConnections)
+	ctx := context.Background()
+	if _, err := c.Acquire(ctx, "f", time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := c.Status(ctx, "f"); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
