@@ -75,6 +75,9 @@ type Config struct {
 	// FailureHistory is how many failed deliveries are kept per executor.
 	// Zero means 50.
 	FailureHistory int
+	// CompactInterval is how often the outbox journal is folded into a
+	// snapshot and its objects deleted. Zero means 1m; negative disables.
+	CompactInterval time.Duration
 	// Endpoints of the third-party services hooks call.
 	Endpoints Endpoints
 	// Now is the clock. Zero means time.Now.
@@ -179,6 +182,8 @@ type Service struct {
 	queue []mess.Event
 	qwake chan struct{}
 
+	compactMu sync.RWMutex
+
 	mu          sync.Mutex
 	pending     map[string]*entry
 	known       map[string]time.Time // sent or failed delivery ids → event time
@@ -217,6 +222,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	def(&cfg.SlackInterval, time.Second)
 	def(&cfg.GoogleChatInterval, time.Second)
 	def(&cfg.RecoveryWindow, time.Minute)
+	if cfg.CompactInterval == 0 {
+		cfg.CompactInterval = time.Minute
+	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 8
 	}
@@ -268,7 +276,8 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		j.Close(ctx)
 		return nil, err
 	}
-	s.wg.Add(2 + cfg.Workers)
+	s.wg.Add(3 + cfg.Workers)
+	go s.compactor()
 	go s.deriver()
 	go s.scheduler()
 	for range cfg.Workers {
@@ -338,8 +347,13 @@ func (s *Service) appendRecords(ctx context.Context, recs []record) error {
 }
 
 func (s *Service) replay(ctx context.Context) error {
+	after, err := s.loadSnapshot(ctx)
+	if err != nil {
+		return err
+	}
 	return journal.Replay(ctx, s.cfg.Store, journal.ReplayConfig{
 		Prefix: outboxPartition + "/",
+		After:  after,
 		Decode: func(key string, data []byte) (any, error) {
 			lines, _ := journal.Lines(data)
 			recs := make([]record, 0, len(lines))
@@ -516,6 +530,8 @@ func (s *Service) deriveBatch(evs []mess.Event) {
 	for x, m := range marks {
 		recs = append(recs, record{Op: "mark", Exchange: x, EventID: m.eventID, TS: m.ts})
 	}
+	s.compactMu.RLock()
+	defer s.compactMu.RUnlock()
 	if err := s.appendRecords(ctx, recs); err != nil {
 		// Not recorded: a restart derives these again from the event log.
 		s.log.Error("notify: record deliveries", "err", err)

@@ -218,6 +218,8 @@ func (s *Service) deliver(batch []*entry) {
 	}
 	now := s.cfg.Now()
 	var recs []record
+	s.compactMu.RLock()
+	defer s.compactMu.RUnlock()
 	s.mu.Lock()
 	for _, e := range batch {
 		e.inflight = false
