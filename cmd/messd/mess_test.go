@@ -2,8 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -669,4 +672,101 @@ func TestCrashDurability(t *testing.T) {
 	}
 	// And it keeps working.
 	ts.create(t, "crash", key, map[string]any{"intent": "after restart"})
+}
+
+func TestAttachmentsAndCapabilities(t *testing.T) {
+	capDir := t.TempDir()
+	os.WriteFile(filepath.Join(capDir, "caps.yaml"), []byte("id: photo:capture\ndescription: Take a photo\ntags: [camera, visual]\n---\n# comment\nid: door:check\ntags:\n  - home\n"), 0o644)
+	ts := startServer(t, withEnv("CAPABILITIES_DIR", capDir))
+	key := ts.register(t, "att", "a")
+	ref := ts.create(t, "att", key, map[string]any{"intent": "photo please"})
+	png := []byte("\x89PNG\r\n\x1a\nfake")
+	b64 := base64.StdEncoding.EncodeToString(png)
+	mess := fmt.Sprintf(`{"status":"completed","mess":[{"response":{"content":[{"image":"data:image/png;base64,%s"},{"attachment":{"name":"notes.txt","data":"%s"}}]}}]}`,
+		b64, base64.StdEncoding.EncodeToString([]byte("hello")))
+	if code := ts.do(t, "PATCH", ts.api("att")+"/requests/"+ref, key, mess, nil); code != 200 {
+		t.Fatalf("complete = %d", code)
+	}
+	get := func(name string) (int, string, []byte) {
+		req, _ := http.NewRequest("GET", ts.api("att")+"/requests/"+ref+"/attachments/"+name, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), b
+	}
+	// The response is the thread's second message; its first data URI.
+	if code, ct, b := get("att-2-1.png"); code != 200 || ct != "image/png" || !bytes.Equal(b, png) {
+		t.Fatalf("data URI attachment = %d %s %q", code, ct, b)
+	}
+	if code, _, b := get("notes.txt"); code != 200 || string(b) != "hello" {
+		t.Fatalf("named attachment = %d %q", code, b)
+	}
+	if code, _, _ := get("missing.png"); code != 404 {
+		t.Fatalf("missing attachment = %d", code)
+	}
+	if code, _, _ := get("..%2Fsecret"); code != 400 && code != 404 {
+		t.Fatalf("traversal attachment = %d", code)
+	}
+	var caps struct {
+		Capabilities []struct {
+			ID   string
+			Tags []string
+		}
+	}
+	ts.do(t, "GET", ts.api("att")+"/capabilities", key, nil, &caps)
+	if len(caps.Capabilities) != 2 || caps.Capabilities[1].ID != "door:check" || caps.Capabilities[1].Tags[0] != "home" {
+		t.Fatalf("capabilities = %+v", caps)
+	}
+	ts.do(t, "GET", ts.api("att")+"/capabilities?tag=camera", key, nil, &caps)
+	if len(caps.Capabilities) != 1 || caps.Capabilities[0].ID != "photo:capture" {
+		t.Fatalf("capabilities by tag = %+v", caps)
+	}
+}
+
+func TestCORSPreflight(t *testing.T) {
+	ts := startServer(t)
+	req, _ := http.NewRequest("OPTIONS", ts.api("x")+"/requests", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "PATCH")
+	req.Header.Set("Access-Control-Request-Headers", "Authorization, Content-Type")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") == "" || !strings.Contains(resp.Header.Get("Access-Control-Allow-Methods"), "PATCH") {
+		t.Fatalf("preflight = %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// Ensure shutdown ends long-polls and event streams instead of waiting for
+// them.
+func TestGracefulShutdownEndsWaits(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "bye", "a")
+	ref := ts.create(t, "bye", key, map[string]any{"intent": "x"})
+	var wg sync.WaitGroup
+	for _, path := range []string{"/events", "/requests?wait=120", "/requests/" + ref + "?wait=120"} {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", ts.api("bye")+path, nil)
+			req.Header.Set("Authorization", "Bearer "+key)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	done := make(chan struct{})
+	go func() { ts.Stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(8 * time.Second):
+		t.Fatal("shutdown waited for long-polls and streams")
+	}
+	wg.Wait()
 }
