@@ -2,6 +2,7 @@ package mess
 
 import (
 	"encoding/json"
+	"net/url"
 	"strings"
 )
 
@@ -10,8 +11,12 @@ import (
 var secretFields = map[string]bool{
 	"token": true, "key": true, "secret": true, "password": true, "client_secret": true,
 	"refresh_token": true, "access_token": true, "api_key": true, "webhook_url": true,
-	"authorization": true, "signing_secret": true,
+	"authorization": true, "signing_secret": true, "webhook_id": true,
 }
+
+// urlFields hold URLs that may carry a credential in their user info or
+// query string; those parts are redacted, the rest stays readable.
+var urlFields = map[string]bool{"url": true, "base_url": true, "server": true}
 
 // Redacted replaces secret values in API output.
 const Redacted = "[redacted]"
@@ -46,6 +51,10 @@ func redactValue(v any) any {
 				} else if val != nil {
 					x[k] = Redacted
 				}
+			case urlFields[lk]:
+				if s, ok := val.(string); ok {
+					x[k] = redactURL(s)
+				}
 			case lk == "headers":
 				if m, ok := val.(map[string]any); ok {
 					for hk := range m {
@@ -64,4 +73,24 @@ func redactValue(v any) any {
 		return x
 	}
 	return v
+}
+
+// redactURL hides a URL's password and query values. Unparseable URLs are
+// hidden whole.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return Redacted
+	}
+	if u.User != nil {
+		u.User = url.User(Redacted)
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			q[k] = []string{Redacted}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }

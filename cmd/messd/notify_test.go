@@ -244,3 +244,31 @@ func TestNotify_restartDeliversPendingOnce(t *testing.T) {
 		t.Errorf("ntfy headers = %v", h)
 	}
 }
+
+func TestNotify_secretsNeverReturned(t *testing.T) {
+	ts := startServer(t)
+	key := registerWith(t, ts, "n5", map[string]any{"executor_id": "w",
+		"notifications": []any{
+			map[string]any{"type": "slack", "webhook_url": "https://hooks.slack.com/services/T/B/slack-secret"},
+			map[string]any{"type": "ntfy", "topic": "t", "token": "tk_ntfy-secret"},
+			map[string]any{"type": "webhook", "url": "https://u:pw-secret@example.com/hook?sig=query-secret", "secret": "sign-secret"},
+		},
+		"hooks": map[string]any{"on_request_created": []any{
+			map[string]any{"type": "home_assistant", "base_url": "https://ha.example.com", "webhook_id": "ha-secret", "token": "ha-token-secret"},
+			map[string]any{"type": "google_tasks", "client_id": "cid", "client_secret": "gcs-secret", "refresh_token": "rt-secret"},
+			map[string]any{"type": "webhook", "url": "https://example.com/x", "headers": map[string]string{"X-Key": "hdr-secret"}},
+		}}})
+	var prof map[string]any
+	if code := ts.do(t, "GET", ts.api("n5")+"/executors/w", key, nil, &prof); code != http.StatusOK {
+		t.Fatalf("get profile: %d", code)
+	}
+	b, _ := json.Marshal(prof)
+	for _, s := range []string{"slack-secret", "ntfy-secret", "pw-secret", "query-secret", "sign-secret", "ha-secret", "ha-token-secret", "gcs-secret", "rt-secret", "hdr-secret"} {
+		if strings.Contains(string(b), s) {
+			t.Errorf("profile exposes %q", s)
+		}
+	}
+	if !strings.Contains(string(b), "example.com/hook") || !strings.Contains(string(b), "cid") {
+		t.Errorf("profile lost non-secret fields: %s", b)
+	}
+}
