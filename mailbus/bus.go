@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -586,9 +587,23 @@ func (ex *exchange) write(rec *record) (<-chan error, error) {
 		return nil, nil
 	}
 	rec.LSN = ex.lsn + 1
-	line, err := json.Marshal(rec)
-	if err != nil {
-		return nil, fmt.Errorf("mailbus: encode record: %w", err)
+	var line []byte
+	if rec.raw != nil {
+		// Messages are already encoded once for delivery; splice that
+		// encoding into the record instead of encoding it again.
+		line = make([]byte, 0, len(rec.raw)+64)
+		line = append(line, `{"l":`...)
+		line = strconv.AppendUint(line, rec.LSN, 10)
+		line = append(line, `,"k":"m","ts":`...)
+		line = strconv.AppendInt(line, rec.Time, 10)
+		line = append(line, `,"m":`...)
+		line = append(line, rec.raw...)
+		line = append(line, '}')
+	} else {
+		var err error
+		if line, err = json.Marshal(rec); err != nil {
+			return nil, fmt.Errorf("mailbus: encode record: %w", err)
+		}
 	}
 	done, err := j.AppendAsync(ex.partition(), line)
 	if err != nil {
@@ -634,7 +649,7 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 	}
 	result := make(chan error, 1)
 	ex.mu.Lock()
-	done, err := ex.write(&record{Kind: "m", Msg: m, Time: st.recv.UnixMilli()})
+	done, err := ex.write(&record{Kind: "m", Msg: m, Time: st.recv.UnixMilli(), raw: st.raw})
 	if err != nil {
 		ex.mu.Unlock()
 		return nil, err

@@ -423,37 +423,39 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(h.cfg.MaxBodyBytes)
-	s, err := ex.attach(c.agent, since)
+	// The connection lives until the client goes, the server kicks the
+	// session, or a ping or write fails. An idle connection costs one
+	// parked goroutine (this one, reading): writes and pings run on
+	// short-lived goroutines only when there is something to do.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ws := &wsConn{h: h, conn: conn, c: c, batch: batch, ctx: ctx}
+	s, err := ex.attach(c.agent, since, ws.poke)
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
-	defer s.detach()
-
-	ws := &wsConn{h: h, conn: conn, s: s, c: c, batch: batch}
 	subs, _ := h.b.Subscriptions(ctx, c.exchange, c.agent)
 	s.a.mu.Lock()
 	next := s.next
 	s.a.mu.Unlock()
 	ws.reply(ctx, Frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
+	ws.mu.Lock()
+	ws.s = s
+	ws.ping = time.AfterFunc(h.cfg.PingInterval, ws.pingOnce)
+	ws.mu.Unlock()
+	ws.poke()
 
-	// The connection lives until the client goes, the server kicks the
-	// session, or a ping or write fails; every goroutine below ends then.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		ws.writeLoop(ctx)
-		// A kicked session says why before the reader is cancelled
-		// (cancelling a read drops the connection without a close frame).
-		s.kick(nil)
-		ws.closeWith(s.err)
-		cancel()
-	})
 	ws.readLoop(ctx)
 	s.kick(nil)
-	wg.Wait()
+	ws.mu.Lock()
+	ws.closed = true
+	ws.ping.Stop()
+	ws.mu.Unlock()
+	ws.work.Wait()
+	cancel()
 	ws.pending.Wait()
+	s.detach()
 }
 
 func (ws *wsConn) closeWith(err error) {
@@ -470,30 +472,35 @@ func (ws *wsConn) closeWith(err error) {
 type wsConn struct {
 	h       *handler
 	conn    *websocket.Conn
-	s       *session
 	c       caller
 	batch   bool
+	ctx     context.Context
 	pending sync.WaitGroup // replies waiting for durability
+
+	mu      sync.Mutex
+	s       *session // nil until the welcome frame is out
+	closed  bool
+	running bool // a flush goroutine is active
+	dirty   bool // something may be waiting since the flush last looked
+	ping    *time.Timer
+	work    sync.WaitGroup // flush and ping goroutines
 }
 
-func (ws *wsConn) reply(ctx context.Context, f Frame) {
-	b, _ := json.Marshal(f)
-	ctx, cancel := context.WithTimeout(ctx, ws.h.cfg.WriteTimeout)
-	defer cancel()
-	_ = ws.conn.Write(ctx, websocket.MessageText, b)
-}
-
-func (ws *wsConn) replyErr(ctx context.Context, ref string, err error) {
-	_, code, msg := errorStatus(err)
-	if code == "internal_error" {
-		ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
+// poke makes sure a flush goroutine will look at the session.
+func (ws *wsConn) poke() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.dirty = true
+	if ws.running || ws.closed || ws.s == nil {
+		return
 	}
-	ws.reply(ctx, Frame{Action: "error", Ref: ref, Error: msg, Code: code})
+	ws.running = true
+	ws.work.Add(1)
+	go ws.flush()
 }
 
-func (ws *wsConn) writeLoop(ctx context.Context) {
-	ping := time.NewTicker(ws.h.cfg.PingInterval)
-	defer ping.Stop()
+func (ws *wsConn) flush() {
+	defer ws.work.Done()
 	var (
 		buf []byte
 		ds  []delivery
@@ -503,20 +510,21 @@ func (ws *wsConn) writeLoop(ctx context.Context) {
 		n = ws.h.cfg.BatchMax
 	}
 	for {
+		ws.mu.Lock()
+		if !ws.dirty || ws.closed {
+			ws.running = false
+			ws.mu.Unlock()
+			return
+		}
+		ws.dirty = false
+		ws.mu.Unlock()
 		select {
-		case <-ctx.Done():
-			return
 		case <-ws.s.gone:
+			// Say why before the reader sees the connection end.
+			ws.closeWith(ws.s.err)
+			ws.stop()
 			return
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, ws.h.cfg.PingInterval)
-			err := ws.conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return
-			}
-			continue
-		case <-ws.s.wake:
+		default:
 		}
 		for {
 			ds = ws.s.take(n, ds[:0])
@@ -537,14 +545,64 @@ func (ws *wsConn) writeLoop(ctx context.Context) {
 				buf = append(buf, ']')
 			}
 			clear(ds)
-			wctx, cancel := context.WithTimeout(ctx, ws.h.cfg.WriteTimeout)
+			wctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.WriteTimeout)
 			err := ws.conn.Write(wctx, websocket.MessageText, buf)
 			cancel()
 			if err != nil {
+				ws.conn.CloseNow()
+				ws.stop()
 				return
 			}
 		}
 	}
+}
+
+// stop marks the flush loop finished for good.
+func (ws *wsConn) stop() {
+	ws.mu.Lock()
+	ws.running = false
+	ws.closed = true
+	ws.mu.Unlock()
+}
+
+// pingOnce pings and re-arms; a missing pong ends the connection, which
+// ends the reader.
+func (ws *wsConn) pingOnce() {
+	ws.mu.Lock()
+	if ws.closed {
+		ws.mu.Unlock()
+		return
+	}
+	ws.work.Add(1)
+	ws.mu.Unlock()
+	defer ws.work.Done()
+	ctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.PingInterval)
+	err := ws.conn.Ping(ctx)
+	cancel()
+	if err != nil {
+		ws.conn.CloseNow()
+		return
+	}
+	ws.mu.Lock()
+	if !ws.closed {
+		ws.ping.Reset(ws.h.cfg.PingInterval)
+	}
+	ws.mu.Unlock()
+}
+
+func (ws *wsConn) reply(ctx context.Context, f Frame) {
+	b, _ := json.Marshal(f)
+	ctx, cancel := context.WithTimeout(ctx, ws.h.cfg.WriteTimeout)
+	defer cancel()
+	_ = ws.conn.Write(ctx, websocket.MessageText, b)
+}
+
+func (ws *wsConn) replyErr(ctx context.Context, ref string, err error) {
+	_, code, msg := errorStatus(err)
+	if code == "internal_error" {
+		ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
+	}
+	ws.reply(ctx, Frame{Action: "error", Ref: ref, Error: msg, Code: code})
 }
 
 func (ws *wsConn) readLoop(ctx context.Context) {

@@ -71,7 +71,7 @@ func (l *Local) Connect(ctx context.Context) error {
 	if !l.b.enter() {
 		return ErrClosed
 	}
-	s, err := ex.attach(l.cfg.Agent, -1)
+	s, err := ex.attach(l.cfg.Agent, -1, nil)
 	if err != nil {
 		l.b.leave()
 		return err

@@ -23,6 +23,9 @@ type session struct {
 
 	wake chan struct{} // capacity 1: "there may be something to take"
 	gone chan struct{} // closed by kick
+	// hook, when set, is called on every notify and kick instead of the
+	// transport keeping a goroutine parked on wake and gone.
+	hook func()
 	once sync.Once
 	err  error // why the session was kicked; read after gone is closed
 }
@@ -38,7 +41,7 @@ type delivery struct {
 // the stored cursor). Unacknowledged ackRequired messages at or before the
 // start are sent again first. A previous session of the agent is kicked
 // with ErrReplaced.
-func (ex *exchange) attach(agentID string, since int64) (*session, error) {
+func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, error) {
 	ex.mu.Lock()
 	if ex.closed {
 		ex.mu.Unlock()
@@ -46,7 +49,7 @@ func (ex *exchange) attach(agentID string, since int64) (*session, error) {
 	}
 	a := ex.agent(agentID)
 	ex.mu.Unlock()
-	s := &session{ex: ex, a: a, wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	s := &session{ex: ex, a: a, wake: make(chan struct{}, 1), gone: make(chan struct{}), hook: hook}
 	a.mu.Lock()
 	old := a.sess
 	a.sess = s
@@ -88,10 +91,17 @@ func (s *session) kick(err error) {
 	s.once.Do(func() {
 		s.err = err
 		close(s.gone)
+		if s.hook != nil {
+			s.hook()
+		}
 	})
 }
 
 func (s *session) notify() {
+	if s.hook != nil {
+		s.hook()
+		return
+	}
 	select {
 	case s.wake <- struct{}{}:
 	default:
