@@ -1,0 +1,73 @@
+package notify_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/notify"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// BenchmarkOutbox measures what notifications cost the API (requests
+// created per second with the outbox subscribed or not) and how fast the
+// outbox drains to a loopback webhook receiver.
+func BenchmarkOutbox(b *testing.B) {
+	for _, withNotify := range []bool{false, true} {
+		b.Run(fmt.Sprintf("notify=%v", withNotify), func(b *testing.B) {
+			var got atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				got.Add(1)
+			}))
+			defer srv.Close()
+			ctx := context.Background()
+			st, err := storage.NewFS(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			svc, err := mess.New(ctx, mess.Config{Store: st, OpenRegistration: true, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer svc.Close(ctx)
+			var n *notify.Service
+			if withNotify {
+				n, err = notify.New(ctx, notify.Config{Source: svc, Store: st, Policy: notify.AddressPolicy{AllowLoopback: true}, Logger: slog.New(slog.DiscardHandler), Workers: 16})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer n.Close(ctx)
+			}
+			svc.Register(ctx, x, mess.Registration{ExecutorID: "req"})
+			svc.Register(ctx, x, mess.Registration{ExecutorID: "w", Notifications: raw([]any{map[string]any{"type": "webhook", "url": srv.URL}})})
+			b.SetParallelism(8)
+			start := time.Now()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := svc.CreateRequest(ctx, x, "req", mess.Request{Intent: "bench"}, ""); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			created := time.Since(start)
+			b.ReportMetric(float64(b.N)/created.Seconds(), "creates/s")
+			if n == nil {
+				return
+			}
+			for got.Load() < int64(b.N) {
+				time.Sleep(time.Millisecond)
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "delivered/s")
+		})
+	}
+}
