@@ -164,7 +164,7 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 	if len(r.DisplayName) > 200 {
 		return RegisterResult{}, errorf(ErrInvalid, "display_name longer than 200 bytes")
 	}
-	if err := validateProfile(r.Capabilities, r.Notifications, r.Hooks, r.Preferences); err != nil {
+	if err := s.validateProfile(r.Capabilities, r.Notifications, r.Hooks, r.Preferences); err != nil {
 		return RegisterResult{}, err
 	}
 	ex := s.exchange(exchangeID, true)
@@ -253,7 +253,7 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 	}, nil
 }
 
-func validateProfile(caps, notes, hooks, prefs json.RawMessage) error {
+func (s *Service) validateProfile(caps, notes, hooks, prefs json.RawMessage) error {
 	if err := checkJSONKind("capabilities", caps, '['); err != nil {
 		return err
 	}
@@ -263,7 +263,15 @@ func validateProfile(caps, notes, hooks, prefs json.RawMessage) error {
 	if err := checkJSONKind("hooks", hooks, '{'); err != nil {
 		return err
 	}
-	return checkJSONKind("preferences", prefs, '{')
+	if err := checkJSONKind("preferences", prefs, '{'); err != nil {
+		return err
+	}
+	if s.cfg.ValidateProfile != nil {
+		if err := s.cfg.ValidateProfile(notes, hooks, prefs); err != nil {
+			return errorf(ErrInvalid, "%v", err)
+		}
+	}
+	return nil
 }
 
 // capabilityIDs returns the ids of capabilities given as strings or as
@@ -574,7 +582,7 @@ func (s *Service) UpdateExecutor(ctx context.Context, exchangeID, actorID, execu
 	if u.DisplayName != nil && (len(*u.DisplayName) > 200 || *u.DisplayName == "") {
 		return errorf(ErrInvalid, "display_name must be 1 to 200 bytes")
 	}
-	if err := validateProfile(u.Capabilities, u.Notifications, u.Hooks, u.Preferences); err != nil {
+	if err := s.validateProfile(u.Capabilities, u.Notifications, u.Hooks, u.Preferences); err != nil {
 		return err
 	}
 	return s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) {

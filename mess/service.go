@@ -44,6 +44,10 @@ type Config struct {
 	EventBuffer int
 	// ExpiryInterval is how often needed_by deadlines are checked. Zero means 1s.
 	ExpiryInterval time.Duration
+	// ValidateProfile, when set, checks notification, hook and preference
+	// configs as a profile is registered or updated; its error is reported
+	// to the caller as invalid input.
+	ValidateProfile func(notifications, hooks, preferences json.RawMessage) error
 }
 
 // Service is the MESS exchange: threads, executors and their keys for any

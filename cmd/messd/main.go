@@ -166,8 +166,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	defer closeStore()
 
+	validate, err := profileValidator(getenv)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	svc, err := mess.New(ctx, mess.Config{
+		ValidateProfile:   validate,
 		Store:             store,
 		Logger:            logger,
 		OpenRegistration:  c.openRegistration,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,18 +61,8 @@ func (a notifyAuthenticator) Authenticate(ctx context.Context, exchangeID, token
 //	                             third-party API endpoints (default the public services)
 func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth notify.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
 	cfg := notify.Config{Source: svc, Store: store, Logger: logger}
-	for _, b := range []struct {
-		env string
-		dst *bool
-	}{
-		{"NOTIFY_ALLOW_LOOPBACK", &cfg.Policy.AllowLoopback},
-		{"NOTIFY_ALLOW_PRIVATE", &cfg.Policy.AllowPrivate},
-	} {
-		if v := getenv(b.env); v != "" {
-			if *b.dst, err = strconv.ParseBool(v); err != nil {
-				return nil, fmt.Errorf("%s: want true or false, got %q", b.env, v)
-			}
-		}
+	if cfg.Policy, err = notifyPolicy(getenv); err != nil {
+		return nil, err
 	}
 	for _, d := range []struct {
 		env string
@@ -126,4 +117,36 @@ func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth noti
 	h := notify.NewHandler(n, notify.HandlerConfig{Auth: auth, Logger: logger})
 	e.Any("/api/v1/exchanges/:exchange_id/notifications/*", echo.WrapHandler(h))
 	return n.Close, nil
+}
+
+// notifyPolicy reads which address ranges notifications may reach.
+func notifyPolicy(getenv func(string) string) (notify.AddressPolicy, error) {
+	var p notify.AddressPolicy
+	for _, b := range []struct {
+		env string
+		dst *bool
+	}{
+		{"NOTIFY_ALLOW_LOOPBACK", &p.AllowLoopback},
+		{"NOTIFY_ALLOW_PRIVATE", &p.AllowPrivate},
+	} {
+		if v := getenv(b.env); v != "" {
+			var err error
+			if *b.dst, err = strconv.ParseBool(v); err != nil {
+				return p, fmt.Errorf("%s: want true or false, got %q", b.env, v)
+			}
+		}
+	}
+	return p, nil
+}
+
+// profileValidator checks notification and hook configs when a profile is
+// saved, so a bad URL or an unknown channel is a 400, not a failed delivery.
+func profileValidator(getenv func(string) string) (func(notifications, hooks, preferences json.RawMessage) error, error) {
+	policy, err := notifyPolicy(getenv)
+	if err != nil {
+		return nil, err
+	}
+	return func(notifications, hooks, preferences json.RawMessage) error {
+		return notify.ValidateProfile(notifications, hooks, preferences, policy)
+	}, nil
 }

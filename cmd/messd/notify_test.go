@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -190,8 +191,18 @@ func TestNotify_ssrfRefusedByDefault(t *testing.T) {
 	sink := newHookSink(t, nil, nil)
 	ts := startServer(t) // loopback not allowed
 	req := ts.register(t, "n3", "req")
+	// A literal loopback address is refused when the profile is saved.
+	var e map[string]any
+	code := ts.do(t, "POST", ts.api("n3")+"/register", "", map[string]any{"executor_id": "lit",
+		"notifications": []any{map[string]any{"type": "webhook", "url": sink.URL}}}, &e)
+	if code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(e["error"]), "not allowed") {
+		t.Fatalf("register with a loopback webhook = %d %v, want 400 not allowed", code, e)
+	}
+	// A name that resolves to loopback passes that check and is refused
+	// when dialled.
+	named := strings.Replace(sink.URL, "127.0.0.1", "localhost", 1)
 	key := registerWith(t, ts, "n3", map[string]any{"executor_id": "w",
-		"notifications": []any{map[string]any{"type": "webhook", "url": sink.URL}}})
+		"notifications": []any{map[string]any{"type": "webhook", "url": named}}})
 	ts.create(t, "n3", req, map[string]any{"intent": "probe"})
 	d := waitFailures(t, ts, "n3", key, 1)
 	if len(d.Failures) != 1 || !strings.Contains(d.Failures[0].Error, "not allowed") {
@@ -251,7 +262,7 @@ func TestNotify_secretsNeverReturned(t *testing.T) {
 		"notifications": []any{
 			map[string]any{"type": "slack", "webhook_url": "https://hooks.slack.com/services/T/B/slack-secret"},
 			map[string]any{"type": "ntfy", "topic": "t", "token": "tk_ntfy-secret"},
-			map[string]any{"type": "webhook", "url": "https://u:pw-secret@example.com/hook?sig=query-secret", "secret": "sign-secret"},
+			map[string]any{"type": "webhook", "url": "https://example.com/hook?sig=query-secret", "secret": "sign-secret"},
 		},
 		"hooks": map[string]any{"on_request_created": []any{
 			map[string]any{"type": "home_assistant", "base_url": "https://ha.example.com", "webhook_id": "ha-secret", "token": "ha-token-secret"},
