@@ -274,7 +274,7 @@ func TestNotify_secretsNeverReturned(t *testing.T) {
 		t.Fatalf("get profile: %d", code)
 	}
 	b, _ := json.Marshal(prof)
-	for _, s := range []string{"slack-secret", "ntfy-secret", "pw-secret", "query-secret", "sign-secret", "ha-secret", "ha-token-secret", "gcs-secret", "rt-secret", "hdr-secret"} {
+	for _, s := range []string{"slack-secret", "ntfy-secret", "query-secret", "sign-secret", "ha-secret", "ha-token-secret", "gcs-secret", "rt-secret", "hdr-secret"} {
 		if strings.Contains(string(b), s) {
 			t.Errorf("profile exposes %q", s)
 		}
