@@ -416,17 +416,26 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 		h.fail(w, ErrClosed)
 		return
 	}
-	defer h.b.leave()
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
 	if err != nil {
+		h.b.leave()
 		return // Accept already answered
 	}
-	defer conn.CloseNow()
-	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	// The connection lives until the client goes, the server kicks the
 	// session, or a ping or write fails. An idle connection costs one
-	// parked goroutine (this one, reading): writes and pings run on
-	// short-lived goroutines only when there is something to do.
+	// parked goroutine with a small stack: the HTTP handler returns (the
+	// connection is hijacked, so that frees the request and its deep
+	// stack), and writes and pings run on short-lived goroutines only when
+	// there is something to do.
+	go func() {
+		defer h.b.leave()
+		defer conn.CloseNow()
+		h.serveConn(conn, ex, c, since, batch)
+	}()
+}
+
+func (h *handler) serveConn(conn *websocket.Conn, ex *exchange, c caller, since int64, batch bool) {
+	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ws := &wsConn{h: h, conn: conn, c: c, batch: batch, ctx: ctx}
