@@ -515,4 +515,3 @@ func rss(pid string) int64 {
 	}
 	return 0
 }
-
