@@ -253,3 +253,5 @@ func ctxT(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+func newServer(h http.Handler) *httptest.Server { return httptest.NewServer(h) }

@@ -1,0 +1,95 @@
+package mailbus_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/coder/websocket"
+
+	"github.com/meatspace-exchange/mess/mailbus"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+var payload100 = json.RawMessage(`{"pad":"` + strings.Repeat("x", 88) + `"}`)
+
+func newBenchBus(b *testing.B, cfg mailbus.Config) *mailbus.Bus {
+	st, err := storage.NewFS(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Store = st
+	bus, err := mailbus.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { bus.Close(context.Background()); st.Close() })
+	return bus
+}
+
+// BenchmarkBus_SendTo measures durable direct messages (fsync before
+// return, group commit) from many goroutines.
+func BenchmarkBus_SendTo(b *testing.B) {
+	bus := newBenchBus(b, mailbus.Config{})
+	ctx := context.Background()
+	var n atomic.Int64
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		from := fmt.Sprintf("s%d", n.Add(1))
+		for i := 0; pb.Next(); i++ {
+			to := fmt.Sprintf("t%d", i%16)
+			if _, err := bus.SendTo(ctx, "ex", from, to, mailbus.Message{Type: "bench.direct", Payload: payload100}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkHandler_Fanout measures deliveries to 100 WebSocket
+// subscribers in this process; b.N counts deliveries.
+func BenchmarkHandler_Fanout(b *testing.B) {
+	const subs = 100
+	st, _ := storage.NewFS(b.TempDir())
+	defer st.Close()
+	bus, _ := mailbus.New(mailbus.Config{Store: st, RetentionCount: 1 << 20})
+	h, _ := mailbus.NewHandler(bus, mailbus.HandlerConfig{Auth: keyAuth{}})
+	e := &testEnv{bus: bus}
+	e.srv = newServer(h)
+	defer e.stop()
+	ctx := context.Background()
+	var got atomic.Int64
+	done := make(chan struct{})
+	want := int64(b.N/subs+1) * subs
+	for i := range subs {
+		u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http") + "?batch=1&types=bench.*"
+		c, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: map[string][]string{"Authorization": {"Bearer " + key("ex", fmt.Sprintf("r%d", i))}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.SetReadLimit(-1)
+		defer c.CloseNow()
+		go func() {
+			for {
+				_, data, err := c.Read(ctx)
+				if err != nil {
+					return
+				}
+				if got.Add(int64(strings.Count(string(data), `{"seq":`))) == want {
+					close(done)
+				}
+			}
+		}()
+	}
+	b.ResetTimer()
+	for range b.N/subs + 1 {
+		if _, err := bus.Publish(ctx, "ex", "pub", mailbus.Message{Type: "bench.tick", Payload: payload100}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+}
