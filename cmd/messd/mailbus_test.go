@@ -325,3 +325,31 @@ func TestMailbus_AckAndFrames(t *testing.T) {
 		t.Errorf("delivery after ack: %s", data)
 	}
 }
+
+// Ensure the bus's lease calls reach the lease service with the same key
+// and release with the token the grant returned.
+func TestMailbus_Leases(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	a := mailClient(t, ts, "mbl", ts.register(t, "mbl", "a"))
+	b := mailClient(t, ts, "mbl", ts.register(t, "mbl", "b"))
+	if ok, err := a.AcquireLease(ctx, "src/config.ts", time.Minute); !ok || err != nil {
+		t.Fatalf("a acquire: %v %v", ok, err)
+	}
+	if ok, err := b.AcquireLease(ctx, "src/config.ts", time.Minute); ok || err != nil {
+		t.Fatalf("b acquire of a held lease: %v %v", ok, err)
+	}
+	st, err := b.IsLeased(ctx, "src/config.ts")
+	if err != nil || !st.IsLeased || st.AgentID != "a" || st.Token == 0 {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	if err := a.ReleaseLease(ctx, "src/config.ts"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := b.IsLeased(ctx, "src/config.ts"); st.IsLeased {
+		t.Errorf("still leased after release: %+v", st)
+	}
+	if err := a.ReleaseLease(ctx, "src/config.ts"); !errors.Is(err, mailbus.ErrNotFound) {
+		t.Errorf("second release: %v, want ErrNotFound", err)
+	}
+}
