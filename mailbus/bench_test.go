@@ -93,3 +93,57 @@ func BenchmarkHandler_Fanout(b *testing.B) {
 	}
 	<-done
 }
+
+// BenchmarkHandler_Send measures durable direct messages sent as pipelined
+// WebSocket frames by 16 connections; b.N counts accepted messages.
+func BenchmarkHandler_Send(b *testing.B) {
+	const senders, window = 16, 64
+	st, _ := storage.NewFS(b.TempDir())
+	defer st.Close()
+	bus, _ := mailbus.New(mailbus.Config{Store: st, RetentionCount: 1 << 20})
+	h, _ := mailbus.NewHandler(bus, mailbus.HandlerConfig{Auth: keyAuth{}})
+	e := &testEnv{bus: bus, srv: newServer(h)}
+	defer e.stop()
+	ctx := context.Background()
+	var sent atomic.Int64
+	frame, _ := json.Marshal(map[string]any{"action": "send", "targetAgent": "t", "message": map[string]any{"type": "bench.direct", "payload": payload100}})
+	errs := make(chan error, senders)
+	b.ResetTimer()
+	for i := range senders {
+		go func() {
+			u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http") + "?batch=1"
+			c, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: map[string][]string{"Authorization": {"Bearer " + key("ex", fmt.Sprintf("s%d", i))}}})
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.CloseNow()
+			c.Read(ctx) // welcome
+			inflight := 0
+			for {
+				for inflight < window && sent.Add(1) <= int64(b.N) {
+					if err := c.Write(ctx, websocket.MessageText, frame); err != nil {
+						errs <- err
+						return
+					}
+					inflight++
+				}
+				if inflight == 0 {
+					errs <- nil
+					return
+				}
+				_, data, err := c.Read(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				inflight -= strings.Count(string(data), `"accepted"`)
+			}
+		}()
+	}
+	for range senders {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -268,35 +268,47 @@ func (c *Client) read(conn *websocket.Conn) error {
 		}
 		data = bytes.TrimSpace(data)
 		if len(data) > 0 && data[0] == '[' {
-			var ms []Message
-			if err := json.Unmarshal(data, &ms); err != nil {
+			// A batch: messages, or replies that completed together.
+			var elems []json.RawMessage
+			if err := json.Unmarshal(data, &elems); err != nil {
 				c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
 				continue
+			}
+			ms := make([]Message, 0, len(elems))
+			for _, e := range elems {
+				if m, ok := c.parse(e); ok {
+					ms = append(ms, m)
+				}
 			}
 			c.deliver(ms)
 			continue
 		}
-		var probe struct {
-			Action string `json:"action"`
+		if m, ok := c.parse(data); ok {
+			c.deliver([]Message{m})
 		}
-		if err := json.Unmarshal(data, &probe); err != nil {
-			c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
-			continue
-		}
-		if probe.Action != "" {
-			var f Frame
-			if json.Unmarshal(data, &f) == nil && f.Action == "error" {
-				c.d.onError(fmt.Errorf("mailbus: server: %s (%s)", f.Error, f.Code))
-			}
-			continue
-		}
-		var m Message
-		if err := json.Unmarshal(data, &m); err != nil {
-			c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
-			continue
-		}
-		c.deliver([]Message{m})
 	}
+}
+
+// parse decodes one frame element; control frames are handled here and
+// report false.
+func (c *Client) parse(data []byte) (Message, bool) {
+	var m struct {
+		Message
+		Action string `json:"action"`
+		Error  string `json:"error"`
+		Code   string `json:"code"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		c.d.onError(fmt.Errorf("mailbus: bad frame: %w", err))
+		return Message{}, false
+	}
+	if m.Action != "" {
+		if m.Action == "error" {
+			c.d.onError(fmt.Errorf("mailbus: server: %s (%s)", m.Error, m.Code))
+		}
+		return Message{}, false
+	}
+	return m.Message, true
 }
 
 // deliver drops messages already received (by seq) unless they are

@@ -489,8 +489,10 @@ type wsConn struct {
 	mu      sync.Mutex
 	s       *session // nil until the welcome frame is out
 	closed  bool
-	running bool // a flush goroutine is active
-	dirty   bool // something may be waiting since the flush last looked
+	running bool      // a flush goroutine is active
+	dirty   bool      // something may be waiting since the flush last looked
+	replies [][]byte  // encoded reply frames waiting for the flush goroutine
+	waitq   chan owed // replies owed, in order; nil until the first pipelined write
 	ping    *time.Timer
 	work    sync.WaitGroup // flush and ping goroutines
 }
@@ -499,6 +501,22 @@ type wsConn struct {
 func (ws *wsConn) poke() {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	ws.pokeLocked()
+}
+
+// queueReplies hands replies to the flush goroutine, which writes them as
+// one frame for clients that take batches.
+func (ws *wsConn) queueReplies(rs [][]byte) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.closed {
+		return
+	}
+	ws.replies = append(ws.replies, rs...)
+	ws.pokeLocked()
+}
+
+func (ws *wsConn) pokeLocked() {
 	ws.dirty = true
 	if ws.running || ws.closed || ws.s == nil {
 		return
@@ -526,7 +544,14 @@ func (ws *wsConn) flush() {
 			return
 		}
 		ws.dirty = false
+		replies := ws.replies
+		ws.replies = nil
 		ws.mu.Unlock()
+		if !ws.writeReplies(replies) {
+			ws.conn.CloseNow()
+			ws.stop()
+			return
+		}
 		select {
 		case <-ws.s.gone:
 			// Say why before the reader sees the connection end.
@@ -564,6 +589,39 @@ func (ws *wsConn) flush() {
 			}
 		}
 	}
+}
+
+// writeReplies writes queued replies: one array frame for batch clients,
+// one frame each otherwise.
+func (ws *wsConn) writeReplies(rs [][]byte) bool {
+	if len(rs) == 0 {
+		return true
+	}
+	frames := rs
+	if ws.batch && len(rs) > 1 {
+		n := 2
+		for _, r := range rs {
+			n += len(r) + 1
+		}
+		buf := make([]byte, 0, n)
+		buf = append(buf, '[')
+		for i, r := range rs {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, r...)
+		}
+		frames = [][]byte{append(buf, ']')}
+	}
+	for _, f := range frames {
+		wctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.WriteTimeout)
+		err := ws.conn.Write(wctx, websocket.MessageText, f)
+		cancel()
+		if err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // stop marks the flush loop finished for good.
@@ -615,9 +673,15 @@ func (ws *wsConn) replyErr(ctx context.Context, ref string, err error) {
 }
 
 func (ws *wsConn) readLoop(ctx context.Context) {
-	// Bound the replies waiting for durability so a client cannot pile up
-	// unbounded work; the reader stalls instead, which backs the client off.
-	sem := make(chan struct{}, 1024)
+	// The reader is the only sender on waitq; closing it lets the waiter
+	// finish the replies still owed and exit.
+	defer func() {
+		ws.mu.Lock()
+		if ws.waitq != nil {
+			close(ws.waitq)
+		}
+		ws.mu.Unlock()
+	}()
 	for {
 		typ, data, err := ws.conn.Read(ctx)
 		if err != nil {
@@ -632,11 +696,11 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 			ws.reply(ctx, Frame{Action: "error", Error: "malformed frame: " + err.Error(), Code: "malformed_frame"})
 			continue
 		}
-		ws.handle(ctx, f, sem)
+		ws.handle(ctx, f)
 	}
 }
 
-func (ws *wsConn) handle(ctx context.Context, f Frame, sem chan struct{}) {
+func (ws *wsConn) handle(ctx context.Context, f Frame) {
 	b, c := ws.h.b, ws.c
 	switch f.Action {
 	case "subscribe", "unsubscribe":
@@ -657,7 +721,7 @@ func (ws *wsConn) handle(ctx context.Context, f Frame, sem chan struct{}) {
 		if err == nil {
 			result, err = ex.ackAsync(c.agent, f.MessageID)
 		}
-		ws.later(ctx, f, sem, result, err, Frame{Action: "acked", Ref: f.Ref, MessageID: f.MessageID})
+		ws.later(ctx, f, result, err, Frame{Action: "acked", Ref: f.Ref, MessageID: f.MessageID})
 	case "publish", "send":
 		if f.Message == nil {
 			ws.replyErr(ctx, f.Ref, fmt.Errorf("%w: %s frame without message", ErrInvalid, f.Action))
@@ -672,7 +736,7 @@ func (ws *wsConn) handle(ctx context.Context, f Frame, sem chan struct{}) {
 			m.To = f.TargetAgent
 		}
 		out, result, err := b.publishAsync(ctx, c.exchange, c.agent, m)
-		ws.later(ctx, f, sem, result, err, Frame{Action: "accepted", Ref: f.Ref, ID: out.ID})
+		ws.later(ctx, f, result, err, Frame{Action: "accepted", Ref: f.Ref, ID: out.ID})
 	case "heartbeat":
 		if err := b.Heartbeat(ctx, c.exchange, c.agent); err != nil {
 			ws.replyErr(ctx, f.Ref, err)
@@ -683,8 +747,10 @@ func (ws *wsConn) handle(ctx context.Context, f Frame, sem chan struct{}) {
 }
 
 // later sends ok once result reports durability, without holding up the
-// reader, so one connection can pipeline many writes.
-func (ws *wsConn) later(ctx context.Context, f Frame, sem chan struct{}, result <-chan error, err error, ok Frame) {
+// reader, so one connection can pipeline many writes. Replies are settled
+// in order by one waiter goroutine per connection (started on first use),
+// which gathers those that completed in the same group commit.
+func (ws *wsConn) later(ctx context.Context, f Frame, result <-chan error, err error, ok Frame) {
 	if err != nil {
 		ws.replyErr(ctx, f.Ref, err)
 		return
@@ -693,17 +759,75 @@ func (ws *wsConn) later(ctx context.Context, f Frame, sem chan struct{}, result 
 		ws.reply(ctx, ok)
 		return
 	}
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
-		return
+	ws.mu.Lock()
+	if ws.waitq == nil {
+		// Its capacity bounds the writes a client can have in flight;
+		// beyond it the reader stalls, which backs the client off.
+		ws.waitq = make(chan owed, 1024)
+		ws.pending.Go(ws.waiter)
 	}
-	ws.pending.Go(func() {
-		defer func() { <-sem }()
-		if err := <-result; err != nil {
-			ws.replyErr(ctx, f.Ref, err)
+	q := ws.waitq
+	ws.mu.Unlock()
+	select {
+	case q <- owed{result: result, ok: ok}:
+	case <-ctx.Done():
+	}
+}
+
+// owed is a reply waiting for its write to become durable.
+type owed struct {
+	result <-chan error
+	ok     Frame
+}
+
+func (ws *wsConn) waiter() {
+	var held *owed
+	for {
+		p := held
+		held = nil
+		if p == nil {
+			o, more := <-ws.waitq
+			if !more {
+				return
+			}
+			p = &o
+		}
+		out := [][]byte{ws.settle(p)}
+		open := true
+	gather:
+		for {
+			select {
+			case o, more := <-ws.waitq:
+				if !more {
+					open = false
+					break gather
+				}
+				if len(o.result) == 0 {
+					held = &o
+					break gather
+				}
+				out = append(out, ws.settle(&o))
+			default:
+				break gather
+			}
+		}
+		ws.queueReplies(out)
+		if !open {
 			return
 		}
-		ws.reply(ctx, ok)
-	})
+	}
+}
+
+// settle waits for p's write and encodes its reply.
+func (ws *wsConn) settle(p *owed) []byte {
+	f := p.ok
+	if err := <-p.result; err != nil {
+		_, code, msg := errorStatus(err)
+		if code == "internal_error" {
+			ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
+		}
+		f = Frame{Action: "error", Ref: p.ok.Ref, Error: msg, Code: code}
+	}
+	b, _ := json.Marshal(f)
+	return b
 }

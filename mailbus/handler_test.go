@@ -412,3 +412,47 @@ func TestHandler_ExchangesIsolated(t *testing.T) {
 	post(t, "POST", e.url("two", "send"), key("two", "b"), mailbus.SendRequest{TargetAgent: "a", Message: mailbus.Message{Type: "x"}}, nil)
 	r.quiet(150 * time.Millisecond)
 }
+
+func TestHandler_PipelinedSends(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprint("batch=", batch), func(t *testing.T) {
+			q := ""
+			if batch {
+				q = "batch=1"
+			}
+			r := dialRaw(t, e, "ex", "s", q)
+			const n = 200
+			for i := range n {
+				r.send(map[string]any{"action": "send", "ref": fmt.Sprint(i), "targetAgent": "t", "message": map[string]any{"type": "x"}})
+			}
+			seen := map[string]bool{}
+			for len(seen) < n {
+				data := r.next()
+				var fs []mailbus.Frame
+				if data[0] == '[' {
+					if !batch {
+						t.Fatalf("array frame without batch=1: %s", data)
+					}
+					json.Unmarshal(data, &fs)
+				} else {
+					var f mailbus.Frame
+					json.Unmarshal(data, &f)
+					fs = []mailbus.Frame{f}
+				}
+				for _, f := range fs {
+					if f.Action != "accepted" || seen[f.Ref] {
+						t.Fatalf("unexpected reply %+v", f)
+					}
+					seen[f.Ref] = true
+				}
+			}
+			// Delivered in the order the frames were read.
+			var res mailbus.InboxResponse
+			post(t, "GET", e.url("ex", "inbox?since=0&limit=1000"), key("ex", "t"), nil, &res)
+			if len(res.Messages)%n != 0 || len(res.Messages) == 0 {
+				t.Fatalf("target has %d messages", len(res.Messages))
+			}
+		})
+	}
+}

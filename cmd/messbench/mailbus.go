@@ -200,23 +200,35 @@ func newPublisher(c *websocket.Conn, window int, rec *recorder) *publisher {
 			if err != nil {
 				return
 			}
-			var f struct{ Action, Ref, Error string }
-			if json.Unmarshal(data, &f) != nil || f.Ref == "" {
-				continue
-			}
-			p.mu.Lock()
-			t, ok := p.sent[f.Ref]
-			delete(p.sent, f.Ref)
-			p.mu.Unlock()
-			if !ok {
-				continue
-			}
-			if f.Action == "accepted" {
-				rec.add(time.Since(t))
+			// Replies that completed together come as one array frame.
+			type reply struct{ Action, Ref, Error string }
+			var fs []reply
+			if len(data) > 0 && data[0] == '[' {
+				if json.Unmarshal(data, &fs) != nil {
+					continue
+				}
 			} else {
-				rec.fail(fmt.Errorf("%s: %s", f.Action, f.Error))
+				var f reply
+				if json.Unmarshal(data, &f) != nil {
+					continue
+				}
+				fs = []reply{f}
 			}
-			<-p.window
+			for _, f := range fs {
+				p.mu.Lock()
+				t, ok := p.sent[f.Ref]
+				delete(p.sent, f.Ref)
+				p.mu.Unlock()
+				if f.Ref == "" || !ok {
+					continue
+				}
+				if f.Action == "accepted" {
+					rec.add(time.Since(t))
+				} else {
+					rec.fail(fmt.Errorf("%s: %s", f.Action, f.Error))
+				}
+				<-p.window
+			}
 		}
 	}()
 	return p
@@ -261,7 +273,7 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 	if err != nil {
 		return err
 	}
-	pubConn, err := dialMail(ctx, o, agents[0], "types=")
+	pubConn, err := dialMail(ctx, o, agents[0], "batch=1&types=")
 	if err != nil {
 		return err
 	}
@@ -345,7 +357,7 @@ func benchMailDirect(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	conns, err := dialAll(ctx, o, agents[:senders], "types=")
+	conns, err := dialAll(ctx, o, agents[:senders], "batch=1&types=")
 	if err != nil {
 		return err
 	}
@@ -393,7 +405,7 @@ func benchMailReplay(ctx context.Context, o options) error {
 		return err
 	}
 	target := agents[senders]
-	conns, err := dialAll(ctx, o, agents[:senders], "types=")
+	conns, err := dialAll(ctx, o, agents[:senders], "batch=1&types=")
 	if err != nil {
 		return err
 	}
