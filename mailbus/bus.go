@@ -683,11 +683,10 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 }
 
 func newStored(m *Message, recv time.Time) (*stored, error) {
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	if m.Timestamp.Year() < 0 || m.Timestamp.Year() > 9999 {
+		return nil, fmt.Errorf("%w: timestamp year outside 0..9999", ErrInvalid)
 	}
-	return &stored{msg: *m, raw: raw, recv: recv}, nil
+	return &stored{msg: *m, raw: m.appendJSON(nil), recv: recv}, nil
 }
 
 type recipient struct {

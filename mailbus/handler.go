@@ -827,7 +827,24 @@ func (ws *wsConn) settle(p *owed) []byte {
 			ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
 		}
 		f = Frame{Action: "error", Ref: p.ok.Ref, Error: msg, Code: code}
+		b, _ := json.Marshal(f)
+		return b
 	}
-	b, _ := json.Marshal(f)
-	return b
+	// The common replies, encoded without reflection.
+	b := make([]byte, 0, 96)
+	b = append(b, `{"action":`...)
+	b = appendString(b, f.Action)
+	if f.Ref != "" {
+		b = append(b, `,"ref":`...)
+		b = appendString(b, f.Ref)
+	}
+	if f.MessageID != "" {
+		b = append(b, `,"messageId":`...)
+		b = appendString(b, f.MessageID)
+	}
+	if f.ID != "" {
+		b = append(b, `,"id":`...)
+		b = appendString(b, f.ID)
+	}
+	return append(b, '}')
 }

@@ -26,21 +26,41 @@ func TestMain(m *testing.M) {
 		serveChild(dir)
 		return
 	}
-	base := runtime.NumGoroutine()
+	base := goroutines()
 	code := m.Run()
 	if code == 0 {
 		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		for len(goroutines()) > len(base) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
-		if n := runtime.NumGoroutine(); n > base {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			fmt.Fprintf(os.Stderr, "goroutine leak: %d goroutines, started with %d\n%s\n", n, base, buf)
+		if now := goroutines(); len(now) > len(base) {
+			fmt.Fprintf(os.Stderr, "goroutine leak: %d goroutines, started with %d\n%s\n", len(now), len(base), strings.Join(now, "\n\n"))
 			code = 1
 		}
 	}
 	os.Exit(code)
+}
+
+// goroutines returns the stacks of live goroutines, leaving out the
+// runtime's and the test framework's own (signal handling of -fuzz).
+func goroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "os/signal.loop") || strings.Contains(g, "testing.(*F).Fuzz") {
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
 }
 
 // keyAuth accepts keys "key-<exchange>-<agent>".

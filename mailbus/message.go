@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Message types the original bus defined. Any other dotted type made of
@@ -148,4 +149,81 @@ func normalize(m *Message, from string, now time.Time) error {
 	m.Timestamp = m.Timestamp.UTC()
 	m.AckedAt, m.AckedBy, m.Seq = nil, "", 0
 	return nil
+}
+
+// appendJSON encodes m the way encoding/json does (same keys, omitempty
+// rules, RFC 3339 times) without reflection: every delivered message is
+// encoded once on the hot path.
+func (m *Message) appendJSON(b []byte) []byte {
+	b = append(b, `{"id":`...)
+	b = appendString(b, m.ID)
+	b = append(b, `,"type":`...)
+	b = appendString(b, m.Type)
+	b = append(b, `,"from":`...)
+	b = appendString(b, m.From)
+	if m.To != "" {
+		b = append(b, `,"to":`...)
+		b = appendString(b, m.To)
+	}
+	b = append(b, `,"payload":`...)
+	if len(m.Payload) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, m.Payload...)
+	}
+	b = append(b, `,"timestamp":"`...)
+	b = m.Timestamp.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, '"')
+	if m.CorrelationID != "" {
+		b = append(b, `,"correlationId":`...)
+		b = appendString(b, m.CorrelationID)
+	}
+	if m.AckRequired {
+		b = append(b, `,"ackRequired":true`...)
+	}
+	if m.AckedAt != nil {
+		b = append(b, `,"ackedAt":"`...)
+		b = m.AckedAt.AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+	if m.AckedBy != "" {
+		b = append(b, `,"ackedBy":`...)
+		b = appendString(b, m.AckedBy)
+	}
+	if m.Seq != 0 {
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendUint(b, m.Seq, 10)
+	}
+	return append(b, '}')
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	if !utf8.ValidString(s) {
+		q, _ := json.Marshal(s) // replaces invalid bytes as encoding/json does
+		return append(b, q...)
+	}
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			switch c {
+			case '\n':
+				b = append(b, `\n`...)
+			case '\r':
+				b = append(b, `\r`...)
+			case '\t':
+				b = append(b, `\t`...)
+			default:
+				b = append(b, `\u00`...)
+				b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
+			}
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
