@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -271,7 +270,6 @@ type thread struct {
 	useq      uint64
 	confirmed bool
 	caps      []string
-	idemKey   string
 	Thread
 }
 
@@ -373,7 +371,6 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 		t.caps, _ = req.RequiredCapabilities()
 		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "created", NewStatus: StatusPending})
 		if tc.IdempotencyKey != "" {
-			t.idemKey = tc.IdempotencyKey
 			k := idemKey(tc.RequestorID, tc.IdempotencyKey)
 			if _, ok := ex.idem[k]; !ok && s.now().Sub(ev.TS) < s.cfg.IdempotencyTTL {
 				done := make(chan struct{})
@@ -473,5 +470,3 @@ func (s *Service) loadExchangeForRead(exchangeID string) (*exchange, error) {
 	}
 	return ex, nil
 }
-
-func trimLower(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
