@@ -269,7 +269,6 @@ type thread struct {
 	ready     bool       // false while the creating write is in flight
 	useq      uint64
 	confirmed bool
-	caps      []string
 	Thread
 }
 
@@ -368,7 +367,6 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 		if t.Priority == "" {
 			t.Priority = PriorityNormal
 		}
-		t.caps, _ = req.RequiredCapabilities()
 		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "created", NewStatus: StatusPending})
 		if tc.IdempotencyKey != "" {
 			k := idemKey(tc.RequestorID, tc.IdempotencyKey)
