@@ -496,7 +496,11 @@ func (c *Client) SendHeartbeat(ctx context.Context) error {
 	conn := c.conn
 	c.mu.Unlock()
 	if conn != nil {
-		if conn.Write(ctx, websocket.MessageText, []byte(`{"action":"heartbeat"}`)) == nil {
+		// A cancelled write closes the connection; bound it by time instead.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := conn.Write(wctx, websocket.MessageText, []byte(`{"action":"heartbeat"}`))
+		cancel()
+		if err == nil {
 			return nil
 		}
 	}

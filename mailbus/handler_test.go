@@ -456,3 +456,34 @@ func TestHandler_PipelinedSends(t *testing.T) {
 		})
 	}
 }
+
+func TestHandler_DeadConnectionDropped(t *testing.T) {
+	b, err := mailbus.New(mailbus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: 200 * time.Millisecond})
+	e := &testEnv{bus: b, srv: newServer(h)}
+	defer e.stop()
+	u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http")
+	// A client that never reads never answers pings, like a dead peer.
+	c, _, err := websocket.Dial(ctxT(t), u, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key("ex", "zombie")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	connected := func() bool {
+		ps, _ := b.Presence(ctxT(t), "ex")
+		return len(ps) == 1 && ps[0].Connected
+	}
+	for deadline := time.Now().Add(5 * time.Second); !connected(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("never connected")
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); connected(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("dead connection still registered after 5s")
+		}
+	}
+}
