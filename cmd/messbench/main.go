@@ -45,6 +45,13 @@ var scenarios = map[string]func(ctx context.Context, o options) error{
 	"lease":        benchLease,
 	"lease-status": benchLeaseStatus,
 	"lease-fair":   benchLeaseFair,
+	"mailbus-fanout": func(ctx context.Context, o options) error {
+		return benchMailFanout(ctx, o, 0)
+	},
+	"mailbus-fanout-paced": benchMailFanoutPaced,
+	"mailbus-direct":       benchMailDirect,
+	"mailbus-replay":       benchMailReplay,
+	"mailbus-idle":         benchMailIdle,
 }
 
 func main() {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -11,33 +10,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/meatspace-exchange/mess/lease"
-	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/storage"
 )
-
-func init() {
-	mounts = append(mounts, func(e *echo.Echo, store storage.Store, svc *mess.Service, getenv func(string) string, logger *slog.Logger) (func(context.Context) error, error) {
-		return setupLease(e, store, leaseAuthenticator{svc}, getenv, logger)
-	})
-}
-
-// leaseAuthenticator lets the lease service accept the exchange's executor
-// API keys, mapping the exchange's auth errors onto the lease package's.
-type leaseAuthenticator struct{ svc *mess.Service }
-
-func (a leaseAuthenticator) Authenticate(ctx context.Context, exchangeID, token string) (string, error) {
-	id, err := a.svc.Authenticate(ctx, exchangeID, token)
-	switch {
-	case err == nil:
-		return id, nil
-	case errors.Is(err, mess.ErrUnauthorized):
-		return "", fmt.Errorf("%w: %w", lease.ErrUnauthorized, err)
-	case errors.Is(err, mess.ErrForbidden):
-		return "", fmt.Errorf("%w: %w", lease.ErrForbidden, err)
-	default:
-		return "", err
-	}
-}
 
 // setupLease serves the lease API from store. Settings (Go durations):
 //

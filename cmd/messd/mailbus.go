@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -12,39 +11,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/meatspace-exchange/mess/mailbus"
-	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/storage"
 )
-
-func init() {
-	mounts = append(mounts, func(e *echo.Echo, store storage.Store, svc *mess.Service, getenv func(string) string, logger *slog.Logger) (func(context.Context) error, error) {
-		return setupMailbus(e, store, mailbusAuthenticator{svc}, getenv, logger)
-	})
-}
-
-// mailbusAuthenticator lets the mail bus accept the exchange's executor API
-// keys, mapping the exchange's auth errors onto the bus's. It is also the
-// bus's Directory, so mail to an agent that is not an executor is refused.
-type mailbusAuthenticator struct{ svc *mess.Service }
-
-func (a mailbusAuthenticator) Authenticate(ctx context.Context, exchangeID, token string) (string, error) {
-	id, err := a.svc.Authenticate(ctx, exchangeID, token)
-	switch {
-	case err == nil:
-		return id, nil
-	case errors.Is(err, mess.ErrUnauthorized):
-		return "", fmt.Errorf("%w: %w", mailbus.ErrUnauthorized, err)
-	case errors.Is(err, mess.ErrForbidden):
-		return "", fmt.Errorf("%w: %w", mailbus.ErrForbidden, err)
-	default:
-		return "", err
-	}
-}
-
-func (a mailbusAuthenticator) IsAgent(ctx context.Context, exchangeID, agentID string) (bool, error) {
-	_, ok := a.svc.ExecutorConfig(exchangeID, agentID)
-	return ok, nil
-}
 
 // setupMailbus serves the mail bus from store. Settings:
 //

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -15,30 +14,6 @@ import (
 	"github.com/meatspace-exchange/mess/notify"
 	"github.com/meatspace-exchange/mess/storage"
 )
-
-func init() {
-	mounts = append(mounts, func(e *echo.Echo, store storage.Store, svc *mess.Service, getenv func(string) string, logger *slog.Logger) (func(context.Context) error, error) {
-		return setupNotify(e, store, svc, notifyAuthenticator{svc}, getenv, logger)
-	})
-}
-
-// notifyAuthenticator lets the notify API accept the exchange's executor
-// API keys, mapping the exchange's auth errors onto the notify package's.
-type notifyAuthenticator struct{ svc *mess.Service }
-
-func (a notifyAuthenticator) Authenticate(ctx context.Context, exchangeID, token string) (string, error) {
-	id, err := a.svc.Authenticate(ctx, exchangeID, token)
-	switch {
-	case err == nil:
-		return id, nil
-	case errors.Is(err, mess.ErrUnauthorized):
-		return "", fmt.Errorf("%w: %w", notify.ErrUnauthorized, err)
-	case errors.Is(err, mess.ErrForbidden):
-		return "", fmt.Errorf("%w: %w", notify.ErrForbidden, err)
-	default:
-		return "", err
-	}
-}
 
 // setupNotify delivers notifications and hooks for svc's events through a
 // durable outbox in store, and serves each executor its delivery state at

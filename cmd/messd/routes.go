@@ -16,7 +16,10 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
+	"github.com/meatspace-exchange/mess/lease"
+	"github.com/meatspace-exchange/mess/mailbus"
 	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/notify"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
@@ -61,9 +64,21 @@ func newServer(c config, svc *mess.Service, store storage.Store, logger *slog.Lo
 	g.GET("/capabilities", h.capabilities)
 	g.GET("/events", h.events)
 
+	// The other services, in start order; they are closed in reverse.
+	mounts := []func() (func(context.Context) error, error){
+		func() (func(context.Context) error, error) {
+			return setupLease(e, store, executorAuth{svc, lease.ErrUnauthorized, lease.ErrForbidden}, getenv, logger)
+		},
+		func() (func(context.Context) error, error) {
+			return setupMailbus(e, store, executorAuth{svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden}, getenv, logger)
+		},
+		func() (func(context.Context) error, error) {
+			return setupNotify(e, store, svc, executorAuth{svc, notify.ErrUnauthorized, notify.ErrForbidden}, getenv, logger)
+		},
+	}
 	var closers []func(context.Context) error
 	for _, mount := range mounts {
-		closeFn, err := mount(e, store, svc, getenv, logger)
+		closeFn, err := mount()
 		if err != nil {
 			for i := len(closers) - 1; i >= 0; i-- {
 				closers[i](context.Background())
@@ -75,9 +90,29 @@ func newServer(c config, svc *mess.Service, store storage.Store, logger *slog.Lo
 	return e, closers, nil
 }
 
-// mounts are the other services served beside the exchange; each file that
-// wires one adds itself here.
-var mounts []func(e *echo.Echo, store storage.Store, svc *mess.Service, getenv func(string) string, logger *slog.Logger) (func(context.Context) error, error)
+// executorAuth lets another service accept the exchange's executor API
+// keys, wrapping the exchange's auth errors in that service's sentinels. It
+// is also the mail bus's Directory: mail to a non-executor is refused.
+type executorAuth struct {
+	svc                     *mess.Service
+	unauthorized, forbidden error
+}
+
+func (a executorAuth) Authenticate(ctx context.Context, exchangeID, token string) (string, error) {
+	id, err := a.svc.Authenticate(ctx, exchangeID, token)
+	switch {
+	case errors.Is(err, mess.ErrUnauthorized):
+		return "", fmt.Errorf("%w: %w", a.unauthorized, err)
+	case errors.Is(err, mess.ErrForbidden):
+		return "", fmt.Errorf("%w: %w", a.forbidden, err)
+	}
+	return id, err
+}
+
+func (a executorAuth) IsAgent(ctx context.Context, exchangeID, agentID string) (bool, error) {
+	_, ok := a.svc.ExecutorConfig(exchangeID, agentID)
+	return ok, nil
+}
 
 func (h *handlers) health(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok", "service": "mess-exchange", "storage": "filesystem", "mode": "event-sourced"})
