@@ -623,14 +623,6 @@ func (ex *exchange) commit(done <-chan error, apply func(error)) {
 	ex.commits <- &commit{done: done, apply: apply}
 }
 
-func (ex *exchange) publish(ctx context.Context, m *Message) error {
-	result, err := ex.submit(m)
-	if err != nil {
-		return err
-	}
-	return wait(ctx, result)
-}
-
 func wait(ctx context.Context, result <-chan error) error {
 	select {
 	case err := <-result:
