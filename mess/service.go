@@ -287,7 +287,9 @@ func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded
 		}
 		lines[i] = b
 	}
-	if err := s.journal.Append(ctx, partition(ex.id, evs[0].TS), lines...); err != nil {
+	// Not cancellable: once queued the events may become durable, and state
+	// must then match the log, so a caller that goes away still waits.
+	if err := s.journal.Append(context.WithoutCancel(ctx), partition(ex.id, evs[0].TS), lines...); err != nil {
 		if errors.Is(err, journal.ErrClosed) {
 			return ErrClosed
 		}
