@@ -37,6 +37,7 @@ func newServer(c config, svc *mess.Service, store storage.Store, logger *slog.Lo
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(logger)
+	e.JSONSerializer = jsonSerializer{}
 	e.Use(middleware.Recover())
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		AllowOrigins:  c.corsOrigins,
