@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -207,24 +205,7 @@ func TestLease_restart(t *testing.T) {
 // Ensure grants acknowledged before a SIGKILL survive it.
 func TestLease_crash(t *testing.T) {
 	dir := t.TempDir()
-	start := func() (*exec.Cmd, *testServer) {
-		addrFile := filepath.Join(t.TempDir(), "addr")
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), "MESSD_TEST_CHILD="+addrFile, "ADDR=127.0.0.1:0", "STORAGE_PATH="+dir,
-			"MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn", "LEASE_COMPACT_INTERVAL=-1s")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-				return cmd, &testServer{URL: "http://" + string(b)}
-			}
-		}
-		cmd.Process.Kill()
-		t.Fatal("child server did not start")
-		return nil, nil
-	}
+	start := func() (*exec.Cmd, *testServer) { return startChild(t, dir, "LEASE_COMPACT_INTERVAL=-1s") }
 	cmd, ts := start()
 	aliceKey, bobKey := ts.register(t, "lc", "alice"), ts.register(t, "lc", "bob")
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -189,24 +187,7 @@ func TestMailbus_OfflineAndRestart(t *testing.T) {
 // before its delivery.
 func TestMailbus_Crash(t *testing.T) {
 	dir := t.TempDir()
-	start := func() (*exec.Cmd, *testServer) {
-		addrFile := filepath.Join(t.TempDir(), "addr")
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), "MESSD_TEST_CHILD="+addrFile, "ADDR=127.0.0.1:0", "STORAGE_PATH="+dir,
-			"MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-				return cmd, &testServer{URL: "http://" + string(b)}
-			}
-		}
-		cmd.Process.Kill()
-		t.Fatal("child server did not start")
-		return nil, nil
-	}
+	start := func() (*exec.Cmd, *testServer) { return startChild(t, dir) }
 	cmd, ts := start()
 	var keys []string
 	for _, a := range []string{"w", "s1", "s2", "s3", "s4"} {

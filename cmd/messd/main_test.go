@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,30 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// startChild runs messd as a separate process on dataDir, so a test can
+// SIGKILL it. extraEnv adds KEY=VALUE settings.
+func startChild(t testing.TB, dataDir string, extraEnv ...string) (*exec.Cmd, *testServer) {
+	t.Helper()
+	addrFile := filepath.Join(t.TempDir(), "addr")
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "MESSD_TEST_CHILD="+addrFile, "ADDR=127.0.0.1:0", "STORAGE_PATH="+dataDir,
+		"MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn")
+	cmd.Env = append(cmd.Env, extraEnv...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
+			return cmd, &testServer{URL: "http://" + string(b), DataDir: dataDir}
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	t.Fatal("child server did not start")
+	return nil, nil
 }
 
 // testServer is a real messd on a loopback port with its own data directory.

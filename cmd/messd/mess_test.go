@@ -613,23 +613,8 @@ func TestEventStream(t *testing.T) {
 func TestCrashDurability(t *testing.T) {
 	dir := t.TempDir()
 	start := func() (*exec.Cmd, string) {
-		addrFile := filepath.Join(t.TempDir(), "addr")
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), "MESSD_TEST_CHILD="+addrFile, "ADDR=127.0.0.1:0", "STORAGE_PATH="+dir, "MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
-			if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-				return cmd, "http://" + string(b)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		cmd.Process.Kill()
-		t.Fatal("child server did not start")
-		return nil, ""
+		cmd, ts := startChild(t, dir)
+		return cmd, ts.URL
 	}
 	cmd, url := start()
 	ts := &testServer{URL: url}
