@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -108,7 +110,7 @@ func walkJSON(v any, onObj func(map[string]any) bool, onStr func(string) bool) b
 		if onObj(x) {
 			return true
 		}
-		for _, k := range sortedKeys(x) {
+		for _, k := range slices.Sorted(maps.Keys(x)) {
 			if walkJSON(x[k], onObj, onStr) {
 				return true
 			}
@@ -123,17 +125,4 @@ func walkJSON(v any, onObj func(map[string]any) bool, onStr func(string) bool) b
 		return onStr(x)
 	}
 	return false
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
 }
