@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/journal"
@@ -121,13 +122,16 @@ func (m *Manager) load(ctx context.Context) error {
 	}
 	err = journal.Replay(ctx, m.cfg.Store, journal.ReplayConfig{
 		Prefix: m.logKey + "/",
-		Decode: func(_ string, data []byte) (any, error) {
+		Decode: func(key string, data []byte) (any, error) {
 			lines, _ := journal.Lines(data) // a torn tail was never acknowledged
 			recs := make([]record, 0, len(lines))
 			for _, l := range lines {
 				var r record
 				if err := json.Unmarshal(l, &r); err != nil {
-					return nil, err
+					// A write torn by a crash can leave garbage before its
+					// end; nothing after it in this object was acknowledged.
+					m.cfg.Logger.Warn("lease: journal object ends in a torn write", "key", key)
+					break
 				}
 				recs = append(recs, r)
 			}
@@ -200,14 +204,20 @@ func (m *Manager) compact(ctx context.Context) error {
 	}
 	m.compactMu.Lock()
 	defer m.compactMu.Unlock()
-	// Order matters. The journal objects are listed first: every record in
-	// them was applied in memory before it was queued, so the scan below
-	// sees it. The token counter is read before the scan: a token below it
+	// Order matters. The journal is sealed and the objects before the
+	// seal's boundary are listed first: every record in them was applied
+	// in memory before it was queued, so the scan below sees it, and they
+	// get no more records. The token counter is read before the scan: a token below it
 	// was issued under its shard's lock, so the scan sees that grant too.
+	bound, err := m.j.Seal(ctx, m.logKey)
+	if err != nil {
+		return fmt.Errorf("lease: seal journal: %w", err)
+	}
 	logs, err := m.listAll(ctx, m.logKey+"/")
 	if err != nil {
 		return err
 	}
+	logs = slices.DeleteFunc(logs, func(k string) bool { return k >= bound })
 	olds, err := m.listAll(ctx, m.snapPrefix())
 	if err != nil {
 		return err

@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/meatspace-exchange/mess/storage"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/meatspace-exchange/mess/lease"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 func TestManager_restart(t *testing.T) {
@@ -291,5 +293,34 @@ func TestManager_restart_underLoad(t *testing.T) {
 	}
 	if g := MustAcquire(t, m2, "z", "fresh", time.Second); g.Token <= maxToken {
 		t.Fatalf("token after restart %d, want > %d", g.Token, maxToken)
+	}
+}
+
+// Ensure a journal that ends in a torn write (garbage, then more lines of
+// the same unacknowledged batch) still loads, keeping what was acknowledged.
+func TestManager_restart_tornTail(t *testing.T) {
+	dir := t.TempDir()
+	cfg := lease.Config{Store: MustFS(t, dir), CompactInterval: -1}
+	m1, err := lease.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := MustAcquire(t, m1, "alice", "held", time.Minute)
+	m1.Crash()
+	logs, _ := filepath.Glob(filepath.Join(dir, "leases", "log", "*.jsonl"))
+	if len(logs) != 1 {
+		t.Fatalf("journal objects %q, want 1", logs)
+	}
+	f, err := os.OpenFile(logs[0], os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("\x00\x00\x00\x00\n" + `{"op":"r","x":"x1","n":"held","t":1}` + "\n" + `{"op":"g","x":"x1"`)
+	f.Close()
+
+	m2 := MustNew(t, cfg)
+	st, err := m2.Status(context.Background(), "x1", "held")
+	if err != nil || !st.IsLeased || st.Token != g.Token {
+		t.Fatalf("after restart %+v, %v; want held with token %d", st, err, g.Token)
 	}
 }

@@ -157,7 +157,7 @@ func New(cfg Config) (*Manager, error) {
 		if err := m.load(context.Background()); err != nil {
 			return nil, err
 		}
-		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
+		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
 		if err != nil {
 			return nil, err
 		}

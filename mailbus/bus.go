@@ -125,7 +125,7 @@ func New(cfg Config) (*Bus, error) {
 	}
 	b := &Bus{cfg: cfg, exs: map[string]*exchange{}, stop: make(chan struct{})}
 	if cfg.Store != nil {
-		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
+		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
 		if err != nil {
 			return nil, fmt.Errorf("mailbus: %w", err)
 		}

@@ -98,12 +98,15 @@ func (ex *exchange) restore(ctx context.Context, st storage.Store) error {
 	return journal.Replay(ctx, st, journal.ReplayConfig{
 		Prefix: ex.logPrefix(),
 		Decode: func(key string, data []byte) (any, error) {
-			lines, _ := journal.Lines(data) // objects are written whole; a torn tail cannot be acknowledged
+			lines, _ := journal.Lines(data) // a torn tail was never acknowledged
 			recs := make([]record, 0, len(lines))
 			for _, l := range lines {
 				var r record
 				if err := json.Unmarshal(l, &r); err != nil {
-					return nil, err
+					// A write torn by a crash can leave garbage before its
+					// end; nothing after it in this object was acknowledged.
+					ex.b.cfg.Logger.Warn("mailbus: journal object ends in a torn write", "key", key)
+					break
 				}
 				if r.Kind == "m" && r.Msg != nil {
 					raw, err := json.Marshal(r.Msg)
@@ -249,7 +252,12 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
 		return err
 	}
 	// Journal objects hold increasing LSNs in key order: delete from the
-	// front while an object's last record is covered by the snapshot.
+	// front while an object's last record is covered by the snapshot. They
+	// are sealed first, so a listed object gets no more records.
+	bound, err := ex.b.j.Seal(ctx, ex.partition())
+	if err != nil {
+		return err
+	}
 	opts := storage.ListOptions{}
 	for {
 		page, err := st.List(ctx, ex.logPrefix(), opts)
@@ -257,6 +265,9 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
 			return err
 		}
 		for _, k := range page.Keys {
+			if k >= bound {
+				return ex.deleteOldSnapshots(ctx, key)
+			}
 			obj, err := st.Get(ctx, k)
 			if err != nil {
 				return err

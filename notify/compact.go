@@ -58,9 +58,15 @@ func (s *Service) loadSnapshot(ctx context.Context) (string, error) {
 // compact folds the journal into the snapshot and deletes the objects it
 // covers. Writers hold compactMu shared across "record, then apply" (or
 // "apply, then record"), so under the exclusive lock every listed object
-// is reflected in memory.
+// is reflected in memory; the journal is sealed first, so no listed object
+// gets more records.
 func (s *Service) compact(ctx context.Context) error {
 	s.compactMu.Lock()
+	bound, err := s.jr.Seal(ctx, outboxPartition)
+	if err != nil {
+		s.compactMu.Unlock()
+		return err
+	}
 	var keys []string
 	opts := storage.ListOptions{}
 	for {
@@ -69,7 +75,11 @@ func (s *Service) compact(ctx context.Context) error {
 			s.compactMu.Unlock()
 			return err
 		}
-		keys = append(keys, page.Keys...)
+		for _, k := range page.Keys {
+			if k < bound {
+				keys = append(keys, k)
+			}
+		}
 		if page.Next == "" {
 			break
 		}

@@ -120,3 +120,24 @@ func validSegment(seg string) error {
 	}
 	return nil
 }
+
+// Appender is an optional capability of a Store: objects that grow in place.
+// A log written through it pays one durable append per batch instead of a
+// new object per batch. Callers check for it with a type assertion and fall
+// back to Create when a backend (S3, say) does not offer it.
+type Appender interface {
+	// CreateAppend creates an empty object at key, durably, and returns a
+	// writer that extends it. It returns an error wrapping ErrExists when
+	// the key is taken.
+	CreateAppend(ctx context.Context, key string) (AppendWriter, error)
+}
+
+// AppendWriter extends one object. It is not safe for concurrent use.
+type AppendWriter interface {
+	// Append adds p at the end of the object and returns once it is
+	// durable. After an error the end of the object is undefined (part of
+	// p may be there): stop using the writer and close it.
+	Append(p []byte) error
+	// Close releases the writer. What was appended stays.
+	Close() error
+}

@@ -1,10 +1,19 @@
 // Package journal is a durable append-only log of JSON lines kept in a
 // storage.Store with group commit: every record appended while a write is in
-// flight goes into the next object, so many concurrent writers share one
-// durable write. Objects are named {partition}/{ULID}.jsonl; ULIDs come from
-// a monotonic source, so key order within a partition is append order.
+// flight goes into the next write, so many concurrent writers share one
+// durable write.
 //
-// Mess events, mail bus inboxes and lease grants all use it.
+// Records of a partition go to objects named {partition}/{ULID}.jsonl; ULIDs
+// come from a monotonic source, so key order within a partition is append
+// order. By default every batch is a new object, written whole or not at
+// all. With Config.SegmentBytes set and a store that can append in place
+// (storage.Appender, as the filesystem can), a partition instead grows one
+// object per process up to that size, and a batch costs one append and one
+// fdatasync; a crash during a write can then leave part of that
+// unacknowledged batch, so records must stand on their own.
+//
+// Mess events, mail bus inboxes, lease grants and the notification outbox
+// all use it.
 package journal
 
 import (
@@ -29,29 +38,59 @@ var ErrClosed = errors.New("journal: closed")
 type Config struct {
 	// Store receives the objects. Required.
 	Store storage.Store
-	// MaxBatchBytes caps one object's size. Zero means 4 MiB.
+	// MaxBatchBytes caps one write. Zero means 4 MiB.
 	MaxBatchBytes int
+	// SegmentBytes, when positive and the store is a storage.Appender,
+	// turns on appending in place: a partition's object grows until it
+	// reaches this size. Zero means one object per batch.
+	SegmentBytes int
 	// Now is the clock used for object names. Zero means time.Now.
 	Now func() time.Time
 }
 
+// SegmentBytes is a good Config.SegmentBytes for a journal that appends in
+// place: large enough that creating objects costs nothing, small enough that
+// replay still decodes many objects in parallel.
+const SegmentBytes = 8 << 20
+
+// Open segments unused for idleAfter are closed, and at most maxOpen stay
+// open, so a journal with many partitions (one per exchange and day) does
+// not hold a file per partition forever.
+const (
+	idleAfter = time.Minute
+	maxOpen   = 256
+)
+
 type pending struct {
 	partition string
-	data      []byte // one or more complete lines
+	data      []byte // one or more complete lines; nil for a seal
+	seal      bool
+	boundary  string // a seal's result, set before done is sent
 	done      chan error
+}
+
+// segment is a partition's object that is still growing.
+type segment struct {
+	w    storage.AppendWriter
+	size int
+	used time.Time
 }
 
 // Journal appends lines durably. It is safe for concurrent use.
 type Journal struct {
 	cfg     Config
+	app     storage.Appender // nil: one object per batch
 	mu      sync.Mutex
 	queue   []*pending
 	wake    chan struct{}
 	closed  bool
 	stop    chan struct{}
+	flushed chan struct{} // closed when the flusher has exited
 	wg      sync.WaitGroup
 	entropy *ulid.MonotonicEntropy
 	idMu    sync.Mutex
+	lastMs  uint64              // timestamp of the last ID, under idMu
+	segs    map[string]*segment // owned by the flusher goroutine
 }
 
 // New starts a journal.
@@ -69,23 +108,33 @@ func New(cfg Config) (*Journal, error) {
 		cfg:     cfg,
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
+		flushed: make(chan struct{}),
 		entropy: ulid.Monotonic(rand.Reader, 0),
+		segs:    map[string]*segment{},
+	}
+	if a, ok := cfg.Store.(storage.Appender); ok && cfg.SegmentBytes > 0 {
+		j.app = a
 	}
 	j.wg.Add(1)
 	go j.run()
 	return j, nil
 }
 
-// NewID returns a new ULID from the journal's monotonic source.
+// NewID returns a new ULID from the journal's monotonic source. IDs never
+// go backwards, even if the clock does: object names must sort in append
+// order.
 func (j *Journal) NewID(t time.Time) ulid.ULID {
 	j.idMu.Lock()
 	defer j.idMu.Unlock()
-	id, err := ulid.New(ulid.Timestamp(t), j.entropy)
+	ms := max(ulid.Timestamp(t), j.lastMs)
+	id, err := ulid.New(ms, j.entropy)
 	if err != nil {
 		// The monotonic source overflows only after 2^80 ids in one
-		// millisecond; fall back to a fresh random id.
-		id = ulid.MustNew(ulid.Timestamp(t), rand.Reader)
+		// millisecond; move on to the next one.
+		ms++
+		id = ulid.MustNew(ms, j.entropy)
 	}
+	j.lastMs = ms
 	return id
 }
 
@@ -119,6 +168,37 @@ func (j *Journal) AppendAsync(partition string, lines ...[]byte) (<-chan error, 
 	return p.done, nil
 }
 
+// Seal ends the partition's growing object and returns a boundary key:
+// every object of the partition that sorts before it is complete (no line
+// will be added to it) and holds every line queued before the call; every
+// object written later sorts after it. A compaction seals, then lists, and
+// may delete the listed objects before the boundary once they are folded in.
+// After Close, Seal waits for Close's writes: nothing is written again.
+func (j *Journal) Seal(ctx context.Context, partition string) (string, error) {
+	if err := storage.ValidKey(partition); err != nil {
+		return "", err
+	}
+	p := &pending{partition: partition, seal: true, done: make(chan error, 1)}
+	if err := j.push(p); err != nil {
+		select {
+		case <-j.flushed:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		return j.boundary(partition), nil
+	}
+	select {
+	case err := <-p.done:
+		return p.boundary, err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (j *Journal) boundary(partition string) string {
+	return partition + "/" + j.NewID(j.cfg.Now()).String()
+}
+
 func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
 	if err := storage.ValidKey(partition); err != nil {
 		return nil, err
@@ -136,10 +216,14 @@ func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
 		buf = append(buf, '\n')
 	}
 	p := &pending{partition: partition, data: buf, done: make(chan error, 1)}
+	return p, j.push(p)
+}
+
+func (j *Journal) push(p *pending) error {
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	j.queue = append(j.queue, p)
 	j.mu.Unlock()
@@ -147,31 +231,39 @@ func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
 	case j.wake <- struct{}{}:
 	default:
 	}
-	return p, nil
+	return nil
 }
 
 // run is the single flusher: it takes everything queued, writes it (one
-// object per partition, in parallel), and repeats. Appends that arrive while
-// a write is in flight form the next batch, which is the group commit.
+// write per partition, partitions in parallel), and repeats. Appends that
+// arrive while a write is in flight form the next batch, which is the group
+// commit.
 func (j *Journal) run() {
 	defer j.wg.Done()
+	defer close(j.flushed)
+	tick := time.NewTicker(idleAfter / 4)
+	defer tick.Stop()
 	for {
 		select {
 		case <-j.wake:
+			j.flushQueued()
+		case <-tick.C:
+			j.closeIdle(time.Now())
 		case <-j.stop:
 			j.flushQueued() // drain what was queued before Close
+			for p, sg := range j.segs {
+				sg.w.Close()
+				delete(j.segs, p)
+			}
 			return
 		}
-		j.flushQueued()
 	}
 }
 
 func (j *Journal) flushQueued() {
+	last := 0 // size of the previous batch
 	for {
-		// Writers released by the flush that just finished are about to
-		// append again; let them, so they join this batch instead of
-		// forming a batch of one each.
-		runtime.Gosched()
+		j.gather(last)
 		j.mu.Lock()
 		q := j.queue
 		j.queue = nil
@@ -179,46 +271,154 @@ func (j *Journal) flushQueued() {
 		if len(q) == 0 {
 			return
 		}
+		last = len(q)
+		var parts []*part
+		byName := map[string]*part{}
+		for _, p := range q {
+			pt := byName[p.partition]
+			if pt == nil {
+				pt = &part{name: p.partition, seg: j.segs[p.partition]}
+				byName[p.partition] = pt
+				parts = append(parts, pt)
+			}
+			pt.items = append(pt.items, p)
+		}
 		var wg sync.WaitGroup
-		for _, b := range j.group(q) {
-			wg.Go(func() { j.write(b) })
+		for _, pt := range parts {
+			wg.Go(func() { j.flushPart(pt) })
 		}
 		wg.Wait()
+		for _, pt := range parts {
+			if pt.seg != nil {
+				j.segs[pt.name] = pt.seg
+			} else {
+				delete(j.segs, pt.name)
+			}
+		}
+		if len(j.segs) > maxOpen {
+			j.closeIdle(time.Now())
+		}
 	}
 }
 
-type batch struct {
-	key   string
-	data  []byte
+// gather gives writers released by the flush that just finished the chance
+// to append again, so they join one batch instead of splitting into two
+// that each pay for a sync: it yields while the queue is still growing and
+// smaller than the previous batch. It never sleeps, so a lone writer is not
+// delayed.
+func (j *Journal) gather(last int) {
+	prev := -1
+	for range 64 {
+		runtime.Gosched()
+		j.mu.Lock()
+		n := len(j.queue)
+		j.mu.Unlock()
+		if n >= last || n == prev {
+			return
+		}
+		prev = n
+	}
+}
+
+// part is one partition's share of a flush. Only the goroutine flushing it
+// touches it.
+type part struct {
+	name  string
+	seg   *segment
 	items []*pending
 }
 
-// group splits the queue into objects by partition and size, naming each
-// object now so names follow the order in which batches were formed.
-func (j *Journal) group(q []*pending) []*batch {
-	var out []*batch
-	open := map[string]*batch{}
-	now := j.cfg.Now()
-	for _, p := range q {
-		b := open[p.partition]
-		if b == nil || len(b.data)+len(p.data) > j.cfg.MaxBatchBytes && len(b.items) > 0 {
-			b = &batch{key: p.partition + "/" + j.NewID(now).String() + ".jsonl"}
-			open[p.partition] = b
-			out = append(out, b)
+// flushPart writes the partition's queued lines in order, in writes of at
+// most MaxBatchBytes, and carries out seals where they were queued.
+func (j *Journal) flushPart(pt *part) {
+	var data []byte
+	var items []*pending
+	flush := func() {
+		if len(items) > 0 {
+			err := j.write(pt, data)
+			for _, p := range items {
+				p.done <- err
+			}
 		}
-		b.data = append(b.data, p.data...)
-		b.items = append(b.items, p)
+		data, items = nil, nil
 	}
-	return out
+	for _, p := range pt.items {
+		if p.seal {
+			flush()
+			if pt.seg != nil {
+				pt.seg.w.Close()
+				pt.seg = nil
+			}
+			p.boundary = j.boundary(pt.name)
+			p.done <- nil
+			continue
+		}
+		if len(items) > 0 && len(data)+len(p.data) > j.cfg.MaxBatchBytes {
+			flush()
+		}
+		if items == nil {
+			data = p.data // the common batch of one needs no copy
+		} else {
+			if len(items) == 1 {
+				data = append(make([]byte, 0, 2*len(data)+len(p.data)), data...)
+			}
+			data = append(data, p.data...)
+		}
+		items = append(items, p)
+	}
+	flush()
 }
 
-func (j *Journal) write(b *batch) {
-	_, err := j.cfg.Store.Create(context.Background(), b.key, b.data)
-	if err != nil {
-		err = fmt.Errorf("journal: write %s: %w", b.key, err)
+func (j *Journal) write(pt *part, data []byte) error {
+	now := j.cfg.Now()
+	key := pt.name + "/" + j.NewID(now).String() + ".jsonl"
+	if j.app == nil {
+		if _, err := j.cfg.Store.Create(context.Background(), key, data); err != nil {
+			return fmt.Errorf("journal: write %s: %w", key, err)
+		}
+		return nil
 	}
-	for _, p := range b.items {
-		p.done <- err
+	if pt.seg != nil && pt.seg.size > 0 && pt.seg.size+len(data) > j.cfg.SegmentBytes {
+		pt.seg.w.Close()
+		pt.seg = nil
+	}
+	if pt.seg == nil {
+		w, err := j.app.CreateAppend(context.Background(), key)
+		if err != nil {
+			return fmt.Errorf("journal: write %s: %w", key, err)
+		}
+		pt.seg = &segment{w: w}
+	}
+	if err := pt.seg.w.Append(data); err != nil {
+		// The object may end in part of this batch: never append after it.
+		pt.seg.w.Close()
+		pt.seg = nil
+		return fmt.Errorf("journal: write %s: %w", pt.name, err)
+	}
+	pt.seg.size += len(data)
+	pt.seg.used = time.Now()
+	return nil
+}
+
+// closeIdle closes segments nobody wrote to lately, and the least recently
+// used ones beyond maxOpen. Runs on the flusher goroutine.
+func (j *Journal) closeIdle(now time.Time) {
+	for p, sg := range j.segs {
+		if now.Sub(sg.used) >= idleAfter {
+			sg.w.Close()
+			delete(j.segs, p)
+		}
+	}
+	for len(j.segs) > maxOpen {
+		var oldest string
+		var at time.Time
+		for p, sg := range j.segs {
+			if oldest == "" || sg.used.Before(at) {
+				oldest, at = p, sg.used
+			}
+		}
+		j.segs[oldest].w.Close()
+		delete(j.segs, oldest)
 	}
 }
 

@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"InvalidKeys", testInvalidKeys},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"ConcurrentUpdate", testConcurrentUpdate},
+		{"Append", testAppend},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -286,5 +287,56 @@ func testConcurrentUpdate(t *testing.T, s storage.Store) {
 	obj, _ := s.Get(ctx, "race/counter")
 	if got, want := string(obj.Data), strconv.Itoa(workers*each); got != want {
 		t.Fatalf("counter = %s, want %s: an Update overwrote a newer version", got, want)
+	}
+}
+
+// testAppend checks the optional Appender capability; stores without it
+// pass trivially.
+func testAppend(t *testing.T, s storage.Store) {
+	a, ok := s.(storage.Appender)
+	if !ok {
+		return
+	}
+	if _, err := a.CreateAppend(ctx, "../escape"); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Fatalf("CreateAppend with a bad key: got %v, want ErrInvalidKey", err)
+	}
+	if _, err := s.Put(ctx, "log/taken", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateAppend(ctx, "log/taken"); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("CreateAppend over an object: got %v, want ErrExists", err)
+	}
+	w, err := a.CreateAppend(ctx, "log/seg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := s.Get(ctx, "log/seg")
+	if err != nil || len(obj.Data) != 0 {
+		t.Fatalf("new appendable object: %q, %v; want empty", obj.Data, err)
+	}
+	if _, err := a.CreateAppend(ctx, "log/seg"); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("second CreateAppend: got %v, want ErrExists", err)
+	}
+	var want []byte
+	for i := range 3 {
+		line := []byte(fmt.Sprintf("line %d\n", i))
+		if err := w.Append(line); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, line...)
+		obj, err := s.Get(ctx, "log/seg")
+		if err != nil || string(obj.Data) != string(want) {
+			t.Fatalf("after append %d: %q, %v; want %q", i, obj.Data, err, want)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Append([]byte("late\n")); err == nil {
+		t.Fatal("Append after Close succeeded")
+	}
+	page, err := s.List(ctx, "log/", storage.ListOptions{})
+	if err != nil || !slices.Equal(page.Keys, []string{"log/seg", "log/taken"}) {
+		t.Fatalf("List: %q, %v", page.Keys, err)
 	}
 }
