@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path"
 	"unicode/utf8"
+
+	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
 // MaxNameLen is the longest lease name accepted, in bytes.
@@ -33,17 +35,8 @@ func CanonicalName(name string) (string, error) {
 // ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$. Ids end up in journal records and, for
 // exchanges, in URLs, so they are checked before any use.
 func ValidID(id string) error {
-	if len(id) == 0 || len(id) > 64 {
+	if !ident.Valid(id) {
 		return fmt.Errorf("%w: %q", ErrInvalidID, id)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case (c == '_' || c == '-') && i > 0:
-		default:
-			return fmt.Errorf("%w: %q", ErrInvalidID, id)
-		}
 	}
 	return nil
 }

@@ -54,7 +54,9 @@ type Config struct {
 	PresenceTimeout time.Duration
 	// SnapshotEvery is how many journal records accumulate in an exchange
 	// before its state is snapshotted and the covered journal objects are
-	// deleted. Zero means 200000; negative disables compaction.
+	// deleted; an exchange whose last snapshot held more inbox entries than
+	// this waits for that many records instead. Zero means 200000; negative
+	// disables compaction.
 	SnapshotEvery int
 	// Now is the clock. Zero means time.Now.
 	Now func() time.Time
@@ -491,13 +493,14 @@ type exchange struct {
 	ready   chan struct{}
 	loadErr error
 
-	mu        sync.Mutex
-	closed    bool
-	lsn       uint64
-	agents    map[string]*agent
-	sinceSnap int
-	snapping  bool
-	commits   chan *commit
+	mu          sync.Mutex
+	closed      bool
+	lsn         uint64
+	agents      map[string]*agent
+	sinceSnap   int
+	snapEntries int // inbox entries in the last snapshot
+	snapping    bool
+	commits     chan *commit
 
 	committers sync.WaitGroup
 }

@@ -2,7 +2,6 @@ package mailbus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	json "github.com/goccy/go-json"
 )
 
 // HandlerConfig configures NewHandler. Every zero field has the default

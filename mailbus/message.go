@@ -6,11 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
 // Message types the original bus defined. Any other dotted type made of
@@ -70,17 +71,16 @@ type Message struct {
 	Seq uint64 `json:"seq,omitempty"`
 }
 
-var (
-	idRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
-	typeRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
-	msgRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
-)
+// ValidID reports whether s is a valid exchange or agent identifier:
+// ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.
+func ValidID(s string) bool { return ident.Valid(s) }
 
-// ValidID reports whether s is a valid exchange or agent identifier.
-func ValidID(s string) bool { return idRE.MatchString(s) }
+// ValidType reports whether t is an acceptable message type: up to 128
+// bytes of dot-separated words of [A-Za-z0-9_-].
+func ValidType(t string) bool { return ident.ValidDotted(t, 128) }
 
-// ValidType reports whether t is an acceptable message type.
-func ValidType(t string) bool { return len(t) <= 128 && typeRE.MatchString(t) }
+// validMessageID is ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$.
+func validMessageID(s string) bool { return ident.ValidToken(s, 128, "._:-") }
 
 // ValidPattern reports whether p is an acceptable subscription: a type,
 // a prefix pattern "a.b.*", or "*".
@@ -120,7 +120,7 @@ func normalize(m *Message, from string, now time.Time) error {
 	}
 	if m.ID == "" {
 		m.ID = NewMessageID(now)
-	} else if !msgRE.MatchString(m.ID) {
+	} else if !validMessageID(m.ID) {
 		return fmt.Errorf("%w: message id %q", ErrInvalid, m.ID)
 	}
 	if m.To != "" && !ValidID(m.To) {
@@ -133,12 +133,13 @@ func normalize(m *Message, from string, now time.Time) error {
 	switch {
 	case len(p) == 0 || bytes.Equal(p, []byte("null")):
 		m.Payload = json.RawMessage("{}")
-	case p[0] != '{' || !json.Valid(p):
+	case p[0] != '{':
 		return fmt.Errorf("%w: payload must be a JSON object", ErrInvalid)
 	default:
 		var c bytes.Buffer
-		if err := json.Compact(&c, p); err != nil {
-			return fmt.Errorf("%w: payload: %v", ErrInvalid, err)
+		c.Grow(len(p))
+		if err := json.Compact(&c, p); err != nil { // validates too
+			return fmt.Errorf("%w: payload must be a JSON object: %v", ErrInvalid, err)
 		}
 		m.Payload = c.Bytes()
 	}

@@ -2,10 +2,11 @@ package mailbus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
+
+	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/storage"
@@ -185,8 +186,11 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 // wantSnapshot reports whether the caller should start a snapshot. Caller
 // holds ex.mu.
 func (ex *exchange) wantSnapshot() bool {
+	// Waiting for as many records as the last snapshot held inbox entries
+	// keeps the cost of snapshots proportional to traffic, however much
+	// mail is retained.
 	if ex.b.j == nil || ex.b.cfg.SnapshotEvery < 0 || ex.snapping || ex.closed ||
-		ex.sinceSnap < ex.b.cfg.SnapshotEvery {
+		ex.sinceSnap < max(ex.b.cfg.SnapshotEvery, ex.snapEntries) {
 		return false
 	}
 	ex.snapping = true
@@ -215,6 +219,7 @@ func (ex *exchange) capture() *snapshot {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	s := &snapshot{LSN: ex.lsn}
+	ex.snapEntries = 0
 	index := map[*stored]int{}
 	for _, a := range ex.agents {
 		a.mu.Lock()
@@ -235,6 +240,7 @@ func (ex *exchange) capture() *snapshot {
 			}
 			sa.Ents = append(sa.Ents, se)
 		}
+		ex.snapEntries += len(sa.Ents)
 		a.mu.Unlock()
 		s.Agents = append(s.Agents, sa)
 	}

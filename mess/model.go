@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
 // Status is the lifecycle state of a thread (MESS protocol v1).
@@ -93,14 +95,11 @@ func (p Priority) Rank() int {
 	return -1
 }
 
-var (
-	idPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
-	refPattern = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}-[A-Z0-9]{4,8}$`)
-)
+var refPattern = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}-[A-Z0-9]{4,8}$`)
 
 // ValidID reports whether s is acceptable as an exchange or executor id:
 // 1 to 64 letters, digits, "_" or "-", starting with a letter or digit.
-func ValidID(s string) bool { return idPattern.MatchString(s) }
+func ValidID(s string) bool { return ident.Valid(s) }
 
 // ValidRef reports whether s has the shape of a thread ref (2025-02-01-XY1Z).
 func ValidRef(s string) bool { return refPattern.MatchString(s) }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +53,7 @@ type config struct {
 	maxBody           int64
 	shutdownTimeout   time.Duration
 	logLevel          slog.Level
+	pprofAddr         string
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -76,6 +78,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	maxBody := fs.Int64("max-body-bytes", envInt(getenv, "MAX_BODY_BYTES", 10<<20), "largest request body accepted (MAX_BODY_BYTES)")
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for requests in flight")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
+	pprofAddr := fs.String("pprof-addr", env("PPROF_ADDR", ""), "serve Go runtime profiles (net/http/pprof) on this address, for example 127.0.0.1:6060; off when empty (PPROF_ADDR)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -91,6 +94,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		corsOrigins:       splitList(*cors),
 		maxBody:           *maxBody,
 		shutdownTimeout:   *shutdown,
+		pprofAddr:         *pprofAddr,
 	}
 	if c.addr == "" {
 		p, err := strconv.Atoi(*port)
@@ -208,6 +212,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
+	if c.pprofAddr != "" {
+		stopProf, err := servePprof(c.pprofAddr, logger)
+		if err != nil {
+			ln.Close()
+			svc.Close(context.Background())
+			return err
+		}
+		defer stopProf()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -233,4 +246,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		err = nil
 	}
 	return err
+}
+
+// servePprof serves the runtime profiles on their own listener, apart from
+// the API, so they are never exposed on the API's address by accident.
+func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("pprof listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	logger.Info("profiles served", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
 }
