@@ -439,6 +439,9 @@ func (h *handler) serveConn(conn *websocket.Conn, ex *exchange, c caller, since 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ws := &wsConn{h: h, conn: conn, c: c, batch: batch, ctx: ctx}
+	ws.wd = time.AfterFunc(time.Hour, func() { conn.CloseNow() })
+	ws.wd.Stop()
+	defer ws.wd.Stop()
 	s, err := ex.attach(c.agent, since, ws.poke)
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
@@ -485,6 +488,12 @@ type wsConn struct {
 	batch   bool
 	ctx     context.Context
 	pending sync.WaitGroup // replies waiting for durability
+
+	// The flush goroutine writes with a context that is never done and
+	// arms wd, which closes the connection, around each write: a context
+	// with a timeout per frame costs more than the frame on the fan-out
+	// path.
+	wd *time.Timer
 
 	mu      sync.Mutex
 	s       *session // nil until the welcome frame is out
@@ -579,10 +588,7 @@ func (ws *wsConn) flush() {
 				buf = append(buf, ']')
 			}
 			clear(ds)
-			wctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.WriteTimeout)
-			err := ws.conn.Write(wctx, websocket.MessageText, buf)
-			cancel()
-			if err != nil {
+			if err := ws.write(buf); err != nil {
 				ws.conn.CloseNow()
 				ws.stop()
 				return
@@ -614,14 +620,19 @@ func (ws *wsConn) writeReplies(rs [][]byte) bool {
 		frames = [][]byte{append(buf, ']')}
 	}
 	for _, f := range frames {
-		wctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.WriteTimeout)
-		err := ws.conn.Write(wctx, websocket.MessageText, f)
-		cancel()
-		if err != nil {
+		if ws.write(f) != nil {
 			return false
 		}
 	}
 	return true
+}
+
+// write sends one frame from the flush goroutine.
+func (ws *wsConn) write(p []byte) error {
+	ws.wd.Reset(ws.h.cfg.WriteTimeout)
+	err := ws.conn.Write(context.Background(), websocket.MessageText, p)
+	ws.wd.Stop()
+	return err
 }
 
 // stop marks the flush loop finished for good.

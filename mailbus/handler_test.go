@@ -487,3 +487,47 @@ func TestHandler_DeadConnectionDropped(t *testing.T) {
 		}
 	}
 }
+
+// Ensure a client that stops reading is disconnected once a write has
+// been blocked for WriteTimeout, even with pings far off, and that what it
+// missed stays in its inbox.
+func TestHandler_StalledReaderDropped(t *testing.T) {
+	b, err := mailbus.New(mailbus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: time.Hour, WriteTimeout: 200 * time.Millisecond})
+	e := &testEnv{bus: b, srv: newServer(h)}
+	defer e.stop()
+	u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http")
+	c, _, err := websocket.Dial(ctxT(t), u, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key("ex", "slow")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	payload := []byte(`{"blob":"` + strings.Repeat("x", 64<<10) + `"}`)
+	// 16 MiB is more than loopback socket buffers hold.
+	for range 256 {
+		if _, err := b.SendTo(ctxT(t), "ex", "sender", "slow", mailbus.Message{Type: "bulk.data", Payload: payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connected := func() bool {
+		ps, _ := b.Presence(ctxT(t), "ex")
+		for _, p := range ps {
+			if p.AgentID == "slow" {
+				return p.Connected
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); connected(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("stalled reader still connected after 10s")
+		}
+	}
+	msgs, _, err := b.Inbox(ctxT(t), "ex", "slow", 0, 1000)
+	if err != nil || len(msgs) != 256 {
+		t.Fatalf("inbox after the drop: %d messages, %v; want 256", len(msgs), err)
+	}
+}
