@@ -201,7 +201,11 @@ type recorder struct {
 
 func (r *recorder) add(d time.Duration) { r.mu.Lock(); r.lat = append(r.lat, d); r.mu.Unlock() }
 
-func (r *recorder) addAll(ds []time.Duration) { r.mu.Lock(); r.lat = append(r.lat, ds...); r.mu.Unlock() }
+func (r *recorder) addAll(ds []time.Duration) {
+	r.mu.Lock()
+	r.lat = append(r.lat, ds...)
+	r.mu.Unlock()
+}
 
 func (r *recorder) fail(err error) {
 	r.errs.Add(1)
