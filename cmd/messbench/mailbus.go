@@ -492,12 +492,35 @@ func benchMailIdle(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	for _, c := range conns {
+		// Idle, not dead: something must read for pings to be answered.
+		c.CloseRead(context.Background())
+	}
 	fmt.Fprintf(o.Out, "%d connections open in %s; holding for %s\n", n, time.Since(start).Round(time.Millisecond), o.Duration)
 	select {
 	case <-time.After(o.Duration):
 	case <-ctx.Done():
 	}
 	after := rss(pid)
+	// A figure for connections the server has dropped would mean nothing.
+	var presence struct {
+		Agents []struct {
+			Connected bool `json:"connected"`
+		} `json:"agents"`
+	}
+	if _, err := call(ctx, "GET", o.URL+"/api/v1/exchanges/"+o.Exchange+"/mailbus/presence", agents[0].Key, nil, &presence); err != nil {
+		return err
+	}
+	open := 0
+	for _, p := range presence.Agents {
+		if p.Connected {
+			open++
+		}
+	}
+	fmt.Fprintf(o.Out, "server reports %d of %d agents connected (%d listed)\n", open, n, len(presence.Agents))
+	if open != n {
+		return fmt.Errorf("%d connections were dropped", n-open)
+	}
 	if pid != "" {
 		fmt.Fprintf(o.Out, "server RSS: %.1f MiB at start, %.1f MiB after registering, %.1f MiB with %d idle connections (%.1f KiB each)\n",
 			mb(before), mb(mid), mb(after), n, float64(after-mid)/1024/float64(n))
