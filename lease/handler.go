@@ -2,13 +2,14 @@ package lease
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 	"time"
+
+	json "github.com/goccy/go-json"
 )
 
 // Authenticator resolves an API key to the agent it belongs to in an
@@ -157,16 +158,18 @@ func (h *handler) route(pattern, method string, op opFunc) {
 var errBadJSON = errors.New("lease: malformed JSON body")
 
 func decode(r *http.Request, v any) error {
-	err := json.NewDecoder(r.Body).Decode(v)
-	var mbe *http.MaxBytesError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &mbe):
-		return mbe
-	default:
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return mbe
+		}
 		return errBadJSON
 	}
+	if json.Unmarshal(body, v) != nil {
+		return errBadJSON
+	}
+	return nil
 }
 
 func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
