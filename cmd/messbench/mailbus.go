@@ -1,7 +1,8 @@
 package main
 
-// Mail bus scenarios. Each speaks the raw WebSocket protocol so the load
-// generator spends as little CPU per message as possible:
+// Mail bus scenarios. Fan-out subscribers read with a minimal WebSocket
+// reader (rawws.go) so the load generator spends as little CPU per message
+// as possible; the other connections use the WebSocket client.
 //
 //	mailbus-fanout      1 publisher, -n subscribers (default 1000), 100-byte
 //	                    messages, unthrottled: deliveries/s and
@@ -115,9 +116,17 @@ func dialMail(ctx context.Context, o options, a agent, query string) (*websocket
 	return c, nil
 }
 
-// dialAll connects every agent, a few at a time.
+// dialAll connects every agent with the WebSocket client, a few at a time.
 func dialAll(ctx context.Context, o options, agents []agent, query string) ([]*websocket.Conn, error) {
-	conns := make([]*websocket.Conn, len(agents))
+	return dialEach(agents, func(a agent) (*websocket.Conn, error) { return dialMail(ctx, o, a, query) },
+		func(c *websocket.Conn) { c.CloseNow() })
+}
+
+// dialEach runs dial for every agent, 16 at a time; on an error it closes
+// what it opened.
+func dialEach[C any](agents []agent, dial func(agent) (C, error), closeConn func(C)) ([]C, error) {
+	conns := make([]C, len(agents))
+	ok := make([]bool, len(agents))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
@@ -128,20 +137,20 @@ func dialAll(ctx context.Context, o options, agents []agent, query string) ([]*w
 				if i >= len(agents) || firstErr.Load() != nil {
 					return
 				}
-				c, err := dialMail(ctx, o, agents[i], query)
+				c, err := dial(agents[i])
 				if err != nil {
 					firstErr.Store(fmt.Errorf("dial %s: %w", agents[i].ID, err))
 					return
 				}
-				conns[i] = c
+				conns[i], ok[i] = c, true
 			}
 		})
 	}
 	wg.Wait()
-	if err, ok := firstErr.Load().(error); ok {
-		for _, c := range conns {
-			if c != nil {
-				c.CloseNow()
+	if err, isErr := firstErr.Load().(error); isErr {
+		for i, c := range conns {
+			if ok[i] {
+				closeConn(c)
 			}
 		}
 		return nil, err
@@ -265,7 +274,8 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 	if err != nil {
 		return err
 	}
-	subs, err := dialAll(ctx, o, agents[1:], "batch=1&types=bench.*")
+	subs, err := dialEach(agents[1:], func(a agent) (*rawConn, error) { return dialRaw(ctx, o, a, "batch=1&types=bench.*") },
+		func(c *rawConn) { c.Close() })
 	if err != nil {
 		return err
 	}
@@ -285,20 +295,16 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 			// The readers share the machine with the server: each reuses
 			// one buffer and keeps its samples to itself until the end.
 			k := 0
-			var buf bytes.Buffer
+			var buf []byte
 			var local []time.Duration
 			defer func() { lat.addAll(local) }()
 			for {
-				_, r, err := c.Reader(context.Background())
-				if err != nil {
-					return
-				}
-				buf.Reset()
-				if _, err := buf.ReadFrom(r); err != nil {
+				var err error
+				if buf, err = c.next(buf); err != nil {
 					return
 				}
 				now := time.Now().UnixNano()
-				sendTimes(buf.Bytes(), func(t int64) {
+				sendTimes(buf, func(t int64) {
 					received.Add(1)
 					if k++; (k+i)%sample == 0 {
 						local = append(local, time.Duration(now-t))
@@ -345,7 +351,7 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 	pubConn.Close(websocket.StatusNormalClosure, "")
 	<-pub.done
 	for _, c := range subs {
-		c.CloseNow()
+		c.Close()
 	}
 	rwg.Wait()
 	acc.report(o.Out, "publish accepted (durable)", elapsed)
