@@ -370,9 +370,9 @@ func (j *Journal) flushPart(pt *part) {
 }
 
 func (j *Journal) write(pt *part, data []byte) error {
-	now := j.cfg.Now()
-	key := pt.name + "/" + j.NewID(now).String() + ".jsonl"
+	newKey := func() string { return pt.name + "/" + j.NewID(j.cfg.Now()).String() + ".jsonl" }
 	if j.app == nil {
+		key := newKey()
 		if _, err := j.cfg.Store.Create(context.Background(), key, data); err != nil {
 			return fmt.Errorf("journal: write %s: %w", key, err)
 		}
@@ -383,6 +383,7 @@ func (j *Journal) write(pt *part, data []byte) error {
 		pt.seg = nil
 	}
 	if pt.seg == nil {
+		key := newKey()
 		w, err := j.app.CreateAppend(context.Background(), key)
 		if err != nil {
 			return fmt.Errorf("journal: write %s: %w", key, err)
