@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,14 @@ import (
 )
 
 var _ Appender = (*FS)(nil)
+
+// reserveChunk is how far ahead of the data an appendable file is
+// zero-filled. fdatasync after a write over zeros already on disk need not
+// commit a new size or extent to the filesystem journal: on ext4 a durable
+// append costs about 0.16 ms instead of 0.22 ms, zero-filling included
+// (BenchmarkFS_durableWrite). Large enough that growing the reservation is
+// rare, small enough that many open logs reserve little.
+const reserveChunk = 1 << 20
 
 // CreateAppend implements Appender. The file is created in place (a reader
 // may see it empty or growing, never a partial line that was acknowledged)
@@ -28,7 +37,7 @@ func (s *FS) CreateAppend(ctx context.Context, key string) (AppendWriter, error)
 	if err := s.mkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("create %s: %w", key, ErrExists)
 	} else if err != nil {
@@ -43,16 +52,33 @@ func (s *FS) CreateAppend(ctx context.Context, key string) (AppendWriter, error)
 }
 
 type fsAppender struct {
-	f   *os.File
-	key string
-	err error
+	f         *os.File
+	key       string
+	off       int64 // end of the data
+	reserved  int64 // end of the space reserved, at most
+	noReserve bool
+	err       error
 }
 
 func (a *fsAppender) Append(p []byte) error {
 	if a.err != nil {
 		return a.err
 	}
-	if _, err := a.f.Write(p); err != nil {
+	if bytes.IndexByte(p, 0) >= 0 {
+		// Not fatal to the writer: nothing was written.
+		return fmt.Errorf("append %s: data contains a NUL byte", a.key)
+	}
+	end := a.off + int64(len(p))
+	if end > a.reserved && !a.noReserve {
+		size := (end + reserveChunk - 1) / reserveChunk * reserveChunk
+		if preallocate(a.f, a.reserved, size-a.reserved) != nil {
+			// Plain appends may still work (and Close trims what was
+			// reserved so far).
+			a.noReserve = true
+		}
+		a.reserved = size
+	}
+	if _, err := a.f.WriteAt(p, a.off); err != nil {
 		a.err = fmt.Errorf("append %s: %w", a.key, err)
 		return a.err
 	}
@@ -62,6 +88,7 @@ func (a *fsAppender) Append(p []byte) error {
 		a.err = fmt.Errorf("append %s: %w", a.key, err)
 		return a.err
 	}
+	a.off = end
 	return nil
 }
 
@@ -69,5 +96,11 @@ func (a *fsAppender) Close() error {
 	if a.err == nil {
 		a.err = errors.New("storage: append writer closed")
 	}
-	return a.f.Close()
+	var err error
+	if a.reserved > a.off {
+		// Not synced: after a crash the zero tail is still readable as the
+		// end of the data.
+		err = a.f.Truncate(a.off)
+	}
+	return errors.Join(err, a.f.Close())
 }

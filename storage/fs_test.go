@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 
@@ -92,6 +93,41 @@ func childIncrement(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 		done++
+	}
+}
+
+// An appendable file is allocated ahead of its data, so that a durable
+// append need not grow it, and trimmed back to the data on Close.
+func TestFS_appendReserves(t *testing.T) {
+	dir := t.TempDir()
+	s, err := storage.NewFS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := s.CreateAppend(context.Background(), "log/seg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := []byte("one line\n")
+	if err := w.Append(line); err != nil {
+		t.Fatal(err)
+	}
+	size := func() int64 {
+		fi, err := os.Stat(filepath.Join(dir, "log", "seg"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if got := size(); runtime.GOOS == "linux" && got <= int64(len(line)) {
+		t.Errorf("open appendable file is %d bytes; want space reserved past the %d of data", got, len(line))
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := size(); got != int64(len(line)) {
+		t.Errorf("closed appendable file is %d bytes; want %d", got, len(line))
 	}
 }
 

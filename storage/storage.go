@@ -133,11 +133,18 @@ type Appender interface {
 }
 
 // AppendWriter extends one object. It is not safe for concurrent use.
+//
+// A store may reserve space ahead of the data, because a durable write
+// into space already allocated is cheaper than one that grows the object.
+// Until the writer is closed, and after a crash, the object may therefore
+// read back as the appended bytes followed by zero bytes. Appended data must
+// not contain NUL, and readers stop at the first NUL.
 type AppendWriter interface {
 	// Append adds p at the end of the object and returns once it is
 	// durable. After an error the end of the object is undefined (part of
 	// p may be there): stop using the writer and close it.
 	Append(p []byte) error
-	// Close releases the writer. What was appended stays.
+	// Close releases the writer and drops any space reserved past the
+	// data. What was appended stays.
 	Close() error
 }

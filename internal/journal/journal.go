@@ -205,8 +205,8 @@ func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
 	}
 	n := 0
 	for _, l := range lines {
-		if bytes.IndexByte(l, '\n') >= 0 {
-			return nil, errors.New("journal: line contains a newline")
+		if bytes.IndexByte(l, '\n') >= 0 || bytes.IndexByte(l, 0) >= 0 {
+			return nil, errors.New("journal: line contains a newline or NUL")
 		}
 		n += len(l) + 1
 	}
@@ -549,8 +549,13 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 }
 
 // Lines splits an object into its complete lines. A last line without its
-// newline is a torn write and is returned separately.
+// newline is a torn write and is returned separately. The object ends at
+// its first NUL byte: beyond it is space an appendable store reserved, or
+// writes that were never acknowledged (see storage.AppendWriter).
 func Lines(data []byte) (lines [][]byte, torn []byte) {
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		data = data[:i]
+	}
 	for len(data) > 0 {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {

@@ -144,6 +144,9 @@ func TestLines_Torn(t *testing.T) {
 		{"a\nb", []string{"a"}, "b"},
 		{"", nil, ""},
 		{"\n\na\n", []string{"a"}, ""},
+		{"a\nb\n\x00\x00\x00", []string{"a", "b"}, ""},
+		{"a\nb\x00\x00", []string{"a"}, "b"},
+		{"a\n\x00\x00c\n", []string{"a"}, ""}, // an unacknowledged write past a hole
 	}
 	for _, tt := range tests {
 		ls, torn := journal.Lines([]byte(tt.in))

@@ -7,6 +7,7 @@
 package storagetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -310,8 +311,18 @@ func testAppend(t *testing.T, s storage.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Space reserved ahead of the data reads as zero bytes until Close.
+	appended := func(data []byte) []byte {
+		if i := bytes.IndexByte(data, 0); i >= 0 {
+			if len(bytes.Trim(data[i:], "\x00")) != 0 {
+				t.Fatalf("appendable object %q: data after the reserved zeros", data)
+			}
+			return data[:i]
+		}
+		return data
+	}
 	obj, err := s.Get(ctx, "log/seg")
-	if err != nil || len(obj.Data) != 0 {
+	if err != nil || len(appended(obj.Data)) != 0 {
 		t.Fatalf("new appendable object: %q, %v; want empty", obj.Data, err)
 	}
 	if _, err := a.CreateAppend(ctx, "log/seg"); !errors.Is(err, storage.ErrExists) {
@@ -325,12 +336,18 @@ func testAppend(t *testing.T, s storage.Store) {
 		}
 		want = append(want, line...)
 		obj, err := s.Get(ctx, "log/seg")
-		if err != nil || string(obj.Data) != string(want) {
+		if err != nil || string(appended(obj.Data)) != string(want) {
 			t.Fatalf("after append %d: %q, %v; want %q", i, obj.Data, err, want)
 		}
 	}
+	if err := w.Append([]byte("nul\x00\n")); err == nil {
+		t.Fatal("Append of data with a NUL byte succeeded")
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if obj, err := s.Get(ctx, "log/seg"); err != nil || string(obj.Data) != string(want) {
+		t.Fatalf("after Close: %q, %v; want exactly %q", obj.Data, err, want)
 	}
 	if err := w.Append([]byte("late\n")); err == nil {
 		t.Fatal("Append after Close succeeded")
