@@ -3,13 +3,14 @@ package lease
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	json "github.com/goccy/go-json"
 )
 
 // Client calls the lease HTTP API of one exchange as the agent that owns

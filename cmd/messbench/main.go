@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strings"
@@ -75,8 +76,20 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	c := fs.Int("c", 64, "concurrent clients")
 	d := fs.Duration("d", 10*time.Second, "how long to run")
 	n := fs.Int("n", 0, "scenario size (0: the scenario's default)")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	fn, ok := scenarios[*scenario]
 	if !ok {
@@ -116,10 +129,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-var httpClient = &http.Client{
-	Transport: &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: time.Minute},
-	Timeout:   30 * time.Second,
-}
+var httpClient = &http.Client{Transport: &leanTransport{}}
 
 // agent is a registered executor.
 type agent struct{ ID, Key string }
@@ -234,16 +244,19 @@ func (r *recorder) report(w io.Writer, what string, elapsed time.Duration) {
 // loop runs fn from o.Concurrency goroutines for o.Duration and records
 // each call's latency.
 func loop(ctx context.Context, o options, rec *recorder, fn func(ctx context.Context, worker, i int) error) time.Duration {
-	ctx, cancel := context.WithTimeout(ctx, o.Duration)
-	defer cancel()
 	start := time.Now()
+	end := start.Add(o.Duration)
+	ctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
+	// The clock, not ctx.Err, ends the loop: the context's timer may fire
+	// late, and calls failing at once in between would count as errors.
 	var wg sync.WaitGroup
 	for w := range o.Concurrency {
 		wg.Go(func() {
-			for i := 0; ctx.Err() == nil; i++ {
+			for i := 0; ctx.Err() == nil && time.Now().Before(end); i++ {
 				t := time.Now()
 				err := fn(ctx, w, i)
-				if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+				if errors.Is(err, context.DeadlineExceeded) && !time.Now().Before(end) {
 					return
 				}
 				if err != nil {
