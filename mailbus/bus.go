@@ -656,18 +656,24 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 			ex.b.cfg.Logger.Error("mailbus: journal write failed", "exchange", ex.id, "err", err)
 			err = fmt.Errorf("mailbus: store message: %w", err)
 		}
+		// Inboxes first, so a sender that reads one after its ack sees
+		// the message; then the sender, because waking a thousand
+		// subscribers takes longer than telling one sender.
+		sessions := make([]*session, 0, len(recips))
 		for _, r := range recips {
 			r.a.mu.Lock()
 			if r.seq > r.a.durable {
 				r.a.durable = r.seq
 			}
-			s := r.a.sess
-			r.a.mu.Unlock()
-			if s != nil {
-				s.notify()
+			if s := r.a.sess; s != nil {
+				sessions = append(sessions, s)
 			}
+			r.a.mu.Unlock()
 		}
 		result <- err
+		for _, s := range sessions {
+			s.notify()
+		}
 	})
 	snap := ex.wantSnapshot()
 	ex.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -416,7 +417,8 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 		h.fail(w, ErrClosed)
 		return
 	}
-	conn, err := websocket.Accept(leanHijacker{w}, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
+	lh := &leanHijacker{ResponseWriter: w}
+	conn, err := websocket.Accept(lh, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
 	if err != nil {
 		h.b.leave()
 		return // Accept already answered
@@ -428,7 +430,7 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 	// hijacked, so that frees the request and its deep stack); the reader
 	// starts afresh, and writes and pings run on short-lived goroutines
 	// only when there is something to do.
-	ws, ok := h.open(conn, ex, c, since, batch)
+	ws, ok := h.open(conn, lh.conn, ex, c, since, batch)
 	if !ok {
 		conn.CloseNow()
 		h.b.leave()
@@ -443,10 +445,10 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 
 // open attaches the connection to the agent's session and sends the
 // welcome frame.
-func (h *handler) open(conn *websocket.Conn, ex *exchange, c caller, since int64, batch bool) (*wsConn, bool) {
+func (h *handler) open(conn *websocket.Conn, raw net.Conn, ex *exchange, c caller, since int64, batch bool) (*wsConn, bool) {
 	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	ctx, cancel := context.WithCancel(context.Background())
-	ws := &wsConn{h: h, conn: conn, c: c, batch: batch, ctx: ctx, cancel: cancel}
+	ws := &wsConn{h: h, conn: conn, raw: raw, c: c, batch: batch, ctx: ctx, cancel: cancel}
 	ws.wd = time.AfterFunc(time.Hour, func() { conn.CloseNow() })
 	ws.wd.Stop()
 	s, err := ex.attach(c.agent, since, ws.poke)
@@ -486,6 +488,10 @@ func (ws *wsConn) serve() {
 }
 
 func (ws *wsConn) closeWith(err error) {
+	// No data frame may follow the close frame.
+	ws.wmu.Lock()
+	ws.wclosed = true
+	ws.wmu.Unlock()
 	switch {
 	case errors.Is(err, ErrReplaced):
 		ws.conn.Close(StatusReplaced, "replaced by a newer connection of the same agent")
@@ -499,17 +505,22 @@ func (ws *wsConn) closeWith(err error) {
 type wsConn struct {
 	h       *handler
 	conn    *websocket.Conn
+	raw     net.Conn // under conn: data frames are written here (writeTextFrame)
 	c       caller
 	batch   bool
 	ctx     context.Context
 	cancel  context.CancelFunc
 	pending sync.WaitGroup // replies waiting for durability
 
-	// The flush goroutine writes with a context that is never done and
-	// arms wd, which closes the connection, around each write: a context
-	// with a timeout per frame costs more than the frame on the fan-out
-	// path.
-	wd *time.Timer
+	// wmu serialises data frames. Each write arms wd, which closes the
+	// connection if the write takes longer than WriteTimeout.
+	wmu     sync.Mutex
+	wd      *time.Timer
+	wclosed bool // a close frame was sent or the connection failed
+
+	// Reused by the flush goroutine (one at a time, handed over under mu).
+	buf []byte
+	ds  []delivery
 
 	mu      sync.Mutex
 	s       *session // nil until the welcome frame is out
@@ -553,10 +564,7 @@ func (ws *wsConn) pokeLocked() {
 
 func (ws *wsConn) flush() {
 	defer ws.work.Done()
-	var (
-		buf []byte
-		ds  []delivery
-	)
+	buf, ds := ws.buf, ws.ds
 	n := 1
 	if ws.batch {
 		n = ws.h.cfg.BatchMax
@@ -565,6 +573,11 @@ func (ws *wsConn) flush() {
 		ws.mu.Lock()
 		if !ws.dirty || ws.closed {
 			ws.running = false
+			// Keep small buffers for the next flush goroutine, which
+			// cannot start before mu is released.
+			if cap(buf) <= maxKeptBuffer && cap(ds) <= maxKeptDeliveries {
+				ws.buf, ws.ds = buf[:0], ds[:0]
+			}
 			ws.mu.Unlock()
 			return
 		}
@@ -590,7 +603,7 @@ func (ws *wsConn) flush() {
 			if len(ds) == 0 {
 				break
 			}
-			buf = buf[:0]
+			buf = append(buf[:0], make([]byte, frameHeadroom)...)
 			if len(ds) > 1 {
 				buf = append(buf, '[')
 			}
@@ -619,35 +632,57 @@ func (ws *wsConn) writeReplies(rs [][]byte) bool {
 	if len(rs) == 0 {
 		return true
 	}
-	frames := rs
-	if ws.batch && len(rs) > 1 {
-		n := 2
+	if !ws.batch || len(rs) == 1 {
 		for _, r := range rs {
-			n += len(r) + 1
-		}
-		buf := make([]byte, 0, n)
-		buf = append(buf, '[')
-		for i, r := range rs {
-			if i > 0 {
-				buf = append(buf, ',')
+			if ws.write(framed(r)) != nil {
+				return false
 			}
-			buf = append(buf, r...)
 		}
-		frames = [][]byte{append(buf, ']')}
+		return true
 	}
-	for _, f := range frames {
-		if ws.write(f) != nil {
-			return false
+	n := frameHeadroom + 2
+	for _, r := range rs {
+		n += len(r) + 1
+	}
+	buf := make([]byte, frameHeadroom, n)
+	buf = append(buf, '[')
+	for i, r := range rs {
+		if i > 0 {
+			buf = append(buf, ',')
 		}
+		buf = append(buf, r...)
 	}
-	return true
+	return ws.write(append(buf, ']')) == nil
 }
 
-// write sends one frame from the flush goroutine.
-func (ws *wsConn) write(p []byte) error {
+// A connection keeps its flush buffers between flushes only while they are
+// this small: the live path reuses them, and a replay's large ones are not
+// held by every idle connection afterwards.
+const (
+	maxKeptBuffer     = 4 << 10
+	maxKeptDeliveries = 8
+)
+
+// framed copies p behind frameHeadroom.
+func framed(p []byte) []byte {
+	return append(make([]byte, frameHeadroom, frameHeadroom+len(p)), p...)
+}
+
+// write sends buf[frameHeadroom:] as one text frame. A failed or timed-out
+// write leaves the connection unusable, and it is closed.
+func (ws *wsConn) write(buf []byte) error {
+	ws.wmu.Lock()
+	defer ws.wmu.Unlock()
+	if ws.wclosed {
+		return net.ErrClosed
+	}
 	ws.wd.Reset(ws.h.cfg.WriteTimeout)
-	err := ws.conn.Write(context.Background(), websocket.MessageText, p)
+	err := writeTextFrame(ws.raw, buf)
 	ws.wd.Stop()
+	if err != nil {
+		ws.wclosed = true
+		ws.conn.CloseNow()
+	}
 	return err
 }
 
@@ -685,10 +720,11 @@ func (ws *wsConn) pingOnce() {
 }
 
 func (ws *wsConn) reply(ctx context.Context, f Frame) {
+	if ctx.Err() != nil {
+		return
+	}
 	b, _ := json.Marshal(f)
-	ctx, cancel := context.WithTimeout(ctx, ws.h.cfg.WriteTimeout)
-	defer cancel()
-	_ = ws.conn.Write(ctx, websocket.MessageText, b)
+	_ = ws.write(framed(b))
 }
 
 func (ws *wsConn) replyErr(ctx context.Context, ref string, err error) {
