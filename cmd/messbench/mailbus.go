@@ -289,29 +289,23 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 	if rate == 0 {
 		sample = 16
 	}
-	var rwg sync.WaitGroup
-	for i, c := range subs {
-		rwg.Go(func() {
-			// The readers share the machine with the server: each reuses
-			// one buffer and keeps its samples to itself until the end.
-			k := 0
-			var buf []byte
-			var local []time.Duration
-			defer func() { lat.addAll(local) }()
-			for {
-				var err error
-				if buf, err = c.next(buf); err != nil {
-					return
-				}
-				now := time.Now().UnixNano()
-				sendTimes(buf, func(t int64) {
-					received.Add(1)
-					if k++; (k+i)%sample == 0 {
-						local = append(local, time.Duration(now-t))
-					}
-				})
+	// The load generator shares the machine with the server: one goroutine
+	// reads every subscriber (readFrames) and keeps its samples locally.
+	var (
+		local  []time.Duration
+		counts = make([]int, len(subs))
+	)
+	stopReading, err := readFrames(subs, func(i int, frame []byte) {
+		now := time.Now().UnixNano()
+		sendTimes(frame, func(t int64) {
+			received.Add(1)
+			if counts[i]++; (counts[i]+i)%sample == 0 {
+				local = append(local, time.Duration(now-t))
 			}
 		})
+	})
+	if err != nil {
+		return err // readFrames closed subs
 	}
 	var acc recorder
 	pub := newPublisher(pubConn, 256, &acc)
@@ -350,10 +344,8 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 	fmt.Fprintf(o.Out, "deliveries: %d of %d in %s = %.0f deliveries/s\n", received.Load(), want, total.Round(time.Millisecond), float64(received.Load())/total.Seconds())
 	pubConn.Close(websocket.StatusNormalClosure, "")
 	<-pub.done
-	for _, c := range subs {
-		c.Close()
-	}
-	rwg.Wait()
+	stopReading()
+	lat.addAll(local)
 	acc.report(o.Out, "publish accepted (durable)", elapsed)
 	lat.report(o.Out, "publish-to-receive (sampled)", total)
 	return nil

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -21,7 +20,7 @@ import (
 // and a general client costs more CPU per received frame than the server
 // spends sending it. It answers pings, so it never looks dead.
 type rawConn struct {
-	c   net.Conn
+	c   io.ReadWriteCloser // see dialSocket
 	br  *bufio.Reader
 	wmu sync.Mutex
 }
@@ -33,8 +32,7 @@ func dialRaw(ctx context.Context, o options, a agent, query string) (*rawConn, e
 	if err != nil {
 		return nil, err
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", u.Host)
+	c, err := dialSocket(ctx, u.Host)
 	if err != nil {
 		return nil, err
 	}
