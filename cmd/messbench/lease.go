@@ -105,11 +105,11 @@ func benchLeaseFair(ctx context.Context, o options) error {
 	for i, c := range cs {
 		wg.Go(func() {
 			name := fmt.Sprintf("src/shared-%d.go", i%files)
-			for runCtx.Err() == nil {
+			for !expired(runCtx) {
 				t := time.Now()
 				g, err := c.AcquireWait(runCtx, name, 5*time.Second, time.Minute)
 				if err != nil {
-					if runCtx.Err() == nil {
+					if !expired(runCtx) {
 						mu.Lock()
 						errs, last = errs+1, err
 						mu.Unlock()

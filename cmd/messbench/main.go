@@ -243,20 +243,28 @@ func (r *recorder) report(w io.Writer, what string, elapsed time.Duration) {
 
 // loop runs fn from o.Concurrency goroutines for o.Duration and records
 // each call's latency.
+// expired reports whether ctx is done or past its deadline: the context's
+// timer may fire a little after the deadline, and calls failing at once in
+// between would count as errors.
+func expired(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
+}
+
 func loop(ctx context.Context, o options, rec *recorder, fn func(ctx context.Context, worker, i int) error) time.Duration {
-	start := time.Now()
-	end := start.Add(o.Duration)
-	ctx, cancel := context.WithDeadline(ctx, end)
+	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
-	// The clock, not ctx.Err, ends the loop: the context's timer may fire
-	// late, and calls failing at once in between would count as errors.
+	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range o.Concurrency {
 		wg.Go(func() {
-			for i := 0; ctx.Err() == nil && time.Now().Before(end); i++ {
+			for i := 0; !expired(ctx); i++ {
 				t := time.Now()
 				err := fn(ctx, w, i)
-				if errors.Is(err, context.DeadlineExceeded) && !time.Now().Before(end) {
+				if errors.Is(err, context.DeadlineExceeded) && expired(ctx) {
 					return
 				}
 				if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 )
@@ -40,13 +41,13 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		d = time.Now().Add(requestTimeout)
 	}
-	// The context's own timer may fire a little after its deadline; report
-	// what it will say.
+	// The context's own timer may fire a little after its deadline, and
+	// the connection's a little before it: report what the context will.
 	ctxErr := func(err error) error {
 		if cerr := req.Context().Err(); cerr != nil {
 			return cerr
 		}
-		if ok && !time.Now().Before(d) {
+		if ok && (errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(d)) {
 			return context.DeadlineExceeded
 		}
 		return err
@@ -73,7 +74,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return fail(err)
 	}
-	resp.Body = &leanBody{rc: resp.Body, t: t, host: req.URL.Host, lc: lc, keep: !resp.Close}
+	resp.Body = &leanBody{rc: resp.Body, t: t, host: req.URL.Host, lc: lc, keep: !resp.Close, ctxErr: ctxErr}
 	return resp, nil
 }
 
@@ -127,6 +128,8 @@ type leanBody struct {
 	lc   *leanConn
 	keep bool
 	done bool
+
+	ctxErr func(error) error
 }
 
 func (b *leanBody) Read(p []byte) (int, error) {
@@ -138,6 +141,7 @@ func (b *leanBody) Read(p []byte) (int, error) {
 		b.finish(true)
 	} else if err != nil {
 		b.finish(false)
+		err = b.ctxErr(err)
 	}
 	return n, err
 }

@@ -27,6 +27,11 @@ func TestLeanTransport(t *testing.T) {
 			w.Write([]byte("bye"))
 		case "/slow":
 			time.Sleep(200 * time.Millisecond)
+		case "/slowbody":
+			w.Header().Set("Content-Length", "10")
+			w.Write([]byte("12345"))
+			w.(http.Flusher).Flush()
+			time.Sleep(200 * time.Millisecond)
 		}
 	}))
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -72,9 +77,12 @@ func TestLeanTransport(t *testing.T) {
 	if n := conns.Load(); n != 2 {
 		t.Errorf("%d connections; want a new one after the server closed the first", n)
 	}
-	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	defer cancel()
-	if _, err := do(short, "/slow", ""); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("past the context's deadline: %v; want DeadlineExceeded", err)
+	for _, path := range []string{"/slow", "/slowbody"} {
+		short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		_, err := do(short, path, "")
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s past the context's deadline: %v; want DeadlineExceeded", path, err)
+		}
 	}
 }
