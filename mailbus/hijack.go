@@ -20,7 +20,8 @@ const (
 )
 
 // leanHijacker hands out connections with connReadBuffer and
-// connWriteBuffer sized buffers, and keeps the connection for frameWriter.
+// connWriteBuffer sized buffers, and keeps the connection for
+// writeTextFrame.
 type leanHijacker struct {
 	http.ResponseWriter
 	conn net.Conn
