@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -104,6 +103,9 @@ type fdConn struct{ fd int }
 
 func (c fdConn) Read(p []byte) (int, error) {
 	n, err := syscall.Read(c.fd, p)
+	for err == syscall.EINTR { // the runtime's preemption signals interrupt blocking calls
+		n, err = syscall.Read(c.fd, p)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -167,11 +169,13 @@ func dialSocket(ctx context.Context, host string) (io.ReadWriteCloser, error) {
 			return nil, err
 		}
 	}
-	for {
-		err = syscall.Connect(fd, sa)
-		if err != syscall.EINTR {
-			break
-		}
+	// An interrupted connect goes on in the background; calling again
+	// reports its progress.
+	for err = syscall.Connect(fd, sa); err == syscall.EINTR || err == syscall.EALREADY; err = syscall.Connect(fd, sa) {
+		time.Sleep(time.Millisecond)
+	}
+	if err == syscall.EISCONN {
+		err = nil
 	}
 	if err != nil {
 		syscall.Close(fd)
@@ -255,28 +259,12 @@ func parseFrame(b []byte) (op byte, payload []byte, size int, err error) {
 	return b[0] & 0x0f, b[h : h+int(n)], h + int(n), nil
 }
 
-// pong answers a ping with a masked pong frame (payloads of control frames
-// are at most 125 bytes).
+// pong answers a ping.
 func pong(fd int, p []byte) error {
-	if len(p) > 125 {
-		return errors.New("control payload too long")
+	f, err := controlFrame(0xA, p)
+	if err != nil {
+		return err
 	}
-	f := make([]byte, 6, 6+len(p))
-	f[0], f[1] = 0x8A, 0x80|byte(len(p))
-	rand.Read(f[2:6])
-	for i, b := range p {
-		f = append(f, b^f[2+i%4])
-	}
-	for len(f) > 0 {
-		n, err := syscall.Write(fd, f)
-		if err == syscall.EAGAIN || err == syscall.EINTR {
-			runtime.Gosched()
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		f = f[n:]
-	}
-	return nil
+	_, err = fdConn{fd}.Write(f)
+	return err
 }

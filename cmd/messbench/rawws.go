@@ -118,22 +118,31 @@ func (r *rawConn) next(buf []byte) ([]byte, error) {
 	}
 }
 
-// write sends one masked frame with a payload under 126 bytes (control
-// frames only).
+// write sends one masked control frame.
 func (r *rawConn) write(op byte, p []byte) error {
-	if len(p) > 125 {
-		return errors.New("control payload too long")
-	}
-	var mask [4]byte
-	rand.Read(mask[:])
-	f := append([]byte{0x80 | op, 0x80 | byte(len(p))}, mask[:]...)
-	for i, b := range p {
-		f = append(f, b^mask[i%4])
+	f, err := controlFrame(op, p)
+	if err != nil {
+		return err
 	}
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	_, err := r.c.Write(f)
+	_, err = r.c.Write(f)
 	return err
+}
+
+// controlFrame encodes a masked client control frame (payload under 126
+// bytes).
+func controlFrame(op byte, p []byte) ([]byte, error) {
+	if len(p) > 125 {
+		return nil, errors.New("control payload too long")
+	}
+	f := make([]byte, 6, 6+len(p))
+	f[0], f[1] = 0x80|op, 0x80|byte(len(p))
+	rand.Read(f[2:6])
+	for i, b := range p {
+		f = append(f, b^f[2+i%4])
+	}
+	return f, nil
 }
 
 // Close ends the connection without a closing handshake.
