@@ -1,12 +1,15 @@
 package lease
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -157,16 +160,33 @@ func (h *handler) route(pattern, method string, op opFunc) {
 // errBadJSON marks a body that could not be decoded.
 var errBadJSON = errors.New("lease: malformed JSON body")
 
+// bufs holds request and response buffers: a lease call reads and writes
+// a few hundred bytes, and pooling them takes the allocation (and the GC
+// work behind it) off every request.
+var bufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooled keeps a rare large body from pinning its buffer in the pool.
+const maxPooled = 16 << 10
+
+func putBuf(b *bytes.Buffer) {
+	if b.Cap() <= maxPooled {
+		b.Reset()
+		bufs.Put(b)
+	}
+}
+
 func decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
+	buf := bufs.Get().(*bytes.Buffer)
+	defer putBuf(buf)
+	if _, err := buf.ReadFrom(r.Body); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return mbe
 		}
 		return errBadJSON
 	}
-	if json.Unmarshal(body, v) != nil {
+	// The decoder copies what it keeps, so the buffer can go back to the pool.
+	if json.Unmarshal(buf.Bytes(), v) != nil {
 		return errBadJSON
 	}
 	return nil
@@ -214,14 +234,21 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error","code":"internal"}`)
+	buf := bufs.Get().(*bytes.Buffer)
+	defer putBuf(buf)
+	if err := json.NewEncoder(buf).Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString(`{"error":"internal error","code":"internal"}` + "\n")
 	}
-	w.Header().Set("Content-Type", "application/json")
+	h := w.Header()
+	h["Content-Type"] = contentTypeJSON
+	h["Content-Length"] = []string{strconv.Itoa(buf.Len())}
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(buf.Bytes())
 }
+
+var contentTypeJSON = []string{"application/json"}
 
 func msDuration(ms int64) time.Duration {
 	if ms < 0 || ms > int64(365*24*time.Hour/time.Millisecond) {

@@ -728,6 +728,43 @@ func TestCORSPreflight(t *testing.T) {
 	}
 }
 
+// Requests without an Origin skip CORS only when every origin is allowed:
+// with a list of origins the response varies by origin and must say so.
+func TestCORSHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		name, origins, origin string
+		wantAllow, wantVary   string
+	}{
+		{"wildcard, browser", "*", "https://app.example", "*", "Origin"},
+		{"wildcard, agent", "*", "", "", ""},
+		{"list, allowed browser", "https://app.example", "https://app.example", "https://app.example", "Origin"},
+		{"list, other browser", "https://app.example", "https://evil.example", "", "Origin"},
+		{"list, agent", "https://app.example", "", "", "Origin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, withEnv("CORS_ORIGINS", tc.origins))
+			req, _ := http.NewRequest("GET", ts.URL+"/health", nil)
+			if tc.origin != "" {
+				req.Header.Set("Origin", tc.origin)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if got := resp.Header.Get("Access-Control-Allow-Origin"); got != tc.wantAllow {
+				t.Errorf("Access-Control-Allow-Origin = %q, want %q", got, tc.wantAllow)
+			}
+			if got := resp.Header.Get("Vary"); got != tc.wantVary {
+				t.Errorf("Vary = %q, want %q", got, tc.wantVary)
+			}
+		})
+	}
+}
+
 // Ensure shutdown ends long-polls and event streams instead of waiting for
 // them.
 func TestGracefulShutdownEndsWaits(t *testing.T) {
