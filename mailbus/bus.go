@@ -671,9 +671,7 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 			r.a.mu.Unlock()
 		}
 		result <- err
-		for _, s := range sessions {
-			s.notify()
-		}
+		notifyAll(sessions)
 	})
 	snap := ex.wantSnapshot()
 	ex.mu.Unlock()
@@ -899,9 +897,7 @@ func (ex *exchange) heartbeat(from string, m *Message) {
 		o.mu.Unlock()
 	}
 	ex.mu.Unlock()
-	for _, s := range live {
-		s.notify()
-	}
+	notifyAll(live)
 }
 
 func (ex *exchange) inbox(agentID string, since int64, limit int) ([]Message, uint64, error) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -428,9 +427,10 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 	// parked goroutine with a small stack: the welcome is sent from the
 	// HTTP handler's goroutine, which then returns (the connection is
 	// hijacked, so that frees the request and its deep stack); the reader
-	// starts afresh, and writes and pings run on short-lived goroutines
-	// only when there is something to do.
-	ws, ok := h.open(conn, lh.conn, ex, c, since, batch)
+	// starts afresh; writes run on the goroutine that has something to
+	// deliver, or on short-lived goroutines like pings, only when there
+	// is something to do.
+	ws, ok := h.open(conn, lh.fc, ex, c, since, batch)
 	if !ok {
 		conn.CloseNow()
 		h.b.leave()
@@ -445,10 +445,10 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 
 // open attaches the connection to the agent's session and sends the
 // welcome frame.
-func (h *handler) open(conn *websocket.Conn, raw net.Conn, ex *exchange, c caller, since int64, batch bool) (*wsConn, bool) {
+func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c caller, since int64, batch bool) (*wsConn, bool) {
 	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	ctx, cancel := context.WithCancel(context.Background())
-	ws := &wsConn{h: h, conn: conn, raw: raw, c: c, batch: batch, ctx: ctx, cancel: cancel}
+	ws := &wsConn{h: h, conn: conn, fc: fc, c: c, batch: batch, ctx: ctx, cancel: cancel}
 	ws.wd = time.AfterFunc(time.Hour, func() { conn.CloseNow() })
 	ws.wd.Stop()
 	s, err := ex.attach(c.agent, since, ws.poke)
@@ -489,9 +489,9 @@ func (ws *wsConn) serve() {
 
 func (ws *wsConn) closeWith(err error) {
 	// No data frame may follow the close frame.
-	ws.wmu.Lock()
-	ws.wclosed = true
-	ws.wmu.Unlock()
+	ws.fc.mu.Lock()
+	ws.fc.closed = true
+	ws.fc.mu.Unlock()
 	switch {
 	case errors.Is(err, ErrReplaced):
 		ws.conn.Close(StatusReplaced, "replaced by a newer connection of the same agent")
@@ -505,40 +505,56 @@ func (ws *wsConn) closeWith(err error) {
 type wsConn struct {
 	h       *handler
 	conn    *websocket.Conn
-	raw     net.Conn // under conn: data frames are written here (writeTextFrame)
+	fc      *frameConn // under conn: data frames are written here
 	c       caller
 	batch   bool
 	ctx     context.Context
 	cancel  context.CancelFunc
 	pending sync.WaitGroup // replies waiting for durability
 
-	// wmu serialises data frames. Each write arms wd, which closes the
+	// A write that has to wait for the socket arms wd, which closes the
 	// connection if the write takes longer than WriteTimeout.
-	wmu     sync.Mutex
-	wd      *time.Timer
-	wclosed bool // a close frame was sent or the connection failed
+	wd *time.Timer
 
-	// Reused by the flush goroutine (one at a time, handed over under mu).
+	// Reused by flushes (one at a time, handed over under mu).
 	buf []byte
 	ds  []delivery
 
 	mu      sync.Mutex
 	s       *session // nil until the welcome frame is out
 	closed  bool
-	running bool      // a flush goroutine is active
+	running bool      // a flush is active
 	dirty   bool      // something may be waiting since the flush last looked
-	replies [][]byte  // encoded reply frames waiting for the flush goroutine
+	replies [][]byte  // encoded reply frames waiting for the flush
 	waitq   chan owed // replies owed, in order; nil until the first pipelined write
 	ping    *time.Timer
 	work    sync.WaitGroup // flush and ping goroutines
 }
 
-// poke makes sure a flush goroutine will look at the session.
+// poke makes sure the session's deliveries get written. The caller's
+// goroutine writes them for as long as the socket takes them without
+// waiting, up to inlineFrames frames: a broadcast to a thousand
+// connections then costs a few goroutines, not one per connection. What
+// may wait (a full socket, replies, the close handshake) is left to a
+// flush goroutine.
 func (ws *wsConn) poke() {
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	ws.pokeLocked()
+	ws.dirty = true
+	if ws.running || ws.closed || ws.s == nil {
+		ws.mu.Unlock()
+		return
+	}
+	ws.running = true
+	ws.work.Add(1)
+	buf, ds := ws.buf, ws.ds
+	ws.mu.Unlock()
+	ws.flush(inlineFrames, buf, ds)
 }
+
+// inlineFrames bounds the frames poke writes on its caller's goroutine, so
+// a reconnecting agent's replay does not hold up the others a broadcast
+// wakes.
+const inlineFrames = 4
 
 // queueReplies hands replies to the flush goroutine, which writes them as
 // one frame for clients that take batches.
@@ -549,22 +565,32 @@ func (ws *wsConn) queueReplies(rs [][]byte) {
 		return
 	}
 	ws.replies = append(ws.replies, rs...)
-	ws.pokeLocked()
-}
-
-func (ws *wsConn) pokeLocked() {
 	ws.dirty = true
-	if ws.running || ws.closed || ws.s == nil {
+	if ws.running || ws.s == nil {
 		return
 	}
 	ws.running = true
 	ws.work.Add(1)
-	go ws.flush()
+	go ws.flush(-1, ws.buf, ws.ds)
 }
 
-func (ws *wsConn) flush() {
-	defer ws.work.Done()
-	buf, ds := ws.buf, ws.ds
+// flush writes replies and deliveries until there are none, then clears
+// running. budget >= 0 means it runs on a poking goroutine and may write
+// that many frames without waiting; the first thing that would wait goes
+// to a new goroutine with the buffers, which owns the flush from then on.
+// budget < 0 means the flush has a goroutine of its own and may wait.
+func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
+	inline := budget >= 0
+	handed := false
+	defer func() {
+		if !handed {
+			ws.work.Done()
+		}
+	}()
+	fail := func() {
+		ws.conn.CloseNow()
+		ws.stop()
+	}
 	n := 1
 	if ws.batch {
 		n = ws.h.cfg.BatchMax
@@ -573,12 +599,18 @@ func (ws *wsConn) flush() {
 		ws.mu.Lock()
 		if !ws.dirty || ws.closed {
 			ws.running = false
-			// Keep small buffers for the next flush goroutine, which
-			// cannot start before mu is released.
+			// Keep small buffers for the next flush, which cannot start
+			// before mu is released.
 			if cap(buf) <= maxKeptBuffer && cap(ds) <= maxKeptDeliveries {
 				ws.buf, ws.ds = buf[:0], ds[:0]
 			}
 			ws.mu.Unlock()
+			return
+		}
+		if inline && (len(ws.replies) > 0 || isDone(ws.s.gone)) {
+			ws.mu.Unlock()
+			handed = true
+			go ws.flush(-1, buf, ds)
 			return
 		}
 		ws.dirty = false
@@ -586,17 +618,14 @@ func (ws *wsConn) flush() {
 		ws.replies = nil
 		ws.mu.Unlock()
 		if !ws.writeReplies(replies) {
-			ws.conn.CloseNow()
-			ws.stop()
+			fail()
 			return
 		}
-		select {
-		case <-ws.s.gone:
+		if isDone(ws.s.gone) {
 			// Say why before the reader sees the connection end.
 			ws.closeWith(ws.s.err)
 			ws.stop()
 			return
-		default:
 		}
 		for {
 			ds = ws.s.take(n, ds[:0])
@@ -617,12 +646,50 @@ func (ws *wsConn) flush() {
 				buf = append(buf, ']')
 			}
 			clear(ds)
-			if err := ws.write(buf); err != nil {
-				ws.conn.CloseNow()
-				ws.stop()
+			if !inline {
+				if ws.write(buf) != nil {
+					fail()
+					return
+				}
+				continue
+			}
+			rest, err := ws.tryWrite(buf)
+			if err != nil {
+				fail()
+				return
+			}
+			if budget--; len(rest) > 0 || budget == 0 {
+				// The goroutine finishes the frame (rest lies in buf),
+				// then takes another look.
+				ws.mu.Lock()
+				ws.dirty = true
+				ws.mu.Unlock()
+				handed = true
+				go ws.resume(rest, buf, ds)
 				return
 			}
 		}
+	}
+}
+
+// resume takes over a flush from a poking goroutine: it finishes the frame
+// that goroutine could not (rest, whose frame lock it holds), then goes on.
+func (ws *wsConn) resume(rest, buf []byte, ds []delivery) {
+	if len(rest) > 0 && ws.finish(rest) != nil {
+		ws.conn.CloseNow()
+		ws.stop()
+		ws.work.Done()
+		return
+	}
+	ws.flush(-1, buf, ds)
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -668,19 +735,46 @@ func framed(p []byte) []byte {
 	return append(make([]byte, frameHeadroom, frameHeadroom+len(p)), p...)
 }
 
-// write sends buf[frameHeadroom:] as one text frame. A failed or timed-out
-// write leaves the connection unusable, and it is closed.
+// write sends buf[frameHeadroom:] as one text frame, waiting for the socket
+// if it must. A failed or timed-out write leaves the connection unusable,
+// and it is closed.
 func (ws *wsConn) write(buf []byte) error {
-	ws.wmu.Lock()
-	defer ws.wmu.Unlock()
-	if ws.wclosed {
-		return net.ErrClosed
+	if err := ws.fc.lock(); err != nil {
+		return err
 	}
+	return ws.finish(frameBytes(buf))
+}
+
+// tryWrite sends buf[frameHeadroom:] as one text frame if the socket takes
+// it without waiting. Otherwise it returns the part not yet written, still
+// holding the frame lock: the caller must pass it to finish.
+func (ws *wsConn) tryWrite(buf []byte) (rest []byte, err error) {
+	if err := ws.fc.lock(); err != nil {
+		return nil, err
+	}
+	rest, err = ws.fc.tryWrite(frameBytes(buf))
+	if err != nil || len(rest) == 0 {
+		return nil, ws.unlock(err)
+	}
+	return rest, nil
+}
+
+// finish writes p, the rest of a frame whose lock the caller holds, and
+// releases the lock. wd bounds the wait.
+func (ws *wsConn) finish(p []byte) error {
 	ws.wd.Reset(ws.h.cfg.WriteTimeout)
-	err := writeTextFrame(ws.raw, buf)
+	_, err := ws.fc.conn.Write(p)
 	ws.wd.Stop()
+	return ws.unlock(err)
+}
+
+// unlock releases the frame lock after a write that ended with err.
+func (ws *wsConn) unlock(err error) error {
 	if err != nil {
-		ws.wclosed = true
+		ws.fc.closed = true
+	}
+	ws.fc.mu.Unlock()
+	if err != nil {
 		ws.conn.CloseNow()
 	}
 	return err

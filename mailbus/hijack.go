@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
+	"syscall"
 )
 
 // The WebSocket library keeps the buffers it gets from the hijack for the
@@ -20,11 +22,11 @@ const (
 )
 
 // leanHijacker hands out connections with connReadBuffer and
-// connWriteBuffer sized buffers, and keeps the connection for
-// writeTextFrame.
+// connWriteBuffer sized buffers, and keeps the connection as a frameConn,
+// through which the library's frames go too.
 type leanHijacker struct {
 	http.ResponseWriter
-	conn net.Conn
+	fc *frameConn
 }
 
 func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -32,7 +34,7 @@ func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	l.conn = c
+	l.fc = newFrameConn(c)
 	if err := brw.Writer.Flush(); err != nil {
 		c.Close()
 		return nil, nil, err
@@ -43,7 +45,7 @@ func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), c)
 	}
-	return c, bufio.NewReadWriter(bufio.NewReaderSize(r, connReadBuffer), bufio.NewWriterSize(c, connWriteBuffer)), nil
+	return c, bufio.NewReadWriter(bufio.NewReaderSize(r, connReadBuffer), bufio.NewWriterSize(l.fc, connWriteBuffer)), nil
 }
 
 // frameHeadroom is the space a frame's payload leaves in front of it for
@@ -51,16 +53,15 @@ func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // in one write without copying.
 const frameHeadroom = 10
 
-// writeTextFrame writes buf[frameHeadroom:] to c as one unmasked,
-// uncompressed text frame (RFC 6455 section 5.2) in a single Write.
+// frameBytes puts the header of an unmasked, uncompressed text frame (RFC
+// 6455 section 5.2) carrying buf[frameHeadroom:] in front of it, and
+// returns the whole frame.
 //
 // The server writes its data frames itself rather than through the
 // WebSocket library: on the fan-out path the library's per-frame locking
-// and bookkeeping cost as much as the system call. It is safe alongside
-// the library's own control frames (ping, pong, close) because each side
-// writes a whole frame in one Write, which net.Conn does not interleave;
-// the library negotiates no extensions, so data frames need no RSV bits.
-func writeTextFrame(c net.Conn, buf []byte) error {
+// and bookkeeping cost as much as the system call. The library negotiates
+// no extensions, so data frames need no RSV bits.
+func frameBytes(buf []byte) []byte {
 	n := len(buf) - frameHeadroom
 	var h []byte
 	switch {
@@ -77,6 +78,67 @@ func writeTextFrame(c net.Conn, buf []byte) error {
 		binary.BigEndian.PutUint64(h[2:], uint64(n))
 	}
 	h[0] = 0x81 // FIN, text
-	_, err := c.Write(buf[frameHeadroom-len(h):])
-	return err
+	return buf[frameHeadroom-len(h):]
 }
+
+// frameConn is the connection under a WebSocket. The library's frames
+// (ping, pong, close) and the server's data frames both go through it, and
+// mu keeps whole frames apart. A data frame the socket cannot take at once
+// keeps mu while another goroutine finishes it (a sync.Mutex may be
+// unlocked by a goroutine other than the one that locked it); the
+// library's next frame waits for that.
+type frameConn struct {
+	conn net.Conn
+	rc   syscall.RawConn // nil: no non-blocking writes
+
+	mu     sync.Mutex
+	closed bool // no more data frames: a close frame went out, or a write failed
+	// The non-blocking write in progress (tryWrite), under mu.
+	p     []byte
+	err   error
+	write func(fd uintptr) bool // writeOnce, bound once so tryWrite allocates nothing
+}
+
+func newFrameConn(c net.Conn) *frameConn {
+	fc := &frameConn{conn: c}
+	if sc, ok := c.(syscall.Conn); ok && canWriteRaw {
+		if rc, err := sc.SyscallConn(); err == nil {
+			fc.rc, fc.write = rc, fc.writeOnce
+		}
+	}
+	return fc
+}
+
+// Write writes p whole under mu. The library's buffered writer flushes
+// each of its frames with one call.
+func (fc *frameConn) Write(p []byte) (int, error) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return fc.conn.Write(p)
+}
+
+// lock takes mu for a data frame; it fails once data frames have ended.
+func (fc *frameConn) lock() error {
+	fc.mu.Lock()
+	if fc.closed {
+		fc.mu.Unlock()
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// tryWrite writes as much of p as the socket takes without waiting and
+// returns the rest. The caller holds mu.
+func (fc *frameConn) tryWrite(p []byte) ([]byte, error) {
+	if fc.rc == nil {
+		return p, nil
+	}
+	fc.p, fc.err = p, nil
+	if err := fc.rc.Write(fc.write); err != nil && fc.err == nil {
+		fc.err = err
+	}
+	rest, err := fc.p, fc.err
+	fc.p, fc.err = nil, nil
+	return rest, err
+}
+

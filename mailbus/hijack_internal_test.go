@@ -3,9 +3,12 @@ package mailbus
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,42 +16,18 @@ import (
 )
 
 // Data frames written straight to the connection must read back intact in
-// a real WebSocket client, at every length encoding, interleaved with the
-// library's own control frames.
-func TestWriteTextFrame(t *testing.T) {
+// a real WebSocket client, at every length encoding, with the library's
+// own control frames in between. A frame the socket cannot take at once
+// is finished by another goroutine while a ping waits for it: the ping
+// must not land inside the frame.
+func TestFrameConn(t *testing.T) {
 	sizes := []int{0, 1, 125, 126, 127, 1000, 65535, 65536, 200000}
 	payload := func(n int) []byte { return bytes.Repeat([]byte{'a' + byte(n%26)}, n) }
 	srvErr := make(chan error, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		lh := &leanHijacker{ResponseWriter: w}
-		c, err := websocket.Accept(lh, r, nil)
-		if err != nil {
-			srvErr <- err
-			return
-		}
-		defer c.CloseNow()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		readDone := make(chan struct{})
-		go func() {
-			defer close(readDone)
-			c.Reader(ctx) // reads the client's pongs, then its close
-		}()
-		defer func() { <-readDone }()
-		for i, n := range sizes {
-			if i > 0 {
-				// Answered by the client's next Read.
-				if err := c.Ping(ctx); err != nil {
-					srvErr <- err
-					return
-				}
-			}
-			if err := writeTextFrame(lh.conn, append(make([]byte, frameHeadroom), payload(n)...)); err != nil {
-				srvErr <- err
-				return
-			}
-		}
-		srvErr <- nil
+		var once sync.Once
+		report := func(err error) { once.Do(func() { srvErr <- err }) }
+		report(serveFrames(w, r, sizes, payload, report))
 	}))
 	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -60,6 +39,8 @@ func TestWriteTextFrame(t *testing.T) {
 	defer c.CloseNow()
 	c.SetReadLimit(1 << 20)
 	for _, n := range sizes {
+		// Read slowly, so that large frames fill the server's socket.
+		time.Sleep(5 * time.Millisecond)
 		typ, got, err := c.Read(ctx)
 		if err != nil {
 			t.Fatalf("frame of %d bytes: %v", n, err)
@@ -68,8 +49,90 @@ func TestWriteTextFrame(t *testing.T) {
 			t.Fatalf("frame of %d bytes: got type %v, %d bytes", n, typ, len(got))
 		}
 	}
+	// The last frame's ping is answered while reading this one.
+	if _, got, err := c.Read(ctx); err != nil || string(got) != "end" {
+		t.Fatalf("last frame: %q, %v", got, err)
+	}
 	if err := <-srvErr; err != nil {
 		t.Fatal(err)
 	}
 	c.Close(websocket.StatusNormalClosure, "")
+}
+
+// serveFrames writes a frame of each size, alternating the blocking and
+// the non-blocking path, and pings while each frame is being written.
+// It reports its result before waiting for the client to close.
+func serveFrames(w http.ResponseWriter, r *http.Request, sizes []int, payload func(int) []byte, report func(error)) (err error) {
+	lh := &leanHijacker{ResponseWriter: w}
+	c, err := websocket.Accept(lh, r, nil)
+	if err != nil {
+		return err
+	}
+	defer c.CloseNow()
+	fc := lh.fc
+	if fc.rc == nil {
+		return fmt.Errorf("no raw connection under %T", fc.conn)
+	}
+	// A small send buffer makes the 200,000-byte frame a partial write.
+	if err := fc.conn.(*net.TCPConn).SetWriteBuffer(4096); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		c.Reader(ctx) // reads the client's pongs, then its close
+	}()
+	defer func() { <-readDone }()
+	end := make(chan error, 1)
+	defer func() {
+		if err == nil {
+			err = <-end
+		}
+		report(err)
+	}()
+	for i, n := range sizes {
+		if i == len(sizes)-1 {
+			// The last ping needs one more frame to be answered.
+			go func() {
+				time.Sleep(10 * time.Millisecond)
+				_, err := fc.Write(frameBytes([]byte("0123456789end")))
+				end <- err
+			}()
+		}
+		buf := append(make([]byte, frameHeadroom), payload(n)...)
+		if err = fc.lock(); err != nil {
+			return err
+		}
+		rest := frameBytes(buf)
+		if i%2 == 0 {
+			// Until some of the frame is written: a full socket takes none.
+			for p := rest; len(rest) == len(p); time.Sleep(time.Millisecond) {
+				if rest, err = fc.tryWrite(p); err != nil {
+					return err
+				}
+			}
+			if n > 100000 && len(rest) == 0 {
+				return fmt.Errorf("a %d-byte frame went out in one non-blocking write", n)
+			}
+		}
+		wrote := make(chan error, 1)
+		go func() {
+			var err error
+			if len(rest) > 0 {
+				time.Sleep(time.Millisecond) // let the ping queue behind the frame
+				_, err = fc.conn.Write(rest)
+			}
+			fc.mu.Unlock()
+			wrote <- err
+		}()
+		if err := c.Ping(ctx); err != nil {
+			return fmt.Errorf("ping after a %d-byte frame: %w", n, err)
+		}
+		if err := <-wrote; err != nil {
+			return err
+		}
+	}
+	return nil
 }

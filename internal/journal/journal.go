@@ -305,8 +305,13 @@ func (j *Journal) flushQueued() {
 // to append again, so they join one batch instead of splitting into two
 // that each pay for a sync: it yields while the queue is still growing and
 // smaller than the previous batch. It never sleeps, so a lone writer is not
-// delayed.
+// delayed. After a batch of one there is no group to wait for, and a yield
+// would only put the flusher behind every runnable goroutine (a busy
+// server's thousand socket writers).
 func (j *Journal) gather(last int) {
+	if last <= 1 {
+		return
+	}
 	prev := -1
 	for range 64 {
 		runtime.Gosched()
