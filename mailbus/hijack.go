@@ -141,4 +141,3 @@ func (fc *frameConn) tryWrite(p []byte) ([]byte, error) {
 	fc.p, fc.err = nil, nil
 	return rest, err
 }
-

@@ -130,6 +130,7 @@ func notifyEach(ss []*session) {
 		s.notify()
 	}
 }
+
 // take returns up to n deliveries: redeliveries, then heartbeats, then new
 // durable inbox entries in seq order.
 func (s *session) take(n int, out []delivery) []delivery {
