@@ -485,6 +485,23 @@ func (a *agent) get(seq uint64) *entry {
 type commit struct {
 	done  <-chan error
 	apply func(error)
+	err   error // received from done ahead of time (ready)
+	got   bool
+}
+
+// ready reports whether c's record is durable (or failed) already, without
+// waiting.
+func (c *commit) ready() bool {
+	if c.done == nil || c.got {
+		return true
+	}
+	select {
+	case c.err = <-c.done:
+		c.got = true
+		return true
+	default:
+		return false
+	}
 }
 
 type exchange struct {
@@ -503,6 +520,10 @@ type exchange struct {
 	commits     chan *commit
 
 	committers sync.WaitGroup
+
+	// Owned by the committer goroutine.
+	toWake  []*session
+	wakeRun uint64 // sessions with wokenIn == wakeRun are in toWake
 }
 
 func newExchange(b *Bus, id string) *exchange {
@@ -510,6 +531,7 @@ func newExchange(b *Bus, id string) *exchange {
 		b: b, id: id, ready: make(chan struct{}),
 		agents:  map[string]*agent{},
 		commits: make(chan *commit, 1<<16),
+		wakeRun: 1, // not a new session's wokenIn
 	}
 }
 
@@ -527,15 +549,58 @@ func (ex *exchange) agent(id string) *agent {
 
 // committer applies the effects of journal records in journal order once
 // each is durable, so an agent never sees seq n+1 before seq n is safe.
+//
+// Sessions to wake are collected (wakeLater) and woken once the commits
+// whose records are already durable have all been applied: those of one
+// group commit. A connection then gets all of their messages in one write.
 func (ex *exchange) committer() {
 	defer ex.committers.Done()
-	for c := range ex.commits {
-		var err error
-		if c.done != nil {
+	var next *commit
+	for {
+		c := next
+		next = nil
+		if c == nil {
+			var ok bool
+			if c, ok = <-ex.commits; !ok {
+				return
+			}
+		}
+		err := c.err
+		if c.done != nil && !c.got {
 			err = <-c.done
 		}
 		c.apply(err)
+		select {
+		case n, ok := <-ex.commits:
+			if ok && n.ready() {
+				next = n
+				continue
+			}
+			ex.wake()
+			if !ok {
+				return
+			}
+			next = n
+		default:
+			ex.wake()
+		}
 	}
+}
+
+// wakeLater has s woken at the end of the committer's current run of
+// durable commits. Only the committer calls it.
+func (ex *exchange) wakeLater(s *session) {
+	if s.wokenIn != ex.wakeRun {
+		s.wokenIn = ex.wakeRun
+		ex.toWake = append(ex.toWake, s)
+	}
+}
+
+func (ex *exchange) wake() {
+	ss := ex.toWake
+	ex.toWake = nil // notifyAll's goroutines keep ss
+	ex.wakeRun++
+	notifyAll(ss)
 }
 
 func (ex *exchange) shutdown() {
@@ -657,21 +722,19 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 			err = fmt.Errorf("mailbus: store message: %w", err)
 		}
 		// Inboxes first, so a sender that reads one after its ack sees
-		// the message; then the sender, because waking a thousand
-		// subscribers takes longer than telling one sender.
-		sessions := make([]*session, 0, len(recips))
+		// the message; the sender is told before the subscribers are
+		// woken, because waking a thousand takes longer.
 		for _, r := range recips {
 			r.a.mu.Lock()
 			if r.seq > r.a.durable {
 				r.a.durable = r.seq
 			}
 			if s := r.a.sess; s != nil {
-				sessions = append(sessions, s)
+				ex.wakeLater(s)
 			}
 			r.a.mu.Unlock()
 		}
 		result <- err
-		notifyAll(sessions)
 	})
 	snap := ex.wantSnapshot()
 	ex.mu.Unlock()

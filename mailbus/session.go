@@ -21,6 +21,8 @@ type session struct {
 	redeliver []uint64  // overdue ackRequired seqs to send again
 	live      []*stored // heartbeats: delivered live, never stored
 
+	wokenIn uint64 // the committer's wake run that has s (exchange.wakeLater)
+
 	wake chan struct{} // capacity 1: "there may be something to take"
 	gone chan struct{} // closed by kick
 	// hook, when set, is called on every notify and kick instead of the
