@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -653,7 +654,7 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 				}
 				continue
 			}
-			rest, err := ws.tryWrite(buf)
+			rest, locked, err := ws.tryWrite(buf)
 			if err != nil {
 				fail()
 				return
@@ -665,7 +666,7 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 				ws.dirty = true
 				ws.mu.Unlock()
 				handed = true
-				go ws.resume(rest, buf, ds)
+				go ws.resume(rest, locked, buf, ds)
 				return
 			}
 		}
@@ -673,13 +674,23 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 }
 
 // resume takes over a flush from a poking goroutine: it finishes the frame
-// that goroutine could not (rest, whose frame lock it holds), then goes on.
-func (ws *wsConn) resume(rest, buf []byte, ds []delivery) {
-	if len(rest) > 0 && ws.finish(rest) != nil {
-		ws.conn.CloseNow()
-		ws.stop()
-		ws.work.Done()
-		return
+// that goroutine could not (rest, with the frame lock if locked), then goes
+// on.
+func (ws *wsConn) resume(rest []byte, locked bool, buf []byte, ds []delivery) {
+	if len(rest) > 0 {
+		var err error
+		if !locked {
+			err = ws.fc.lock()
+		}
+		if err == nil {
+			err = ws.finish(rest)
+		}
+		if err != nil {
+			ws.conn.CloseNow()
+			ws.stop()
+			ws.work.Done()
+			return
+		}
 	}
 	ws.flush(-1, buf, ds)
 }
@@ -745,18 +756,26 @@ func (ws *wsConn) write(buf []byte) error {
 	return ws.finish(frameBytes(buf))
 }
 
-// tryWrite sends buf[frameHeadroom:] as one text frame if the socket takes
-// it without waiting. Otherwise it returns the part not yet written, still
-// holding the frame lock: the caller must pass it to finish.
-func (ws *wsConn) tryWrite(buf []byte) (rest []byte, err error) {
-	if err := ws.fc.lock(); err != nil {
-		return nil, err
+// tryWrite sends buf[frameHeadroom:] as one text frame if that needs no
+// waiting, neither for the socket nor for the frame lock: the caller may be
+// waking a thousand connections, and a ping or reply stuck on a full socket
+// holds the lock until it times out. Otherwise it returns the part of the
+// frame not yet written and whether it holds the frame lock; the caller
+// must pass both to resume.
+func (ws *wsConn) tryWrite(buf []byte) (rest []byte, locked bool, err error) {
+	p := frameBytes(buf)
+	if !ws.fc.mu.TryLock() {
+		return p, false, nil
 	}
-	rest, err = ws.fc.tryWrite(frameBytes(buf))
+	if ws.fc.closed {
+		ws.fc.mu.Unlock()
+		return nil, false, net.ErrClosed
+	}
+	rest, err = ws.fc.tryWrite(p)
 	if err != nil || len(rest) == 0 {
-		return nil, ws.unlock(err)
+		return nil, false, ws.unlock(err)
 	}
-	return rest, nil
+	return rest, true, nil
 }
 
 // finish writes p, the rest of a frame whose lock the caller holds, and

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -135,4 +136,59 @@ func serveFrames(w http.ResponseWriter, r *http.Request, sizes []int, payload fu
 		}
 	}
 	return nil
+}
+
+// A delivery written on the goroutine that wakes a thousand connections
+// must not wait for a frame lock that a ping or reply stuck on a full
+// socket holds: tryWrite hands the whole frame back instead.
+func TestTryWriteDoesNotWaitForTheFrameLock(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	ws := &wsConn{fc: newFrameConn(server)}
+	buf := append(make([]byte, frameHeadroom), "hello"...)
+
+	ws.fc.mu.Lock() // as a write blocked on a full socket would
+	done := make(chan struct{})
+	var rest []byte
+	var locked bool
+	go func() {
+		defer close(done)
+		rest, locked, err = ws.tryWrite(buf)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("tryWrite waited for the frame lock")
+	}
+	ws.fc.mu.Unlock()
+	if err != nil || locked || !bytes.Equal(rest, frameBytes(buf)) {
+		t.Fatalf("with the lock held elsewhere: rest %q, locked %v, err %v; want the whole frame, unlocked", rest, locked, err)
+	}
+
+	// Free, the frame goes out whole and the lock is released.
+	if rest, locked, err = ws.tryWrite(buf); err != nil || locked || len(rest) != 0 {
+		t.Fatalf("with the lock free: rest %q, locked %v, err %v", rest, locked, err)
+	}
+	if !ws.fc.mu.TryLock() {
+		t.Fatal("tryWrite kept the frame lock after a whole write")
+	}
+	ws.fc.mu.Unlock()
+	got := make([]byte, 7)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "\x81\x05hello" {
+		t.Fatalf("read %q, %v", got, err)
+	}
 }
