@@ -242,13 +242,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		buf.WriteString(`{"error":"internal error","code":"internal"}` + "\n")
 	}
 	h := w.Header()
-	h["Content-Type"] = contentTypeJSON
-	h["Content-Length"] = []string{strconv.Itoa(buf.Len())}
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(status)
 	_, _ = w.Write(buf.Bytes())
 }
-
-var contentTypeJSON = []string{"application/json"}
 
 func msDuration(ms int64) time.Duration {
 	if ms < 0 || ms > int64(365*24*time.Hour/time.Millisecond) {
