@@ -556,9 +556,11 @@ func (ex *exchange) agent(id string) *agent {
 func (ex *exchange) committer() {
 	defer ex.committers.Done()
 	var next *commit
+	run := 0 // commits applied since the last wake
 	for {
 		c := next
 		next = nil
+		run++
 		if c == nil {
 			var ok bool
 			if c, ok = <-ex.commits; !ok {
@@ -572,20 +574,27 @@ func (ex *exchange) committer() {
 		c.apply(err)
 		select {
 		case n, ok := <-ex.commits:
-			if ok && n.ready() {
+			// Bounded, so that a committer that never catches up with
+			// the journal still wakes sessions.
+			if ok && n.ready() && run < maxWakeRun {
 				next = n
 				continue
 			}
 			ex.wake()
+			run = 0
 			if !ok {
 				return
 			}
 			next = n
 		default:
 			ex.wake()
+			run = 0
 		}
 	}
 }
+
+// maxWakeRun is the most commits applied between two wakes.
+const maxWakeRun = 256
 
 // wakeLater has s woken at the end of the committer's current run of
 // durable commits. Only the committer calls it.
