@@ -237,18 +237,10 @@ type HistoryEntry struct {
 }
 
 // Thread is a request and everything that happened to it.
+// Its JSON is the Summary's fields followed by the rest.
 type Thread struct {
-	Ref         string     `json:"ref"`
-	Status      Status     `json:"status"`
-	Intent      string     `json:"intent"`
-	RequestorID string     `json:"requestor_id"`
-	ExecutorID  *string    `json:"executor_id"`
-	Priority    Priority   `json:"priority"`
-	CreatedAt   time.Time  `json:"created_at"`
-	UpdatedAt   time.Time  `json:"updated_at"`
-	Seq         int64      `json:"seq"`
-	NeededBy    *time.Time `json:"needed_by,omitempty"`
-	ExternalID  string     `json:"external_id,omitempty"`
+	Summary
+	ExternalID string `json:"external_id,omitempty"`
 
 	Request  *Request       `json:"request,omitempty"`
 	Messages []Message      `json:"messages,omitempty"`

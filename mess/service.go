@@ -355,16 +355,18 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 		req := tc.Request
 		t.ready = true
 		t.Thread = Thread{
-			Ref:         ref,
-			Status:      StatusPending,
-			Intent:      req.Intent,
-			RequestorID: tc.RequestorID,
-			Priority:    req.Priority,
-			CreatedAt:   ev.TS,
-			UpdatedAt:   ev.TS,
-			Seq:         ev.Seq,
-			NeededBy:    req.NeededBy,
-			Request:     &req,
+			Summary: Summary{
+				Ref:         ref,
+				Status:      StatusPending,
+				Intent:      req.Intent,
+				RequestorID: tc.RequestorID,
+				Priority:    req.Priority,
+				CreatedAt:   ev.TS,
+				UpdatedAt:   ev.TS,
+				Seq:         ev.Seq,
+				NeededBy:    req.NeededBy,
+			},
+			Request: &req,
 		}
 		if t.Priority == "" {
 			t.Priority = PriorityNormal

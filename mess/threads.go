@@ -239,14 +239,10 @@ func (s *Service) List(ctx context.Context, exchangeID string, opts ListOptions)
 			res.NextCursor = "u" + strconv.FormatUint(lastUseq, 10)
 			break
 		}
-		res.Threads = append(res.Threads, summary(&t.Thread))
+		res.Threads = append(res.Threads, t.Summary)
 		lastUseq = e.useq
 	}
 	return res, nil
-}
-
-func summary(t *Thread) Summary {
-	return Summary{t.Ref, t.Status, t.Intent, t.RequestorID, t.ExecutorID, t.Priority, t.CreatedAt, t.UpdatedAt, t.Seq, t.NeededBy}
 }
 
 // Update is a change to a thread: a status, a MESS message, or both.
