@@ -609,7 +609,9 @@ func (ex *exchange) wake() {
 	ss := ex.toWake
 	ex.toWake = nil // notifyAll's goroutines keep ss
 	ex.wakeRun++
-	notifyAll(ss)
+	// The committer is one of ex.committers, so adding to it cannot race
+	// with shutdown's Wait.
+	notifyAll(ss, &ex.committers)
 }
 
 func (ex *exchange) shutdown() {
@@ -969,7 +971,7 @@ func (ex *exchange) heartbeat(from string, m *Message) {
 		o.mu.Unlock()
 	}
 	ex.mu.Unlock()
-	notifyAll(live)
+	notifyAll(live, nil)
 }
 
 func (ex *exchange) inbox(agentID string, since int64, limit int) ([]Message, uint64, error) {

@@ -114,12 +114,17 @@ func (s *session) notify() {
 // socket during notify when the socket takes the frame at once, so a
 // broadcast's sessions are split over a few goroutines of notifyBatch
 // each: the system calls use every core, and no goroutine the broadcast
-// did not start waits behind a thousand that it did.
-func notifyAll(ss []*session) {
+// did not start waits behind a thousand that it did. A non-nil wg counts
+// those goroutines, so that shutdown waits for them.
+func notifyAll(ss []*session, wg *sync.WaitGroup) {
 	for len(ss) > notifyBatch {
 		part := ss[:notifyBatch]
 		ss = ss[notifyBatch:]
-		go notifyEach(part)
+		if wg != nil {
+			wg.Go(func() { notifyEach(part) })
+		} else {
+			go notifyEach(part)
+		}
 	}
 	notifyEach(ss)
 }
