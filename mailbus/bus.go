@@ -450,10 +450,22 @@ type ackState struct {
 	due     time.Time // redelivery deadline once sent; zero while unsent or queued
 }
 
-type entry struct {
-	m   *stored
-	ack *ackState // nil unless the message requires an acknowledgement
+// entry is one inbox slot: the number of its message in the exchange's
+// msgTable, and whether the message requires an acknowledgement (its state
+// is then in agent.acks). It holds no pointer, which is what keeps retained
+// mail out of the garbage collector's marking.
+type entry uint64
+
+func newEntry(num uint64, ack bool) entry {
+	e := entry(num << 1)
+	if ack {
+		e |= 1
+	}
+	return e
 }
+
+func (e entry) num() uint64    { return uint64(e) >> 1 }
+func (e entry) needsAck() bool { return e&1 != 0 }
 
 // agent is one agent's inbox and presence. Lock order: exchange.mu, then
 // agent.mu.
@@ -461,13 +473,15 @@ type agent struct {
 	id   string
 	subs []string // guarded by exchange.mu
 
+	tab      *msgTable // the exchange's
 	mu       sync.Mutex
 	first    uint64 // seq of ents[0]; seqs start at 1
 	ents     []entry
-	durable  uint64            // highest seq known durable
-	pending  map[string]uint64 // message id → seq of ackRequired entries
-	cursor   uint64            // highest seq handed to a session
-	savedCur uint64            // cursor last written to the journal
+	durable  uint64               // highest seq known durable
+	pending  map[string]uint64    // message id → seq of ackRequired entries
+	acks     map[uint64]*ackState // seq → state of ackRequired entries
+	cursor   uint64               // highest seq handed to a session
+	savedCur uint64               // cursor last written to the journal
 	sess     *session
 	beat     time.Time // last heartbeat
 	connAt   time.Time
@@ -475,11 +489,18 @@ type agent struct {
 
 func (a *agent) next() uint64 { return a.first + uint64(len(a.ents)) }
 
-func (a *agent) get(seq uint64) *entry {
+// at returns the message of inbox entry seq and, when the message requires
+// an acknowledgement, the entry's state; st is nil when seq is not in the
+// inbox. Caller holds a.mu.
+func (a *agent) at(seq uint64) (st *stored, ack *ackState) {
 	if seq < a.first || seq >= a.next() {
-		return nil
+		return nil, nil
 	}
-	return &a.ents[seq-a.first]
+	e := a.ents[seq-a.first]
+	if e.needsAck() {
+		ack = a.acks[seq]
+	}
+	return a.tab.get(e.num()), ack
 }
 
 type commit struct {
@@ -513,6 +534,7 @@ type exchange struct {
 	mu          sync.Mutex
 	closed      bool
 	lsn         uint64
+	msgs        msgTable
 	agents      map[string]*agent
 	sinceSnap   int
 	snapEntries int // inbox entries in the last snapshot
@@ -541,7 +563,7 @@ func (ex *exchange) partition() string { return "mailbus/" + ex.id + "/log" }
 func (ex *exchange) agent(id string) *agent {
 	a := ex.agents[id]
 	if a == nil {
-		a = &agent{id: id, first: 1, pending: map[string]uint64{}}
+		a = &agent{id: id, tab: &ex.msgs, first: 1, pending: map[string]uint64{}, acks: map[uint64]*ackState{}}
 		ex.agents[id] = a
 	}
 	return a
@@ -772,16 +794,17 @@ type recipient struct {
 // holds ex.mu.
 func (ex *exchange) applyMessage(st *stored) []recipient {
 	m := &st.msg
+	num := ex.msgs.add(st)
 	if m.To != "" {
 		a := ex.agent(m.To)
-		return []recipient{{a, ex.deliver(a, st)}}
+		return []recipient{{a, ex.deliver(a, num, st)}}
 	}
 	var out []recipient
 	for _, a := range ex.agents {
 		if a.id == m.From || !matchAny(a.subs, m.Type) {
 			continue
 		}
-		out = append(out, recipient{a, ex.deliver(a, st)})
+		out = append(out, recipient{a, ex.deliver(a, num, st)})
 	}
 	return out
 }
@@ -795,33 +818,41 @@ func matchAny(patterns []string, t string) bool {
 	return false
 }
 
-// deliver appends st to a's inbox and applies count retention.
-func (ex *exchange) deliver(a *agent, st *stored) uint64 {
+// deliver appends message num, st, to a's inbox and applies count
+// retention.
+func (ex *exchange) deliver(a *agent, num uint64, st *stored) uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	e := entry{m: st}
 	seq := a.next()
 	if st.msg.AckRequired {
-		e.ack = &ackState{}
 		a.pending[st.msg.ID] = seq
+		a.acks[seq] = &ackState{}
 	}
-	a.ents = append(a.ents, e)
+	a.append(newEntry(num, st.msg.AckRequired))
 	if over := len(a.ents) - ex.b.cfg.RetentionCount; over > 0 {
 		a.drop(over)
 	}
 	return seq
 }
 
+// append adds e at the end of the inbox. Caller holds a.mu.
+func (a *agent) append(e entry) {
+	a.tab.ref(e.num())
+	a.ents = append(a.ents, e)
+}
+
 // drop removes the n oldest entries. Caller holds a.mu.
 func (a *agent) drop(n int) {
-	for i := range n {
-		e := &a.ents[i]
-		if e.ack != nil {
-			if s, ok := a.pending[e.m.msg.ID]; ok && s == a.first+uint64(i) {
-				delete(a.pending, e.m.msg.ID)
+	for i, e := range a.ents[:n] {
+		if e.needsAck() {
+			seq := a.first + uint64(i)
+			id := a.tab.get(e.num()).msg.ID
+			if s, ok := a.pending[id]; ok && s == seq {
+				delete(a.pending, id)
 			}
+			delete(a.acks, seq)
 		}
-		a.ents[i] = entry{}
+		a.tab.unref(e.num())
 	}
 	a.ents = a.ents[n:]
 	a.first += uint64(n)
@@ -849,12 +880,12 @@ func (ex *exchange) ackAsync(agentID, id string) (<-chan error, error) {
 		return nil, fmt.Errorf("%w: no acknowledgeable message %q for agent %s", ErrNotFound, id, agentID)
 	}
 	a.mu.Lock()
-	e := a.get(a.pending[id])
-	if e == nil || e.ack == nil {
+	_, ack := a.at(a.pending[id])
+	if ack == nil {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("%w: no acknowledgeable message %q for agent %s", ErrNotFound, id, agentID)
 	}
-	acked := !e.ack.ackedAt.IsZero()
+	acked := !ack.ackedAt.IsZero()
 	a.mu.Unlock()
 	if acked {
 		return nil, nil
@@ -864,7 +895,7 @@ func (ex *exchange) ackAsync(agentID, id string) (<-chan error, error) {
 		return nil, err
 	}
 	a.mu.Lock()
-	e.ack.ackedAt = now
+	ack.ackedAt = now
 	a.mu.Unlock()
 	result := make(chan error, 1)
 	ex.commit(done, func(err error) {
@@ -880,8 +911,8 @@ func (ex *exchange) ackAsync(agentID, id string) (<-chan error, error) {
 func (ex *exchange) applyAck(agentID, id string, at time.Time) {
 	a := ex.agent(agentID)
 	a.mu.Lock()
-	if e := a.get(a.pending[id]); e != nil && e.ack != nil && e.ack.ackedAt.IsZero() {
-		e.ack.ackedAt = at
+	if _, ack := a.at(a.pending[id]); ack != nil && ack.ackedAt.IsZero() {
+		ack.ackedAt = at
 	}
 	a.mu.Unlock()
 }
@@ -997,25 +1028,25 @@ func (ex *exchange) inbox(agentID string, since int64, limit int) ([]Message, ui
 		if seq > from || len(out) >= limit {
 			break
 		}
-		e := a.get(seq)
-		if e == nil || !e.ack.ackedAt.IsZero() || e.m.failed.Load() {
+		st, ack := a.at(seq)
+		if ack == nil || !ack.ackedAt.IsZero() || st.failed.Load() {
 			continue
 		}
-		if e.ack.due.IsZero() || now.After(e.ack.due) {
-			e.ack.due = now.Add(ex.b.cfg.VisibilityTimeout)
-			out = append(out, a.view(seq, e))
+		if ack.due.IsZero() || now.After(ack.due) {
+			ack.due = now.Add(ex.b.cfg.VisibilityTimeout)
+			out = append(out, a.view(seq, st, ack))
 		}
 	}
 	seq := max(from+1, a.first)
 	for ; seq <= a.durable && len(out) < limit; seq++ {
-		e := a.get(seq)
-		if e.m.failed.Load() {
+		st, ack := a.at(seq)
+		if st.failed.Load() {
 			continue
 		}
-		if e.ack != nil && e.ack.ackedAt.IsZero() {
-			e.ack.due = now.Add(ex.b.cfg.VisibilityTimeout)
+		if ack != nil && ack.ackedAt.IsZero() {
+			ack.due = now.Add(ex.b.cfg.VisibilityTimeout)
 		}
-		out = append(out, a.view(seq, e))
+		out = append(out, a.view(seq, st, ack))
 	}
 	a.mu.Unlock()
 	if since >= 0 {
@@ -1025,11 +1056,11 @@ func (ex *exchange) inbox(agentID string, since int64, limit int) ([]Message, ui
 }
 
 // view returns the recipient's copy of entry seq. Caller holds a.mu.
-func (a *agent) view(seq uint64, e *entry) Message {
-	m := e.m.msg
+func (a *agent) view(seq uint64, st *stored, ack *ackState) Message {
+	m := st.msg
 	m.Seq = seq
-	if e.ack != nil && !e.ack.ackedAt.IsZero() {
-		t := e.ack.ackedAt.UTC()
+	if ack != nil && !ack.ackedAt.IsZero() {
+		t := ack.ackedAt.UTC()
 		m.AckedAt, m.AckedBy = &t, a.id
 	}
 	return m
@@ -1087,6 +1118,8 @@ func (ex *exchange) sweep() {
 	now := ex.b.cfg.Now()
 	cutoff := now.Add(-ex.b.cfg.RetentionAge)
 	ex.mu.Lock()
+	// What the last sweep and count retention dropped.
+	ex.msgs.trim()
 	agents := make([]*agent, 0, len(ex.agents))
 	for _, a := range ex.agents {
 		agents = append(agents, a)
@@ -1095,7 +1128,7 @@ func (ex *exchange) sweep() {
 	for _, a := range agents {
 		a.mu.Lock()
 		n := 0
-		for n < len(a.ents) && a.first+uint64(n) <= a.durable && a.ents[n].m.recv.Before(cutoff) {
+		for n < len(a.ents) && a.first+uint64(n) <= a.durable && a.tab.get(a.ents[n].num()).recv.Before(cutoff) {
 			n++
 		}
 		if n > 0 {
@@ -1105,12 +1138,12 @@ func (ex *exchange) sweep() {
 		queued := false
 		if s != nil && len(a.pending) > 0 {
 			for _, seq := range a.sortedPending() {
-				e := a.get(seq)
-				if e == nil || !e.ack.ackedAt.IsZero() || e.ack.due.IsZero() || seq >= s.next {
+				_, ack := a.at(seq)
+				if ack == nil || !ack.ackedAt.IsZero() || ack.due.IsZero() || seq >= s.next {
 					continue
 				}
-				if now.After(e.ack.due) {
-					e.ack.due = time.Time{}
+				if now.After(ack.due) {
+					ack.due = time.Time{}
 					s.redeliver = append(s.redeliver, seq)
 					queued = true
 				}

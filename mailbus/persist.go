@@ -153,12 +153,13 @@ func (ex *exchange) applyRecord(r *record) {
 
 func (ex *exchange) applySnapshot(s *snapshot) error {
 	msgs := make([]*stored, len(s.Messages))
+	nums := make([]uint64, len(s.Messages))
 	for i, m := range s.Messages {
 		st, err := newStored(&m.Msg, time.UnixMilli(m.Recv))
 		if err != nil {
 			return err
 		}
-		msgs[i] = st
+		msgs[i], nums[i] = st, ex.msgs.add(st)
 	}
 	for _, sa := range s.Agents {
 		a := ex.agent(sa.ID)
@@ -168,15 +169,16 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 			if se.M < 0 || se.M >= len(msgs) {
 				return errors.New("entry refers to a missing message")
 			}
-			e := entry{m: msgs[se.M]}
 			if se.Ack {
-				e.ack = &ackState{}
+				seq := a.first + uint64(i)
+				ack := &ackState{}
 				if se.AckedAt != 0 {
-					e.ack.ackedAt = time.UnixMilli(se.AckedAt)
+					ack.ackedAt = time.UnixMilli(se.AckedAt)
 				}
-				a.pending[e.m.msg.ID] = a.first + uint64(i)
+				a.pending[msgs[se.M].msg.ID] = seq
+				a.acks[seq] = ack
 			}
-			a.ents = append(a.ents, e)
+			a.append(newEntry(nums[se.M], se.Ack))
 		}
 	}
 	ex.lsn = s.LSN
@@ -220,22 +222,23 @@ func (ex *exchange) capture() *snapshot {
 	defer ex.mu.Unlock()
 	s := &snapshot{LSN: ex.lsn}
 	ex.snapEntries = 0
-	index := map[*stored]int{}
+	index := map[uint64]int{} // message number → index in s.Messages
 	for _, a := range ex.agents {
 		a.mu.Lock()
 		sa := snapAgent{ID: a.id, Subs: a.subs, Cursor: a.cursor, First: a.first, Ents: make([]snapEnt, 0, len(a.ents))}
-		for _, e := range a.ents {
-			i, ok := index[e.m]
+		for j, e := range a.ents {
+			i, ok := index[e.num()]
 			if !ok {
+				st := a.tab.get(e.num())
 				i = len(s.Messages)
-				index[e.m] = i
-				s.Messages = append(s.Messages, snapMsg{Msg: e.m.msg, Recv: e.m.recv.UnixMilli()})
+				index[e.num()] = i
+				s.Messages = append(s.Messages, snapMsg{Msg: st.msg, Recv: st.recv.UnixMilli()})
 			}
 			se := snapEnt{M: i}
-			if e.ack != nil {
+			if e.needsAck() {
 				se.Ack = true
-				if !e.ack.ackedAt.IsZero() {
-					se.AckedAt = e.ack.ackedAt.UnixMilli()
+				if ack := a.acks[a.first+uint64(j)]; !ack.ackedAt.IsZero() {
+					se.AckedAt = ack.ackedAt.UnixMilli()
 				}
 			}
 			sa.Ents = append(sa.Ents, se)

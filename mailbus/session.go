@@ -65,8 +65,8 @@ func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, 
 		if seq >= s.next {
 			break
 		}
-		if e := a.get(seq); e != nil && e.ack.ackedAt.IsZero() {
-			e.ack.due = time.Time{}
+		if _, ack := a.at(seq); ack != nil && ack.ackedAt.IsZero() {
+			ack.due = time.Time{}
 			s.redeliver = append(s.redeliver, seq)
 		}
 	}
@@ -152,12 +152,12 @@ func (s *session) take(n int, out []delivery) []delivery {
 	for len(s.redeliver) > 0 && len(out) < n {
 		seq := s.redeliver[0]
 		s.redeliver = s.redeliver[1:]
-		e := a.get(seq)
-		if e == nil || e.ack == nil || !e.ack.ackedAt.IsZero() || e.m.failed.Load() {
+		st, ack := a.at(seq)
+		if ack == nil || !ack.ackedAt.IsZero() || st.failed.Load() {
 			continue
 		}
-		e.ack.due = now.Add(vis)
-		out = append(out, delivery{seq: seq, st: e.m})
+		ack.due = now.Add(vis)
+		out = append(out, delivery{seq: seq, st: st})
 	}
 	for len(s.live) > 0 && len(out) < n {
 		out = append(out, delivery{st: s.live[0]})
@@ -168,14 +168,13 @@ func (s *session) take(n int, out []delivery) []delivery {
 		s.next = a.first
 	}
 	for s.next <= a.durable && len(out) < n {
-		e := &a.ents[s.next-a.first]
-		if !e.m.failed.Load() {
-			d := delivery{seq: s.next, st: e.m}
-			if e.ack != nil {
-				if e.ack.ackedAt.IsZero() {
-					e.ack.due = now.Add(vis)
+		if st, ack := a.at(s.next); !st.failed.Load() {
+			d := delivery{seq: s.next, st: st}
+			if ack != nil {
+				if ack.ackedAt.IsZero() {
+					ack.due = now.Add(vis)
 				} else {
-					d.ackedAt = e.ack.ackedAt
+					d.ackedAt = ack.ackedAt
 				}
 			}
 			out = append(out, d)
