@@ -536,6 +536,7 @@ type exchange struct {
 	lsn         uint64
 	msgs        msgTable
 	agents      map[string]*agent
+	routes      map[string][]*agent // message type → subscribed agents
 	sinceSnap   int
 	snapEntries int // inbox entries in the last snapshot
 	snapping    bool
@@ -544,8 +545,9 @@ type exchange struct {
 	committers sync.WaitGroup
 
 	// Owned by the committer goroutine.
-	toWake  []*session
-	wakeRun uint64 // sessions with wokenIn == wakeRun are in toWake
+	toWake   []*session
+	lastWake int    // len(toWake) at the last wake: the next one's likely size
+	wakeRun  uint64 // sessions with wokenIn == wakeRun are in toWake
 }
 
 func newExchange(b *Bus, id string) *exchange {
@@ -623,6 +625,9 @@ const maxWakeRun = 256
 func (ex *exchange) wakeLater(s *session) {
 	if s.wokenIn != ex.wakeRun {
 		s.wokenIn = ex.wakeRun
+		if ex.toWake == nil {
+			ex.toWake = make([]*session, 0, ex.lastWake)
+		}
 		ex.toWake = append(ex.toWake, s)
 	}
 }
@@ -630,6 +635,7 @@ func (ex *exchange) wakeLater(s *session) {
 func (ex *exchange) wake() {
 	ss := ex.toWake
 	ex.toWake = nil // notifyAll's goroutines keep ss
+	ex.lastWake = len(ss)
 	ex.wakeRun++
 	// The committer is one of ex.committers, so adding to it cannot race
 	// with shutdown's Wait.
@@ -797,16 +803,49 @@ func (ex *exchange) applyMessage(st *stored) []recipient {
 	num := ex.msgs.add(st)
 	if m.To != "" {
 		a := ex.agent(m.To)
+		ex.msgs.ref(num, 1)
 		return []recipient{{a, ex.deliver(a, num, st)}}
 	}
-	var out []recipient
-	for _, a := range ex.agents {
-		if a.id == m.From || !matchAny(a.subs, m.Type) {
-			continue
+	subs := ex.subscribers(m.Type)
+	out := make([]recipient, 0, len(subs))
+	for _, a := range subs {
+		if a.id != m.From {
+			out = append(out, recipient{a, ex.deliver(a, num, st)})
 		}
-		out = append(out, recipient{a, ex.deliver(a, num, st)})
 	}
+	ex.msgs.ref(num, len(out))
 	return out
+}
+
+// subscribers returns the agents whose subscriptions match typ. Caller
+// holds ex.mu. Matching every agent's patterns on every broadcast was a
+// third of the time a broadcast held ex.mu; the result is kept per type
+// until a subscription changes (setSubs).
+func (ex *exchange) subscribers(typ string) []*agent {
+	if as, ok := ex.routes[typ]; ok {
+		return as
+	}
+	var as []*agent
+	for _, a := range ex.agents {
+		if matchAny(a.subs, typ) {
+			as = append(as, a)
+		}
+	}
+	// Types are chosen by clients: bound what they can make us keep.
+	if ex.routes == nil || len(ex.routes) >= maxRoutes {
+		ex.routes = map[string][]*agent{}
+	}
+	ex.routes[typ] = as
+	return as
+}
+
+// maxRoutes bounds exchange.routes.
+const maxRoutes = 256
+
+// setSubs replaces a's subscriptions. Caller holds ex.mu.
+func (ex *exchange) setSubs(a *agent, subs []string) {
+	a.subs = subs
+	ex.routes = nil
 }
 
 func matchAny(patterns []string, t string) bool {
@@ -819,7 +858,7 @@ func matchAny(patterns []string, t string) bool {
 }
 
 // deliver appends message num, st, to a's inbox and applies count
-// retention.
+// retention. The caller counts the reference (msgTable.ref).
 func (ex *exchange) deliver(a *agent, num uint64, st *stored) uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -828,17 +867,11 @@ func (ex *exchange) deliver(a *agent, num uint64, st *stored) uint64 {
 		a.pending[st.msg.ID] = seq
 		a.acks[seq] = &ackState{}
 	}
-	a.append(newEntry(num, st.msg.AckRequired))
+	a.ents = append(a.ents, newEntry(num, st.msg.AckRequired))
 	if over := len(a.ents) - ex.b.cfg.RetentionCount; over > 0 {
 		a.drop(over)
 	}
 	return seq
-}
-
-// append adds e at the end of the inbox. Caller holds a.mu.
-func (a *agent) append(e entry) {
-	a.tab.ref(e.num())
-	a.ents = append(a.ents, e)
 }
 
 // drop removes the n oldest entries. Caller holds a.mu.
@@ -945,7 +978,7 @@ func (ex *exchange) changeSubs(ctx context.Context, agentID string, patterns []s
 		ex.mu.Unlock()
 		return err
 	}
-	a.subs = next
+	ex.setSubs(a, next)
 	ex.commit(done, func(err error) {
 		if err != nil {
 			err = fmt.Errorf("mailbus: store subscriptions: %w", err)
@@ -990,8 +1023,8 @@ func (ex *exchange) heartbeat(from string, m *Message) {
 	a.beat = now
 	a.mu.Unlock()
 	var live []*session
-	for _, o := range ex.agents {
-		if o == a || !matchAny(o.subs, m.Type) {
+	for _, o := range ex.subscribers(m.Type) {
+		if o == a {
 			continue
 		}
 		o.mu.Lock()

@@ -64,9 +64,10 @@ func (t *msgTable) chunk(n uint64) *msgChunk {
 // get returns message n, which an inbox entry refers to.
 func (t *msgTable) get(n uint64) *stored { return t.chunk(n).msgs[n&(chunkSize-1)] }
 
-// ref and unref count an inbox entry that refers to message n.
-func (t *msgTable) ref(n uint64)   { t.chunk(n).refs.Add(1) }
-func (t *msgTable) unref(n uint64) { t.chunk(n).refs.Add(-1) }
+// ref counts k more inbox entries referring to message n, unref one
+// fewer.
+func (t *msgTable) ref(n uint64, k int) { t.chunk(n).refs.Add(int64(k)) }
+func (t *msgTable) unref(n uint64)      { t.chunk(n).refs.Add(-1) }
 
 // trim frees the full chunks no entry refers to. Caller holds exchange.mu,
 // so no entry is added meanwhile. Once the exchange is loaded, entries are

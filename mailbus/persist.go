@@ -144,7 +144,7 @@ func (ex *exchange) applyRecord(r *record) {
 	case "a":
 		ex.applyAck(r.Agent, r.ID, time.UnixMilli(r.Time))
 	case "s":
-		ex.agent(r.Agent).subs = r.Types
+		ex.setSubs(ex.agent(r.Agent), r.Types)
 	case "c":
 		a := ex.agent(r.Agent)
 		a.cursor = max(a.cursor, r.Seq)
@@ -163,7 +163,8 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 	}
 	for _, sa := range s.Agents {
 		a := ex.agent(sa.ID)
-		a.subs, a.cursor, a.first = sa.Subs, sa.Cursor, max(sa.First, 1)
+		ex.setSubs(a, sa.Subs)
+		a.cursor, a.first = sa.Cursor, max(sa.First, 1)
 		a.ents = make([]entry, 0, len(sa.Ents))
 		for i, se := range sa.Ents {
 			if se.M < 0 || se.M >= len(msgs) {
@@ -178,7 +179,8 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 				a.pending[msgs[se.M].msg.ID] = seq
 				a.acks[seq] = ack
 			}
-			a.append(newEntry(nums[se.M], se.Ack))
+			ex.msgs.ref(nums[se.M], 1)
+			a.ents = append(a.ents, newEntry(nums[se.M], se.Ack))
 		}
 	}
 	ex.lsn = s.LSN
