@@ -628,8 +628,8 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 			ws.stop()
 			return
 		}
-		for {
-			ds = ws.s.take(n, ds[:0])
+		for more := true; more; {
+			ds, more = ws.s.take(n, ds[:0])
 			if len(ds) == 0 {
 				break
 			}

@@ -97,8 +97,8 @@ func (l *Local) pump(s *session) {
 			return
 		case <-s.wake:
 		}
-		for {
-			ds = s.take(256, ds[:0])
+		for more := true; more; {
+			ds, more = s.take(256, ds[:0])
 			if len(ds) == 0 {
 				break
 			}

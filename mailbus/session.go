@@ -138,16 +138,18 @@ func notifyEach(ss []*session) {
 	}
 }
 
-// take returns up to n deliveries: redeliveries, then heartbeats, then new
-// durable inbox entries in seq order.
-func (s *session) take(n int, out []delivery) []delivery {
+// take appends up to n deliveries to out: redeliveries, then heartbeats,
+// then new durable inbox entries in seq order. more reports whether it
+// left any behind, so a caller that got everything need not lock the
+// inbox again only to find it empty: a notify follows anything new.
+func (s *session) take(n int, out []delivery) (_ []delivery, more bool) {
 	a := s.a
 	now := s.ex.b.cfg.Now()
 	vis := s.ex.b.cfg.VisibilityTimeout
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.sess != s {
-		return out
+		return out, false
 	}
 	for len(s.redeliver) > 0 && len(out) < n {
 		seq := s.redeliver[0]
@@ -184,7 +186,7 @@ func (s *session) take(n int, out []delivery) []delivery {
 	if s.next-1 > a.cursor {
 		a.cursor = s.next - 1
 	}
-	return out
+	return out, len(s.redeliver) > 0 || len(s.live) > 0 || s.next <= a.durable
 }
 
 // appendJSON encodes d as the recipient's copy of the message. The common
