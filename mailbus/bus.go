@@ -1151,8 +1151,11 @@ func (ex *exchange) sweep() {
 	now := ex.b.cfg.Now()
 	cutoff := now.Add(-ex.b.cfg.RetentionAge)
 	ex.mu.Lock()
-	// What the last sweep and count retention dropped.
-	ex.msgs.trim()
+	// What the last sweep and count retention dropped, unless a snapshot
+	// is still looking messages up.
+	if !ex.snapping {
+		ex.msgs.trim()
+	}
 	agents := make([]*agent, 0, len(ex.agents))
 	for _, a := range ex.agents {
 		agents = append(agents, a)

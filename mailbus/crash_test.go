@@ -183,12 +183,22 @@ func TestBus_Restart(t *testing.T) {
 }
 
 // TestBus_Compaction checks that snapshots replace the journal without
-// changing the state.
+// changing the state, acknowledgements included.
 func TestBus_Compaction(t *testing.T) {
 	dir := t.TempDir()
 	e := startEnvDir(t, mailbus.Config{SnapshotEvery: 10, RetentionCount: 15}, dir)
+	ids := map[int]string{}
 	for i := range 40 {
-		post(t, "POST", e.url("ex", "send"), key("ex", "b"), mailbus.SendRequest{TargetAgent: "w", Message: mailbus.Message{Type: "j", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}}, nil)
+		var sent mailbus.Message
+		m := mailbus.Message{Type: "j", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i)), AckRequired: i%5 == 0}
+		post(t, "POST", e.url("ex", "send"), key("ex", "b"), mailbus.SendRequest{TargetAgent: "w", Message: m}, &sent)
+		ids[i] = sent.ID
+		if i == 25 {
+			// Followed by enough records for a snapshot to hold it.
+			if code := post(t, "POST", e.url("ex", "acknowledge"), key("ex", "w"), mailbus.AckRequest{MessageID: sent.ID}, nil); code != 200 {
+				t.Fatalf("acknowledge: %d", code)
+			}
+		}
 	}
 	time.Sleep(200 * time.Millisecond)
 	e.stop()
@@ -207,5 +217,18 @@ func TestBus_Compaction(t *testing.T) {
 	json.Unmarshal(res.Messages[14].Payload, &p)
 	if p.I != 39 {
 		t.Errorf("last payload %d", p.I)
+	}
+	for _, m := range res.Messages {
+		i := int(m.Seq) - 1
+		if m.AckRequired != (i%5 == 0) || (m.AckedAt != nil) != (i == 25) {
+			t.Errorf("message %d after restart: ackRequired %v, ackedAt %v", i, m.AckRequired, m.AckedAt)
+		}
+	}
+	// Still waiting for its acknowledgement, and still taking one.
+	if code := post(t, "POST", e2.url("ex", "acknowledge"), key("ex", "w"), mailbus.AckRequest{MessageID: ids[35]}, nil); code != 200 {
+		t.Errorf("acknowledge after restart: %d", code)
+	}
+	if code := post(t, "POST", e2.url("ex", "acknowledge"), key("ex", "w"), mailbus.AckRequest{MessageID: ids[36]}, nil); code != 404 {
+		t.Errorf("acknowledge a message that needs none: %d, want 404", code)
 	}
 }

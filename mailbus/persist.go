@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -218,35 +219,56 @@ func (ex *exchange) snapshot() {
 	}
 }
 
-// capture copies the state under the locks; encoding happens outside them.
+// capture copies the state at one LSN. Only the copy of each inbox (its
+// entries hold no pointers, so that is a memmove) is made under the locks;
+// looking up the messages happens after, so that a snapshot of a large
+// inbox stalls neither publishers nor the agent's deliveries. The message
+// table keeps every message meanwhile: trim waits while ex.snapping.
 func (ex *exchange) capture() *snapshot {
+	type copied struct {
+		sa    snapAgent
+		ents  []entry
+		acked map[uint64]int64 // seq → ackedAt (unix ms)
+	}
 	ex.mu.Lock()
-	defer ex.mu.Unlock()
 	s := &snapshot{LSN: ex.lsn}
+	cs := make([]copied, 0, len(ex.agents))
 	ex.snapEntries = 0
-	index := map[uint64]int{} // message number → index in s.Messages
 	for _, a := range ex.agents {
 		a.mu.Lock()
-		sa := snapAgent{ID: a.id, Subs: a.subs, Cursor: a.cursor, First: a.first, Ents: make([]snapEnt, 0, len(a.ents))}
-		for j, e := range a.ents {
+		c := copied{sa: snapAgent{ID: a.id, Subs: a.subs, Cursor: a.cursor, First: a.first}, ents: slices.Clone(a.ents)}
+		for seq, ack := range a.acks {
+			if !ack.ackedAt.IsZero() {
+				if c.acked == nil {
+					c.acked = map[uint64]int64{}
+				}
+				c.acked[seq] = ack.ackedAt.UnixMilli()
+			}
+		}
+		a.mu.Unlock()
+		ex.snapEntries += len(c.ents)
+		cs = append(cs, c)
+	}
+	ex.mu.Unlock()
+
+	index := map[uint64]int{} // message number → index in s.Messages
+	for _, c := range cs {
+		sa := c.sa
+		sa.Ents = make([]snapEnt, 0, len(c.ents))
+		for j, e := range c.ents {
 			i, ok := index[e.num()]
 			if !ok {
-				st := a.tab.get(e.num())
+				st := ex.msgs.get(e.num())
 				i = len(s.Messages)
 				index[e.num()] = i
 				s.Messages = append(s.Messages, snapMsg{Msg: st.msg, Recv: st.recv.UnixMilli()})
 			}
-			se := snapEnt{M: i}
-			if e.needsAck() {
-				se.Ack = true
-				if ack := a.acks[a.first+uint64(j)]; !ack.ackedAt.IsZero() {
-					se.AckedAt = ack.ackedAt.UnixMilli()
-				}
+			se := snapEnt{M: i, Ack: e.needsAck()}
+			if se.Ack {
+				se.AckedAt = c.acked[sa.First+uint64(j)]
 			}
 			sa.Ents = append(sa.Ents, se)
 		}
-		ex.snapEntries += len(sa.Ents)
-		a.mu.Unlock()
 		s.Agents = append(s.Agents, sa)
 	}
 	return s
