@@ -565,7 +565,7 @@ func (ex *exchange) partition() string { return "mailbus/" + ex.id + "/log" }
 func (ex *exchange) agent(id string) *agent {
 	a := ex.agents[id]
 	if a == nil {
-		a = &agent{id: id, tab: &ex.msgs, first: 1, pending: map[string]uint64{}, acks: map[uint64]*ackState{}}
+		a = &agent{id: id, tab: &ex.msgs, first: 1}
 		ex.agents[id] = a
 	}
 	return a
@@ -857,6 +857,18 @@ func matchAny(patterns []string, t string) bool {
 	return false
 }
 
+// needAck records that entry seq, message id, awaits an acknowledgement.
+// The maps are made on first use: most agents never get such mail, and
+// ten thousand idle connections should not each carry two empty maps.
+// Caller holds a.mu.
+func (a *agent) needAck(id string, seq uint64, ack *ackState) {
+	if a.pending == nil {
+		a.pending, a.acks = map[string]uint64{}, map[uint64]*ackState{}
+	}
+	a.pending[id] = seq
+	a.acks[seq] = ack
+}
+
 // deliver appends message num, st, to a's inbox and applies count
 // retention. The caller counts the reference (msgTable.ref).
 func (ex *exchange) deliver(a *agent, num uint64, st *stored) uint64 {
@@ -864,8 +876,7 @@ func (ex *exchange) deliver(a *agent, num uint64, st *stored) uint64 {
 	defer a.mu.Unlock()
 	seq := a.next()
 	if st.msg.AckRequired {
-		a.pending[st.msg.ID] = seq
-		a.acks[seq] = &ackState{}
+		a.needAck(st.msg.ID, seq, &ackState{})
 	}
 	a.ents = append(a.ents, newEntry(num, st.msg.AckRequired))
 	if over := len(a.ents) - ex.b.cfg.RetentionCount; over > 0 {

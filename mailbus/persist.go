@@ -177,8 +177,7 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 				if se.AckedAt != 0 {
 					ack.ackedAt = time.UnixMilli(se.AckedAt)
 				}
-				a.pending[msgs[se.M].msg.ID] = seq
-				a.acks[seq] = ack
+				a.needAck(msgs[se.M].msg.ID, seq, ack)
 			}
 			ex.msgs.ref(nums[se.M], 1)
 			a.ents = append(a.ents, newEntry(nums[se.M], se.Ack))
