@@ -40,14 +40,12 @@ func (t *msgTable) add(st *stored) uint64 {
 	if d == nil {
 		d = &msgDir{base: ci}
 	}
-	if end := d.base + uint64(len(d.chunks)); ci >= end {
-		chunks := make([]*msgChunk, len(d.chunks), len(d.chunks)+int(ci-end)+1)
+	if ci == d.base+uint64(len(d.chunks)) {
+		// trim keeps the newest chunk until it is full, so a new one
+		// always goes right after the last.
+		chunks := make([]*msgChunk, len(d.chunks), len(d.chunks)+1)
 		copy(chunks, d.chunks)
-		for range ci - end + 1 {
-			chunks = append(chunks, nil)
-		}
-		chunks[len(chunks)-1] = new(msgChunk)
-		d = &msgDir{base: d.base, chunks: chunks}
+		d = &msgDir{base: d.base, chunks: append(chunks, new(msgChunk))}
 		t.dir.Store(d)
 	}
 	// Readers find the slot through an inbox entry added after this, under
@@ -98,23 +96,4 @@ func (t *msgTable) trim() {
 		base++
 	}
 	t.dir.Store(&msgDir{base: base, chunks: chunks})
-}
-
-// live reports how many messages the table holds, for tests.
-func (t *msgTable) live() int {
-	d := t.dir.Load()
-	if d == nil {
-		return 0
-	}
-	n := 0
-	for _, c := range d.chunks {
-		if c != nil {
-			for _, st := range c.msgs {
-				if st != nil {
-					n++
-				}
-			}
-		}
-	}
-	return n
 }

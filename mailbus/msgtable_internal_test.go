@@ -93,3 +93,22 @@ func TestMsgTableFreesWhatNoInboxHolds(t *testing.T) {
 		t.Errorf("inbox after new mail: %d messages, %v; want 1", len(msgs), err)
 	}
 }
+
+// live reports how many messages the table holds.
+func (t *msgTable) live() int {
+	d := t.dir.Load()
+	if d == nil {
+		return 0
+	}
+	n := 0
+	for _, c := range d.chunks {
+		if c != nil {
+			for _, st := range c.msgs {
+				if st != nil {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
