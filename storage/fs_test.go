@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/meatspace-exchange/mess/storage"
@@ -163,6 +164,41 @@ func BenchmarkFS_durableWrite(b *testing.B) {
 			}
 		}
 	})
+	// Several files appended and synced at once: whether the disk
+	// overlaps flushes, that is whether splitting a journal could raise the
+	// number of durable writes per second.
+	for _, files := range []int{2, 4} {
+		b.Run("append/files="+strconv.Itoa(files), func(b *testing.B) {
+			s := newFS(b)
+			ws := make([]storage.AppendWriter, files)
+			for i := range ws {
+				w, err := s.CreateAppend(ctx, "log/seg"+strconv.Itoa(i))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer w.Close()
+				ws[i] = w
+			}
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for i, w := range ws {
+				n := b.N / files
+				if i < b.N%files {
+					n++
+				}
+				wg.Go(func() {
+					for range n {
+						if err := w.Append(data); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+		})
+	}
 }
 
 func newFS(tb testing.TB) *storage.FS {
