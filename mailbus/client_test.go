@@ -301,3 +301,60 @@ func TestLocal_Leases(t *testing.T) {
 		t.Fatalf("c acquire after release: %v %v", ok, err)
 	}
 }
+
+// flakyLeaser fails the first Release it sees, as a lost connection would.
+type flakyLeaser struct {
+	mailbus.Leaser
+	failed bool
+}
+
+func (f *flakyLeaser) Release(ctx context.Context, name string, token uint64) (bool, error) {
+	if !f.failed {
+		f.failed = true
+		return false, errors.New("connection reset")
+	}
+	return f.Leaser.Release(ctx, name, token)
+}
+
+// Ensure a failed release can be retried, and that releasing a lease that
+// expired first is reported rather than passed off as a release.
+func TestLocal_ReleaseLeaseRetryAndExpiry(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	lm, err := lease.New(lease.Config{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	defer lm.Close(ctx)
+	b, _ := mailbus.New(mailbus.Config{})
+	defer b.Close(ctx)
+	a, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "a", Leaser: &flakyLeaser{Leaser: mailbus.ManagerLeaser(lm, "ex", "a")}})
+	defer a.Shutdown(ctx)
+	if ok, err := a.AcquireLease(ctx, "f", time.Minute); !ok || err != nil {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	if err := a.ReleaseLease(ctx, "f"); err == nil {
+		t.Fatal("release through a failing leaser succeeded")
+	}
+	if err := a.ReleaseLease(ctx, "f"); err != nil {
+		t.Fatalf("retried release: %v", err)
+	}
+	if st, _ := a.IsLeased(ctx, "f"); st.IsLeased {
+		t.Fatalf("still leased after the retried release: %+v", st)
+	}
+
+	if ok, err := a.AcquireLease(ctx, "f", time.Second); !ok || err != nil {
+		t.Fatalf("acquire again: %v %v", ok, err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	if err := a.ReleaseLease(ctx, "f"); !errors.Is(err, lease.ErrNotHeld) {
+		t.Errorf("release after expiry: %v, want lease.ErrNotHeld", err)
+	}
+	if err := a.ReleaseLease(ctx, "f"); !errors.Is(err, mailbus.ErrNotFound) {
+		t.Errorf("release once more: %v, want ErrNotFound", err)
+	}
+}

@@ -52,7 +52,9 @@ type MailBus interface {
 	// AcquireLease tries to take the lease on file for ttl; false means
 	// another agent holds it.
 	AcquireLease(ctx context.Context, file string, ttl time.Duration) (bool, error)
-	// ReleaseLease releases a lease this bus acquired.
+	// ReleaseLease releases a lease this bus acquired. It fails with
+	// lease.ErrNotHeld if the lease had expired (or passed to another
+	// agent) before the release, and can be retried after any other error.
 	ReleaseLease(ctx context.Context, file string) error
 	// IsLeased reports who holds file.
 	IsLeased(ctx context.Context, file string) (LeaseStatus, error)

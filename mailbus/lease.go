@@ -83,13 +83,22 @@ func (ls *leases) release(ctx context.Context, file string) error {
 	}
 	ls.mu.Lock()
 	tok, ok := ls.tokens[file]
-	delete(ls.tokens, file)
 	ls.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: no lease on %s acquired through this bus", ErrNotFound, file)
 	}
-	if _, err := ls.l.Release(ctx, file, tok); err != nil {
+	released, err := ls.l.Release(ctx, file, tok)
+	if err != nil {
+		// The token stays, so that the release can be retried.
 		return fmt.Errorf("mailbus: release lease %s: %w", file, err)
+	}
+	ls.mu.Lock()
+	if ls.tokens[file] == tok { // not a newer grant acquired meanwhile
+		delete(ls.tokens, file)
+	}
+	ls.mu.Unlock()
+	if !released {
+		return fmt.Errorf("mailbus: release lease %s: %w (it expired or passed to another agent first)", file, lease.ErrNotHeld)
 	}
 	return nil
 }
