@@ -121,6 +121,12 @@ func (c *Client) endpoint(op string) string {
 // Subscribe before Connect so the first connection already carries the
 // subscriptions.
 func (c *Client) Connect(ctx context.Context) error {
+	// Held through the handshake, which carries the subscriptions; it also
+	// makes a concurrent Connect wait for this one and then find it done.
+	if err := c.d.lockSubs(ctx); err != nil {
+		return err
+	}
+	defer c.d.unlockSubs()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -148,7 +154,8 @@ func (c *Client) Connect(ctx context.Context) error {
 }
 
 // dial opens a connection resuming after lastSeq, with this client's
-// subscriptions, and reads the welcome frame.
+// subscriptions, and reads the welcome frame. The caller holds the
+// dispatcher's subLock. It fails with ErrClosed once Shutdown has begun.
 func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	q := url.Values{}
 	q.Set("batch", "1")
@@ -184,6 +191,12 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 		return nil, fmt.Errorf("mailbus: unexpected first frame %.100s", data)
 	}
 	c.mu.Lock()
+	if c.closed {
+		// Shutdown found no connection to close; this one must not live.
+		c.mu.Unlock()
+		conn.CloseNow()
+		return nil, ErrClosed
+	}
 	c.agentID = f.AgentID
 	if f.Next > 0 && c.lastSeq < f.Next-1 {
 		// Starting from the server's cursor (first connection) or after
@@ -243,12 +256,18 @@ func (c *Client) run(conn *websocket.Conn) {
 				case <-ctx.Done():
 				}
 			}()
-			var derr error
-			conn, derr = c.dial(ctx)
+			derr := c.d.lockSubs(ctx)
+			if derr == nil {
+				conn, derr = c.dial(ctx)
+				c.d.unlockSubs()
+			}
 			cancel()
 			if derr == nil {
 				attempt = 0
 				break
+			}
+			if errors.Is(derr, ErrClosed) {
+				return
 			}
 			if errors.Is(derr, ErrUnauthorized) || errors.Is(derr, ErrForbidden) {
 				c.d.onError(derr)
@@ -344,16 +363,25 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	c.mu.Unlock()
 	close(c.stop)
 	if conn != nil {
-		conn.Close(websocket.StatusNormalClosure, "client shutdown")
+		// The close handshake waits for the server's answer, up to the
+		// library's own 5 s (which CloseNow cannot cut short once it has
+		// begun). It finishes in the background if ctx ends first.
+		go conn.Close(websocket.StatusNormalClosure, "client shutdown")
 	}
+	var err error
 	if started {
 		select {
 		case <-c.done:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
 		}
 	}
-	return c.d.close(ctx)
+	// Handlers still queued run now; their acknowledgements go over HTTP,
+	// the connection being gone. With ctx over, this aborts them at once.
+	if derr := c.d.close(ctx); err == nil {
+		err = derr
+	}
+	return err
 }
 
 // do makes one HTTP call and decodes a JSON answer into out.
@@ -435,6 +463,10 @@ func (c *Client) Subscribe(ctx context.Context, pattern string, h Handler) (*Sub
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
+	if err := c.d.lockSubs(ctx); err != nil {
+		return nil, err
+	}
+	defer c.d.unlockSubs()
 	s, isNew, err := c.d.add(pattern, h)
 	if err != nil || !isNew {
 		return s, err
@@ -448,12 +480,22 @@ func (c *Client) Subscribe(ctx context.Context, pattern string, h Handler) (*Sub
 
 // Unsubscribe implements MailBus.
 func (c *Client) Unsubscribe(ctx context.Context, s *Subscription) error {
-	if s == nil || !c.d.remove(s) {
+	if s == nil {
+		return nil
+	}
+	if err := c.d.lockSubs(ctx); err != nil {
+		return err
+	}
+	defer c.d.unlockSubs()
+	if !c.d.remove(s) {
 		return nil
 	}
 	return c.syncSubscriptions(ctx)
 }
 
+// syncSubscriptions puts this client's patterns on the server once it has
+// connected (the handshake carries them before). The caller holds the
+// dispatcher's subLock.
 func (c *Client) syncSubscriptions(ctx context.Context) error {
 	c.mu.Lock()
 	started := c.started
@@ -484,9 +526,7 @@ func (c *Client) ack(ctx context.Context, id string) error {
 			return nil
 		}
 	}
-	if err := c.checkOpen(); err != nil {
-		return err
-	}
+	// Also after Shutdown: the handlers it lets finish still acknowledge.
 	return c.Acknowledge(ctx, id)
 }
 

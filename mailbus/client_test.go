@@ -5,9 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/meatspace-exchange/mess/lease"
 	"github.com/meatspace-exchange/mess/mailbus"
@@ -356,5 +363,258 @@ func TestLocal_ReleaseLeaseRetryAndExpiry(t *testing.T) {
 	}
 	if err := a.ReleaseLease(ctx, "f"); !errors.Is(err, mailbus.ErrNotFound) {
 		t.Errorf("release once more: %v, want ErrNotFound", err)
+	}
+}
+
+// waitDisconnected fails the test unless agent is reported offline soon.
+func waitDisconnected(t *testing.T, e *testEnv, ex, agent string) {
+	t.Helper()
+	ctx := ctxT(t)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ps, _ := e.bus.Presence(ctx, ex)
+		i := slices.IndexFunc(ps, func(p mailbus.Presence) bool { return p.AgentID == agent })
+		if i < 0 || !ps[i].Connected {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still connected: %+v", agent, ps)
+		}
+	}
+}
+
+// Ensure Connect called from several goroutines at once connects once, and
+// Shutdown then leaves no connection behind.
+func TestClient_ConcurrentConnect(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{})
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			<-start
+			if err := w.Connect(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if err := w.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitDisconnected(t, e, "ex", "w")
+}
+
+// Ensure concurrent subscription changes leave the server with the
+// client's final set, not whichever request arrived last.
+func TestClient_ConcurrentSubscribe(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{})
+	if err := w.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 32
+	subs := make([]*mailbus.Subscription, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			s, err := w.Subscribe(ctx, fmt.Sprintf("t%d", i), func(context.Context, mailbus.Message) error { return nil })
+			if err != nil {
+				t.Error(err)
+			}
+			subs[i] = s
+		})
+	}
+	wg.Wait()
+	if got, _ := e.bus.Subscriptions(ctx, "ex", "w"); len(got) != n {
+		t.Fatalf("server has %d of %d subscriptions: %v", len(got), n, got)
+	}
+	for i := range n / 2 {
+		wg.Go(func() {
+			if err := w.Unsubscribe(ctx, subs[i]); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got, _ := e.bus.Subscriptions(ctx, "ex", "w"); len(got) != n/2 || slices.Contains(got, "t0") {
+		t.Errorf("after unsubscribing half, server has %v", got)
+	}
+}
+
+// slowUpgrade holds WebSocket handshakes back, so that a test can act
+// while one is in flight.
+type slowUpgrade struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s slowUpgrade) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Upgrade") != "" {
+		close(s.started)
+		<-s.release
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// Ensure a Subscribe made while Connect's handshake is in flight reaches
+// the server: the handshake carried the patterns of before.
+func TestClient_SubscribeDuringConnect(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	slow := slowUpgrade{started: make(chan struct{}), release: make(chan struct{})}
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{HTTPClient: &http.Client{Transport: slow}})
+	connected := make(chan error, 1)
+	go func() { connected <- w.Connect(ctx) }()
+	<-slow.started
+	got := newCollector()
+	subscribed := make(chan error, 1)
+	go func() {
+		_, err := w.Subscribe(ctx, "task.*", got.handle)
+		subscribed <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let Subscribe start before the handshake ends
+	close(slow.release)
+	if err := <-connected; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-subscribed; err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.bus.Subscriptions(ctx, "ex", "w"); !slices.Equal(got, []string{"task.*"}) {
+		t.Fatalf("server subscriptions %v", got)
+	}
+	if _, err := e.bus.Publish(ctx, "ex", "boss", mailbus.Message{Type: "task.created"}); err != nil {
+		t.Fatal(err)
+	}
+	got.wait(t, 1)
+}
+
+// Ensure handlers that finish while Shutdown drains the queue still
+// acknowledge their messages, though the connection is gone by then.
+func TestClient_ShutdownDrainAcknowledges(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	var mu sync.Mutex
+	handled := map[string]bool{}
+	first := make(chan struct{}, 1)
+	w := newClient(t, e, "ex", "w", mailbus.ClientConfig{OnError: func(err error) { t.Log(err) }})
+	w.Subscribe(ctx, "job", func(ctx context.Context, m mailbus.Message) error {
+		select {
+		case first <- struct{}{}:
+		default:
+		}
+		time.Sleep(50 * time.Millisecond) // still running when Shutdown closes the socket
+		mu.Lock()
+		handled[m.ID] = true
+		mu.Unlock()
+		return nil
+	})
+	if err := w.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := e.bus.SendTo(ctx, "ex", "boss", "w", mailbus.Message{Type: "job", AckRequired: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-first
+	if err := w.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms, _, err := e.bus.Inbox(ctx, "ex", "w", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) == 0 {
+		t.Fatal("no handler finished")
+	}
+	for _, m := range ms {
+		if handled[m.ID] && m.AckedAt == nil {
+			t.Errorf("message %d was handled but is not acknowledged", m.Seq)
+		}
+	}
+}
+
+// Ensure Shutdown honours its context when the server stops answering:
+// the close handshake would otherwise wait for the library's own timeout.
+func TestClient_ShutdownStalledServer(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		c.Write(r.Context(), websocket.MessageText, []byte(`{"action":"welcome","agentId":"w","next":1}`))
+		<-block // never reads again, so never answers the close frame
+		c.CloseNow()
+	}))
+	defer srv.Close()
+	defer close(block)
+	c, err := mailbus.NewClient(mailbus.ClientConfig{URL: srv.URL, Exchange: "ex", APIKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := c.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown against a stalled server: %v, want its context's error", err)
+	}
+	// Not a speed check: the library's close handshake gives up after 5 s,
+	// and a Shutdown that ignores its 100 ms context takes that long.
+	if d := time.Since(start); d > 2500*time.Millisecond {
+		t.Errorf("Shutdown took %v despite its 100 ms context", d)
+	}
+}
+
+// Ensure a Shutdown whose context ends aborts the handlers: the running
+// one sees its context cancelled, the queue behind it is dropped, and the
+// dispatcher's goroutine ends.
+func TestLocal_ShutdownAbortsHandlers(t *testing.T) {
+	b, _ := mailbus.New(mailbus.Config{})
+	ctx := ctxT(t)
+	defer b.Close(ctx)
+	l, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "w"})
+	var calls atomic.Int32
+	running := make(chan struct{}, 1)
+	l.Subscribe(ctx, "job", func(ctx context.Context, m mailbus.Message) error {
+		calls.Add(1)
+		running <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if err := l.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if _, err := b.SendTo(ctx, "ex", "boss", "w", mailbus.Message{Type: "job"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-running
+	dead, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := l.Shutdown(dead); !errors.Is(err, context.Canceled) {
+		t.Errorf("Shutdown with an ended context: %v", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if !slices.ContainsFunc(goroutines(), func(g string) bool { return strings.Contains(g, "(*dispatcher).run") }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dispatcher outlived an aborted Shutdown")
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d handler calls, want 1: the queue ran on after the abort", n)
 	}
 }

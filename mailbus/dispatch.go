@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -30,8 +29,12 @@ type MailBus interface {
 	AgentID() string
 	// Connect starts receiving (the original's initialize).
 	Connect(ctx context.Context) error
-	// Shutdown stops receiving, lets queued handlers finish within ctx,
-	// and never reconnects afterwards. It is idempotent.
+	// Shutdown stops receiving and never reconnects afterwards. Handlers
+	// of messages already received run to the end of the queue within
+	// ctx; when ctx ends first, the running handler's context is cancelled
+	// and the rest of the queue is dropped (an ackRequired message among
+	// them is delivered again to the agent's next connection). It is
+	// idempotent.
 	Shutdown(ctx context.Context) error
 	// Publish broadcasts m to the agents subscribed to its type (or, with
 	// m.To set, to that agent only) and returns it as stored.
@@ -67,14 +70,25 @@ type dispatcher struct {
 	onError   func(error)
 	manualAck bool
 
-	mu     sync.Mutex
-	subs   []*Subscription
-	nextID uint64
-	queue  []Message
-	wake   chan struct{}
-	done   chan struct{}
-	stop   chan struct{}
-	closed atomic.Bool
+	// ctx is the handlers' context; cancel aborts the dispatcher.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	subs     []*Subscription
+	nextID   uint64
+	queue    []Message
+	wake     chan struct{}
+	done     chan struct{}
+	stop     chan struct{} // closed by close: run ends once the queue is empty
+	stopOnce sync.Once
+
+	// subLock (a one-slot semaphore, so that waiting for it honours a
+	// context) is held while a subscription change, or a connection's
+	// handshake, carries the patterns to the bus: otherwise two changes
+	// could reach the bus in the opposite order to the one they were made
+	// in, and the bus would keep the older set.
+	subLock chan struct{}
 
 	// handled remembers ids of ackRequired messages whose handlers
 	// succeeded, so a redelivery is acknowledged again without rerunning
@@ -91,11 +105,25 @@ func newDispatcher(ack func(context.Context, string) error, onError func(error),
 	d := &dispatcher{
 		ack: ack, onError: onError, manualAck: manualAck,
 		wake: make(chan struct{}, 1), done: make(chan struct{}), stop: make(chan struct{}),
+		subLock: make(chan struct{}, 1),
 		handled: map[string]struct{}{}, handledRing: make([]string, 8192),
 	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	go d.run()
 	return d
 }
+
+// lockSubs takes subLock, or fails when ctx ends first.
+func (d *dispatcher) lockSubs(ctx context.Context) error {
+	select {
+	case d.subLock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *dispatcher) unlockSubs() { <-d.subLock }
 
 func (d *dispatcher) add(pattern string, h Handler) (*Subscription, bool, error) {
 	if !ValidPattern(pattern) {
@@ -150,6 +178,9 @@ func (d *dispatcher) run() {
 		d.queue = nil
 		d.mu.Unlock()
 		for _, m := range q {
+			if d.ctx.Err() != nil {
+				return
+			}
 			d.dispatch(m)
 		}
 		if len(q) > 0 {
@@ -158,6 +189,13 @@ func (d *dispatcher) run() {
 		select {
 		case <-d.wake:
 		case <-d.stop:
+			d.mu.Lock()
+			empty := len(d.queue) == 0
+			d.mu.Unlock()
+			if empty {
+				return
+			}
+		case <-d.ctx.Done():
 			return
 		}
 	}
@@ -186,9 +224,8 @@ func (d *dispatcher) dispatch(m Message) {
 		return
 	}
 	failed := false
-	ctx := context.Background()
 	for _, s := range hs {
-		if err := call(ctx, s.h, m); err != nil {
+		if err := call(d.ctx, s.h, m); err != nil {
 			failed = true
 			d.onError(fmt.Errorf("mailbus: handler for %s on message %s: %w", s.Pattern, m.ID, err))
 		}
@@ -204,7 +241,7 @@ func (d *dispatcher) doAck(m Message) {
 	if d.manualAck || m.AckedAt != nil {
 		return
 	}
-	if err := d.ack(context.Background(), m.ID); err != nil && !errors.Is(err, ErrClosed) {
+	if err := d.ack(d.ctx, m.ID); err != nil && !errors.Is(err, ErrClosed) && d.ctx.Err() == nil {
 		d.onError(fmt.Errorf("mailbus: acknowledge %s: %w", m.ID, err))
 	}
 }
@@ -228,31 +265,17 @@ func call(ctx context.Context, h Handler, m Message) (err error) {
 	return h(ctx, m)
 }
 
-// close stops the dispatcher once the queue is drained or ctx ends.
+// close stops the dispatcher once the queue is drained. If ctx ends first,
+// it aborts: the running handler's context is cancelled and the rest of
+// the queue is dropped; run ends when that handler returns.
 func (d *dispatcher) close(ctx context.Context) error {
-	if d.closed.Swap(true) {
-		<-d.done
-		return nil
-	}
-	for {
-		d.mu.Lock()
-		empty := len(d.queue) == 0
-		d.mu.Unlock()
-		if empty {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			close(d.stop)
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	close(d.stop)
+	d.stopOnce.Do(func() { close(d.stop) })
 	select {
 	case <-d.done:
+		d.cancel()
 		return nil
 	case <-ctx.Done():
+		d.cancel()
 		return ctx.Err()
 	}
 }

@@ -123,14 +123,18 @@ func (l *Local) Shutdown(ctx context.Context) error {
 	started := l.started
 	l.mu.Unlock()
 	close(l.stop)
+	var err error
 	if started {
 		select {
 		case <-l.done:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
 		}
 	}
-	return l.d.close(ctx)
+	if derr := l.d.close(ctx); err == nil {
+		err = derr
+	}
+	return err
 }
 
 // Publish implements MailBus.
@@ -145,6 +149,10 @@ func (l *Local) SendTo(ctx context.Context, agentID string, m Message) (Message,
 
 // Subscribe implements MailBus.
 func (l *Local) Subscribe(ctx context.Context, pattern string, h Handler) (*Subscription, error) {
+	if err := l.d.lockSubs(ctx); err != nil {
+		return nil, err
+	}
+	defer l.d.unlockSubs()
 	s, isNew, err := l.d.add(pattern, h)
 	if err != nil {
 		return nil, err
@@ -163,6 +171,10 @@ func (l *Local) Unsubscribe(ctx context.Context, s *Subscription) error {
 	if s == nil {
 		return nil
 	}
+	if err := l.d.lockSubs(ctx); err != nil {
+		return err
+	}
+	defer l.d.unlockSubs()
 	if l.d.remove(s) {
 		return l.b.Unsubscribe(ctx, l.cfg.Exchange, l.cfg.Agent, s.Pattern)
 	}
