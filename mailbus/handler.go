@@ -450,6 +450,7 @@ func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c call
 	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	ctx, cancel := context.WithCancel(context.Background())
 	ws := &wsConn{h: h, conn: conn, fc: fc, c: c, batch: batch, ctx: ctx, cancel: cancel}
+	ws.room.L = &ws.mu
 	ws.wd = time.AfterFunc(time.Hour, func() { conn.CloseNow() })
 	ws.wd.Stop()
 	s, err := ex.attach(c.agent, since, ws.poke)
@@ -480,6 +481,7 @@ func (ws *wsConn) serve() {
 	s.kick(nil)
 	ws.mu.Lock()
 	ws.closed = true
+	ws.room.Broadcast()
 	ws.ping.Stop()
 	ws.mu.Unlock()
 	ws.work.Wait()
@@ -527,6 +529,7 @@ type wsConn struct {
 	running bool      // a flush is active
 	dirty   bool      // something may be waiting since the flush last looked
 	replies [][]byte  // encoded reply frames waiting for the flush
+	room    sync.Cond // on mu: replies has room again, or the connection closed
 	waitq   chan owed // replies owed, in order; nil until the first pipelined write
 	ping    *time.Timer
 	work    sync.WaitGroup // flush and ping goroutines
@@ -558,10 +561,16 @@ func (ws *wsConn) poke() {
 const inlineFrames = 4
 
 // queueReplies hands replies to the flush goroutine, which writes them as
-// one frame for clients that take batches.
+// one frame for clients that take batches. It waits while maxQueuedReplies
+// are already queued: a client that pipelines writes without reading the
+// replies then stalls the waiter, the waiter's queue fills, and the reader
+// stops taking its frames, instead of the replies piling up in memory.
 func (ws *wsConn) queueReplies(rs [][]byte) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	for !ws.closed && len(ws.replies) >= maxQueuedReplies {
+		ws.room.Wait()
+	}
 	if ws.closed {
 		return
 	}
@@ -574,6 +583,22 @@ func (ws *wsConn) queueReplies(rs [][]byte) {
 	ws.work.Add(1)
 	go ws.flush(-1, ws.buf, ws.ds)
 }
+
+// takeReplies hands the queued replies to the flush. Caller holds mu.
+func (ws *wsConn) takeReplies() [][]byte {
+	rs := ws.replies
+	ws.replies = nil
+	if len(rs) > 0 {
+		ws.room.Broadcast()
+	}
+	return rs
+}
+
+// maxQueuedReplies bounds the replies queued for one connection's flush.
+const maxQueuedReplies = 4096
+
+// maxRef bounds a frame's ref, which every reply echoes.
+const maxRef = 128
 
 // flush writes replies and deliveries until there are none, then clears
 // running. budget >= 0 means it runs on a poking goroutine and may write
@@ -615,8 +640,7 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 			return
 		}
 		ws.dirty = false
-		replies := ws.replies
-		ws.replies = nil
+		replies := ws.takeReplies()
 		ws.mu.Unlock()
 		if !ws.writeReplies(replies) {
 			fail()
@@ -804,6 +828,7 @@ func (ws *wsConn) stop() {
 	ws.mu.Lock()
 	ws.running = false
 	ws.closed = true
+	ws.room.Broadcast()
 	ws.mu.Unlock()
 }
 
@@ -894,6 +919,10 @@ func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.
 
 func (ws *wsConn) handle(ctx context.Context, f Frame) {
 	b, c := ws.h.b, ws.c
+	if len(f.Ref) > maxRef {
+		ws.replyErr(ctx, "", fmt.Errorf("%w: ref longer than %d bytes", ErrInvalid, maxRef))
+		return
+	}
 	switch f.Action {
 	case "subscribe", "unsubscribe":
 		var err error

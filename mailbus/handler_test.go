@@ -159,7 +159,8 @@ func TestHandler_BadInput(t *testing.T) {
 func TestHandler_MalformedFrames(t *testing.T) {
 	e := startEnv(t, mailbus.Config{})
 	r := dialRaw(t, e, "ex", "a", "types=*")
-	for _, bad := range []string{`{nope`, `{"action":"fly"}`, `{"action":"subscribe","type":"a b"}`, `{"action":"send","targetAgent":"b"}`, `{"action":"publish","message":{"type":""}}`} {
+	for _, bad := range []string{`{nope`, `{"action":"fly"}`, `{"action":"subscribe","type":"a b"}`, `{"action":"send","targetAgent":"b"}`, `{"action":"publish","message":{"type":""}}`,
+		`{"action":"publish","ref":"` + strings.Repeat("r", 129) + `","message":{"type":"t"}}`} {
 		if err := r.c.Write(ctxT(t), websocket.MessageText, []byte(bad)); err != nil {
 			t.Fatal(err)
 		}
