@@ -216,8 +216,8 @@ func (b *Bus) exchange(ctx context.Context, id string) (*exchange, error) {
 // set is direct; otherwise it goes to every agent of the exchange whose
 // subscriptions match m.Type, except the sender. It returns the stored
 // message (id, timestamp and from filled in) once it is durable.
-// Heartbeats update presence and reach live subscribers but are never
-// stored.
+// Heartbeats update presence and reach live subscribers (a direct one, its
+// target if connected) but are never stored.
 func (b *Bus) Publish(ctx context.Context, exchangeID, from string, m Message) (Message, error) {
 	m, result, err := b.publishAsync(ctx, exchangeID, from, m)
 	if err != nil || result == nil {
@@ -248,7 +248,7 @@ func (b *Bus) publishAsync(ctx context.Context, exchangeID, from string, m Messa
 	if err != nil {
 		return Message{}, nil, err
 	}
-	if m.Type == TypeHeartbeat && m.To == "" {
+	if m.Type == TypeHeartbeat {
 		ex.heartbeat(from, &m)
 		return m, nil, nil
 	}
@@ -315,16 +315,29 @@ func (b *Bus) changeSubs(ctx context.Context, exchangeID, agentID string, patter
 	if !ValidID(agentID) {
 		return fmt.Errorf("%w: agent id %q", ErrInvalid, agentID)
 	}
-	for _, p := range patterns {
-		if !ValidPattern(p) {
-			return fmt.Errorf("%w: subscription pattern %q (want a type, a prefix like task.*, or *)", ErrInvalid, p)
-		}
+	if err := checkPatterns(patterns); err != nil {
+		return err
 	}
 	ex, err := b.exchange(ctx, exchangeID)
 	if err != nil {
 		return err
 	}
 	return ex.changeSubs(ctx, agentID, patterns, op)
+}
+
+// maxSubscriptions bounds one agent's subscription patterns.
+const maxSubscriptions = 256
+
+func checkPatterns(patterns []string) error {
+	for _, p := range patterns {
+		if !ValidPattern(p) {
+			return fmt.Errorf("%w: subscription pattern %q (want a type, a prefix like task.*, or *)", ErrInvalid, p)
+		}
+	}
+	if len(patterns) > maxSubscriptions {
+		return fmt.Errorf("%w: more than %d subscriptions", ErrInvalid, maxSubscriptions)
+	}
+	return nil
 }
 
 // Inbox returns up to limit stored messages of agent with Seq > since, in
@@ -976,9 +989,9 @@ func (ex *exchange) changeSubs(ctx context.Context, agentID string, patterns []s
 	}
 	slices.Sort(next)
 	next = slices.Compact(next)
-	if len(next) > 256 {
+	if len(next) > maxSubscriptions {
 		ex.mu.Unlock()
-		return fmt.Errorf("%w: more than 256 subscriptions", ErrInvalid)
+		return fmt.Errorf("%w: more than %d subscriptions", ErrInvalid, maxSubscriptions)
 	}
 	if slices.Equal(next, a.subs) {
 		ex.mu.Unlock()
@@ -1033,8 +1046,15 @@ func (ex *exchange) heartbeat(from string, m *Message) {
 	a.mu.Lock()
 	a.beat = now
 	a.mu.Unlock()
+	targets := ex.subscribers(m.Type)
+	if m.To != "" {
+		targets = nil
+		if o := ex.agents[m.To]; o != nil {
+			targets = []*agent{o}
+		}
+	}
 	var live []*session
-	for _, o := range ex.subscribers(m.Type) {
+	for _, o := range targets {
 		if o == a {
 			continue
 		}

@@ -396,14 +396,14 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 	q := r.URL.Query()
 	batch := q.Get("batch") == "1" || q.Get("batch") == "true"
 	ctx := r.Context()
+	var types []string
 	if q.Has("types") {
-		var types []string
 		for t := range strings.SplitSeq(q.Get("types"), ",") {
 			if t = strings.TrimSpace(t); t != "" {
 				types = append(types, t)
 			}
 		}
-		if err := h.b.SetSubscriptions(ctx, c.exchange, c.agent, types); err != nil {
+		if err := checkPatterns(types); err != nil {
 			h.fail(w, err)
 			return
 		}
@@ -421,7 +421,21 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 	conn, err := websocket.Accept(lh, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
 	if err != nil {
 		h.b.leave()
-		return // Accept already answered
+		lh.answer()
+		return
+	}
+	if q.Has("types") {
+		// Only now that the handshake succeeded: a refused one changes
+		// nothing.
+		if err := h.b.SetSubscriptions(ctx, c.exchange, c.agent, types); err != nil {
+			_, code, msg := errorStatus(err)
+			if code == "internal_error" {
+				h.cfg.Logger.Error("mailbus: subscribe failed", "err", err)
+			}
+			conn.Close(websocket.StatusInternalError, msg)
+			h.b.leave()
+			return
+		}
 	}
 	// The connection lives until the client goes, the server kicks the
 	// session, or a ping or write fails. An idle connection costs one
@@ -647,6 +661,16 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 			return
 		}
 		if isDone(ws.s.gone) {
+			if inline {
+				// Gone since the look above. The close handshake may
+				// wait on the peer: not on a goroutine waking others.
+				ws.mu.Lock()
+				ws.dirty = true
+				ws.mu.Unlock()
+				handed = true
+				go ws.flush(-1, buf, ds)
+				return
+			}
 			// Say why before the reader sees the connection end.
 			ws.closeWith(ws.s.err)
 			ws.stop()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +121,37 @@ func TestHandler_Auth(t *testing.T) {
 				t.Errorf("subscribe: err %v resp %v, want %d", err, resp, tc.want)
 			}
 		})
+	}
+}
+
+// Ensure a refused WebSocket handshake is answered with a JSON error and
+// changes nothing, not even the subscriptions its query names.
+func TestHandler_RefusedHandshake(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	ctx := ctxT(t)
+	k := key("ex", "a")
+	if err := e.bus.SetSubscriptions(ctx, "ex", "a", []string{"keep"}); err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]any
+	if got := post(t, "GET", e.url("ex", "subscribe")+"?types=a.b", k, "", &body); got != http.StatusUpgradeRequired {
+		t.Errorf("plain GET: %d %v, want 426", got, body)
+	}
+	if body["code"] != "upgrade_required" || body["error"] == "" {
+		t.Errorf("plain GET: body %v", body)
+	}
+	u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http") + "?types=a.b"
+	hdr := http.Header{"Authorization": {"Bearer " + k}, "Origin": {"https://evil.example"}}
+	if _, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: hdr}); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("foreign origin: err %v resp %v, want 403", err, resp)
+	} else if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("foreign origin: Content-Type %q", ct)
+	}
+	if got, _ := e.bus.Subscriptions(ctx, "ex", "a"); !slices.Equal(got, []string{"keep"}) {
+		t.Errorf("subscriptions after refused handshakes: %v", got)
+	}
+	if got := post(t, "GET", e.url("ex", "subscribe")+"?types=a%20b", k, "", &body); got != http.StatusBadRequest {
+		t.Errorf("bad pattern: %d %v, want 400", got, body)
 	}
 }
 
@@ -397,6 +429,17 @@ func TestHandler_Presence(t *testing.T) {
 	time.Sleep(400 * time.Millisecond)
 	if p := presence()["a"]; p.Online || !p.Connected {
 		t.Errorf("after heartbeats stopped: %+v, want offline but connected", p)
+	}
+	// A direct heartbeat reaches its target only, live, and counts as the
+	// sender's presence.
+	other := dialRaw(t, e, "ex", "other", "types=heartbeat")
+	post(t, "POST", e.url("ex", "send"), key("ex", "a"), mailbus.SendRequest{TargetAgent: "watch", Message: mailbus.Message{Type: "heartbeat"}}, nil)
+	if m := watcher.message(); m.Type != "heartbeat" || m.From != "a" || m.Seq != 0 {
+		t.Errorf("watcher got %+v from a direct heartbeat", m)
+	}
+	other.quiet(200 * time.Millisecond)
+	if p := presence()["a"]; !p.Online {
+		t.Errorf("after a direct heartbeat: %+v, want online", p)
 	}
 	// Heartbeats are not stored mail.
 	var res mailbus.InboxResponse

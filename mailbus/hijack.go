@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 )
@@ -24,9 +25,48 @@ const (
 // leanHijacker hands out connections with connReadBuffer and
 // connWriteBuffer sized buffers, and keeps the connection as a frameConn,
 // through which the library's frames go too.
+//
+// It also holds back the plain-text answer the library gives a handshake
+// it refuses, for answer to send as the API's JSON error instead.
 type leanHijacker struct {
 	http.ResponseWriter
 	fc *frameConn
+
+	status int    // a refusal's status, held back
+	msg    []byte // and its text
+}
+
+func (l *leanHijacker) WriteHeader(code int) {
+	if code >= 200 {
+		l.status = code
+		return
+	}
+	l.ResponseWriter.WriteHeader(code)
+}
+
+func (l *leanHijacker) Write(p []byte) (int, error) {
+	if l.status != 0 {
+		l.msg = append(l.msg, p...)
+		return len(p), nil
+	}
+	return l.ResponseWriter.Write(p)
+}
+
+// answer sends the refusal held back, if there is one, as a JSON error.
+func (l *leanHijacker) answer() {
+	if l.status == 0 {
+		return
+	}
+	code := "invalid_input"
+	switch l.status {
+	case http.StatusUpgradeRequired:
+		code = "upgrade_required"
+	case http.StatusForbidden:
+		code = "forbidden"
+	case http.StatusMethodNotAllowed:
+		code = "method_not_allowed"
+	}
+	writeError(l.ResponseWriter, l.status, code, strings.TrimSpace(string(l.msg)))
 }
 
 func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
