@@ -761,6 +761,12 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 	}
 	result := make(chan error, 1)
 	ex.mu.Lock()
+	if m.AckRequired {
+		if who := ex.pendingID(m); who != "" {
+			ex.mu.Unlock()
+			return nil, fmt.Errorf("%w: agent %s has not acknowledged an earlier message with id %q", ErrConflict, who, m.ID)
+		}
+	}
 	done, err := ex.write(&record{Kind: "m", Msg: m, Time: st.recv.UnixMilli(), raw: st.raw})
 	if err != nil {
 		ex.mu.Unlock()
@@ -801,6 +807,33 @@ func newStored(m *Message, recv time.Time) (*stored, error) {
 		return nil, fmt.Errorf("%w: timestamp year outside 0..9999", ErrInvalid)
 	}
 	return &stored{msg: *m, raw: m.appendJSON(nil), recv: recv}, nil
+}
+
+// pendingID returns a recipient of m that still has to acknowledge a
+// message with m's id, or "". Caller holds ex.mu.
+func (ex *exchange) pendingID(m *Message) string {
+	check := func(a *agent) bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		seq, ok := a.pending[m.ID]
+		if !ok {
+			return false
+		}
+		_, ack := a.at(seq)
+		return ack != nil && ack.ackedAt.IsZero()
+	}
+	if m.To != "" {
+		if a := ex.agents[m.To]; a != nil && check(a) {
+			return a.id
+		}
+		return ""
+	}
+	for _, a := range ex.subscribers(m.Type) {
+		if a.id != m.From && check(a) {
+			return a.id
+		}
+	}
+	return ""
 }
 
 type recipient struct {

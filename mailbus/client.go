@@ -216,6 +216,8 @@ func statusError(code int, err error) error {
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	case http.StatusBadRequest:
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %v", ErrConflict, err)
 	}
 	return fmt.Errorf("mailbus: HTTP %d: %w", code, err)
 }

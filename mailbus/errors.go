@@ -18,6 +18,10 @@ var (
 	// acknowledgeable copy of, or naming an agent the Directory rejects.
 	// HTTP 404.
 	ErrNotFound = errors.New("mailbus: not found")
+	// ErrConflict is returned when an ackRequired message reuses the id of
+	// one a recipient has not acknowledged yet: acknowledgements name
+	// messages by id, so the two could not be told apart. HTTP 409.
+	ErrConflict = errors.New("mailbus: conflict")
 	// ErrClosed is returned by every call after Close or Shutdown.
 	ErrClosed = errors.New("mailbus: closed")
 	// ErrNotConnected is returned by client calls that need a live

@@ -167,6 +167,8 @@ func errorStatus(err error) (int, string, string) {
 		return http.StatusForbidden, "forbidden", "API key not valid for this exchange"
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, "not_found", strings.TrimPrefix(err.Error(), "mailbus: ")
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict, "conflict", strings.TrimPrefix(err.Error(), "mailbus: ")
 	case errors.Is(err, ErrClosed):
 		return http.StatusServiceUnavailable, "unavailable", "mail bus is shutting down"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -352,6 +352,38 @@ func TestHandler_AckPerRecipient(t *testing.T) {
 	a.quiet(400 * time.Millisecond)
 }
 
+// Ensure an ackRequired message cannot reuse the id of one a recipient has
+// not acknowledged: the ack could not tell them apart, and the earlier one
+// would stop being redelivered.
+func TestHandler_PendingIDConflict(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	job := mailbus.SendRequest{TargetAgent: "c", Message: mailbus.Message{ID: "x", Type: "job", AckRequired: true}}
+	if got := post(t, "POST", e.url("ex", "send"), key("ex", "b"), job, nil); got != http.StatusOK {
+		t.Fatalf("first send: %d", got)
+	}
+	var body map[string]any
+	if got := post(t, "POST", e.url("ex", "send"), key("ex", "d"), job, &body); got != http.StatusConflict || body["code"] != "conflict" {
+		t.Fatalf("second send with a pending id: %d %v, want 409 conflict", got, body)
+	}
+	bcast := mailbus.Message{ID: "x", Type: "job", AckRequired: true}
+	if err := e.bus.Subscribe(ctxT(t), "ex", "c", "job"); err != nil {
+		t.Fatal(err)
+	}
+	if got := post(t, "POST", e.url("ex", "publish"), key("ex", "d"), bcast, nil); got != http.StatusConflict {
+		t.Fatalf("broadcast reaching c with a pending id: %d, want 409", got)
+	}
+	// Without ackRequired there is nothing to confuse.
+	if got := post(t, "POST", e.url("ex", "send"), key("ex", "d"), mailbus.SendRequest{TargetAgent: "c", Message: mailbus.Message{ID: "x", Type: "note"}}, nil); got != http.StatusOK {
+		t.Errorf("plain message with the same id: %d", got)
+	}
+	if got := post(t, "POST", e.url("ex", "acknowledge"), key("ex", "c"), mailbus.AckRequest{MessageID: "x"}, nil); got != http.StatusOK {
+		t.Fatalf("ack: %d", got)
+	}
+	if got := post(t, "POST", e.url("ex", "send"), key("ex", "d"), job, nil); got != http.StatusOK {
+		t.Errorf("send after the first was acknowledged: %d", got)
+	}
+}
+
 func TestHandler_UnackedRedeliveredOnReconnect(t *testing.T) {
 	e := startEnv(t, mailbus.Config{})
 	r := dialRaw(t, e, "ex", "w", "")
