@@ -189,8 +189,10 @@ func (b *Bus) exchange(ctx context.Context, id string) (*exchange, error) {
 		return nil, ErrClosed
 	}
 	ex := b.exs[id]
-	if ex == nil {
+	if ex == nil || ex.broken.Load() {
+		prev := ex
 		ex = newExchange(b, id)
+		ex.prev = prev
 		b.exs[id] = ex
 		go ex.load()
 	}
@@ -544,8 +546,17 @@ type exchange struct {
 	ready   chan struct{}
 	loadErr error
 
+	// A journal write that fails breaks the exchange: memory then holds
+	// seqs the journal does not, and a restart would number what follows
+	// differently from what agents were told. It stops taking writes, its
+	// sessions are kicked, and the next use loads a fresh exchange from
+	// storage once this one's writes and snapshot have finished (prev).
+	broken atomic.Bool
+	prev   *exchange
+
 	mu          sync.Mutex
 	closed      bool
+	failure     error // why it broke; closed is set too
 	lsn         uint64
 	msgs        msgTable
 	agents      map[string]*agent
@@ -593,6 +604,7 @@ func (ex *exchange) agent(id string) *agent {
 func (ex *exchange) committer() {
 	defer ex.committers.Done()
 	var next *commit
+	var failure error
 	run := 0 // commits applied since the last wake
 	for {
 		c := next
@@ -607,6 +619,16 @@ func (ex *exchange) committer() {
 		err := c.err
 		if c.done != nil && !c.got {
 			err = <-c.done
+		}
+		if failure == nil && err != nil {
+			failure = err
+			ex.fail(err)
+		}
+		if failure != nil && err == nil {
+			// Durable, but ordered after a write that is not: a restart
+			// would give it other seqs than memory did. Its sender is
+			// told it failed, as at-least-once allows.
+			err = fmt.Errorf("%w (after an earlier write failed: %v)", errReload, failure)
 		}
 		c.apply(err)
 		select {
@@ -655,6 +677,37 @@ func (ex *exchange) wake() {
 	notifyAll(ss, &ex.committers)
 }
 
+// errReload is why sessions of a broken exchange end, and what writes
+// ordered after its failed one report.
+var errReload = errors.New("mailbus: exchange reloading after a storage failure")
+
+// fail breaks the exchange (see exchange.broken). Only the committer calls
+// it.
+func (ex *exchange) fail(err error) {
+	ex.b.cfg.Logger.Error("mailbus: journal write failed; the exchange reloads from storage", "exchange", ex.id, "err", err)
+	ex.mu.Lock()
+	if ex.closed { // shutting down anyway
+		ex.mu.Unlock()
+		return
+	}
+	ex.closed = true
+	ex.failure = err
+	ex.broken.Store(true)
+	close(ex.commits) // the committer drains what was queued, then ends
+	var sessions []*session
+	for _, a := range ex.agents {
+		a.mu.Lock()
+		if a.sess != nil {
+			sessions = append(sessions, a.sess)
+		}
+		a.mu.Unlock()
+	}
+	ex.mu.Unlock()
+	for _, s := range sessions {
+		s.kick(errReload)
+	}
+}
+
 func (ex *exchange) shutdown() {
 	<-ex.ready
 	ex.mu.Lock()
@@ -699,6 +752,9 @@ type record struct {
 // equal to the order of state changes, and must then call ex.commit.
 func (ex *exchange) write(rec *record) (<-chan error, error) {
 	if ex.closed {
+		if ex.failure != nil {
+			return nil, fmt.Errorf("%w: %v", errReload, ex.failure)
+		}
 		return nil, ErrClosed
 	}
 	j := ex.b.j

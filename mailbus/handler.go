@@ -516,6 +516,8 @@ func (ws *wsConn) closeWith(err error) {
 		ws.conn.Close(StatusReplaced, "replaced by a newer connection of the same agent")
 	case errors.Is(err, ErrClosed):
 		ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
+	case errors.Is(err, errReload):
+		ws.conn.Close(websocket.StatusTryAgainLater, "storage failure: reconnect")
 	default:
 		ws.conn.Close(websocket.StatusNormalClosure, "")
 	}

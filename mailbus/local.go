@@ -2,6 +2,7 @@ package mailbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -84,13 +85,22 @@ func (l *Local) Connect(ctx context.Context) error {
 func (l *Local) pump(s *session) {
 	defer close(l.done)
 	defer l.b.leave()
-	defer s.detach()
+	defer func() { s.detach() }()
 	var ds []delivery
 	for {
 		select {
 		case <-l.stop:
 			return
 		case <-s.gone:
+			if errors.Is(s.err, errReload) {
+				// The exchange reloads from storage; continue on the
+				// fresh one from the position this agent reached.
+				if ns := l.reattach(); ns != nil {
+					s.detach()
+					s = ns
+					continue
+				}
+			}
 			if s.err != nil {
 				l.d.onError(fmt.Errorf("mailbus: agent %s disconnected: %w", l.cfg.Agent, s.err))
 			}
@@ -108,6 +118,39 @@ func (l *Local) pump(s *session) {
 			}
 			clear(ds)
 			l.d.push(ms...)
+		}
+	}
+}
+
+// reattach attaches to the exchange anew after it broke, retrying while
+// storage keeps failing; nil means the Local or the bus is shutting down.
+func (l *Local) reattach() *session {
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-l.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		ex, err := l.b.exchange(ctx, l.cfg.Exchange)
+		var s *session
+		if err == nil {
+			s, err = ex.attach(l.cfg.Agent, -1, nil)
+		}
+		cancel()
+		if err == nil {
+			return s
+		}
+		if errors.Is(err, ErrClosed) || isDone(l.stop) {
+			return nil
+		}
+		l.d.onError(fmt.Errorf("mailbus: agent %s reattaching: %w", l.cfg.Agent, err))
+		select {
+		case <-l.stop:
+			return nil
+		case <-time.After(wait):
 		}
 	}
 }

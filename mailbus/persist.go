@@ -53,6 +53,12 @@ type snapEnt struct {
 // load rebuilds the exchange from its newest snapshot and the journal.
 func (ex *exchange) load() {
 	defer close(ex.ready)
+	if ex.prev != nil {
+		// Its journal writes and snapshot must be on storage, or not,
+		// for good before this reads it.
+		ex.prev.committers.Wait()
+		ex.prev = nil
+	}
 	if st := ex.b.cfg.Store; st != nil {
 		if err := ex.restore(context.Background(), st); err != nil {
 			ex.loadErr = fmt.Errorf("mailbus: load exchange %s: %w", ex.id, err)

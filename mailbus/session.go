@@ -46,8 +46,12 @@ type delivery struct {
 func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, error) {
 	ex.mu.Lock()
 	if ex.closed {
+		err := ErrClosed
+		if ex.failure != nil {
+			err = errReload
+		}
 		ex.mu.Unlock()
-		return nil, ErrClosed
+		return nil, err
 	}
 	a := ex.agent(agentID)
 	ex.mu.Unlock()
