@@ -198,9 +198,11 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 		return nil, ErrClosed
 	}
 	c.agentID = f.AgentID
-	if f.Next > 0 && c.lastSeq < f.Next-1 {
-		// Starting from the server's cursor (first connection) or after
-		// retention dropped what we had not seen.
+	if f.Next > 0 {
+		// Normally since+1. More: the first connection (the server's
+		// cursor), or retention dropped what we had not seen. Less: the
+		// server has fewer messages than we saw (its data was replaced);
+		// mail it numbers from there on must not be taken for old.
 		c.lastSeq = f.Next - 1
 	}
 	c.conn = conn

@@ -355,6 +355,17 @@ func TestHandler_AckPerRecipient(t *testing.T) {
 // Ensure an ackRequired message cannot reuse the id of one a recipient has
 // not acknowledged: the ack could not tell them apart, and the earlier one
 // would stop being redelivered.
+// Ensure a since beyond the last seq does not make the server skip the
+// mail that comes next.
+func TestHandler_SinceBeyondInbox(t *testing.T) {
+	e := startEnv(t, mailbus.Config{})
+	r := dialRaw(t, e, "ex", "w", "since=1000")
+	post(t, "POST", e.url("ex", "send"), key("ex", "boss"), mailbus.SendRequest{TargetAgent: "w", Message: mailbus.Message{Type: "job"}}, nil)
+	if m := r.message(); m.Type != "job" || m.Seq != 1 {
+		t.Errorf("got %+v, want the job as seq 1", m)
+	}
+}
+
 func TestHandler_PendingIDConflict(t *testing.T) {
 	e := startEnv(t, mailbus.Config{})
 	job := mailbus.SendRequest{TargetAgent: "c", Message: mailbus.Message{ID: "x", Type: "job", AckRequired: true}}

@@ -62,7 +62,9 @@ func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, 
 	a.connAt = ex.b.cfg.Now()
 	start := a.cursor
 	if since >= 0 {
-		start = uint64(since)
+		// Past the last seq there is (a client's stale or wrong since):
+		// taken as "all seen", not as a promise to skip mail to come.
+		start = min(uint64(since), a.durable)
 	}
 	s.next = max(start+1, a.first)
 	for _, seq := range a.sortedPending() {
