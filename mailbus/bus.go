@@ -685,37 +685,28 @@ var errReload = errors.New("mailbus: exchange reloading after a storage failure"
 // it.
 func (ex *exchange) fail(err error) {
 	ex.b.cfg.Logger.Error("mailbus: journal write failed; the exchange reloads from storage", "exchange", ex.id, "err", err)
-	ex.mu.Lock()
-	if ex.closed { // shutting down anyway
-		ex.mu.Unlock()
-		return
-	}
-	ex.closed = true
-	ex.failure = err
-	ex.broken.Store(true)
-	close(ex.commits) // the committer drains what was queued, then ends
-	var sessions []*session
-	for _, a := range ex.agents {
-		a.mu.Lock()
-		if a.sess != nil {
-			sessions = append(sessions, a.sess)
-		}
-		a.mu.Unlock()
-	}
-	ex.mu.Unlock()
-	for _, s := range sessions {
-		s.kick(errReload)
-	}
+	ex.close(err, errReload)
 }
 
 func (ex *exchange) shutdown() {
 	<-ex.ready
+	ex.close(nil, ErrClosed)
+}
+
+// close stops taking writes, has the committer end once it has applied
+// those queued, and ends every session with why. A failure marks the
+// exchange broken. Closing twice does nothing.
+func (ex *exchange) close(failure, why error) {
 	ex.mu.Lock()
 	if ex.closed {
 		ex.mu.Unlock()
 		return
 	}
 	ex.closed = true
+	if failure != nil {
+		ex.failure = failure
+		ex.broken.Store(true)
+	}
 	var sessions []*session
 	for _, a := range ex.agents {
 		a.mu.Lock()
@@ -729,7 +720,7 @@ func (ex *exchange) shutdown() {
 	}
 	ex.mu.Unlock()
 	for _, s := range sessions {
-		s.kick(ErrClosed)
+		s.kick(why)
 	}
 }
 
