@@ -49,6 +49,7 @@ func TestBus_JournalFailureKeepsSeqs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer fs.Close()
 	st := &failingFS{FS: fs}
 	b, err := mailbus.New(mailbus.Config{Store: st})
 	if err != nil {
