@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -40,6 +41,11 @@ func Run(t *testing.T, newStore Factory) {
 		{"InvalidKeys", testInvalidKeys},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"ConcurrentUpdate", testConcurrentUpdate},
+		{"ConcurrentUpdateOneVersion", testConcurrentUpdateOneVersion},
+		{"Cancelled", testCancelled},
+		{"CancelledMidWrite", testCancelledMidWrite},
+		{"LargeObject", testLargeObject},
+		{"LongListing", testLongListing},
 		{"Append", testAppend},
 	}
 	for _, tt := range tests {
@@ -355,5 +361,170 @@ func testAppend(t *testing.T, s storage.Store) {
 	page, err := s.List(ctx, "log/", storage.ListOptions{})
 	if err != nil || !slices.Equal(page.Keys, []string{"log/seg", "log/taken"}) {
 		t.Fatalf("List: %q, %v", page.Keys, err)
+	}
+}
+
+// testConcurrentUpdateOneVersion races Updates that all read the same
+// version: exactly one may win.
+func testConcurrentUpdateOneVersion(t *testing.T, s storage.Store) {
+	const n = 16
+	v, err := s.Put(ctx, "race/cas", []byte("start"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wins atomic.Int32
+	var winner atomic.Value
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			data := "writer-" + strconv.Itoa(i)
+			_, err := s.Update(ctx, "race/cas", []byte(data), v)
+			switch {
+			case err == nil:
+				wins.Add(1)
+				winner.Store(data)
+			case !errors.Is(err, storage.ErrVersionMismatch):
+				t.Errorf("Update: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := wins.Load(); got != 1 {
+		t.Fatalf("%d Updates of one version succeeded, want exactly 1", got)
+	}
+	obj, err := s.Get(ctx, "race/cas")
+	if err != nil || string(obj.Data) != winner.Load() {
+		t.Fatalf("stored %q, %v; want the winner's %q", obj.Data, err, winner.Load())
+	}
+}
+
+// testCancelled checks that every call honours a context that is already
+// cancelled and changes nothing.
+func testCancelled(t *testing.T, s storage.Store) {
+	v, err := s.Put(ctx, "c/k", []byte("before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	calls := map[string]func() error{
+		"Get":    func() error { _, err := s.Get(cctx, "c/k"); return err },
+		"Put":    func() error { _, err := s.Put(cctx, "c/k", []byte("put")); return err },
+		"Create": func() error { _, err := s.Create(cctx, "c/new", []byte("x")); return err },
+		"Update": func() error { _, err := s.Update(cctx, "c/k", []byte("upd"), v); return err },
+		"Delete": func() error { return s.Delete(cctx, "c/k") },
+		"List":   func() error { _, err := s.List(cctx, "c/", storage.ListOptions{}); return err },
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a cancelled context: got %v, want context.Canceled", name, err)
+		}
+	}
+	obj, err := s.Get(ctx, "c/k")
+	if err != nil || string(obj.Data) != "before" || obj.Version != v {
+		t.Fatalf("after cancelled calls: %q %q, %v; want the object untouched", obj.Data, obj.Version, err)
+	}
+	if _, err := s.Get(ctx, "c/new"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a cancelled Create left an object: %v", err)
+	}
+}
+
+// testCancelledMidWrite cancels large writes while they run. Each must
+// either succeed or fail with the context's error, and a reader must see
+// the old object or the new one whole, never a part.
+func testCancelledMidWrite(t *testing.T, s storage.Store) {
+	old := bytes.Repeat([]byte("o"), 1<<20)
+	if _, err := s.Put(ctx, "mid/k", old); err != nil {
+		t.Fatal(err)
+	}
+	next := bytes.Repeat([]byte("n"), 4<<20)
+	for i := range 4 {
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { _, err := s.Put(cctx, "mid/k", next); done <- err }()
+		// Cancel at a different point each round, from "at once" onwards.
+		for range i * 50 {
+			runtime.Gosched()
+		}
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("round %d: Put cancelled mid-call: %v, want nil or context.Canceled", i, err)
+		}
+		obj, err := s.Get(ctx, "mid/k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(obj.Data, old) && !bytes.Equal(obj.Data, next) {
+			t.Fatalf("round %d: a cancelled Put left %d bytes that are neither object", i, len(obj.Data))
+		}
+	}
+}
+
+func testLargeObject(t *testing.T, s storage.Store) {
+	data := make([]byte, 10<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	v, err := s.Create(ctx, "big/obj", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := s.Get(ctx, "big/obj")
+	if err != nil || !bytes.Equal(obj.Data, data) || obj.Version != v {
+		t.Fatalf("10 MiB round trip: %d bytes, equal %v, version %q want %q, %v", len(obj.Data), bytes.Equal(obj.Data, data), obj.Version, v, err)
+	}
+	data[len(data)-1]++
+	if _, err := s.Update(ctx, "big/obj", data, v); err != nil {
+		t.Fatal(err)
+	}
+	if obj, err := s.Get(ctx, "big/obj"); err != nil || !bytes.Equal(obj.Data, data) {
+		t.Fatalf("10 MiB update did not read back: %v", err)
+	}
+}
+
+// testLongListing lists more keys than one page of the default size and
+// than one request of an S3 listing (1,000).
+func testLongListing(t *testing.T, s storage.Store) {
+	const n = 1234
+	want := make([]string, n)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				if _, err := s.Put(ctx, want[i], nil); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		want[i] = fmt.Sprintf("long/%05d", i)
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	page, err := s.List(ctx, "long/", storage.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Keys) != storage.DefaultListLimit || page.Next != want[storage.DefaultListLimit-1] {
+		t.Fatalf("default page: %d keys, next %q; want %d and %q", len(page.Keys), page.Next, storage.DefaultListLimit, want[storage.DefaultListLimit-1])
+	}
+	page, err = s.List(ctx, "long/", storage.ListOptions{Limit: 1100})
+	if err != nil || !slices.Equal(page.Keys, want[:1100]) || page.Next != want[1099] {
+		t.Fatalf("page of 1100: %d keys, next %q, %v", len(page.Keys), page.Next, err)
+	}
+	var got []string
+	for k, err := range storage.Keys(ctx, s, "long/") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, k)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("every key: got %d, want %d in order", len(got), n)
 	}
 }
