@@ -260,7 +260,7 @@ func (p AddressPolicy) NewClient(timeout time.Duration) *http.Client {
 		Control: func(network, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
 			if err != nil {
-				return fmt.Errorf("%w: %s", ErrBlockedAddress, address)
+				return fmt.Errorf("%w: unparsable address", ErrBlockedAddress)
 			}
 			return p.Check(ap.Addr())
 		},
