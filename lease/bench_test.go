@@ -3,7 +3,11 @@ package lease_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,16 +17,16 @@ import (
 
 // BenchmarkManager_AcquireRelease measures acquire+release pairs with 64
 // (and, to show how group commit scales, 512) concurrent callers, each on
-// its own name; one op is one pair. Durable runs use the filesystem store.
+// its own name; one op is one pair. The fs runs use the filesystem store,
+// the memory run the default in-memory one.
 func BenchmarkManager_AcquireRelease(b *testing.B) {
 	for _, bc := range []struct {
-		durable bool
+		store   string
 		callers int
-	}{{true, 64}, {true, 512}, {false, 64}} {
-		b.Run(fmt.Sprintf("durable=%v/callers=%d", bc.durable, bc.callers), func(b *testing.B) {
-			durable := bc.durable
+	}{{"fs", 64}, {"fs", 512}, {"memory", 64}} {
+		b.Run(fmt.Sprintf("store=%s/callers=%d", bc.store, bc.callers), func(b *testing.B) {
 			cfg := lease.Config{CompactInterval: -1}
-			if durable {
+			if bc.store == "fs" {
 				cfg.Store = MustFS(b, b.TempDir())
 			}
 			m := MustNew(b, cfg)
@@ -112,4 +116,47 @@ func BenchmarkManager_expiryHandoff(b *testing.B) {
 	}
 	b.ReportMetric(float64(sum.Microseconds())/1000/float64(b.N), "lateness-ms")
 	b.ReportMetric(float64(worst.Microseconds())/1000, "lateness-max-ms")
+}
+
+// discardWriter is a ResponseWriter that keeps only the status, so the
+// handler benchmark measures the handler and not a recorder.
+type discardWriter struct {
+	h      http.Header
+	status int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(s int)           { w.status = s }
+
+// BenchmarkHandler measures the HTTP handler alone (no network): decoding,
+// authentication, the manager call and the JSON answer.
+func BenchmarkHandler(b *testing.B) {
+	m := MustNew(b, lease.Config{})
+	h, err := lease.NewHandler(m, lease.HandlerConfig{Auth: keys{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	MustAcquire(b, m, "alice", "f", time.Hour)
+	for _, bc := range []struct{ name, op, body string }{
+		{"status", "status", `{"file":"f"}`},
+		{"acquire", "acquire", `{"file":"f","ttlMs":60000}`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			body := strings.NewReader(bc.body)
+			req := httptest.NewRequest(http.MethodPost, "/api/v1/exchanges/x1/leases/"+bc.op, body)
+			req.Header.Set("Authorization", "Bearer key-alice")
+			w := &discardWriter{h: http.Header{}}
+			b.ReportAllocs()
+			for b.Loop() {
+				body.Seek(0, io.SeekStart)
+				req.Body = io.NopCloser(body)
+				w.status = 0
+				h.ServeHTTP(w, req)
+				if w.status != http.StatusOK {
+					b.Fatalf("status %d", w.status)
+				}
+			}
+		})
+	}
 }

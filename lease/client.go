@@ -3,6 +3,7 @@ package lease
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,9 +12,25 @@ import (
 	"time"
 
 	json "github.com/goccy/go-json"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
-// Client calls the lease HTTP API of one exchange as the agent that owns
+// ClientConfig configures a Client. Every zero field has the default
+// named in its comment.
+type ClientConfig struct {
+	// BaseURL is the server's root, e.g. "http://127.0.0.1:8080". Required.
+	BaseURL string
+	// Exchange is the exchange id and APIKey the agent's key in it; the
+	// server derives the agent id from the key. Required.
+	Exchange, APIKey string
+	// HTTPClient sends the requests. Zero means a client with its own
+	// connection pool and no overall timeout: calls are bounded by their
+	// ctx, and a blocking acquire may rightly take as long as its wait.
+	HTTPClient *http.Client
+}
+
+// Client calls the lease API v1 of one exchange as the agent that owns
 // its API key. It is safe for concurrent use.
 type Client struct {
 	base string // .../api/v1/exchanges/{id}/leases/
@@ -21,53 +38,76 @@ type Client struct {
 	hc   *http.Client
 }
 
-// NewClient returns a client for the lease API at baseURL (the server root,
-// e.g. "http://127.0.0.1:8080"). A nil hc means a client with its own
-// connection pool and no overall timeout: calls are bounded by their ctx,
-// and a blocking acquire may legitimately take as long as its wait.
-func NewClient(baseURL, exchangeID, apiKey string, hc *http.Client) *Client {
+// NewClient returns a client for the lease API described by cfg.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("lease: ClientConfig.BaseURL %q must be an http(s) URL", cfg.BaseURL)
+	}
+	if err := validID(cfg.Exchange); err != nil {
+		return nil, fmt.Errorf("lease: ClientConfig.Exchange: %w", err)
+	}
+	if cfg.APIKey == "" {
+		return nil, errors.New("lease: ClientConfig.APIKey is required")
+	}
+	hc := cfg.HTTPClient
 	if hc == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 256
 		hc = &http.Client{Transport: t}
 	}
 	return &Client{
-		base: strings.TrimRight(baseURL, "/") + "/api/v1/exchanges/" + url.PathEscape(exchangeID) + "/leases/",
-		key:  apiKey,
+		base: strings.TrimRight(cfg.BaseURL, "/") + "/api/v1/exchanges/" + url.PathEscape(cfg.Exchange) + "/leases/",
+		key:  cfg.APIKey,
 		hc:   hc,
-	}
+	}, nil
 }
 
 // CloseIdleConnections closes the client's idle keep-alive connections.
 func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
 
-// APIError is an error response from the server. It unwraps to the
-// package's sentinel for its code (ErrStaleToken for "stale_token", ...),
-// so callers test it with errors.Is like in-process errors.
+// APIError is an error answer from the server. It unwraps to the
+// package's sentinel for its code and field (ErrStaleToken for
+// "stale_token", ErrInvalidTTL for "invalid_input" about "ttlMs", ...), so
+// callers test it with errors.Is like in-process errors.
 type APIError struct {
 	StatusCode int
 	Code       string
-	Message    string
+	// Field is the request member an invalid_input error is about.
+	Field   string
+	Message string
 }
 
 func (e *APIError) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("lease: server: %d %s (%s): %s", e.StatusCode, e.Code, e.Field, e.Message)
+	}
 	return fmt.Sprintf("lease: server: %d %s: %s", e.StatusCode, e.Code, e.Message)
 }
 
 var codeErrors = map[string]error{
-	"stale_token":   ErrStaleToken,
-	"not_held":      ErrNotHeld,
-	"invalid_name":  ErrInvalidName,
-	"invalid_ttl":   ErrInvalidTTL,
-	"invalid_id":    ErrInvalidID,
-	"invalid_token": ErrInvalidToken,
-	"unauthorized":  ErrUnauthorized,
-	"forbidden":     ErrForbidden,
-	"unavailable":   ErrClosed,
+	codeStaleToken:         ErrStaleToken,
+	codeNotHeld:            ErrNotHeld,
+	httpx.CodeUnauthorized: ErrUnauthorized,
+	httpx.CodeForbidden:    ErrForbidden,
+	httpx.CodeUnavailable:  ErrClosed,
+}
+
+var fieldErrors = map[string]error{
+	"file":        ErrInvalidName,
+	"ttlMs":       ErrInvalidTTL,
+	"agentId":     ErrInvalidID,
+	"exchange_id": ErrInvalidID,
+	"token":       ErrInvalidToken,
 }
 
 // Unwrap returns the sentinel matching the error code, if any.
-func (e *APIError) Unwrap() error { return codeErrors[e.Code] }
+func (e *APIError) Unwrap() error {
+	if e.Code == httpx.CodeInvalid {
+		return fieldErrors[e.Field]
+	}
+	return codeErrors[e.Code]
+}
 
 func (c *Client) do(ctx context.Context, method, op string, in, out any) error {
 	var body io.Reader
@@ -98,9 +138,9 @@ func (c *Client) do(ctx context.Context, method, op string, in, out any) error {
 	if resp.StatusCode != http.StatusOK {
 		var e errorResponse
 		if json.Unmarshal(data, &e) != nil || e.Code == "" {
-			e = errorResponse{Code: "http_" + fmt.Sprint(resp.StatusCode), Error: strings.TrimSpace(string(data))}
+			e = errorResponse{Code: httpx.Code(resp.StatusCode), Error: strings.TrimSpace(string(data))}
 		}
-		return &APIError{StatusCode: resp.StatusCode, Code: e.Code, Message: e.Error}
+		return &APIError{StatusCode: resp.StatusCode, Code: e.Code, Field: e.Field, Message: e.Error}
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("lease: %s: decode response: %w", op, err)
@@ -146,8 +186,10 @@ func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.
 	return resp.grant(), nil
 }
 
-// Release gives up the lease granted with token and reports whether it was
-// released (false: not the holder, stale token, or already expired).
+// Release gives up the client's lease on name and reports true, as
+// Manager.Release does: a token of 0 releases the agent's current lease,
+// a non-zero one must be the current grant's. A refusal is an error
+// matching ErrNotHeld or ErrStaleToken.
 func (c *Client) Release(ctx context.Context, name string, token uint64) (released bool, err error) {
 	var resp releaseResponse
 	if err := c.do(ctx, http.MethodPost, "release", releaseRequest{File: name, Token: token}, &resp); err != nil {

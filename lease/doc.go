@@ -2,13 +2,17 @@
 // within an exchange, with fencing tokens, so that agents editing shared
 // files can take turns safely.
 //
-// A Manager holds the leases; NewHandler serves them over HTTP under
-// /api/v1/exchanges/{exchange_id}/leases/ and Client calls that API.
+// A Manager holds the leases; NewHandler serves them over HTTP as the
+// lease API v1, under /api/v1/exchanges/{exchange_id}/leases/, and Client
+// calls that API. New(ctx, Config{}) is a working Manager that keeps its
+// leases in memory (storage.NewMemory); give it a Config.Store to keep
+// them across restarts.
 //
 // # Semantics
 //
-//   - A lease is on a canonical name (CanonicalName: "./a//b" is "a/b")
-//     within an exchange, held by one agent until its deadline.
+//   - A lease is on a name within an exchange, held by one agent until
+//     its deadline. Names are slash-separated paths cleaned lexically:
+//     "./a//b" and "a/b" are the same lease.
 //   - Acquire grants a free or expired lease and refuses a held one with a
 //     *HeldError naming the holder and its deadline. Re-acquiring one's own
 //     lease renews it and never shortens it.
@@ -18,9 +22,13 @@
 //     highest token it has seen and reject writes carrying a lower one:
 //     that stops a holder whose lease passed (a long GC pause, a partition)
 //     from overwriting its successor's work.
-//   - Renew and Release take the token. A token that is no longer current
-//     is refused (ErrStaleToken; Release reports false), as is any
-//     operation on an expired lease. Release reports whether it released.
+//   - Renew takes the token. Release takes it too, or 0 for the caller's
+//     current lease: the caller is already identified by its agent id
+//     (over HTTP, its API key), and mail bus clients release by name
+//     only. A token that is no longer current is refused (ErrStaleToken),
+//     and so is an operation on a lease the caller does not hold
+//     (ErrNotHeld: free, expired or another agent's). Tokens remain what
+//     fences the guarded resource.
 //   - AcquireWait queues for a held lease. Waiters are served first come,
 //     first served: a release or the holder's expiry hands the lease to the
 //     oldest waiter only, so there is no polling and no thundering herd,
@@ -32,8 +40,8 @@
 //
 // # Durability
 //
-// With a Config.Store, every grant, renewal and release is appended to a
-// group-commit journal (internal/journal) before it is acknowledged, and
+// Every grant, renewal and release is appended to a group-commit journal
+// (internal/journal) in Config.Store before it is acknowledged, and
 // the journal is folded into a snapshot every Config.CompactInterval and at
 // Close. After a crash the leases still held are held again, each for at
 // most the time it had left when last written, so a restart never extends
@@ -44,6 +52,20 @@
 //
 // The wall clock is only used across restarts: if it steps back while the
 // server is down, a lease still ends no later than the TTL it had left.
+//
+// # HTTP errors
+//
+// Error answers are {"error": message, "code": code} in the module's one
+// vocabulary (internal/httpx): invalid_input (400, with a "field" member
+// naming the request member at fault: file, ttlMs, token, agentId or
+// exchange_id), malformed_json (400), unauthorized (401), forbidden
+// (403), not_found (404), method_not_allowed (405), too_large (413),
+// unavailable (503: shutting down, or the request was cancelled) and
+// internal (500). Two 409 codes are the lease API's own, because a client
+// must tell them apart: stale_token (the token is not the current
+// grant's: the lease passed on) and not_held (the caller holds no live
+// lease on the name). Client maps every answer back onto the sentinel
+// errors.
 //
 // # Concurrency
 //

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -26,15 +25,23 @@ import (
 // release clears the name only if the token matches, remembering it so an
 // earlier-token grant cannot come back.
 
+// record is one journal line. The JSON names are short because every
+// grant writes one; they are the stored format, so they never change.
 type record struct {
-	Op string `json:"op"`          // "g" grant or renewal, "r" release
-	X  string `json:"x"`           // exchange
-	N  string `json:"n"`           // canonical name
-	A  string `json:"a,omitempty"` // holder
-	T  uint64 `json:"t"`           // fencing token
-	E  int64  `json:"e,omitempty"` // deadline, epoch ms
-	R  int64  `json:"r,omitempty"` // ms left when written
+	Op       string `json:"op"`          // opGrant or opRelease
+	Exchange string `json:"x"`           // exchange id
+	Name     string `json:"n"`           // canonical lease name
+	Holder   string `json:"a,omitempty"` // agent id; grants only
+	Token    uint64 `json:"t"`           // fencing token
+	Deadline int64  `json:"e,omitempty"` // wall-clock deadline, epoch ms; grants only
+	LeftMs   int64  `json:"r,omitempty"` // ms left when written; grants only
 }
+
+// Record operations.
+const (
+	opGrant   = "g" // a grant or a renewal
+	opRelease = "r"
+)
 
 type snapshot struct {
 	// Next is a token no lease in the journal objects it replaced could
@@ -45,8 +52,8 @@ type snapshot struct {
 }
 
 func makeGrantRecord(k key, g Grant, now time.Time) record {
-	return record{Op: "g", X: k.x, N: k.n, A: g.Holder, T: g.Token,
-		E: g.ExpiresAt.UnixMilli(), R: g.ExpiresAt.Sub(now).Milliseconds()}
+	return record{Op: opGrant, Exchange: k.x, Name: k.n, Holder: g.Holder, Token: g.Token,
+		Deadline: g.ExpiresAt.UnixMilli(), LeftMs: g.ExpiresAt.Sub(now).Milliseconds()}
 }
 
 func grantRecord(k key, g Grant, now time.Time) []byte {
@@ -55,7 +62,7 @@ func grantRecord(k key, g Grant, now time.Time) []byte {
 }
 
 func releaseRecord(k key, token uint64) []byte {
-	b, _ := json.Marshal(record{Op: "r", X: k.x, N: k.n, T: token})
+	b, _ := json.Marshal(record{Op: opRelease, Exchange: k.x, Name: k.n, Token: token})
 	return b
 }
 
@@ -68,25 +75,25 @@ type replayState struct {
 }
 
 func (st *replayState) apply(r record) {
-	k := key{r.X, r.N}
-	st.maxT = max(st.maxT, r.T)
+	k := key{r.Exchange, r.Name}
+	st.maxT = max(st.maxT, r.Token)
 	cur, isLive := st.live[k]
 	switch r.Op {
-	case "g":
-		if isLive && cur.T == r.T {
-			if r.E > cur.E {
+	case opGrant:
+		if isLive && cur.Token == r.Token {
+			if r.Deadline > cur.Deadline {
 				st.live[k] = r
 			}
 			return
 		}
-		if r.T < st.next || r.T <= st.maxAt[k] {
+		if r.Token < st.next || r.Token <= st.maxAt[k] {
 			return
 		}
 		st.live[k] = r
-		st.maxAt[k] = r.T
-	case "r":
-		st.maxAt[k] = max(st.maxAt[k], r.T)
-		if isLive && cur.T == r.T {
+		st.maxAt[k] = r.Token
+	case opRelease:
+		st.maxAt[k] = max(st.maxAt[k], r.Token)
+		if isLive && cur.Token == r.Token {
 			delete(st.live, k)
 		}
 	}
@@ -111,10 +118,10 @@ func (m *Manager) load(ctx context.Context) error {
 			return fmt.Errorf("lease: decode snapshot %s: %w", snapKey, err)
 		}
 		for _, r := range sn.Leases {
-			k := key{r.X, r.N}
+			k := key{r.Exchange, r.Name}
 			st.live[k] = r
-			st.maxAt[k] = r.T
-			st.maxT = max(st.maxT, r.T)
+			st.maxAt[k] = r.Token
+			st.maxT = max(st.maxT, r.Token)
 		}
 		st.next = sn.Next
 		if sn.Next > 0 {
@@ -151,58 +158,33 @@ func (m *Manager) load(ctx context.Context) error {
 	m.tokens.Store(st.maxT)
 	now := m.cfg.Now()
 	for k, r := range st.live {
-		// E and R are both rounded down to the millisecond, so this never
-		// lands after the deadline that was granted.
-		left := min(time.UnixMilli(r.E).Sub(now), time.Duration(r.R)*time.Millisecond)
-		if left <= 0 || ValidID(k.x) != nil || ValidID(r.A) != nil {
+		// Deadline and LeftMs are both rounded down to the millisecond, so
+		// this never lands after the deadline that was granted.
+		left := min(time.UnixMilli(r.Deadline).Sub(now), time.Duration(r.LeftMs)*time.Millisecond)
+		if left <= 0 || validID(k.x) != nil || validID(r.Holder) != nil {
 			continue
 		}
 		s := m.shard(k)
-		s.m[k] = &entry{holder: r.A, token: r.T, deadline: now.Add(left)}
+		s.m[k] = &entry{holder: r.Holder, token: r.Token, deadline: now.Add(left)}
 	}
 	return nil
 }
 
 func (m *Manager) latestSnapshot(ctx context.Context) (string, error) {
-	keys, err := m.listAll(ctx, m.snapPrefix())
-	if err != nil || len(keys) == 0 {
-		return "", err
-	}
-	return keys[len(keys)-1], nil
-}
-
-func (m *Manager) listAll(ctx context.Context, prefix string) ([]string, error) {
-	var keys []string
-	opts := storage.ListOptions{}
-	for {
-		page, err := m.cfg.Store.List(ctx, prefix, opts)
+	last := ""
+	for k, err := range storage.Keys(ctx, m.cfg.Store, m.snapPrefix()) {
 		if err != nil {
-			return nil, fmt.Errorf("lease: list %s: %w", prefix, err)
+			return "", fmt.Errorf("lease: list snapshots: %w", err)
 		}
-		keys = append(keys, page.Keys...)
-		if page.Next == "" {
-			return keys, nil
-		}
-		opts.After = page.Next
+		last = k
 	}
+	return last, nil
 }
 
-// Compact writes a snapshot of the live leases and deletes the journal
-// objects and older snapshots it replaces. It runs on its own every
-// Config.CompactInterval and at Close; calling it is only useful before a
-// planned restart.
-func (m *Manager) Compact(ctx context.Context) error {
-	if !m.enter() {
-		return ErrClosed
-	}
-	defer m.leave()
-	return m.compact(ctx)
-}
-
+// compact writes a snapshot of the live leases and deletes the journal
+// objects and older snapshots it replaces. It runs every
+// Config.CompactInterval and at Close.
 func (m *Manager) compact(ctx context.Context) error {
-	if m.cfg.Store == nil {
-		return errNoStore
-	}
 	m.compactMu.Lock()
 	defer m.compactMu.Unlock()
 	// Order matters. The journal is sealed and the objects before the
@@ -214,14 +196,21 @@ func (m *Manager) compact(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("lease: seal journal: %w", err)
 	}
-	logs, err := m.listAll(ctx, m.logKey+"/")
-	if err != nil {
-		return err
+	var logs, olds []string
+	for k, err := range storage.Keys(ctx, m.cfg.Store, m.logKey+"/") {
+		if err != nil {
+			return fmt.Errorf("lease: list journal: %w", err)
+		}
+		if k >= bound {
+			break
+		}
+		logs = append(logs, k)
 	}
-	logs = slices.DeleteFunc(logs, func(k string) bool { return k >= bound })
-	olds, err := m.listAll(ctx, m.snapPrefix())
-	if err != nil {
-		return err
+	for k, err := range storage.Keys(ctx, m.cfg.Store, m.snapPrefix()) {
+		if err != nil {
+			return fmt.Errorf("lease: list snapshots: %w", err)
+		}
+		olds = append(olds, k)
 	}
 	if len(logs) == 0 && len(olds) > 0 {
 		return nil

@@ -25,7 +25,7 @@ func TestManager_restart(t *testing.T) {
 			dir := t.TempDir()
 			clk := newClock()
 			cfg := lease.Config{Store: MustFS(t, dir), Now: clk.Now, CompactInterval: -1}
-			m1, err := lease.New(cfg)
+			m1, err := lease.New(context.Background(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -94,7 +94,7 @@ func TestManager_restart_clockBack(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock()
 	cfg := lease.Config{Store: MustFS(t, t.TempDir()), Now: clk.Now, CompactInterval: -1}
-	m1, err := lease.New(cfg)
+	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestManager_restart_tokens(t *testing.T) {
 	cfg := lease.Config{Store: MustFS(t, t.TempDir()), CompactInterval: -1}
 	var last uint64
 	for i := range 5 {
-		m, err := lease.New(cfg)
+		m, err := lease.New(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +186,7 @@ func TestManager_Compact(t *testing.T) {
 	ctx := context.Background()
 	store := MustFS(t, t.TempDir())
 	cfg := lease.Config{Store: store, CompactInterval: -1}
-	m1, err := lease.New(cfg)
+	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func TestManager_Compact(t *testing.T) {
 func TestManager_restart_underLoad(t *testing.T) {
 	ctx := context.Background()
 	cfg := lease.Config{Store: MustFS(t, t.TempDir()), CompactInterval: 3 * time.Millisecond}
-	m1, err := lease.New(cfg)
+	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func TestManager_restart_underLoad(t *testing.T) {
 func TestManager_restart_tornTail(t *testing.T) {
 	dir := t.TempDir()
 	cfg := lease.Config{Store: MustFS(t, dir), CompactInterval: -1}
-	m1, err := lease.New(cfg)
+	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,17 +6,18 @@ import (
 	"time"
 )
 
-// Sentinel errors. Test for them with errors.Is; the HTTP client maps the
-// server's error codes back onto the same values.
+// Sentinel errors. Test for them with errors.Is; Client maps the server's
+// error answers back onto the same values.
 var (
 	// ErrHeld is returned by Acquire when another agent holds the lease. The
 	// error is a *HeldError carrying the holder and its deadline.
 	ErrHeld = errors.New("lease: held by another agent")
-	// ErrNotHeld is returned by Renew when the caller holds no live lease on
-	// the name: it expired, was released, or was never granted.
+	// ErrNotHeld is returned by Renew and Release when the caller holds no
+	// live lease on the name: it expired, was released, was never granted,
+	// or is another agent's.
 	ErrNotHeld = errors.New("lease: not held")
-	// ErrStaleToken is returned by Renew when the token is not the one of
-	// the current grant on the name (the lease passed to someone else).
+	// ErrStaleToken is returned by Renew and Release when the token is not
+	// the one of the current grant on the name (the lease passed on).
 	ErrStaleToken = errors.New("lease: stale fencing token")
 	// ErrInvalidName is returned for an empty, too long or malformed name.
 	ErrInvalidName = errors.New("lease: invalid name")
@@ -25,9 +26,11 @@ var (
 	// ErrInvalidID is returned for an exchange or agent id that does not
 	// match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.
 	ErrInvalidID = errors.New("lease: invalid id")
-	// ErrInvalidToken is returned when a fencing token is missing (zero).
+	// ErrInvalidToken is returned by Renew when the fencing token is
+	// missing (zero).
 	ErrInvalidToken = errors.New("lease: invalid token")
-	// ErrClosed is returned by every operation after Close.
+	// ErrClosed is returned by every operation after Close. Client returns
+	// it for a 503 answer (the server is shutting down).
 	ErrClosed = errors.New("lease: closed")
 	// ErrUnauthorized is returned by an Authenticator for a missing or
 	// unknown API key (HTTP 401).

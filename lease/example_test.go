@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/meatspace-exchange/mess/lease"
@@ -12,7 +11,7 @@ import (
 
 func Example() {
 	ctx := context.Background()
-	m, err := lease.New(lease.Config{}) // in memory; set Store to keep leases across restarts
+	m, err := lease.New(ctx, lease.Config{}) // in memory; set Store to keep leases across restarts
 	if err != nil {
 		panic(err)
 	}
@@ -46,7 +45,7 @@ func Example() {
 
 func ExampleManager_AcquireWait() {
 	ctx := context.Background()
-	m, _ := lease.New(lease.Config{})
+	m, _ := lease.New(ctx, lease.Config{})
 	defer m.Close(ctx)
 
 	a, _ := m.Acquire(ctx, "ex1", "alice", "notes.md", time.Minute)
@@ -60,9 +59,26 @@ func ExampleManager_AcquireWait() {
 	// Output: bob <nil>
 }
 
+// The holder may release without its token: a token of 0 means the
+// caller's current lease. Anyone else is refused.
+func ExampleManager_Release() {
+	ctx := context.Background()
+	m, _ := lease.New(ctx, lease.Config{})
+	defer m.Close(ctx)
+
+	m.Acquire(ctx, "ex1", "alice", "a.txt", time.Minute)
+	_, err := m.Release(ctx, "ex1", "bob", "a.txt", 0)
+	fmt.Println(errors.Is(err, lease.ErrNotHeld))
+	ok, err := m.Release(ctx, "ex1", "alice", "a.txt", 0)
+	fmt.Println(ok, err)
+	// Output:
+	// true
+	// true <nil>
+}
+
 func ExampleManager_Status() {
 	ctx := context.Background()
-	m, _ := lease.New(lease.Config{})
+	m, _ := lease.New(ctx, lease.Config{})
 	defer m.Close(ctx)
 
 	st, _ := m.Status(ctx, "ex1", "a.txt")
@@ -79,7 +95,10 @@ func ExampleManager_Status() {
 // releasing when done. It needs a running server, so it is not run here.
 func ExampleClient() {
 	ctx := context.Background()
-	c := lease.NewClient("http://127.0.0.1:3000", "ex1", "mess_ex1_...", http.DefaultClient)
+	c, err := lease.NewClient(lease.ClientConfig{BaseURL: "http://127.0.0.1:3000", Exchange: "ex1", APIKey: "mess_ex1_..."})
+	if err != nil {
+		panic(err)
+	}
 	g, err := c.Acquire(ctx, "src/config.ts", 30*time.Second)
 	if errors.Is(err, lease.ErrHeld) {
 		st, _ := c.Status(ctx, "src/config.ts")

@@ -2,6 +2,21 @@ package lease
 
 import "context"
 
+// CanonicalName and MaxNameLen are open to the tests of the name rules.
+var CanonicalName = canonicalName
+
+const MaxNameLen = maxNameLen
+
+// Compact folds the journal into a snapshot now, as the background loop
+// does every Config.CompactInterval.
+func (m *Manager) Compact(ctx context.Context) error {
+	if !m.enter() {
+		return ErrClosed
+	}
+	defer m.leave()
+	return m.compact(ctx)
+}
+
 // Crash stops m the way a killed process would: background work stops and
 // queued journal writes finish, but no snapshot is written and nothing else
 // is tidied up.
@@ -11,14 +26,12 @@ func (m *Manager) Crash() {
 	m.closed = true
 	m.closeMu.Unlock()
 	m.wg.Wait()
-	if m.j != nil {
-		_ = m.j.Close(context.Background())
-	}
+	_ = m.j.Close(context.Background())
 }
 
 // Waiters reports how many blocking acquires are queued on name.
 func (m *Manager) Waiters(exchangeID, name string) int {
-	n, _ := CanonicalName(name)
+	n, _ := canonicalName(name)
 	k := key{exchangeID, n}
 	s := m.shard(k)
 	s.mu.Lock()

@@ -1,18 +1,15 @@
 package lease
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
+	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	json "github.com/goccy/go-json"
+	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 // Authenticator resolves an API key to the agent it belongs to in an
@@ -29,12 +26,12 @@ type HandlerConfig struct {
 	// MaxBodyBytes caps request bodies. Zero means 64 KiB.
 	MaxBodyBytes int64
 	// Logger receives internal errors, which clients only see as a generic
-	// 500. Nil discards them.
+	// 500. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// Wire types of the HTTP API. Times are epoch milliseconds and durations
-// milliseconds, as in the seed's LeaseStatus.
+// Wire types of the lease API v1. Times are epoch milliseconds and
+// durations milliseconds, as in its LeaseStatus.
 type (
 	acquireRequest struct {
 		File    string `json:"file"`
@@ -48,8 +45,9 @@ type (
 		TTLMs int64  `json:"ttlMs"`
 	}
 	releaseRequest struct {
-		File  string `json:"file"`
-		Token uint64 `json:"token"`
+		File    string `json:"file"`
+		Token   uint64 `json:"token,omitempty"`   // 0: the caller's current lease
+		AgentID string `json:"agentId,omitempty"` // optional; must match the key's agent
 	}
 	statusRequest struct {
 		File string `json:"file"`
@@ -85,6 +83,7 @@ type (
 	errorResponse struct {
 		Error string `json:"error"`
 		Code  string `json:"code"`
+		Field string `json:"field,omitempty"` // the request member an invalid_input error is about
 	}
 )
 
@@ -94,18 +93,18 @@ type handler struct {
 	mux *http.ServeMux
 }
 
-// NewHandler serves the lease API for m under
+// NewHandler serves the lease API v1 for m under
 // /api/v1/exchanges/{exchange_id}/leases/: POST acquire, renew, release,
-// status and release-all, and GET list. It panics if cfg.Auth is nil.
-func NewHandler(m *Manager, cfg HandlerConfig) http.Handler {
-	if cfg.Auth == nil {
-		panic("lease: HandlerConfig.Auth is required")
+// status and release-all, and GET list. It needs m and cfg.Auth.
+func NewHandler(m *Manager, cfg HandlerConfig) (http.Handler, error) {
+	if m == nil || cfg.Auth == nil {
+		return nil, errors.New("lease: NewHandler needs a Manager and HandlerConfig.Auth")
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = slog.Default()
 	}
 	h := &handler{m: m, cfg: cfg, mux: http.NewServeMux()}
 	const base = "/api/v1/exchanges/{exchange_id}/leases/"
@@ -116,9 +115,9 @@ func NewHandler(m *Manager, cfg HandlerConfig) http.Handler {
 	h.route(base+"list", http.MethodGet, h.list)
 	h.route(base+"release-all", http.MethodPost, h.releaseAll)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "no such endpoint")
 	})
-	return h.mux
+	return h.mux, nil
 }
 
 type opFunc func(w http.ResponseWriter, r *http.Request, exchangeID, agentID string) error
@@ -129,124 +128,86 @@ func (h *handler) route(pattern, method string, op opFunc) {
 	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != method {
 			w.Header().Set("Allow", method)
-			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+method)
+			httpx.WriteError(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use "+method)
 			return
 		}
 		x := r.PathValue("exchange_id")
-		if err := ValidID(x); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_exchange", "invalid exchange id")
+		if err := validID(x); err != nil {
+			invalid(w, "exchange_id", "invalid exchange id")
 			return
 		}
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || tok == "" {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing bearer token")
+		key, ok := httpx.Bearer(r)
+		if !ok {
+			httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "missing bearer token")
 			return
 		}
-		agent, err := h.cfg.Auth.Authenticate(r.Context(), x, tok)
+		agent, err := h.cfg.Auth.Authenticate(r.Context(), x, key)
+		if err == nil && validID(agent) != nil {
+			err = fmt.Errorf("lease: the authenticator gave the invalid agent id %q", agent)
+		}
 		if err == nil {
-			err = ValidID(agent)
+			err = op(w, r, x, agent)
 		}
 		if err != nil {
-			h.writeErr(w, r, err)
-			return
-		}
-		r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
-		if err := op(w, r, x, agent); err != nil {
 			h.writeErr(w, r, err)
 		}
 	})
 }
 
-// errBadJSON marks a body that could not be decoded.
-var errBadJSON = errors.New("lease: malformed JSON body")
-
-// bufs holds request and response buffers: a lease call reads and writes
-// a few hundred bytes, and pooling them takes the allocation (and the GC
-// work behind it) off every request.
-var bufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// maxPooled keeps a rare large body from pinning its buffer in the pool.
-const maxPooled = 16 << 10
-
-func putBuf(b *bytes.Buffer) {
-	if b.Cap() <= maxPooled {
-		b.Reset()
-		bufs.Put(b)
-	}
+// decode reads r's JSON body into v within the handler's limit.
+func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return httpx.DecodeJSON(w, r, h.cfg.MaxBodyBytes, v)
 }
 
-func decode(r *http.Request, v any) error {
-	buf := bufs.Get().(*bytes.Buffer)
-	defer putBuf(buf)
-	if _, err := buf.ReadFrom(r.Body); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return mbe
-		}
-		return errBadJSON
-	}
-	// The decoder copies what it keeps, so the buffer can go back to the pool.
-	if json.Unmarshal(buf.Bytes(), v) != nil {
-		return errBadJSON
-	}
-	return nil
+// invalid answers 400 invalid_input naming the request member at fault, so
+// that Client can tell ErrInvalidName, ErrInvalidTTL, ErrInvalidID and
+// ErrInvalidToken apart.
+func invalid(w http.ResponseWriter, field, msg string) {
+	httpx.WriteErrorDetails(w, http.StatusBadRequest, httpx.CodeInvalid, msg, map[string]any{"field": field})
 }
 
+// The two conflicts a client must tell apart get their own codes.
+const (
+	codeStaleToken = "stale_token" // 409: the token is not the current grant's
+	codeNotHeld    = "not_held"    // 409: the caller holds no live lease on the name
+)
+
+// writeErr is the one table from errors to answers.
 func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
-	var mbe *http.MaxBytesError
+	if he, ok := errors.AsType[*httpx.Error](err); ok {
+		httpx.Write(w, he)
+		return
+	}
 	switch {
-	case errors.As(err, &mbe):
-		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
-	case errors.Is(err, errBadJSON):
-		writeError(w, http.StatusBadRequest, "invalid_json", "malformed JSON body")
 	case errors.Is(err, ErrUnauthorized):
-		writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key")
 	case errors.Is(err, ErrForbidden):
-		writeError(w, http.StatusForbidden, "forbidden", "API key not valid for this exchange")
+		httpx.WriteError(w, http.StatusForbidden, httpx.CodeForbidden, "API key not valid for this exchange or agent")
 	case errors.Is(err, ErrInvalidName):
-		writeError(w, http.StatusBadRequest, "invalid_name", message(err))
+		invalid(w, "file", message(err))
 	case errors.Is(err, ErrInvalidTTL):
-		writeError(w, http.StatusBadRequest, "invalid_ttl", message(err))
+		invalid(w, "ttlMs", message(err))
 	case errors.Is(err, ErrInvalidID):
-		writeError(w, http.StatusBadRequest, "invalid_id", message(err))
+		invalid(w, "agentId", message(err))
 	case errors.Is(err, ErrInvalidToken):
-		writeError(w, http.StatusBadRequest, "invalid_token", "token is required")
+		invalid(w, "token", "token is required")
 	case errors.Is(err, ErrStaleToken):
-		writeError(w, http.StatusConflict, "stale_token", message(err))
+		httpx.WriteError(w, http.StatusConflict, codeStaleToken, message(err))
 	case errors.Is(err, ErrNotHeld):
-		writeError(w, http.StatusConflict, "not_held", message(err))
+		httpx.WriteError(w, http.StatusConflict, codeNotHeld, message(err))
 	case errors.Is(err, ErrClosed):
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "lease service is shutting down")
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service is shutting down")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The client went away; nobody reads this.
-		writeError(w, http.StatusServiceUnavailable, "cancelled", "request cancelled")
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "request cancelled")
 	default:
 		h.cfg.Logger.Error("lease: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", "internal error")
+		httpx.WriteError(w, http.StatusInternalServerError, httpx.CodeInternal, "internal error")
 	}
 }
 
 // message is err's text without the package prefix, for clients.
 func message(err error) string { return strings.TrimPrefix(err.Error(), "lease: ") }
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, errorResponse{Error: msg, Code: code})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	buf := bufs.Get().(*bytes.Buffer)
-	defer putBuf(buf)
-	if err := json.NewEncoder(buf).Encode(v); err != nil {
-		status = http.StatusInternalServerError
-		buf.Reset()
-		buf.WriteString(`{"error":"internal error","code":"internal"}` + "\n")
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(buf.Len()))
-	w.WriteHeader(status)
-	_, _ = w.Write(buf.Bytes())
-}
 
 func msDuration(ms int64) time.Duration {
 	if ms < 0 || ms > int64(365*24*time.Hour/time.Millisecond) {
@@ -262,17 +223,16 @@ func toJSON(g Grant, now time.Time) leaseJSON {
 
 func (h *handler) acquire(w http.ResponseWriter, r *http.Request, x, agent string) error {
 	var req acquireRequest
-	if err := decode(r, &req); err != nil {
+	if err := h.decode(w, r, &req); err != nil {
 		return err
 	}
 	if req.AgentID != "" && req.AgentID != agent {
 		return ErrForbidden
 	}
 	g, err := h.m.AcquireWait(r.Context(), x, agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
-	var he *HeldError
-	if errors.As(err, &he) {
+	if he, ok := errors.AsType[*HeldError](err); ok {
 		now := h.m.cfg.Now()
-		writeJSON(w, http.StatusOK, acquireResponse{Acquired: false, File: he.Name, AgentID: he.Holder,
+		httpx.WriteJSON(w, http.StatusOK, acquireResponse{Acquired: false, File: he.Name, AgentID: he.Holder,
 			ExpiresAt: he.ExpiresAt.UnixMilli(), RemainingMs: max(remainingMs(he.ExpiresAt.Sub(now)), 0)})
 		return nil
 	}
@@ -280,47 +240,50 @@ func (h *handler) acquire(w http.ResponseWriter, r *http.Request, x, agent strin
 		return err
 	}
 	j := toJSON(g, h.m.cfg.Now())
-	writeJSON(w, http.StatusOK, acquireResponse{Acquired: true, File: j.File, AgentID: j.AgentID,
+	httpx.WriteJSON(w, http.StatusOK, acquireResponse{Acquired: true, File: j.File, AgentID: j.AgentID,
 		Token: j.Token, ExpiresAt: j.ExpiresAt, RemainingMs: j.RemainingMs})
 	return nil
 }
 
 func (h *handler) renew(w http.ResponseWriter, r *http.Request, x, agent string) error {
 	var req renewRequest
-	if err := decode(r, &req); err != nil {
+	if err := h.decode(w, r, &req); err != nil {
 		return err
 	}
 	g, err := h.m.Renew(r.Context(), x, agent, req.File, req.Token, msDuration(req.TTLMs))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, renewResponse{Renewed: true, leaseJSON: toJSON(g, h.m.cfg.Now())})
+	httpx.WriteJSON(w, http.StatusOK, renewResponse{Renewed: true, leaseJSON: toJSON(g, h.m.cfg.Now())})
 	return nil
 }
 
 func (h *handler) release(w http.ResponseWriter, r *http.Request, x, agent string) error {
 	var req releaseRequest
-	if err := decode(r, &req); err != nil {
+	if err := h.decode(w, r, &req); err != nil {
 		return err
+	}
+	if req.AgentID != "" && req.AgentID != agent {
+		return ErrForbidden
 	}
 	ok, err := h.m.Release(r.Context(), x, agent, req.File, req.Token)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, releaseResponse{Released: ok})
+	httpx.WriteJSON(w, http.StatusOK, releaseResponse{Released: ok})
 	return nil
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request, x, _ string) error {
 	var req statusRequest
-	if err := decode(r, &req); err != nil {
+	if err := h.decode(w, r, &req); err != nil {
 		return err
 	}
 	st, err := h.m.Status(r.Context(), x, req.File)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, st)
+	httpx.WriteJSON(w, http.StatusOK, st)
 	return nil
 }
 
@@ -334,7 +297,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, x, _ string) erro
 	for _, g := range gs {
 		resp.Leases = append(resp.Leases, toJSON(g, now))
 	}
-	writeJSON(w, http.StatusOK, resp)
+	httpx.WriteJSON(w, http.StatusOK, resp)
 	return nil
 }
 
@@ -342,13 +305,13 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, x, _ string) erro
 // leases is left to in-process callers (Manager.ReleaseAll), which know
 // when an agent has gone away.
 func (h *handler) releaseAll(w http.ResponseWriter, r *http.Request, x, agent string) error {
-	if _, err := io.Copy(io.Discard, r.Body); err != nil {
+	if _, err := httpx.ReadBody(w, r, h.cfg.MaxBodyBytes); err != nil {
 		return err
 	}
 	n, err := h.m.ReleaseAll(r.Context(), x, agent)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, releaseAllResponse{Released: n})
+	httpx.WriteJSON(w, http.StatusOK, releaseAllResponse{Released: n})
 	return nil
 }

@@ -32,15 +32,123 @@ func (keys) Authenticate(_ context.Context, x, tok string) (string, error) {
 func MustServer(tb testing.TB, cfg lease.Config) (*lease.Manager, *httptest.Server) {
 	tb.Helper()
 	m := MustNew(tb, cfg)
-	srv := httptest.NewServer(lease.NewHandler(m, lease.HandlerConfig{Auth: keys{}, MaxBodyBytes: 4096}))
+	h, err := lease.NewHandler(m, lease.HandlerConfig{Auth: keys{}, MaxBodyBytes: 4096})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
 	tb.Cleanup(srv.Close)
 	return m, srv
 }
 
 func MustClient(tb testing.TB, srv *httptest.Server, x, agent string) *lease.Client {
-	c := lease.NewClient(srv.URL, x, "key-"+agent, nil)
+	tb.Helper()
+	c, err := lease.NewClient(lease.ClientConfig{BaseURL: srv.URL, Exchange: x, APIKey: "key-" + agent})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(c.CloseIdleConnections)
 	return c
+}
+
+// post sends body to the lease endpoint op as agent and returns the status
+// and the decoded answer.
+func post(t *testing.T, srv *httptest.Server, agent, op, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/exchanges/x1/leases/"+op, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer key-"+agent)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := decodeJSON(resp, &out); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+func TestNewHandler_needsAuth(t *testing.T) {
+	m := MustNew(t, lease.Config{})
+	if h, err := lease.NewHandler(m, lease.HandlerConfig{}); err == nil || h != nil {
+		t.Fatalf("NewHandler without Auth = %v, %v; want an error", h, err)
+	}
+	if h, err := lease.NewHandler(nil, lease.HandlerConfig{Auth: keys{}}); err == nil || h != nil {
+		t.Fatalf("NewHandler without a Manager = %v, %v; want an error", h, err)
+	}
+}
+
+func TestNewClient_invalid(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  lease.ClientConfig
+	}{
+		{"no url", lease.ClientConfig{Exchange: "x1", APIKey: "k"}},
+		{"not http", lease.ClientConfig{BaseURL: "ftp://h", Exchange: "x1", APIKey: "k"}},
+		{"bad exchange", lease.ClientConfig{BaseURL: "http://h", Exchange: "-x", APIKey: "k"}},
+		{"no key", lease.ClientConfig{BaseURL: "http://h", Exchange: "x1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if c, err := lease.NewClient(tt.cfg); err == nil || c != nil {
+				t.Fatalf("NewClient(%+v) = %v, %v; want an error", tt.cfg, c, err)
+			}
+		})
+	}
+}
+
+// Ensure a holder can release by name alone, as mail bus clients send
+// {file, agentId}, and that the file then goes at once to the agent queued
+// for it; a token, when sent, must still be current.
+func TestHandler_releaseWithoutToken(t *testing.T) {
+	ctx := context.Background()
+	m, srv := MustServer(t, lease.Config{})
+	alice, bob := MustClient(t, srv, "x1", "alice"), MustClient(t, srv, "x1", "bob")
+	g, err := alice.Acquire(ctx, "f", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	status, body := post(t, srv, "bob", "release", `{"file":"f","agentId":"bob"}`)
+	if status != http.StatusConflict || body["code"] != "not_held" {
+		t.Fatalf("token-less release by a non-holder = %d %v, want 409 not_held", status, body)
+	}
+	status, body = post(t, srv, "alice", "release", fmt.Sprintf(`{"file":"f","token":%d}`, g.Token+1))
+	if status != http.StatusConflict || body["code"] != "stale_token" {
+		t.Fatalf("release with a wrong token = %d %v, want 409 stale_token", status, body)
+	}
+	if _, err := bob.Release(ctx, "f", 0); !errors.Is(err, lease.ErrNotHeld) {
+		t.Fatalf("client release by a non-holder: %v, want ErrNotHeld", err)
+	}
+	if _, err := alice.Release(ctx, "f", g.Token+1); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("client release with a wrong token: %v, want ErrStaleToken", err)
+	}
+
+	waited := make(chan error, 1)
+	var bg lease.Grant
+	go func() {
+		var err error
+		bg, err = bob.AcquireWait(ctx, "f", time.Minute, time.Minute)
+		waited <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); m.Waiters("x1", "f") == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("bob never queued")
+		}
+	}
+	status, body = post(t, srv, "alice", "release", `{"file":"f","agentId":"alice"}`)
+	if status != http.StatusOK || body["released"] != true {
+		t.Fatalf("token-less release by the holder = %d %v, want 200 released", status, body)
+	}
+	// alice's lease had an hour to run: only the release can have handed
+	// the file to bob.
+	if err := <-waited; err != nil || bg.Holder != "bob" || bg.Token <= g.Token {
+		t.Fatalf("bob's queued acquire = %+v, %v", bg, err)
+	}
+	if ok, err := bob.Release(ctx, "f", 0); !ok || err != nil {
+		t.Fatalf("client token-less release by the holder = %v, %v", ok, err)
+	}
 }
 
 func TestClient_lifecycle(t *testing.T) {
@@ -74,7 +182,7 @@ func TestClient_lifecycle(t *testing.T) {
 	if ls, err := bob.List(ctx, "alice"); err != nil || len(ls) != 1 || ls[0].Token != g.Token {
 		t.Fatalf("list = %+v, %v", ls, err)
 	}
-	if ok, err := bob.Release(ctx, "src/a.go", g.Token); ok || err != nil {
+	if ok, err := bob.Release(ctx, "src/a.go", g.Token); ok || !errors.Is(err, lease.ErrNotHeld) {
 		t.Fatalf("release by bob = %v, %v", ok, err)
 	}
 	if ok, err := alice.Release(ctx, "src/a.go", g.Token); !ok || err != nil {
@@ -105,7 +213,7 @@ func TestClient_staleAfterExpiry(t *testing.T) {
 	if _, err := alice.Renew(ctx, "f", g.Token, time.Second); !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("renew with stale token: %v", err)
 	}
-	if ok, err := alice.Release(ctx, "f", g.Token); ok || err != nil {
+	if ok, err := alice.Release(ctx, "f", g.Token); ok || !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("release with stale token = %v, %v", ok, err)
 	}
 }
@@ -115,25 +223,35 @@ func TestHandler_errors(t *testing.T) {
 	tests := []struct {
 		name, path, auth, body string
 		status                 int
-		code                   string
+		code, field            string
+		want                   error // what Client maps the answer to
 	}{
-		{"no auth", "/api/v1/exchanges/x1/leases/status", "", `{"file":"f"}`, 401, "unauthorized"},
-		{"bad key", "/api/v1/exchanges/x1/leases/status", "Bearer nope", `{"file":"f"}`, 401, "unauthorized"},
-		{"other exchange", "/api/v1/exchanges/x2/leases/status", "Bearer key-a", `{"file":"f"}`, 403, "forbidden"},
-		{"bad json", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":`, 400, "invalid_json"},
-		{"bad ttl", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"f","ttlMs":0}`, 400, "invalid_ttl"},
-		{"negative ttl", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"f","ttlMs":-5}`, 400, "invalid_ttl"},
-		{"bad name", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"","ttlMs":1000}`, 400, "invalid_name"},
-		{"agent mismatch", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"f","ttlMs":1000,"agentId":"b"}`, 403, "forbidden"},
-		{"no token", "/api/v1/exchanges/x1/leases/release", "Bearer key-a", `{"file":"f"}`, 400, "invalid_token"},
-		{"not held", "/api/v1/exchanges/x1/leases/renew", "Bearer key-a", `{"file":"f","token":3,"ttlMs":1000}`, 409, "not_held"},
-		{"too large", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"` + strings.Repeat("a", 5000) + `"}`, 413, "body_too_large"},
-		{"bad exchange", "/api/v1/exchanges/-x/leases/status", "Bearer key-a", `{}`, 400, "invalid_exchange"},
-		{"unknown", "/api/v1/exchanges/x1/leases/nope", "Bearer key-a", `{}`, 404, "not_found"},
+		{"no auth", "/api/v1/exchanges/x1/leases/status", "", `{"file":"f"}`, 401, "unauthorized", "", lease.ErrUnauthorized},
+		{"bad key", "/api/v1/exchanges/x1/leases/status", "Bearer nope", `{"file":"f"}`, 401, "unauthorized", "", lease.ErrUnauthorized},
+		{"lower-case scheme", "/api/v1/exchanges/x1/leases/status", "bearer nope", `{"file":"f"}`, 401, "unauthorized", "", lease.ErrUnauthorized},
+		{"other exchange", "/api/v1/exchanges/x2/leases/status", "Bearer key-a", `{"file":"f"}`, 403, "forbidden", "", lease.ErrForbidden},
+		{"bad json", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":`, 400, "malformed_json", "", nil},
+		{"wrong type", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":1}`, 400, "malformed_json", "", nil},
+		{"bad ttl", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"f","ttlMs":0}`, 400, "invalid_input", "ttlMs", lease.ErrInvalidTTL},
+		{"negative ttl", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"f","ttlMs":-5}`, 400, "invalid_input", "ttlMs", lease.ErrInvalidTTL},
+		{"bad name", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"","ttlMs":1000}`, 400, "invalid_input", "file", lease.ErrInvalidName},
+		{"agent mismatch", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"f","ttlMs":1000,"agentId":"b"}`, 403, "forbidden", "", lease.ErrForbidden},
+		{"release agent mismatch", "/api/v1/exchanges/x1/leases/release", "Bearer key-a", `{"file":"f","agentId":"b"}`, 403, "forbidden", "", lease.ErrForbidden},
+		{"renew without token", "/api/v1/exchanges/x1/leases/renew", "Bearer key-a", `{"file":"f","ttlMs":1000}`, 400, "invalid_input", "token", lease.ErrInvalidToken},
+		{"release not held", "/api/v1/exchanges/x1/leases/release", "Bearer key-a", `{"file":"f"}`, 409, "not_held", "", lease.ErrNotHeld},
+		{"not held", "/api/v1/exchanges/x1/leases/renew", "Bearer key-a", `{"file":"f","token":3,"ttlMs":1000}`, 409, "not_held", "", lease.ErrNotHeld},
+		{"too large", "/api/v1/exchanges/x1/leases/acquire", "Bearer key-a", `{"file":"` + strings.Repeat("a", 5000) + `"}`, 413, "too_large", "", nil},
+		{"bad exchange", "/api/v1/exchanges/-x/leases/status", "Bearer key-a", `{}`, 400, "invalid_input", "exchange_id", lease.ErrInvalidID},
+		{"bad agent filter", "/api/v1/exchanges/x1/leases/list?agent=-a", "Bearer key-a", ``, 400, "invalid_input", "agentId", lease.ErrInvalidID},
+		{"unknown", "/api/v1/exchanges/x1/leases/nope", "Bearer key-a", `{}`, 404, "not_found", "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodPost, srv.URL+tt.path, strings.NewReader(tt.body))
+			method := http.MethodPost
+			if strings.Contains(tt.path, "/list") {
+				method = http.MethodGet
+			}
+			req, _ := http.NewRequest(method, srv.URL+tt.path, strings.NewReader(tt.body))
 			if tt.auth != "" {
 				req.Header.Set("Authorization", tt.auth)
 			}
@@ -142,19 +260,23 @@ func TestHandler_errors(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			var body struct{ Error, Code string }
+			var body struct{ Error, Code, Field string }
 			if err := decodeJSON(resp, &body); err != nil {
 				t.Fatal(err)
 			}
-			if resp.StatusCode != tt.status || body.Code != tt.code || body.Error == "" {
-				t.Fatalf("got %d %+v, want %d %s", resp.StatusCode, body, tt.status, tt.code)
+			if resp.StatusCode != tt.status || body.Code != tt.code || body.Field != tt.field || body.Error == "" {
+				t.Fatalf("got %d %+v, want %d %s %s", resp.StatusCode, body, tt.status, tt.code, tt.field)
+			}
+			apiErr := &lease.APIError{StatusCode: resp.StatusCode, Code: body.Code, Field: body.Field, Message: body.Error}
+			if got := errors.Unwrap(apiErr); got != tt.want {
+				t.Fatalf("the client maps it to %v, want %v", got, tt.want)
 			}
 		})
 	}
 }
 
-// Ensure the wire format matches the seed's LeaseStatus: a free lease is
-// exactly {"isLeased":false}.
+// Ensure the wire format is the LeaseStatus of the lease API v1: a free
+// lease is exactly {"isLeased":false}.
 func TestHandler_statusWire(t *testing.T) {
 	_, srv := MustServer(t, lease.Config{})
 	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/exchanges/x1/leases/status", strings.NewReader(`{"file":"f"}`))

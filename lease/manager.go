@@ -2,7 +2,6 @@ package lease
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -17,18 +16,18 @@ import (
 
 // Defaults applied by New to zero Config fields.
 const (
-	DefaultMinTTL          = 100 * time.Millisecond
-	DefaultMaxTTL          = time.Hour
-	DefaultMaxWait         = time.Minute
-	DefaultPrefix          = "leases"
-	DefaultCompactInterval = 30 * time.Second
-	DefaultSweepInterval   = 5 * time.Second
+	defaultMinTTL          = 100 * time.Millisecond
+	defaultMaxTTL          = time.Hour
+	defaultMaxWait         = time.Minute
+	defaultPrefix          = "leases"
+	defaultCompactInterval = 30 * time.Second
+	defaultSweepInterval   = 5 * time.Second
 )
 
 // Config configures a Manager.
 type Config struct {
-	// Store keeps grants durable. Nil means leases live in memory only and
-	// are lost on restart (tests and examples).
+	// Store keeps grants durable. Nil means storage.NewMemory(): leases
+	// live as long as the process (tests and examples).
 	Store storage.Store
 	// Prefix is the key prefix of the lease state in Store. Zero means
 	// "leases"; the journal goes under {Prefix}/log/ and snapshots under
@@ -50,7 +49,8 @@ type Config struct {
 	// reading is what ExpiresAt reports and what survives a restart. Zero
 	// means time.Now.
 	Now func() time.Time
-	// Logger receives background errors (compaction). Nil discards them.
+	// Logger receives background errors (compaction). Nil means
+	// slog.Default().
 	Logger *slog.Logger
 }
 
@@ -63,8 +63,8 @@ type Grant struct {
 	ExpiresAt time.Time
 }
 
-// Status describes a lease as the seed's LeaseStatus does; a free name has
-// only IsLeased false.
+// Status is the LeaseStatus object of the lease API v1, the shape mail bus
+// clients read from isLeased: a free name has only IsLeased false.
 type Status struct {
 	IsLeased    bool   `json:"isLeased"`
 	AgentID     string `json:"agentId,omitempty"`
@@ -117,54 +117,56 @@ type Manager struct {
 	wg        sync.WaitGroup
 }
 
-// New opens a Manager, restoring the durable state found in cfg.Store.
-func New(cfg Config) (*Manager, error) {
+// New opens a Manager, restoring the durable state found in cfg.Store; ctx
+// bounds that restore. A zero Config is a working in-memory Manager.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Store == nil {
+		cfg.Store = storage.NewMemory()
+	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
+		cfg.Prefix = defaultPrefix
 	}
 	if err := storage.ValidKey(cfg.Prefix); err != nil {
 		return nil, fmt.Errorf("lease: Config.Prefix: %w", err)
 	}
 	if cfg.MinTTL == 0 {
-		cfg.MinTTL = DefaultMinTTL
+		cfg.MinTTL = defaultMinTTL
 	}
 	if cfg.MaxTTL == 0 {
-		cfg.MaxTTL = DefaultMaxTTL
+		cfg.MaxTTL = defaultMaxTTL
 	}
 	if cfg.MinTTL < time.Millisecond || cfg.MaxTTL < cfg.MinTTL {
 		return nil, fmt.Errorf("lease: need 1ms <= MinTTL (%s) <= MaxTTL (%s)", cfg.MinTTL, cfg.MaxTTL)
 	}
 	if cfg.MaxWait <= 0 {
-		cfg.MaxWait = DefaultMaxWait
+		cfg.MaxWait = defaultMaxWait
 	}
 	if cfg.CompactInterval == 0 {
-		cfg.CompactInterval = DefaultCompactInterval
+		cfg.CompactInterval = defaultCompactInterval
 	}
 	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = DefaultSweepInterval
+		cfg.SweepInterval = defaultSweepInterval
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = slog.Default()
 	}
 	m := &Manager{cfg: cfg, seed: maphash.MakeSeed(), done: make(chan struct{}), logKey: cfg.Prefix + "/log"}
 	for i := range m.shards {
 		m.shards[i].m = make(map[key]*entry)
 	}
-	if cfg.Store != nil {
-		if err := m.load(context.Background()); err != nil {
-			return nil, err
-		}
-		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
-		if err != nil {
-			return nil, err
-		}
-		m.j = j
-		if cfg.CompactInterval > 0 {
-			m.wg.Go(m.compactLoop)
-		}
+	if err := m.load(ctx); err != nil {
+		return nil, err
+	}
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
+	if err != nil {
+		return nil, err
+	}
+	m.j = j
+	if cfg.CompactInterval > 0 {
+		m.wg.Go(m.compactLoop)
 	}
 	m.wg.Go(m.sweepLoop)
 	return m, nil
@@ -194,15 +196,15 @@ func (m *Manager) checkTTL(ttl time.Duration) error {
 }
 
 func validate(exchangeID, agentID, name string) (key, error) {
-	if err := ValidID(exchangeID); err != nil {
+	if err := validID(exchangeID); err != nil {
 		return key{}, err
 	}
 	if agentID != "" {
-		if err := ValidID(agentID); err != nil {
+		if err := validID(agentID); err != nil {
 			return key{}, err
 		}
 	}
-	n, err := CanonicalName(name)
+	n, err := canonicalName(name)
 	if err != nil {
 		return key{}, err
 	}
@@ -473,19 +475,9 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 	s.mu.Lock()
 	now := m.cfg.Now()
 	e := s.m[k]
-	switch {
-	case e == nil || e.holder == "":
+	if err := checkHeld(e, k, agentID, token, now); err != nil {
 		s.mu.Unlock()
-		return Grant{}, fmt.Errorf("%w: %q is not leased", ErrNotHeld, k.n)
-	case e.token != token:
-		s.mu.Unlock()
-		return Grant{}, fmt.Errorf("%w: %q is at token %d, not %d", ErrStaleToken, k.n, e.token, token)
-	case e.holder != agentID:
-		s.mu.Unlock()
-		return Grant{}, fmt.Errorf("%w: %q is held by %s", ErrNotHeld, k.n, e.holder)
-	case !e.live(now):
-		s.mu.Unlock()
-		return Grant{}, fmt.Errorf("%w: lease on %q expired", ErrNotHeld, k.n)
+		return Grant{}, err
 	}
 	prev := e.deadline
 	if d := now.Add(ttl); d.After(e.deadline) {
@@ -496,9 +488,14 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 	return m.commitGrant(ctx, k, g, outRenewed, prev, now)
 }
 
-// Release gives up agentID's lease on name if token is its current grant
-// and it has not expired, and reports whether it did. Anyone else's release
-// (another agent, a stale token, an expired lease) releases nothing.
+// Release gives up agentID's lease on name and reports true. A token of
+// 0 means the caller's current lease, whatever its token: the caller is
+// identified by its agent id (over HTTP, by its API key), which is all a
+// mail bus client sends when it releases. A non-zero token must be the
+// current grant's, so that a holder that lost the lease and got it back
+// cannot release the newer grant by mistake. Nothing is released when the
+// token is not current (ErrStaleToken) or when the caller holds no live
+// lease on name (ErrNotHeld: free, expired or someone else's).
 func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string, token uint64) (bool, error) {
 	if agentID == "" {
 		return false, fmt.Errorf("%w: empty agent id", ErrInvalidID)
@@ -506,9 +503,6 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 	k, err := validate(exchangeID, agentID, name)
 	if err != nil {
 		return false, err
-	}
-	if token == 0 {
-		return false, ErrInvalidToken
 	}
 	if !m.enter() {
 		return false, ErrClosed
@@ -518,10 +512,11 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 	s.mu.Lock()
 	now := m.cfg.Now()
 	e := s.m[k]
-	if e == nil || e.holder != agentID || e.token != token || !e.live(now) {
+	if err := checkHeld(e, k, agentID, token, now); err != nil {
 		s.mu.Unlock()
-		return false, nil
+		return false, err
 	}
+	token = e.token
 	m.freeLocked(s, e, k, now)
 	s.mu.Unlock()
 	if err := m.log(ctx, releaseRecord(k, token)); err != nil {
@@ -530,6 +525,22 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 		return false, fmt.Errorf("lease: record release of %q: %w", k.n, err)
 	}
 	return true, nil
+}
+
+// checkHeld says why agent does not hold e (under token, if not 0) now, if
+// it does not. Renew and Release act only on a lease that passes it.
+func checkHeld(e *entry, k key, agent string, token uint64, now time.Time) error {
+	switch {
+	case e == nil || e.holder == "":
+		return fmt.Errorf("%w: %q is not leased", ErrNotHeld, k.n)
+	case token != 0 && e.token != token:
+		return fmt.Errorf("%w: %q is at token %d, not %d", ErrStaleToken, k.n, e.token, token)
+	case e.holder != agent:
+		return fmt.Errorf("%w: %q is held by %s", ErrNotHeld, k.n, e.holder)
+	case !e.live(now):
+		return fmt.Errorf("%w: lease on %q expired", ErrNotHeld, k.n)
+	}
+	return nil
 }
 
 // Status reports the lease on name. An expired lease is reported free.
@@ -569,11 +580,11 @@ func remainingMs(d time.Duration) int64 {
 // List returns the live leases in exchangeID, sorted by name; a non-empty
 // agentID keeps only that agent's. It scans every lease of the manager.
 func (m *Manager) List(ctx context.Context, exchangeID, agentID string) ([]Grant, error) {
-	if err := ValidID(exchangeID); err != nil {
+	if err := validID(exchangeID); err != nil {
 		return nil, err
 	}
 	if agentID != "" {
-		if err := ValidID(agentID); err != nil {
+		if err := validID(agentID); err != nil {
 			return nil, err
 		}
 	}
@@ -600,10 +611,10 @@ func (m *Manager) List(ctx context.Context, exchangeID, agentID string) ([]Grant
 // ReleaseAll releases every live lease agentID holds in exchangeID, for an
 // agent that went away, and returns how many it released.
 func (m *Manager) ReleaseAll(ctx context.Context, exchangeID, agentID string) (int, error) {
-	if err := ValidID(exchangeID); err != nil {
+	if err := validID(exchangeID); err != nil {
 		return 0, err
 	}
-	if err := ValidID(agentID); err != nil {
+	if err := validID(agentID); err != nil {
 		return 0, err
 	}
 	if !m.enter() {
@@ -636,9 +647,6 @@ func (m *Manager) ReleaseAll(ctx context.Context, exchangeID, agentID string) (i
 // its outcome is known: a record written after the caller gave up would
 // otherwise resurrect a grant that was rolled back.
 func (m *Manager) log(ctx context.Context, lines ...[]byte) error {
-	if m.j == nil {
-		return nil
-	}
 	return m.j.Append(context.WithoutCancel(ctx), m.logKey, lines...)
 }
 
@@ -674,7 +682,7 @@ func (m *Manager) compactLoop() {
 			return
 		case <-t.C:
 		}
-		if err := m.Compact(context.Background()); err != nil {
+		if err := m.compact(context.Background()); err != nil {
 			m.cfg.Logger.Error("lease: compaction failed", "err", err)
 		}
 	}
@@ -695,12 +703,9 @@ func (m *Manager) Close(ctx context.Context) error {
 		m.closed = true
 		m.closeMu.Unlock()
 		m.wg.Wait()
-		var err error
-		if m.j != nil {
-			err = m.j.Close(context.Background())
-			if cerr := m.compact(context.Background()); err == nil {
-				err = cerr
-			}
+		err := m.j.Close(context.Background())
+		if cerr := m.compact(context.Background()); err == nil {
+			err = cerr
 		}
 		for i := range m.shards {
 			s := &m.shards[i]
@@ -721,5 +726,3 @@ func (m *Manager) Close(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
-
-var errNoStore = errors.New("lease: no store configured")

@@ -36,7 +36,7 @@ func (c *clock) Advance(d time.Duration) {
 
 func MustNew(tb testing.TB, cfg lease.Config) *lease.Manager {
 	tb.Helper()
-	m, err := lease.New(cfg)
+	m, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		tb.Fatalf("New: %v", err)
 	}
@@ -198,8 +198,8 @@ func TestManager_Renew(t *testing.T) {
 	if _, err := m.Renew(ctx, "x1", "alice", "f", a.Token, time.Second); !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("renew with stale token: %v, want ErrStaleToken", err)
 	}
-	if ok, err := m.Release(ctx, "x1", "alice", "f", a.Token); ok || err != nil {
-		t.Fatalf("release with stale token = %v, %v; want false", ok, err)
+	if ok, err := m.Release(ctx, "x1", "alice", "f", a.Token); ok || !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("release with stale token = %v, %v; want ErrStaleToken", ok, err)
 	}
 	if st, _ := m.Status(ctx, "x1", "f"); st.AgentID != "bob" || st.Token != b.Token {
 		t.Fatalf("status = %+v, want bob's lease", st)
@@ -215,29 +215,39 @@ func TestManager_Release(t *testing.T) {
 		name  string
 		agent string
 		token uint64
-		want  bool
+		want  error // nil: released
 	}{
-		{"non-holder", "bob", a.Token, false},
-		{"wrong token", "alice", a.Token + 1, false},
-		{"holder", "alice", a.Token, true},
-		{"twice", "alice", a.Token, false},
+		{"non-holder", "bob", a.Token, lease.ErrNotHeld},
+		{"non-holder without token", "bob", 0, lease.ErrNotHeld},
+		{"wrong token", "alice", a.Token + 1, lease.ErrStaleToken},
+		{"holder", "alice", a.Token, nil},
+		{"twice", "alice", a.Token, lease.ErrNotHeld},
+		{"twice without token", "alice", 0, lease.ErrNotHeld},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := m.Release(ctx, "x1", tt.agent, "f", tt.token)
-			if err != nil || got != tt.want {
+			if got != (tt.want == nil) || !errors.Is(err, tt.want) {
 				t.Fatalf("Release = %v, %v; want %v", got, err, tt.want)
 			}
 		})
 	}
-	if _, err := m.Release(ctx, "x1", "alice", "f", 0); !errors.Is(err, lease.ErrInvalidToken) {
-		t.Fatalf("zero token: %v", err)
+	// Ensure the holder releases its current lease without a token.
+	MustAcquire(t, m, "alice", "f", 10*time.Second)
+	if ok, err := m.Release(ctx, "x1", "alice", "f", 0); !ok || err != nil {
+		t.Fatalf("token-less release by the holder = %v, %v", ok, err)
 	}
-	// Ensure an expired lease is not reported as released.
+	if st, _ := m.Status(ctx, "x1", "f"); st.IsLeased {
+		t.Fatalf("status after token-less release = %+v", st)
+	}
+	// Ensure an expired lease is not reported as released, with or
+	// without its token.
 	b := MustAcquire(t, m, "bob", "f", time.Second)
 	clk.Advance(time.Second)
-	if got, _ := m.Release(ctx, "x1", "bob", "f", b.Token); got {
-		t.Fatal("released an expired lease")
+	for _, tok := range []uint64{b.Token, 0} {
+		if got, err := m.Release(ctx, "x1", "bob", "f", tok); got || !errors.Is(err, lease.ErrNotHeld) {
+			t.Fatalf("release of an expired lease (token %d) = %v, %v", tok, got, err)
+		}
 	}
 }
 
@@ -375,7 +385,7 @@ func TestManager_AcquireWait_timeout(t *testing.T) {
 }
 
 func TestManager_Close(t *testing.T) {
-	m, err := lease.New(lease.Config{Store: MustFS(t, t.TempDir())})
+	m, err := lease.New(context.Background(), lease.Config{Store: MustFS(t, t.TempDir())})
 	if err != nil {
 		t.Fatal(err)
 	}

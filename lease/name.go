@@ -8,15 +8,15 @@ import (
 	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
-// MaxNameLen is the longest lease name accepted, in bytes.
-const MaxNameLen = 1024
+// maxNameLen is the longest lease name accepted, in bytes.
+const maxNameLen = 1024
 
-// CanonicalName returns the form under which a lease on name is kept:
+// canonicalName returns the form under which a lease on name is kept:
 // the name is a slash-separated path cleaned lexically, so "./a//b" and
 // "a/b" are the same lease. Names must be valid UTF-8 without control
 // characters; "", "." and "/" are rejected because they name nothing.
-func CanonicalName(name string) (string, error) {
-	if name == "" || len(name) > MaxNameLen || !utf8.ValidString(name) {
+func canonicalName(name string) (string, error) {
+	if name == "" || len(name) > maxNameLen || !utf8.ValidString(name) {
 		return "", fmt.Errorf("%w: %q", ErrInvalidName, name)
 	}
 	for _, r := range name {
@@ -31,10 +31,10 @@ func CanonicalName(name string) (string, error) {
 	return c, nil
 }
 
-// ValidID reports whether id is an acceptable exchange or agent id:
+// validID reports whether id is an acceptable exchange or agent id:
 // ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$. Ids end up in journal records and, for
 // exchanges, in URLs, so they are checked before any use.
-func ValidID(id string) error {
+func validID(id string) error {
 	if !ident.Valid(id) {
 		return fmt.Errorf("%w: %q", ErrInvalidID, id)
 	}

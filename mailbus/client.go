@@ -91,7 +91,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	base := strings.TrimRight(cfg.URL, "/")
 	c := &Client{cfg: cfg, hc: hc, base: base, stop: make(chan struct{}), done: make(chan struct{})}
 	if cfg.Leaser == nil {
-		cfg.Leaser = lease.NewClient(base, cfg.Exchange, cfg.APIKey, hc)
+		lc, err := lease.NewClient(lease.ClientConfig{BaseURL: base, Exchange: cfg.Exchange, APIKey: cfg.APIKey, HTTPClient: hc})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		cfg.Leaser = lc
 	}
 	c.leases = leases{l: cfg.Leaser}
 	c.d = newDispatcher(c.ack, cfg.OnError, cfg.ManualAck)

@@ -279,7 +279,7 @@ func TestLocal_RoutingAndAck(t *testing.T) {
 }
 
 func TestLocal_Leases(t *testing.T) {
-	lm, err := lease.New(lease.Config{})
+	lm, err := lease.New(context.Background(), lease.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func TestLocal_ReleaseLeaseRetryAndExpiry(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	lm, err := lease.New(lease.Config{Now: clock})
+	lm, err := lease.New(context.Background(), lease.Config{Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}

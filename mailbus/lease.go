@@ -88,7 +88,8 @@ func (ls *leases) release(ctx context.Context, file string) error {
 		return fmt.Errorf("%w: no lease on %s acquired through this bus", ErrNotFound, file)
 	}
 	released, err := ls.l.Release(ctx, file, tok)
-	if err != nil {
+	gone := errors.Is(err, lease.ErrNotHeld) || errors.Is(err, lease.ErrStaleToken)
+	if err != nil && !gone {
 		// The token stays, so that the release can be retried.
 		return fmt.Errorf("mailbus: release lease %s: %w", file, err)
 	}
@@ -97,6 +98,9 @@ func (ls *leases) release(ctx context.Context, file string) error {
 		delete(ls.tokens, file)
 	}
 	ls.mu.Unlock()
+	if gone {
+		return fmt.Errorf("mailbus: release lease %s: %w (it expired or passed to another agent first)", file, err)
+	}
 	if !released {
 		return fmt.Errorf("mailbus: release lease %s: %w (it expired or passed to another agent first)", file, lease.ErrNotHeld)
 	}

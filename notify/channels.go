@@ -157,8 +157,9 @@ func ntfyPriority(p string) string {
 var ntfyTopic = regexp.MustCompile(`^[-_A-Za-z0-9]{1,64}$`)
 
 // headerText makes s safe for a header: ASCII stays as is (ntfy shows it
-// directly); anything else is RFC 2047 encoded, which ntfy decodes. The
-// original sent a raw emoji title, which HTTP clients refuse.
+// directly); anything else is RFC 2047 encoded, which ntfy decodes. A raw
+// emoji title, as the MESS exchange server 1.0 sent, is refused by HTTP
+// clients.
 func headerText(s string) string {
 	s = strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {

@@ -68,22 +68,15 @@ func (s *Service) compact(ctx context.Context) error {
 		return err
 	}
 	var keys []string
-	opts := storage.ListOptions{}
-	for {
-		page, err := s.cfg.Store.List(ctx, outboxPartition+"/", opts)
+	for k, err := range storage.Keys(ctx, s.cfg.Store, outboxPartition+"/") {
 		if err != nil {
 			s.compactMu.Unlock()
 			return err
 		}
-		for _, k := range page.Keys {
-			if k < bound {
-				keys = append(keys, k)
-			}
+		if k >= bound {
+			break // keys come in order; later ones are not sealed
 		}
-		if page.Next == "" {
-			break
-		}
-		opts.After = page.Next
+		keys = append(keys, k)
 	}
 	if len(keys) == 0 {
 		s.compactMu.Unlock()

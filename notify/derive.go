@@ -3,7 +3,9 @@ package notify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -11,7 +13,8 @@ import (
 )
 
 // Hook names: the canonical short name (the {{event}} template value) for
-// each on_request_* key a profile may use, the original's spellings included.
+// each on_request_* key a profile may use, including the spellings of the
+// MESS exchange server 1.0 (on_request_rejected, in-progress, canceled).
 var hookNames = map[string]string{
 	"on_request_created":     "created",
 	"on_request_claimed":     "claimed",
@@ -68,18 +71,17 @@ func hasAll(have, want []string) bool {
 
 // derive lists the deliveries an event causes under the profiles as they
 // are now.
-func (s *Service) derive(ctx context.Context, ev mess.Event) []Delivery {
+func (s *Service) derive(ctx context.Context, ev mess.Event) ([]Delivery, error) {
 	if ev.ThreadRef == nil {
-		return nil
+		return nil, nil
 	}
 	ref := *ev.ThreadRef
 	base := Delivery{EventID: ev.EventID, EventType: ev.EventType, TS: ev.TS, ExchangeID: ev.ExchangeID, Ref: ref, ActorID: ev.ActorID}
 	var (
-		priority    mess.Priority
-		hook        string
-		notifyTo    []string // executors whose channels get the event
-		hooksFrom   []string // executors whose hooks may fire
-		onlyHookFor string   // started/completed hooks: the thread's executor only
+		priority  mess.Priority
+		hook      string
+		notifyTo  []mess.DeliveryProfile // executors whose channels get the event
+		hooksFrom []mess.DeliveryProfile // executors whose hooks may fire
 	)
 	switch ev.EventType {
 	case mess.EventThreadCreated:
@@ -88,66 +90,90 @@ func (s *Service) derive(ctx context.Context, ev mess.Event) []Delivery {
 			RequestorID string `json:"requestor_id"`
 		}
 		if json.Unmarshal(ev.Payload, &req) != nil || json.Unmarshal(ev.Payload, &who) != nil {
-			return nil
+			return nil, nil
 		}
 		priority = req.Priority
 		required, _ := req.RequiredCapabilities()
 		base.NewStatus = string(mess.StatusPending)
 		hook = "created"
-		for _, id := range s.src.ExecutorIDs(ev.ExchangeID) {
+		all, err := s.src.DeliveryProfiles(ctx, ev.ExchangeID)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range all {
 			// Route by requires: only executors able to do it hear of it.
-			if !hasAll(s.src.ExecutorCapabilities(ev.ExchangeID, id), required) {
+			if !hasAll(p.Capabilities, required) {
 				continue
 			}
-			hooksFrom = append(hooksFrom, id)
-			if id != who.RequestorID {
-				notifyTo = append(notifyTo, id)
+			hooksFrom = append(hooksFrom, p)
+			if p.ExecutorID != who.RequestorID {
+				notifyTo = append(notifyTo, p)
 			}
 		}
 	case mess.EventStatusChanged:
-		var p statusInfo
-		if json.Unmarshal(ev.Payload, &p) != nil {
-			return nil
+		var info statusInfo
+		if json.Unmarshal(ev.Payload, &info) != nil {
+			return nil, nil
 		}
 		th, err := s.src.Get(ctx, ev.ExchangeID, ref)
+		if errors.Is(err, mess.ErrNotFound) {
+			return nil, nil
+		}
 		if err != nil {
-			return nil
+			return nil, err
 		}
 		priority = th.Priority
-		base.OldStatus, base.NewStatus, base.Message = p.OldStatus, p.NewStatus, p.Message
+		base.OldStatus, base.NewStatus, base.Message = info.OldStatus, info.NewStatus, info.Message
 		executor := ""
-		if p.ExecutorID != nil {
-			executor = *p.ExecutorID
+		if info.ExecutorID != nil {
+			executor = *info.ExecutorID
 		} else if th.ExecutorID != nil {
 			executor = *th.ExecutorID
 		}
 		// The parties to the thread hear of its changes, except whoever
 		// made the change.
 		for _, id := range []string{th.RequestorID, executor} {
-			if id != "" && id != ev.ActorID && !slices.Contains(notifyTo, id) {
-				notifyTo = append(notifyTo, id)
+			if id == "" || id == ev.ActorID || slices.ContainsFunc(notifyTo, func(p mess.DeliveryProfile) bool { return p.ExecutorID == id }) {
+				continue
 			}
+			p, err := s.src.DeliveryProfile(ctx, ev.ExchangeID, id)
+			if errors.Is(err, mess.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			notifyTo = append(notifyTo, p)
 		}
-		st, _ := mess.ParseStatus(p.NewStatus)
-		hook = hookForStatus[st]
-		if hook == "started" || hook == "completed" {
-			onlyHookFor = executor
-			if executor != "" {
-				hooksFrom = []string{executor}
+		st, _ := mess.ParseStatus(info.NewStatus)
+		switch hook = hookForStatus[st]; hook {
+		case "":
+		case "started", "completed":
+			// Only the thread's executor's own hooks.
+			if executor == "" {
+				break
 			}
-		} else if hook != "" {
-			hooksFrom = s.src.ExecutorIDs(ev.ExchangeID)
+			p, err := s.src.DeliveryProfile(ctx, ev.ExchangeID, executor)
+			if err != nil && !errors.Is(err, mess.ErrNotFound) {
+				return nil, err
+			}
+			if err == nil {
+				hooksFrom = []mess.DeliveryProfile{p}
+			}
+		default:
+			if hooksFrom, err = s.src.DeliveryProfiles(ctx, ev.ExchangeID); err != nil {
+				return nil, err
+			}
 		}
 	default:
-		return nil
+		return nil, nil
 	}
 	var out []Delivery
-	for _, id := range notifyTo {
-		cfg, ok := s.src.ExecutorConfig(ev.ExchangeID, id)
-		if !ok || len(cfg.Notifications) == 0 {
+	for _, p := range notifyTo {
+		if len(p.Notifications) == 0 {
 			continue
 		}
-		prefs, err := ParsePreferences(cfg.Preferences)
+		prefs, err := ParsePreferences(p.Preferences)
 		if err != nil {
 			prefs = Preferences{}
 		}
@@ -155,10 +181,11 @@ func (s *Service) derive(ctx context.Context, ev mess.Event) []Delivery {
 			continue
 		}
 		var chans []json.RawMessage
-		if json.Unmarshal(cfg.Notifications, &chans) != nil {
+		if json.Unmarshal(p.Notifications, &chans) != nil {
 			continue
 		}
-		for i, ch := range chans {
+		// A profile stored before the cap keeps only its first channels.
+		for i, ch := range chans[:min(len(chans), s.cfg.MaxChannels)] {
 			var t struct {
 				Type    string `json:"type"`
 				Enabled *bool  `json:"enabled"`
@@ -167,36 +194,33 @@ func (s *Service) derive(ctx context.Context, ev mess.Event) []Delivery {
 				continue
 			}
 			d := base
-			d.ID = deliveryID(ev, id, fmt.Sprintf("n%d", i))
-			d.ExecutorID, d.Kind, d.Type, d.Config = id, KindNotification, t.Type, ch
+			d.ID = deliveryID(ev, p.ExecutorID, fmt.Sprintf("n%d", i))
+			d.ExecutorID, d.Kind, d.Type, d.Config = p.ExecutorID, KindNotification, t.Type, ch
 			out = append(out, d)
 		}
 	}
 	if hook == "" {
-		return out
+		return out, nil
 	}
-	for _, id := range hooksFrom {
-		if onlyHookFor != "" && id != onlyHookFor {
-			continue
-		}
-		cfg, ok := s.src.ExecutorConfig(ev.ExchangeID, id)
-		if !ok || len(cfg.Hooks) == 0 {
+	for _, p := range hooksFrom {
+		if len(p.Hooks) == 0 {
 			continue
 		}
 		var hooks map[string][]json.RawMessage
-		if json.Unmarshal(cfg.Hooks, &hooks) != nil {
+		if json.Unmarshal(p.Hooks, &hooks) != nil {
 			continue
 		}
-		keys := make([]string, 0, len(hooks))
-		for k := range hooks {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
+		keys := slices.Sorted(maps.Keys(hooks))
+		n := 0 // hooks of the profile, counted as ValidateProfile counts them
 		for _, k := range keys {
-			if n, _ := HookName(k); n != hook {
-				continue
-			}
+			name, _ := HookName(k)
 			for i, h := range hooks[k] {
+				if n++; n > s.cfg.MaxHooks {
+					break
+				}
+				if name != hook {
+					continue
+				}
 				var t struct {
 					Type string `json:"type"`
 				}
@@ -204,11 +228,11 @@ func (s *Service) derive(ctx context.Context, ev mess.Event) []Delivery {
 					continue
 				}
 				d := base
-				d.ID = deliveryID(ev, id, fmt.Sprintf("h:%s:%d", k, i))
-				d.ExecutorID, d.Kind, d.Type, d.Hook, d.Config = id, KindHook, t.Type, hook, h
+				d.ID = deliveryID(ev, p.ExecutorID, fmt.Sprintf("h:%s:%d", k, i))
+				d.ExecutorID, d.Kind, d.Type, d.Hook, d.Config = p.ExecutorID, KindHook, t.Type, hook, h
 				out = append(out, d)
 			}
 		}
 	}
-	return out
+	return out, nil
 }

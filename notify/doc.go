@@ -2,6 +2,12 @@
 // through a durable outbox so the exchange's API never waits on a phone,
 // a chat webhook or a task tracker.
 //
+// New(ctx, Config{Source: svc}) starts it for a *mess.Service (any Source
+// will do). The Source gives notify what it needs and nothing more: the
+// events, the exchanges, threads, and each executor's delivery profile
+// (display name, capabilities, channels, hooks and preferences), never API
+// keys. Without a Config.Store the outbox lives in memory.
+//
 // # Channels, preferences and routing
 //
 // An executor's profile lists notification channels (ntfy, slack,
@@ -15,12 +21,18 @@
 //
 // Hooks (webhook, ifttt, zapier, home_assistant, todoist, linear,
 // google_tasks) fire on on_request_created, _claimed, _started, _completed,
-// _declined, _cancelled, _failed and _needs_input; the original server's
-// spellings (on_request_rejected, in-progress, canceled, ...) are accepted.
+// _declined, _cancelled, _failed and _needs_input; the spellings of the
+// MESS exchange server 1.0 (on_request_rejected, in-progress, canceled,
+// ...) are accepted.
 // Strings in a hook's config are {{var}} templates. The id a hook's target
 // returns becomes the thread's external_id, so a later hook of the same
 // executor on the same thread can use {{external_id}}: hooks of one
 // executor for one thread run one at a time in event order.
+//
+// A profile has at most Config.MaxChannels channels (20) and
+// Config.MaxHooks hooks (50): each is a delivery per event.
+// Config.ValidateProfile refuses a profile over a cap, as it refuses
+// unknown types and URLs the policy does not allow.
 //
 // # Outbox
 //
@@ -32,21 +44,37 @@
 // that arrive sooner are merged into the next post, never dropped. A
 // restart replays the journal and derives deliveries again for recent
 // events, skipping those already recorded, so each is sent once (at least
-// once if the process dies between a send and its record).
+// once if the process dies between a send and its record). The scheduler
+// keeps pending deliveries in a heap by due time, hooks behind the hook
+// before them, so a wake costs O(log n) however many are pending.
 //
 // # Safety
 //
-// Outgoing requests go to http(s) only and never to loopback, private,
-// link-local or metadata addresses unless Config.Policy allows them; the
-// check runs after DNS resolution and again on every redirect. Webhooks
-// carry an HMAC-SHA256 signature over timestamp and body (see Sign and
-// Verify). Failure reports name only scheme and host, never the URL path
-// where Slack and IFTTT keep their credentials.
+// Outgoing requests go to http(s) only. They never reach the special-purpose
+// ranges of the IANA IPv4 and IPv6 registries (documentation,
+// benchmarking, multicast, reserved, ...; IPv4-mapped, NAT64 and 6to4
+// addresses are judged by the IPv4 address they carry), nor, unless
+// Config.Policy allows them, loopback and this machine's own addresses, or
+// private, shared, link-local and metadata addresses. The check runs after
+// DNS resolution and again on every redirect. Webhooks carry an
+// HMAC-SHA256 signature over timestamp and body (see Sign and Verify). A
+// header that a template fills with a line break is a permanent failure,
+// not retried. Failure reports name only the host, never the URL path
+// where Slack and IFTTT keep their credentials, nor the address a name
+// resolved to or the resolver asked.
+//
+// # HTTP
+//
+// NewHandler serves each executor its own pending and failed deliveries.
+// Errors are {"error", "code"} in the codes every service of the module
+// uses (internal/httpx): invalid_input, unauthorized, forbidden,
+// not_found, method_not_allowed, unavailable and internal.
 //
 // # Concurrency
 //
 // A Service is safe for concurrent use. The Source's OnEvent callback only
 // appends to a queue; one goroutine derives and records deliveries, one
 // schedules them, and Config.Workers goroutines send them. Close stops all
-// of them and waits for sends in flight.
+// of them and waits for sends in flight. Lock order: compactMu before mu;
+// qmu is never held with another.
 package notify

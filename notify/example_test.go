@@ -37,13 +37,31 @@ func ExampleVerify() {
 
 func ExampleAddressPolicy_Check() {
 	p := notify.AddressPolicy{}
-	for _, a := range []string{"93.184.216.34", "127.0.0.1", "169.254.169.254"} {
-		fmt.Println(a, p.Check(netip.MustParseAddr(a)) == nil)
+	for _, a := range []string{"93.184.216.34", "127.0.0.1", "169.254.169.254", "192.0.2.1", "64:ff9b::7f00:1"} {
+		fmt.Println(a, p.Check(netip.MustParseAddr(a)))
 	}
 	// Output:
-	// 93.184.216.34 true
-	// 127.0.0.1 false
-	// 169.254.169.254 false
+	// 93.184.216.34 <nil>
+	// 127.0.0.1 notify: destination not allowed: loopback or own address
+	// 169.254.169.254 notify: destination not allowed: private address
+	// 192.0.2.1 notify: destination not allowed: special-purpose address
+	// 64:ff9b::7f00:1 notify: destination not allowed: loopback or own address
+}
+
+// A profile is checked before it is stored, with the policy and the caps
+// the outbox will apply.
+func ExampleConfig_ValidateProfile() {
+	cfg := notify.Config{MaxChannels: 1}
+	two, _ := json.Marshal([]any{
+		map[string]any{"type": "ntfy", "topic": "phone"},
+		map[string]any{"type": "webhook", "url": "https://example.com/hook"},
+	})
+	fmt.Println(cfg.ValidateProfile(two, nil, nil))
+	internal, _ := json.Marshal([]any{map[string]any{"type": "webhook", "url": "http://10.0.0.5/hook"}})
+	fmt.Println(notify.Config{}.ValidateProfile(internal, nil, nil))
+	// Output:
+	// notify: invalid configuration: 2 notification channels; a profile may have at most 1
+	// notifications[0]: notify: destination not allowed: private address
 }
 
 func ExampleNew() {

@@ -2,12 +2,12 @@ package notify
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 
+	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/mess"
 )
 
@@ -22,7 +22,8 @@ type Authenticator interface {
 type HandlerConfig struct {
 	// Auth authenticates every request. Required.
 	Auth Authenticator
-	// Logger receives internal errors. Nil discards them.
+	// Logger receives internal errors, which clients see only as a
+	// generic 500. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -37,34 +38,50 @@ type deliveriesResponse struct {
 //	GET /api/v1/exchanges/{exchange_id}/notifications/deliveries
 //
 // its deliveries not yet sent and those recently given up (newest last).
-func NewHandler(s *Service, cfg HandlerConfig) http.Handler {
+// Errors are {"error", "code"} in the codes of internal/httpx. It needs s
+// and cfg.Auth.
+func NewHandler(s *Service, cfg HandlerConfig) (http.Handler, error) {
+	if s == nil || cfg.Auth == nil {
+		return nil, errors.New("notify: NewHandler needs a Service and HandlerConfig.Auth")
+	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = slog.Default()
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/exchanges/{exchange_id}/notifications/deliveries", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/api/v1/exchanges/{exchange_id}/notifications/deliveries", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", http.MethodGet)
+			httpx.WriteError(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET")
+			return
+		}
 		x := r.PathValue("exchange_id")
 		if !mess.ValidID(x) {
-			writeError(w, http.StatusBadRequest, "invalid_id", "invalid exchange id")
+			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "invalid exchange id")
 			return
 		}
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || token == "" {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing API key")
+		key, ok := httpx.Bearer(r)
+		if !ok {
+			httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "missing API key")
 			return
 		}
-		agent, err := cfg.Auth.Authenticate(r.Context(), x, strings.TrimSpace(token))
+		agent, err := cfg.Auth.Authenticate(r.Context(), x, key)
+		if err == nil && !mess.ValidID(agent) {
+			err = fmt.Errorf("notify: the authenticator gave the invalid agent id %q", agent)
+		}
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrUnauthorized):
-			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+			httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key")
 			return
 		case errors.Is(err, ErrForbidden):
-			writeError(w, http.StatusForbidden, "forbidden", "API key not valid for this exchange")
+			httpx.WriteError(w, http.StatusForbidden, httpx.CodeForbidden, "API key not valid for this exchange")
+			return
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "request cancelled")
 			return
 		default:
 			cfg.Logger.Error("notify: authenticate", "err", err)
-			writeError(w, http.StatusInternalServerError, "internal", "internal error")
+			httpx.WriteError(w, http.StatusInternalServerError, httpx.CodeInternal, "internal error")
 			return
 		}
 		resp := deliveriesResponse{ExecutorID: agent, Pending: s.PendingFor(x, agent), Failures: s.Failures(x, agent)}
@@ -74,24 +91,10 @@ func NewHandler(s *Service, cfg HandlerConfig) http.Handler {
 		if resp.Failures == nil {
 			resp.Failures = []Failure{}
 		}
-		writeJSON(w, http.StatusOK, resp)
+		httpx.WriteJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "not found")
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "not found")
 	})
-	return mux
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg, "code": code})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error","code":"internal"}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	return mux, nil
 }

@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/notify"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 type keyAuth map[string]string // key → agent in exchange "home"
@@ -32,14 +34,18 @@ func TestNewHandler_deliveries(t *testing.T) {
 	e.register("w", nil, []any{map[string]any{"type": "google_chat", "webhook_url": rv.URL + "/v1/spaces/S/messages?key=K&token=T"}}, nil, nil)
 	e.create("req", mess.Request{Intent: "x"})
 	e.settle()
-	srv := httptest.NewServer(notify.NewHandler(e.n, notify.HandlerConfig{Auth: keyAuth{"kw": "w", "kr": "req"}}))
+	h, err := notify.NewHandler(e.n, notify.HandlerConfig{Auth: keyAuth{"kw": "w", "kr": "req"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
 	defer srv.Close()
 	get := func(exchange, key string) (int, map[string]json.RawMessage) {
 		req, _ := http.NewRequest("GET", srv.URL+"/api/v1/exchanges/"+exchange+"/notifications/deliveries", nil)
 		if key != "" {
-			req.Header.Set("Authorization", "Bearer "+key)
+			req.Header.Set("Authorization", "bearer "+key) // the scheme in any case
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,12 +75,50 @@ func TestNewHandler_deliveries(t *testing.T) {
 		{x, "", 401, "unauthorized"},
 		{x, "nope", 401, "unauthorized"},
 		{"other", "kw", 403, "forbidden"},
-		{"bad%20id", "kw", 400, "invalid_id"},
+		{"bad%20id", "kw", 400, "invalid_input"},
 	}
 	for _, tt := range tests {
 		code, m := get(tt.exchange, tt.key)
 		if code != tt.code || string(m["code"]) != `"`+tt.errCode+`"` {
 			t.Errorf("%s key %q: %d %v, want %d %s", tt.exchange, tt.key, code, m, tt.code, tt.errCode)
 		}
+	}
+}
+
+func TestNewHandler_needsAuth(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	if h, err := notify.NewHandler(e.n, notify.HandlerConfig{}); err == nil || h != nil {
+		t.Fatalf("NewHandler without Auth = %v, %v; want an error", h, err)
+	}
+	if h, err := notify.NewHandler(nil, notify.HandlerConfig{Auth: keyAuth{}}); err == nil || h != nil {
+		t.Fatalf("NewHandler without a Service = %v, %v; want an error", h, err)
+	}
+}
+
+func TestNew_validates(t *testing.T) {
+	svc, err := mess.New(context.Background(), mess.Config{Store: storage.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(context.Background())
+	tests := []struct {
+		name string
+		cfg  notify.Config
+	}{
+		{"no source", notify.Config{}},
+		{"negative timeout", notify.Config{Source: svc, Timeout: -time.Second}},
+		{"negative workers", notify.Config{Source: svc, Workers: -1}},
+		{"negative hook cap", notify.Config{Source: svc, MaxHooks: -1}},
+		{"backoff above its cap", notify.Config{Source: svc, BaseBackoff: time.Hour, MaxBackoff: time.Minute}},
+		{"ntfy server not a URL", notify.Config{Source: svc, NtfyServer: "ntfy.sh"}},
+		{"endpoint not http", notify.Config{Source: svc, Endpoints: notify.Endpoints{Linear: "ftp://x"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if n, err := notify.New(context.Background(), tt.cfg); err == nil {
+				n.Close(context.Background())
+				t.Fatal("accepted")
+			}
+		})
 	}
 }

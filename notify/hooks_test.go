@@ -97,7 +97,7 @@ func TestService_hookAliasesAndOnlyExecutor(t *testing.T) {
 	}
 	for _, p := range []string{"/w-declined", "/other-declined"} {
 		if b := got[p]; b == nil || b["event"] != "declined" {
-			t.Errorf("%s = %v, want the original's on_request_rejected to fire on declined", p, b)
+			t.Errorf("%s = %v, want on_request_rejected (MESS exchange server 1.0) to fire on declined", p, b)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -22,12 +23,25 @@ import (
 // Source is what the outbox needs from the exchange; *mess.Service
 // implements it.
 type Source interface {
+	// OnEvent registers fn for every event once it is durable. fn must not
+	// block.
 	OnEvent(fn func(mess.Event))
+	// Exchanges lists the exchanges whose recent events a restart looks
+	// at again.
+	Exchanges(ctx context.Context) ([]string, error)
+	// DeliveryProfiles returns the delivery profile of every executor of
+	// an exchange.
+	DeliveryProfiles(ctx context.Context, exchangeID string) ([]mess.DeliveryProfile, error)
+	// DeliveryProfile returns one executor's delivery profile, or an error
+	// wrapping mess.ErrNotFound.
+	DeliveryProfile(ctx context.Context, exchangeID, executorID string) (mess.DeliveryProfile, error)
+	// Get returns a thread as it is now, or an error wrapping
+	// mess.ErrNotFound.
 	Get(ctx context.Context, exchangeID, ref string) (mess.Thread, error)
-	ExecutorIDs(exchangeID string) []string
-	ExecutorConfig(exchangeID, executorID string) (mess.Executor, bool)
-	ExecutorCapabilities(exchangeID, executorID string) []string
+	// SetExternalID keeps the id a hook's target gave a thread.
 	SetExternalID(ctx context.Context, exchangeID, ref, externalID string) error
+	// EventsAfter returns an exchange's buffered events after
+	// lastEventID ("" for all of them).
 	EventsAfter(exchangeID, lastEventID string) (evs []mess.Event, version uint64, found bool, err error)
 }
 
@@ -35,8 +49,9 @@ type Source interface {
 type Config struct {
 	// Source is the exchange whose events are delivered. Required.
 	Source Source
-	// Store holds the outbox journal (objects under notify/outbox/) and is
-	// listed under exchanges/ to find exchanges at restart. Required.
+	// Store holds the outbox journal (objects under notify/outbox/) and
+	// its snapshot (notify/snapshot.json). Nil means storage.NewMemory():
+	// the outbox lasts as long as the process.
 	Store storage.Store
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -78,6 +93,13 @@ type Config struct {
 	// CompactInterval is how often the outbox journal is folded into a
 	// snapshot and its objects deleted. Zero means 1m; negative disables.
 	CompactInterval time.Duration
+	// MaxChannels and MaxHooks cap how many notification channels and
+	// hooks one executor's profile may have: each is a delivery per event,
+	// so an unbounded profile would let one executor queue deliveries
+	// without limit. ValidateProfile refuses a profile over a cap, and
+	// profiles stored before it keep only their first ones. Zero means 20
+	// channels and 50 hooks.
+	MaxChannels, MaxHooks int
 	// Endpoints of the third-party services hooks call.
 	Endpoints Endpoints
 	// Now is the clock. Zero means time.Now.
@@ -190,9 +212,13 @@ type Service struct {
 	marks       map[string]mark
 	failures    map[string][]Failure // exchange/executor
 	seq         int64
-	nextAllowed map[string]time.Time
-	swake       chan struct{}
 	since       time.Time
+	timed       slotHeap             // see schedule.go
+	groups      map[string][]*entry  // hooks by thread and executor, in order
+	held        map[string][]*entry  // due notifications by rate-limited webhook
+	wakes       map[string]bool      // webhooks with a rate-limit slot in timed
+	nextAllowed map[string]time.Time // a chat webhook's next free slot
+	swake       chan struct{}
 
 	jobs     chan []*entry
 	stop     chan struct{}
@@ -202,46 +228,118 @@ type Service struct {
 	deriving atomic.Int64 // events taken from queue, not yet recorded
 }
 
-// New replays the outbox, re-derives deliveries for events that may have
-// been missed before a restart, subscribes to cfg.Source and starts sending.
-func New(ctx context.Context, cfg Config) (*Service, error) {
-	if cfg.Source == nil || cfg.Store == nil {
-		return nil, errors.New("notify: Config.Source and Config.Store are required")
+// Defaults of the Config fields whose zero value means a default.
+const (
+	defaultTimeout        = 10 * time.Second
+	defaultMaxAttempts    = 8
+	defaultBaseBackoff    = time.Second
+	defaultMaxBackoff     = 5 * time.Minute
+	defaultWorkers        = 8
+	defaultNtfyServer     = "https://ntfy.sh"
+	defaultChatInterval   = time.Second
+	defaultRecovery       = time.Minute
+	defaultFailures       = 50
+	defaultCompact        = time.Minute
+	defaultMaxChannels    = 20
+	defaultMaxHooks       = 50
+	maxConfiguredAttempts = 1000
+)
+
+// withDefaults validates c and fills in the defaults of its zero fields.
+// Source and Store are not looked at: ValidateProfile needs neither.
+func (c Config) withDefaults() (Config, error) {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"Timeout", c.Timeout}, {"BaseBackoff", c.BaseBackoff}, {"MaxBackoff", c.MaxBackoff},
+		{"SlackInterval", c.SlackInterval}, {"GoogleChatInterval", c.GoogleChatInterval},
+		{"RecoveryWindow", c.RecoveryWindow},
+	} {
+		if d.v < 0 {
+			return c, fmt.Errorf("notify: Config.%s is negative (%s)", d.name, d.v)
+		}
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+	for _, n := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxAttempts", c.MaxAttempts}, {"Workers", c.Workers}, {"FailureHistory", c.FailureHistory},
+		{"MaxChannels", c.MaxChannels}, {"MaxHooks", c.MaxHooks},
+	} {
+		if n.v < 0 {
+			return c, fmt.Errorf("notify: Config.%s is negative (%d)", n.name, n.v)
+		}
+	}
+	if c.MaxAttempts > maxConfiguredAttempts {
+		return c, fmt.Errorf("notify: Config.MaxAttempts %d is above %d", c.MaxAttempts, maxConfiguredAttempts)
 	}
 	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
+		if *d == 0 {
 			*d = v
 		}
 	}
-	def(&cfg.Timeout, 10*time.Second)
-	def(&cfg.BaseBackoff, time.Second)
-	def(&cfg.MaxBackoff, 5*time.Minute)
-	def(&cfg.SlackInterval, time.Second)
-	def(&cfg.GoogleChatInterval, time.Second)
-	def(&cfg.RecoveryWindow, time.Minute)
-	if cfg.CompactInterval == 0 {
-		cfg.CompactInterval = time.Minute
+	def(&c.Timeout, defaultTimeout)
+	def(&c.BaseBackoff, defaultBaseBackoff)
+	def(&c.MaxBackoff, defaultMaxBackoff)
+	def(&c.SlackInterval, defaultChatInterval)
+	def(&c.GoogleChatInterval, defaultChatInterval)
+	def(&c.RecoveryWindow, defaultRecovery)
+	def(&c.CompactInterval, defaultCompact)
+	if c.BaseBackoff > c.MaxBackoff {
+		return c, fmt.Errorf("notify: Config.BaseBackoff (%s) is above MaxBackoff (%s)", c.BaseBackoff, c.MaxBackoff)
 	}
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = 8
+	defInt := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
 	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 8
+	defInt(&c.MaxAttempts, defaultMaxAttempts)
+	defInt(&c.Workers, defaultWorkers)
+	defInt(&c.FailureHistory, defaultFailures)
+	defInt(&c.MaxChannels, defaultMaxChannels)
+	defInt(&c.MaxHooks, defaultMaxHooks)
+	if c.NtfyServer == "" {
+		c.NtfyServer = defaultNtfyServer
 	}
-	if cfg.FailureHistory <= 0 {
-		cfg.FailureHistory = 50
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	c.Endpoints.defaults()
+	for _, u := range []struct{ name, v string }{
+		{"NtfyServer", c.NtfyServer}, {"PublicURL", c.PublicURL},
+		{"Endpoints.IFTTT", c.Endpoints.IFTTT}, {"Endpoints.Todoist", c.Endpoints.Todoist},
+		{"Endpoints.Linear", c.Endpoints.Linear}, {"Endpoints.GoogleTasks", c.Endpoints.GoogleTasks},
+		{"Endpoints.GoogleOAuth", c.Endpoints.GoogleOAuth},
+	} {
+		if u.v == "" {
+			continue
+		}
+		if p, err := url.Parse(u.v); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return c, fmt.Errorf("notify: Config.%s %q is not an http(s) URL", u.name, u.v)
+		}
 	}
-	if cfg.NtfyServer == "" {
-		cfg.NtfyServer = "https://ntfy.sh"
+	if c.Logger == nil {
+		c.Logger = slog.Default()
 	}
-	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if c.Now == nil {
+		c.Now = time.Now
 	}
-	cfg.Endpoints.defaults()
+	return c, nil
+}
+
+// New replays the outbox, re-derives deliveries for events that may have
+// been missed before a restart, subscribes to cfg.Source and starts sending.
+// It returns an error for a missing Source or a Config field out of range.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("notify: Config.Source is required")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Store == nil {
+		cfg.Store = storage.NewMemory()
+	}
 	s := &Service{
 		cfg: cfg, src: cfg.Source, log: cfg.Logger,
 		client:      cfg.Policy.NewClient(cfg.Timeout),
@@ -250,6 +348,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		known:       map[string]time.Time{},
 		marks:       map[string]mark{},
 		failures:    map[string][]Failure{},
+		groups:      map[string][]*entry{},
+		held:        map[string][]*entry{},
+		wakes:       map[string]bool{},
 		nextAllowed: map[string]time.Time{},
 		swake:       make(chan struct{}, 1),
 		jobs:        make(chan []*entry),
@@ -258,24 +359,31 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	// Subscribe before replaying so no event falls between the two; the
 	// deriver skips deliveries already recorded.
 	s.src.OnEvent(s.enqueue)
-	if err := s.replay(ctx); err != nil {
+	fail := func(err error) (*Service, error) {
+		s.closed.Store(true) // the subscription stays; it drops everything
 		return nil, err
+	}
+	if err := s.replay(ctx); err != nil {
+		return fail(err)
 	}
 	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	s.jr = j
 	if s.since.IsZero() {
 		s.since = cfg.Now().UTC()
 		if err := s.appendRecords(ctx, []record{{Op: "start", TS: s.since}}); err != nil {
 			j.Close(ctx)
-			return nil, err
+			return fail(err)
 		}
 	} else if err := s.recover(ctx); err != nil {
 		j.Close(ctx)
-		return nil, err
+		return fail(err)
 	}
+	s.mu.Lock()
+	s.rebuildQueueLocked()
+	s.mu.Unlock()
 	s.wg.Add(3 + cfg.Workers)
 	go s.compactor()
 	go s.deriver()
@@ -306,6 +414,7 @@ func (s *Service) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	s.client.CloseIdleConnections()
 	return s.jr.Close(ctx)
 }
 
@@ -404,7 +513,8 @@ func (s *Service) applyRecord(r record) {
 	}
 }
 
-func (s *Service) addEntryLocked(d Delivery) {
+// addEntryLocked records d as pending; a caller past replay queues it.
+func (s *Service) addEntryLocked(d Delivery) *entry {
 	s.seq++
 	e := &entry{d: d, seq: s.seq, dest: destination(d.Type, d.Config)}
 	if d.Kind != KindNotification {
@@ -416,6 +526,7 @@ func (s *Service) addEntryLocked(d Delivery) {
 		e.order = d.ExchangeID + "/" + d.Ref + "/" + d.ExecutorID
 	}
 	s.pending[d.ID] = e
+	return e
 }
 
 // recover re-derives deliveries for buffered events at or after the last
@@ -423,22 +534,12 @@ func (s *Service) addEntryLocked(d Delivery) {
 // outbox first started for exchanges it never recorded.
 func (s *Service) recover(ctx context.Context) error {
 	ids := map[string]bool{}
-	opts := storage.ListOptions{}
-	for {
-		page, err := s.cfg.Store.List(ctx, "exchanges/", opts)
-		if err != nil {
-			return fmt.Errorf("notify: list exchanges: %w", err)
-		}
-		for _, k := range page.Keys {
-			id := strings.TrimSuffix(strings.TrimPrefix(k, "exchanges/"), ".json")
-			if mess.ValidID(id) {
-				ids[id] = true
-			}
-		}
-		if page.Next == "" {
-			break
-		}
-		opts.After = page.Next
+	xs, err := s.src.Exchanges(ctx)
+	if err != nil {
+		return fmt.Errorf("notify: list exchanges: %w", err)
+	}
+	for _, x := range xs {
+		ids[x] = true
 	}
 	for x := range s.marks {
 		ids[x] = true
@@ -511,7 +612,11 @@ func (s *Service) deriveBatch(evs []mess.Event) {
 	var adds []Delivery
 	marks := map[string]mark{}
 	for _, ev := range evs {
-		for _, d := range s.derive(ctx, ev) {
+		ds, err := s.derive(ctx, ev)
+		if err != nil {
+			s.log.Error("notify: derive deliveries", "event", ev.EventID, "err", err)
+		}
+		for _, d := range ds {
 			s.mu.Lock()
 			_, done := s.known[d.ID]
 			dup := done || s.pending[d.ID] != nil
@@ -542,7 +647,7 @@ func (s *Service) deriveBatch(evs []mess.Event) {
 	s.mu.Lock()
 	for _, d := range adds {
 		if s.pending[d.ID] == nil {
-			s.addEntryLocked(d)
+			s.queueLocked(s.addEntryLocked(d))
 		}
 	}
 	for x, m := range marks {

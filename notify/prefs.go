@@ -17,7 +17,7 @@ import (
 // Preferences are an executor's notification preferences.
 type Preferences struct {
 	// MinPriority is the lowest priority notified; empty means normal, the
-	// original server's default.
+	// default of the MESS exchange server 1.0.
 	MinPriority mess.Priority `json:"min_priority"`
 	QuietHours  *QuietHours   `json:"quiet_hours"`
 }
@@ -85,7 +85,8 @@ func (q *QuietHours) parse() (start, end int, loc *time.Location, err error) {
 			return 0, 0, nil, fmt.Errorf("%w: quiet_hours: unknown time zone %q", ErrInvalidConfig, q.TimeZone)
 		}
 	}
-	// The original's defaults, kept for profiles that only say enabled.
+	// The MESS exchange server 1.0 defaults, for profiles that only say
+	// enabled.
 	s, e := q.Start, q.End
 	if s == "" {
 		s = "22:00"

@@ -7,9 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
-	"slices"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -57,56 +58,8 @@ func (s *Service) scheduler() {
 			s.prune()
 			lastPrune = now
 		}
-		var jobs [][]*entry
-		var wait time.Duration = time.Hour
 		s.mu.Lock()
-		first := map[string]int64{}
-		for _, e := range s.pending {
-			if e.order != "" {
-				if f, ok := first[e.order]; !ok || e.seq < f {
-					first[e.order] = e.seq
-				}
-			}
-		}
-		var due []*entry
-		for _, e := range s.pending {
-			if e.inflight {
-				continue
-			}
-			if d := e.next.Sub(now); d > 0 {
-				wait = min(wait, d)
-				continue
-			}
-			if e.order != "" && first[e.order] != e.seq {
-				continue
-			}
-			due = append(due, e)
-		}
-		slices.SortFunc(due, func(a, b *entry) int { return int(a.seq - b.seq) })
-		for _, e := range due {
-			if e.inflight {
-				continue
-			}
-			if e.dest == "" {
-				e.inflight = true
-				jobs = append(jobs, []*entry{e})
-				continue
-			}
-			if at := s.nextAllowed[e.dest]; at.After(now) {
-				wait = min(wait, at.Sub(now))
-				continue
-			}
-			batch := []*entry{e}
-			e.inflight = true
-			for _, o := range due {
-				if !o.inflight && o.dest == e.dest {
-					o.inflight = true
-					batch = append(batch, o)
-				}
-			}
-			s.nextAllowed[e.dest] = now.Add(s.intervalFor(e.dest))
-			jobs = append(jobs, batch)
-		}
+		jobs, wait := s.dueLocked(now)
 		s.mu.Unlock()
 		for _, j := range jobs {
 			select {
@@ -151,8 +104,8 @@ func (s *Service) vars(ctx context.Context, d *Delivery) (map[string]any, error)
 		status = string(th.Status)
 	}
 	name := d.ExecutorID
-	if cfg, ok := s.src.ExecutorConfig(d.ExchangeID, d.ExecutorID); ok && cfg.DisplayName != "" {
-		name = cfg.DisplayName
+	if p, err := s.src.DeliveryProfile(ctx, d.ExchangeID, d.ExecutorID); err == nil && p.DisplayName != "" {
+		name = p.DisplayName
 	}
 	link := ""
 	if s.cfg.PublicURL != "" {
@@ -225,6 +178,7 @@ func (s *Service) deliver(batch []*entry) {
 		e.inflight = false
 		if err == nil {
 			delete(s.pending, e.d.ID)
+			s.finishedLocked(e)
 			s.known[e.d.ID] = e.d.TS
 			s.sent.Add(1)
 			recs = append(recs, record{Op: "done", ID: e.d.ID, TS: now})
@@ -235,6 +189,7 @@ func (s *Service) deliver(batch []*entry) {
 		var pe permanentError
 		if errors.As(err, &pe) || e.attempts >= s.cfg.MaxAttempts {
 			delete(s.pending, e.d.ID)
+			s.finishedLocked(e)
 			s.known[e.d.ID] = e.d.TS
 			s.recordFailureLocked(e, e.attempts, e.lastErr, now)
 			recs = append(recs, record{Op: "fail", ID: e.d.ID, TS: now, Attempts: e.attempts, Error: e.lastErr})
@@ -247,6 +202,7 @@ func (s *Service) deliver(batch []*entry) {
 			wait = min(se.retryAfter, s.cfg.MaxBackoff)
 		}
 		e.next = now.Add(wait)
+		s.timeLocked(e)
 	}
 	s.mu.Unlock()
 	if len(recs) > 0 {
@@ -260,6 +216,9 @@ func (s *Service) deliver(batch []*entry) {
 // do sends one request through the guarded client.
 func (s *Service) do(ctx context.Context, r *outReq, d *Delivery) ([]byte, error) {
 	if _, err := s.cfg.Policy.CheckURL(r.URL); err != nil {
+		return nil, permanentError{err}
+	}
+	if err := checkHeader(r.Header); err != nil {
 		return nil, permanentError{err}
 	}
 	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, bytes.NewReader(r.Body))
@@ -310,21 +269,79 @@ func (s *Service) do(ctx context.Context, r *outReq, d *Delivery) ([]byte, error
 	return nil, permanentError{se}
 }
 
-// describeErr says what went wrong without the URL, which may embed a
-// credential (Slack and IFTTT put theirs in the path).
+// checkHeader refuses header names and values that are not a single
+// header line. A template can fill a header with a thread's text; a line
+// break there would be refused by net/http on every retry, so it is a
+// permanent failure, reported by header name.
+func checkHeader(h http.Header) error {
+	for k, vs := range h {
+		if k == "" || strings.IndexFunc(k, func(r rune) bool { return r <= ' ' || r >= 0x7f || r == ':' }) >= 0 {
+			return fmt.Errorf("%w: header name %q is not a valid header name", ErrInvalidConfig, k)
+		}
+		for _, v := range vs {
+			if strings.IndexFunc(v, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) >= 0 {
+				return fmt.Errorf("%w: header %s contains a line break or control character", ErrInvalidConfig, k)
+			}
+		}
+	}
+	return nil
+}
+
+// describeErr says what went wrong for the executor to read. It names the
+// URL's host, which the executor configured, but never the URL (Slack and
+// IFTTT keep credentials in the path), the address a name resolved to or
+// the resolver asked: those describe the operator's network.
 func describeErr(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		host := ""
-		if u, perr := url.Parse(ue.URL); perr == nil {
+	host := ""
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		if u, perr := url.Parse(ue.URL); perr == nil && u.Host != "" {
 			host = u.Host + ": "
 		}
-		if errors.Is(ue.Err, context.DeadlineExceeded) || ue.Timeout() {
-			return host + "timeout"
-		}
-		return host + ue.Err.Error()
 	}
-	return err.Error()
+	var msg string
+	if be, ok := blockedError(err); ok {
+		msg = be
+	} else if de, ok := errors.AsType[*net.DNSError](err); ok {
+		switch {
+		case de.IsNotFound:
+			msg = "no such host"
+		case de.IsTimeout:
+			msg = "DNS lookup timed out"
+		default:
+			msg = "DNS lookup failed"
+		}
+	} else if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		msg = "timeout"
+	} else if oe, ok := errors.AsType[*net.OpError](err); ok {
+		msg = "connection failed"
+		if se, ok := errors.AsType[*os.SyscallError](oe.Err); ok {
+			msg = "connection failed: " + se.Err.Error()
+		}
+	} else if ue, ok := errors.AsType[*url.Error](err); ok {
+		// TLS, protocol and redirect errors: their text names no address.
+		msg = ue.Err.Error()
+	} else {
+		msg = err.Error()
+	}
+	return host + msg
+}
+
+// blockedError returns the text of the policy's refusal in err, if any.
+func blockedError(err error) (string, bool) {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if strings.HasPrefix(e.Error(), ErrBlockedAddress.Error()) {
+			return e.Error(), true
+		}
+	}
+	return "", false
+}
+
+func isTimeout(err error) bool {
+	te, ok := errors.AsType[interface {
+		error
+		Timeout() bool
+	}](err)
+	return ok && te.Timeout()
 }
 
 // publicDestination is a channel's or hook's destination reduced to scheme

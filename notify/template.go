@@ -10,7 +10,8 @@ import (
 var tmplVar = regexp.MustCompile(`\{\{\s*([\w.]+)\s*\}\}`)
 
 // Expand replaces {{name}} and {{a.b}} in s with values from vars, as the
-// original server did: a missing value becomes "", objects become JSON.
+// MESS exchange server 1.0 does: a missing value becomes "", objects
+// become JSON.
 func Expand(s string, vars map[string]any) string {
 	if !strings.Contains(s, "{{") {
 		return s

@@ -3,7 +3,13 @@ package notify
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +39,7 @@ func TestQuietHours_Active(t *testing.T) {
 		{"time zone across the date line", QuietHours{Start: "22:00", End: "07:00", TimeZone: "America/New_York"}, utc(3, 0), true},
 		{"disabled", QuietHours{Enabled: new(bool), Start: "00:00", End: "23:59"}, utc(12, 0), false},
 		{"empty window", QuietHours{Start: "10:00", End: "10:00"}, utc(10, 0), false},
-		{"enabled with the original's defaults", QuietHours{Enabled: ptr(true)}, utc(23, 0), true},
+		{"enabled with the default window", QuietHours{Enabled: ptr(true)}, utc(23, 0), true},
 		{"start only is not a window", QuietHours{Start: "10:00"}, utc(11, 0), false},
 	}
 	for _, tt := range tests {
@@ -203,7 +209,7 @@ func TestValidateProfile(t *testing.T) {
 		`[{"type":"ntfy","topic":"abc"},{"type":"slack","webhook_url":"https://hooks.slack.com/x"}]`,
 	}
 	for _, n := range ok {
-		if err := ValidateProfile(json.RawMessage(n), nil, nil, AddressPolicy{}); err != nil {
+		if err := (Config{}).ValidateProfile(json.RawMessage(n), nil, nil); err != nil {
 			t.Errorf("%s: %v", n, err)
 		}
 	}
@@ -216,8 +222,85 @@ func TestValidateProfile(t *testing.T) {
 		{``, ``, `{"min_priority":"loud"}`},
 	}
 	for _, b := range bad {
-		if err := ValidateProfile(json.RawMessage(b.n), json.RawMessage(b.h), json.RawMessage(b.p), AddressPolicy{}); err == nil {
+		if err := (Config{}).ValidateProfile(json.RawMessage(b.n), json.RawMessage(b.h), json.RawMessage(b.p)); err == nil {
 			t.Errorf("%+v accepted", b)
+		}
+	}
+}
+
+// Ensure a profile over the channel or hook cap is refused, saying why:
+// every channel and hook is a delivery per event.
+func TestValidateProfile_caps(t *testing.T) {
+	chans := func(n int) json.RawMessage {
+		var l []map[string]any
+		for range n {
+			l = append(l, map[string]any{"type": "ntfy", "topic": "t"})
+		}
+		b, _ := json.Marshal(l)
+		return b
+	}
+	hooks := func(n int) json.RawMessage {
+		m := map[string][]map[string]any{}
+		for i := range n {
+			k := []string{"on_request_created", "on_request_claimed"}[i%2]
+			m[k] = append(m[k], map[string]any{"type": "webhook", "url": "https://example.com/h"})
+		}
+		b, _ := json.Marshal(m)
+		return b
+	}
+	tests := []struct {
+		name          string
+		cfg           Config
+		notes, hooks  json.RawMessage
+		wantErr       bool
+		wantInMessage string
+	}{
+		{"20 channels", Config{}, chans(20), nil, false, ""},
+		{"21 channels", Config{}, chans(21), nil, true, "at most 20"},
+		{"50 hooks", Config{}, nil, hooks(50), false, ""},
+		{"51 hooks", Config{}, nil, hooks(51), true, "at most 50"},
+		{"own caps", Config{MaxChannels: 2, MaxHooks: 3}, chans(3), nil, true, "at most 2"},
+		{"own hook cap", Config{MaxChannels: 2, MaxHooks: 3}, nil, hooks(4), true, "at most 3"},
+	}
+	for _, tt := range tests {
+		err := tt.cfg.ValidateProfile(tt.notes, tt.hooks, nil)
+		if (err != nil) != tt.wantErr || err != nil && (!errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tt.wantInMessage)) {
+			t.Errorf("%s: ValidateProfile = %v, want error %v containing %q", tt.name, err, tt.wantErr, tt.wantInMessage)
+		}
+	}
+}
+
+// Ensure failure reports name neither the address a host resolved to nor
+// the resolver, which describe the operator's network.
+func TestDescribeErr_hidesInternalAddresses(t *testing.T) {
+	dial := func(inner error) error {
+		return &url.Error{Op: "Post", URL: "https://hooks.example.com/services/SECRET", Err: &net.OpError{
+			Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.ParseIP("10.20.30.40"), Port: 443}, Err: inner}}
+	}
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"unknown host", &url.Error{Op: "Post", URL: "https://nx.example.com/x", Err: &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "no such host", Name: "nx.example.com", Server: "10.0.0.53:53", IsNotFound: true}}},
+			"nx.example.com: no such host"},
+		{"resolver down", &url.Error{Op: "Post", URL: "https://a.example.com/x", Err: &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "server misbehaving", Name: "a.example.com", Server: "10.0.0.53:53"}}},
+			"a.example.com: DNS lookup failed"},
+		{"refused", dial(os.NewSyscallError("connect", syscall.ECONNREFUSED)), "hooks.example.com: connection failed: connection refused"},
+		{"blocked after resolution", dial(fmt.Errorf("%w: private address", ErrBlockedAddress)),
+			"hooks.example.com: notify: destination not allowed: private address"},
+	}
+	for _, tt := range tests {
+		got := describeErr(tt.err)
+		if got != tt.want {
+			t.Errorf("%s: describeErr = %q, want %q", tt.name, got, tt.want)
+		}
+		for _, leak := range []string{"10.0.0.53", "10.20.30.40", "SECRET"} {
+			if strings.Contains(got, leak) {
+				t.Errorf("%s: %q shows %s", tt.name, got, leak)
+			}
 		}
 	}
 }

@@ -7,8 +7,17 @@ import (
 
 // ValidateProfile checks an executor's notifications, hooks and
 // preferences as a profile update would store them: known types, required
-// fields, URLs the policy allows, hook keys it knows. Empty values pass.
-func ValidateProfile(notifications, hooks, preferences json.RawMessage, policy AddressPolicy) error {
+// fields, URLs c.Policy allows, hook keys it knows, and no more than
+// c.MaxChannels channels and c.MaxHooks hooks. Empty values pass. Only the
+// policy and the caps of c are used, so an exchange can check profiles
+// before its Service exists; errors wrap ErrInvalidConfig or
+// ErrBlockedAddress.
+func (c Config) ValidateProfile(notifications, hooks, preferences json.RawMessage) error {
+	c, err := c.withDefaults()
+	if err != nil {
+		return err
+	}
+	policy := c.Policy
 	if _, err := ParsePreferences(preferences); err != nil {
 		return err
 	}
@@ -16,6 +25,9 @@ func ValidateProfile(notifications, hooks, preferences json.RawMessage, policy A
 		var chans []channelConfig
 		if err := json.Unmarshal(notifications, &chans); err != nil {
 			return fmt.Errorf("%w: notifications must be an array of channel objects", ErrInvalidConfig)
+		}
+		if len(chans) > c.MaxChannels {
+			return fmt.Errorf("%w: %d notification channels; a profile may have at most %d", ErrInvalidConfig, len(chans), c.MaxChannels)
 		}
 		for i, c := range chans {
 			var u string
@@ -47,6 +59,13 @@ func ValidateProfile(notifications, hooks, preferences json.RawMessage, policy A
 		var hs map[string][]hookConfig
 		if err := json.Unmarshal(hooks, &hs); err != nil {
 			return fmt.Errorf("%w: hooks must map on_request_* events to arrays of hooks", ErrInvalidConfig)
+		}
+		n := 0
+		for _, list := range hs {
+			n += len(list)
+		}
+		if n > c.MaxHooks {
+			return fmt.Errorf("%w: %d hooks; a profile may have at most %d", ErrInvalidConfig, n, c.MaxHooks)
 		}
 		for k, list := range hs {
 			if _, ok := HookName(k); !ok {

@@ -27,7 +27,9 @@ func leaseClients(ctx context.Context, o options, n int) ([]*lease.Client, []age
 	}
 	cs := make([]*lease.Client, len(agents))
 	for i, a := range agents {
-		cs[i] = lease.NewClient(o.URL, o.Exchange, a.Key, httpClient)
+		if cs[i], err = lease.NewClient(lease.ClientConfig{BaseURL: o.URL, Exchange: o.Exchange, APIKey: a.Key, HTTPClient: httpClient}); err != nil {
+			return nil, nil, err
+		}
 	}
 	return cs, agents, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -47,12 +48,15 @@ func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, get
 	cfg.Store = store
 	cfg.Logger = logger
 	start := time.Now()
-	m, err := lease.New(cfg)
+	m, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
 	logger.Info("lease state restored", "took", time.Since(start).Round(time.Millisecond))
-	h := lease.NewHandler(m, lease.HandlerConfig{Auth: auth, MaxBodyBytes: maxBody, Logger: logger})
+	h, err := lease.NewHandler(m, lease.HandlerConfig{Auth: auth, MaxBodyBytes: maxBody, Logger: logger})
+	if err != nil {
+		return nil, errors.Join(err, m.Close(context.Background()))
+	}
 	e.Any("/api/v1/exchanges/:exchange_id/leases/*", echo.WrapHandler(h))
 	return m.Close, nil
 }

@@ -16,8 +16,17 @@ import (
 
 func leaseClient(t testing.TB, ts *testServer, exchange, agent string) *lease.Client {
 	t.Helper()
-	c := lease.NewClient(ts.URL, exchange, ts.register(t, exchange, agent), nil)
+	c := newLeaseClient(t, ts.URL, exchange, ts.register(t, exchange, agent), nil)
 	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+func newLeaseClient(t testing.TB, url, exchange, key string, hc *http.Client) *lease.Client {
+	t.Helper()
+	c, err := lease.NewClient(lease.ClientConfig{BaseURL: url, Exchange: exchange, APIKey: key, HTTPClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 
@@ -51,7 +60,7 @@ func TestLease_lifecycle(t *testing.T) {
 	if ls, err := bob.List(ctx, "alice"); err != nil || len(ls) != 1 {
 		t.Fatalf("list = %+v, %v", ls, err)
 	}
-	if ok, err := bob.Release(ctx, "src/main.go", g.Token); ok || err != nil {
+	if ok, err := bob.Release(ctx, "src/main.go", g.Token); ok || !errors.Is(err, lease.ErrNotHeld) {
 		t.Fatalf("release by bob = %v, %v", ok, err)
 	}
 	if ok, err := alice.Release(ctx, "src/main.go", g.Token); !ok || err != nil {
@@ -72,7 +81,13 @@ func TestLease_lifecycle(t *testing.T) {
 		{"unknown key", "mess_lx_bogus", lease.ErrUnauthorized},
 		{"key of another exchange", keyOfLy, lease.ErrForbidden},
 	} {
-		c := lease.NewClient(ts.URL, "lx", tt.key, nil)
+		if tt.key == "" {
+			if _, err := lease.NewClient(lease.ClientConfig{BaseURL: ts.URL, Exchange: "lx"}); err == nil {
+				t.Errorf("%s: NewClient accepted no key", tt.name)
+			}
+			continue
+		}
+		c := newLeaseClient(t, ts.URL, "lx", tt.key, nil)
 		if _, err := c.Status(ctx, "f"); !errors.Is(err, tt.want) {
 			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
 		}
@@ -189,7 +204,7 @@ func TestLease_restart(t *testing.T) {
 	ts := startServer(t, withDataDir(dir))
 	aliceKey, bobKey := ts.register(t, "lr", "alice"), ts.register(t, "lr", "bob")
 	clients := func(ts *testServer) (*lease.Client, *lease.Client) {
-		a, b := lease.NewClient(ts.URL, "lr", aliceKey, nil), lease.NewClient(ts.URL, "lr", bobKey, nil)
+		a, b := newLeaseClient(t, ts.URL, "lr", aliceKey, nil), newLeaseClient(t, ts.URL, "lr", bobKey, nil)
 		t.Cleanup(a.CloseIdleConnections)
 		t.Cleanup(b.CloseIdleConnections)
 		return a, b
@@ -209,13 +224,13 @@ func TestLease_crash(t *testing.T) {
 	cmd, ts := start()
 	aliceKey, bobKey := ts.register(t, "lc", "alice"), ts.register(t, "lc", "bob")
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	before := leaseRound(t, lease.NewClient(ts.URL, "lc", aliceKey, hc), lease.NewClient(ts.URL, "lc", bobKey, hc))
+	before := leaseRound(t, newLeaseClient(t, ts.URL, "lc", aliceKey, hc), newLeaseClient(t, ts.URL, "lc", bobKey, hc))
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 
 	cmd, ts = start()
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	checkAfterRestart(t, before, lease.NewClient(ts.URL, "lc", aliceKey, hc), lease.NewClient(ts.URL, "lc", bobKey, hc))
+	checkAfterRestart(t, before, newLeaseClient(t, ts.URL, "lc", aliceKey, hc), newLeaseClient(t, ts.URL, "lc", bobKey, hc))
 }
 
 // BenchmarkLease_status measures status calls through the real server
@@ -223,7 +238,7 @@ func TestLease_crash(t *testing.T) {
 func BenchmarkLease_status(b *testing.B) {
 	ts := startServer(b)
 	key := ts.register(b, "lb", "alice")
-	c := lease.NewClient(ts.URL, "lb", key, nil)
+	c := newLeaseClient(b, ts.URL, "lb", key, nil)
 	b.Cleanup(c.CloseIdleConnections)
 	ctx := context.Background()
 	if _, err := c.Acquire(ctx, "f", time.Hour); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -89,7 +90,10 @@ func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth noti
 		return nil, err
 	}
 	logger.Info("notification outbox restored", "pending", n.Stats().Pending, "took", time.Since(start).Round(time.Millisecond))
-	h := notify.NewHandler(n, notify.HandlerConfig{Auth: auth, Logger: logger})
+	h, err := notify.NewHandler(n, notify.HandlerConfig{Auth: auth, Logger: logger})
+	if err != nil {
+		return nil, errors.Join(err, n.Close(context.Background()))
+	}
 	e.Any("/api/v1/exchanges/:exchange_id/notifications/*", echo.WrapHandler(h))
 	return n.Close, nil
 }
@@ -121,7 +125,5 @@ func profileValidator(getenv func(string) string) (func(notifications, hooks, pr
 	if err != nil {
 		return nil, err
 	}
-	return func(notifications, hooks, preferences json.RawMessage) error {
-		return notify.ValidateProfile(notifications, hooks, preferences, policy)
-	}, nil
+	return notify.Config{Policy: policy}.ValidateProfile, nil
 }

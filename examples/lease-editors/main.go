@@ -81,16 +81,20 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	m, err := lease.New(lease.Config{Store: store, MinTTL: 50 * time.Millisecond})
+	m, err := lease.New(ctx, lease.Config{Store: store, MinTTL: 50 * time.Millisecond})
 	if err != nil {
 		return err
 	}
 	defer m.Close(ctx)
 
-	mux := http.NewServeMux()
-	mux.Handle("/api/v1/exchanges/{exchange_id}/leases/", lease.NewHandler(m, lease.HandlerConfig{
+	h, err := lease.NewHandler(m, lease.HandlerConfig{
 		Auth: staticKeys{"key-alice": "alice", "key-bob": "bob"},
-	}))
+	})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/exchanges/{exchange_id}/leases/", h)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -100,8 +104,14 @@ func run() error {
 	defer srv.Shutdown(ctx)
 	url := "http://" + ln.Addr().String()
 
-	alice := lease.NewClient(url, "demo", "key-alice", nil)
-	bob := lease.NewClient(url, "demo", "key-bob", nil)
+	alice, err := lease.NewClient(lease.ClientConfig{BaseURL: url, Exchange: "demo", APIKey: "key-alice"})
+	if err != nil {
+		return err
+	}
+	bob, err := lease.NewClient(lease.ClientConfig{BaseURL: url, Exchange: "demo", APIKey: "key-bob"})
+	if err != nil {
+		return err
+	}
 	file := &fencedFile{path: filepath.Join(dir, "notes.md")}
 	const name = "docs/notes.md"
 

@@ -139,7 +139,7 @@ func connect(url, exchange, bossKey, workerKey string) (boss, worker mailbus.Mai
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	leases, err := lease.New(lease.Config{})
+	leases, err := lease.New(context.Background(), lease.Config{})
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -489,33 +489,25 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 	go func() {
 		defer close(slots)
 		defer close(keys)
-		opts := storage.ListOptions{After: cfg.After}
-		for {
-			page, err := store.List(ctx, cfg.Prefix, opts)
+		for k, err := range storage.KeysAfter(ctx, store, cfg.Prefix, cfg.After) {
 			if err != nil {
 				listErr = err
 				return
 			}
-			for _, k := range page.Keys {
-				out := make(chan result, 1)
-				select {
-				case slots <- out:
-				case <-ctx.Done():
-					return
-				}
-				select {
-				case keys <- struct {
-					key string
-					out chan result
-				}{k, out}:
-				case <-ctx.Done():
-					return
-				}
-			}
-			if page.Next == "" {
+			out := make(chan result, 1)
+			select {
+			case slots <- out:
+			case <-ctx.Done():
 				return
 			}
-			opts.After = page.Next
+			select {
+			case keys <- struct {
+				key string
+				out chan result
+			}{k, out}:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	var wg sync.WaitGroup
