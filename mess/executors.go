@@ -551,6 +551,22 @@ func (s *Service) ExecutorIDs(exchangeID string) []string {
 	return ids
 }
 
+// IsExecutor reports whether id is registered in exchangeID. Unlike
+// ExecutorConfig it shows nothing of the profile, so it is what to ask
+// when only membership matters (who may receive mail, say).
+func (s *Service) IsExecutor(ctx context.Context, exchangeID, id string) (bool, error) {
+	if err := s.checkOpen(); err != nil {
+		return false, err
+	}
+	ex := s.exchange(exchangeID, false)
+	if ex == nil {
+		return false, nil
+	}
+	ex.mu.RLock()
+	defer ex.mu.RUnlock()
+	return ex.executors[id] != nil, nil
+}
+
 // ExecutorCapabilities returns the capability ids of an executor.
 func (s *Service) ExecutorCapabilities(exchangeID, executorID string) []string {
 	ex := s.exchange(exchangeID, false)

@@ -164,6 +164,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.logLevel}))
+	caps, err := mess.LoadCapabilities(os.DirFS(c.capabilitiesDir))
+	if err != nil {
+		return err
+	}
 	store, closeStore, err := openStore(c)
 	if err != nil {
 		return err
@@ -193,7 +197,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// this context is cancelled at shutdown.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
-	e, closers, err := newServer(c, svc, store, logger, getenv)
+	e, closers, err := newServer(c, svc, caps, store, logger, getenv)
 	if err != nil {
 		svc.Close(context.Background())
 		return err
