@@ -693,8 +693,11 @@ func TestAttachmentsAndCapabilities(t *testing.T) {
 	if code, _, _ := get("missing.png"); code != 404 {
 		t.Fatalf("missing attachment = %d", code)
 	}
-	if code, _, _ := get("..%2Fsecret"); code != 400 && code != 404 {
-		t.Fatalf("traversal attachment = %d", code)
+	// A name that is not a file name is refused, not looked for.
+	for _, name := range []string{"path%2Fto%2Ffile.jpg", "..%2Fsecret", "%2E%2E", "a%5Cb.jpg", "a%00b.jpg", "a%0Ab.jpg", "a%7Fb.jpg", "%FF.jpg", strings.Repeat("x", 256)} {
+		if code, _, b := get(name); code != 400 || !strings.Contains(string(b), `"invalid_input"`) {
+			t.Errorf("attachment %q = %d %s, want 400 invalid_input", name, code, b)
+		}
 	}
 	var caps struct {
 		Capabilities []struct {
@@ -791,4 +794,60 @@ func TestGracefulShutdownEndsWaits(t *testing.T) {
 		t.Fatal("shutdown waited for long-polls and streams")
 	}
 	wg.Wait()
+}
+
+// Ensure HEAD answers every GET route with GET's status and headers and no
+// body, the event stream included.
+func TestHeadOnGetRoutes(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "head", "a")
+	ref := ts.create(t, "head", key, map[string]any{"intent": "look"})
+	ts.do(t, "PATCH", ts.api("head")+"/requests/"+ref, key, `{"mess":[{"attachment":{"name":"notes.txt","data":"aGVsbG8="}}]}`, nil)
+	for _, path := range []string{
+		"/health",
+		"/api/v1/exchanges/head/requests",
+		"/api/v1/exchanges/head/requests?wait=0",
+		"/api/v1/exchanges/head/requests/" + ref,
+		"/api/v1/exchanges/head/requests/" + ref + "/attachments/notes.txt",
+		"/api/v1/exchanges/head/executors",
+		"/api/v1/exchanges/head/executors/a",
+		"/api/v1/exchanges/head/capabilities",
+		"/api/v1/exchanges/head/events",
+	} {
+		t.Run(path, func(t *testing.T) {
+			send := func(method string) (*http.Response, []byte) {
+				req, _ := http.NewRequest(method, ts.URL+path, nil)
+				req.Header.Set("Authorization", "Bearer "+key)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				if strings.HasSuffix(path, "/events") && method == "GET" {
+					return resp, nil // a stream: its headers are enough
+				}
+				b, err := io.ReadAll(resp.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp, b
+			}
+			get, body := send("GET")
+			head, hbody := send("HEAD")
+			if head.StatusCode != 200 || get.StatusCode != 200 {
+				t.Fatalf("HEAD = %d, GET = %d, want 200", head.StatusCode, get.StatusCode)
+			}
+			if len(hbody) != 0 {
+				t.Fatalf("HEAD sent a body: %q", hbody)
+			}
+			for _, h := range []string{"Content-Type", "ETag", "X-Content-Type-Options"} {
+				if head.Header.Get(h) != get.Header.Get(h) {
+					t.Errorf("%s: HEAD %q, GET %q", h, head.Header.Get(h), get.Header.Get(h))
+				}
+			}
+			if body != nil && head.Header.Get("Content-Length") != "" && head.ContentLength != int64(len(body)) {
+				t.Errorf("HEAD Content-Length %d, GET body %d bytes", head.ContentLength, len(body))
+			}
+		})
+	}
 }
