@@ -104,6 +104,9 @@ var refPattern = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}-[A-Z0-9]{4,8}$`)
 // same ids, so one executor id works in all of them.
 func ValidID(s string) bool { return ident.Valid(s) }
 
+// idRule says what ValidID accepts, for error messages.
+const idRule = "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
+
 // ValidRef reports whether s has the shape of a thread ref (2025-02-01-XY1Z).
 func ValidRef(s string) bool { return refPattern.MatchString(s) }
 
