@@ -14,7 +14,7 @@ func BenchmarkHTTP_Create(b *testing.B) {
 	ts := startServer(b)
 	key := ts.register(b, "bench", "a")
 	url := ts.api("bench") + "/requests"
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	client := benchClient(b)
 	b.SetParallelism(16)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -35,9 +35,12 @@ func BenchmarkHTTP_Create(b *testing.B) {
 	})
 }
 
-// benchClient is a client with enough idle connections for RunParallel.
-func benchClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+// benchClient is a client with enough idle connections for RunParallel,
+// closed when the benchmark ends.
+func benchClient(b *testing.B) *http.Client {
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	b.Cleanup(c.CloseIdleConnections)
+	return c
 }
 
 // benchDo sends one request and fails the benchmark on an unexpected status.
@@ -67,7 +70,7 @@ func BenchmarkHTTP_Get(b *testing.B) {
 	ts := startServer(b)
 	key := ts.register(b, "bench", "a")
 	url := ts.api("bench") + "/requests/" + ts.create(b, "bench", key, map[string]any{"intent": "check the front door"})
-	c := benchClient()
+	c := benchClient(b)
 	b.SetParallelism(4)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -84,7 +87,7 @@ func BenchmarkHTTP_List(b *testing.B) {
 		ts.create(b, "bench", key, map[string]any{"intent": fmt.Sprint("job ", i)})
 	}
 	url := ts.api("bench") + "/requests?limit=50"
-	c := benchClient()
+	c := benchClient(b)
 	b.SetParallelism(4)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -103,7 +106,7 @@ func BenchmarkHTTP_Update(b *testing.B) {
 	for range cap(refs) {
 		refs <- ts.create(b, "bench", key, map[string]any{"intent": "check the front door"})
 	}
-	c := benchClient()
+	c := benchClient(b)
 	b.SetParallelism(16)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
