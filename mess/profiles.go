@@ -24,7 +24,8 @@ type Executor struct {
 	CreatedAt     time.Time       `json:"created_at"`
 	LastSeen      *time.Time      `json:"last_seen"`
 	Owner         bool            `json:"owner,omitempty"`
-	// APIKeyHash is the original server's field: base64 SHA-256 of the first key.
+	// APIKeyHash is the MESS protocol v1 profile field: base64 SHA-256 of
+	// the first key.
 	APIKeyHash string   `json:"api_key_hash,omitempty"`
 	APIKeys    []APIKey `json:"api_keys"`
 }

@@ -18,9 +18,9 @@ import (
 	"time"
 )
 
-// Ensure the seed README's curl workflow works as written on a server with
+// Ensure the curl workflow of MESS protocol v1 works as written on a server with
 // default (closed) registration: the first registrant owns the exchange.
-func TestSeedWorkflow(t *testing.T) {
+func TestCurlWorkflow(t *testing.T) {
 	ts := startServer(t, withEnv("MESS_OPEN_REGISTRATION", "false"))
 	var reg struct {
 		ExecutorID string `json:"executor_id"`
