@@ -327,28 +327,43 @@ func TestErrorResponses(t *testing.T) {
 	tests := []struct {
 		name, method, path, body string
 		want                     int
+		code                     string
 	}{
-		{"malformed JSON", "POST", "/requests", `{"intent":`, 400},
-		{"wrong type", "POST", "/requests", `{"intent":42}`, 400},
-		{"unknown route", "GET", "/nope", "", 404},
-		{"unknown thread", "GET", "/requests/2025-01-01-ZZZZ", "", 404},
-		{"bad ref", "GET", "/requests/not-a-ref", "", 404},
-		{"oversized body", "POST", "/requests", `{"intent":"` + strings.Repeat("x", 8000) + `"}`, 413},
-		{"bad limit", "GET", "/requests?limit=-1", "", 400},
-		{"bad cursor", "GET", "/requests?cursor=zzz", "", 400},
-		{"bad status filter", "GET", "/requests?status=banana", "", 400},
-		{"mess not an array", "PATCH", "/requests/2025-01-01-ZZZZ", `{"mess":"hi"}`, 400},
-		{"other's profile", "PATCH", "/executors/someone", `{"display_name":"x"}`, 403},
+		{"malformed JSON", "POST", "/requests", `{"intent":`, 400, "malformed_json"},
+		{"wrong type", "POST", "/requests", `{"intent":42}`, 400, "malformed_json"},
+		{"unknown route", "GET", "/nope", "", 404, "not_found"},
+		{"unknown thread", "GET", "/requests/2025-01-01-ZZZZ", "", 404, "not_found"},
+		{"bad ref", "GET", "/requests/not-a-ref", "", 404, "not_found"},
+		{"oversized body", "POST", "/requests", `{"intent":"` + strings.Repeat("x", 8000) + `"}`, 413, "too_large"},
+		{"bad limit", "GET", "/requests?limit=-1", "", 400, "invalid_input"},
+		{"bad cursor", "GET", "/requests?cursor=zzz", "", 400, "invalid_input"},
+		{"bad status filter", "GET", "/requests?status=banana", "", 400, "invalid_input"},
+		{"bad wait", "GET", "/requests?wait=soon", "", 400, "invalid_input"},
+		{"mess not an array", "PATCH", "/requests/2025-01-01-ZZZZ", `{"mess":"hi"}`, 400, "invalid_input"},
+		{"other's profile", "PATCH", "/executors/someone", `{"display_name":"x"}`, 403, "forbidden"},
+		{"wrong method", "PUT", "/requests", `{}`, 405, "method_not_allowed"},
 	}
 	for _, tt := range tests {
 		var res map[string]any
 		code := ts.do(t, tt.method, ts.api("errs")+tt.path, key, tt.body, &res)
-		if code != tt.want {
-			t.Errorf("%s: status %d %v, want %d", tt.name, code, res, tt.want)
+		if code != tt.want || res["code"] != tt.code {
+			t.Errorf("%s: status %d %v, want %d %s", tt.name, code, res, tt.want, tt.code)
 		}
-		if res["error"] == nil || res["error"] == "" || res["code"] == nil {
-			t.Errorf("%s: body %v lacks error and code", tt.name, res)
+		if res["error"] == nil || res["error"] == "" {
+			t.Errorf("%s: body %v lacks an error message", tt.name, res)
 		}
+	}
+	// A chunked body over the limit is a 413 too, not a read error.
+	req, _ := http.NewRequest("POST", ts.api("errs")+"/requests", io.MultiReader(strings.NewReader(`{"intent":"`), strings.NewReader(strings.Repeat("x", 8000)+`"}`)))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || !strings.Contains(string(b), `"too_large"`) {
+		t.Errorf("chunked oversized body = %d %s, want 413 too_large", resp.StatusCode, b)
 	}
 	ts.create(t, "errs", key, map[string]any{"intent": "still serving"})
 	var list struct{ Threads []any }
