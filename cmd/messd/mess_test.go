@@ -868,3 +868,32 @@ func TestHeadOnGetRoutes(t *testing.T) {
 		})
 	}
 }
+
+// Ensure a resume point that is no longer buffered gets one reset event,
+// and a newline smuggled into it through the query cannot start another.
+func TestEventStreamReset(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "reset", "a")
+	req, _ := http.NewRequest("GET", ts.api("reset")+"/events?last_event_id=00gone%0A%0Aevent:%20evil%0Adata:%20x", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	var lines []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended after %q: %v", lines, err)
+		}
+		if line == "\n" {
+			break
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) != 2 || lines[0] != "event: reset\n" || !strings.HasPrefix(lines[1], `data: {"reason":"events since 00gone\n`) {
+		t.Fatalf("first event = %q, want one reset event", lines)
+	}
+}
