@@ -3,8 +3,6 @@ package mess
 import (
 	"net/http"
 	"time"
-
-	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 func (h *handler) register(w http.ResponseWriter, r *http.Request) error {
@@ -16,7 +14,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusCreated, res)
+	writeJSON(w, http.StatusCreated, res)
 	return nil
 }
 
@@ -25,7 +23,7 @@ func (h *handler) listExecutors(w http.ResponseWriter, r *http.Request, _ string
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executors": list})
+	writeJSON(w, http.StatusOK, map[string]any{"executors": list})
 	return nil
 }
 
@@ -40,7 +38,7 @@ func (h *handler) getExecutor(w http.ResponseWriter, r *http.Request, actor stri
 		}
 		for _, e := range list {
 			if e.ID == id {
-				httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor": e})
+				writeJSON(w, http.StatusOK, map[string]any{"executor": e})
 				return nil
 			}
 		}
@@ -50,7 +48,7 @@ func (h *handler) getExecutor(w http.ResponseWriter, r *http.Request, actor stri
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor": e})
+	writeJSON(w, http.StatusOK, map[string]any{"executor": e})
 	return nil
 }
 
@@ -63,7 +61,7 @@ func (h *handler) updateExecutor(w http.ResponseWriter, r *http.Request, actor s
 	if err := h.svc.UpdateExecutor(r.Context(), r.PathValue("exchange_id"), actor, id, u); err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor_id": id, "updated": true})
+	writeJSON(w, http.StatusOK, map[string]any{"executor_id": id, "updated": true})
 	return nil
 }
 
@@ -78,7 +76,7 @@ func (h *handler) createKey(w http.ResponseWriter, r *http.Request, actor string
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusCreated, k)
+	writeJSON(w, http.StatusCreated, k)
 	return nil
 }
 
@@ -87,7 +85,7 @@ func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, actor string
 	if err := h.svc.RevokeKey(r.Context(), r.PathValue("exchange_id"), actor, r.PathValue("id"), keyID); err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"revoked": keyID})
+	writeJSON(w, http.StatusOK, map[string]any{"revoked": keyID})
 	return nil
 }
 
@@ -106,11 +104,11 @@ func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor str
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusCreated, inv)
+	writeJSON(w, http.StatusCreated, inv)
 	return nil
 }
 
 func (h *handler) capabilities(w http.ResponseWriter, r *http.Request, _ string) error {
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"capabilities": h.cfg.Capabilities.Tagged(r.URL.Query().Get("tag"))})
+	writeJSON(w, http.StatusOK, map[string]any{"capabilities": h.cfg.Capabilities.Tagged(r.URL.Query().Get("tag"))})
 	return nil
 }

@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 func (h *handler) createRequest(w http.ResponseWriter, r *http.Request, actor string) error {
@@ -22,7 +20,7 @@ func (h *handler) createRequest(w http.ResponseWriter, r *http.Request, actor st
 	if res.Replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
-	httpx.WriteJSON(w, http.StatusCreated, res)
+	writeJSON(w, http.StatusCreated, res)
 	return nil
 }
 
@@ -65,7 +63,7 @@ func (h *handler) listRequests(w http.ResponseWriter, r *http.Request, _ string)
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, res)
 	return nil
 }
 
@@ -87,7 +85,7 @@ func (h *handler) getRequest(w http.ResponseWriter, r *http.Request, _ string) e
 		return err
 	}
 	w.Header().Set("ETag", etag(t))
-	httpx.WriteJSON(w, http.StatusOK, threadBody{t})
+	writeJSON(w, http.StatusOK, threadBody{t})
 	return nil
 }
 
@@ -100,7 +98,7 @@ func (h *handler) updateRequest(w http.ResponseWriter, r *http.Request, actor st
 	if err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, res)
 	return nil
 }
 
