@@ -1,5 +1,6 @@
-// Command messd serves the MESS exchange, the mail bus and the lease service
-// over HTTP and WebSocket.
+// Command messd serves the MESS protocol v1 exchange, the mail bus, the
+// lease service and notifications over HTTP and WebSocket. It only wires
+// the packages' handlers into echo; each package serves its own API.
 //
 // Configuration comes from flags, each defaulting to an environment variable
 // (the names MESS protocol v1 servers use, where they have one);
