@@ -13,6 +13,16 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	// The examples are built from these packages. Importing them makes a
+	// change to any of them a change to this test, so go test's cache does
+	// not keep an old pass; reading the examples' sources below does the
+	// same for the examples themselves.
+	_ "github.com/meatspace-exchange/mess/lease"
+	_ "github.com/meatspace-exchange/mess/mailbus"
+	_ "github.com/meatspace-exchange/mess/mess"
+	_ "github.com/meatspace-exchange/mess/notify"
+	_ "github.com/meatspace-exchange/mess/storage"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -62,6 +72,12 @@ func TestExamples(t *testing.T) {
 			continue
 		}
 		name := e.Name()
+		srcs, _ := filepath.Glob(filepath.Join(name, "*.go"))
+		for _, f := range srcs {
+			if _, err := os.ReadFile(f); err != nil {
+				t.Fatal(err)
+			}
+		}
 		t.Run(name, func(t *testing.T) {
 			lines, ok := want[name]
 			if !ok {
