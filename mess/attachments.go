@@ -9,6 +9,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 var contentTypes = map[string]string{
@@ -29,7 +30,7 @@ var extensions = map[string]string{
 // att-{message}-{n}.{ext}: the message's position in the thread and the
 // URI's position in that message, both from 1.
 func (s *Service) Attachment(ctx context.Context, exchangeID, ref, filename string) ([]byte, string, error) {
-	if filename == "" || strings.Contains(filename, "..") || strings.ContainsAny(filename, `/\`) || len(filename) > 255 {
+	if !validFilename(filename) {
 		return nil, "", errorf(ErrInvalid, "Invalid filename")
 	}
 	t, err := s.Get(ctx, exchangeID, ref)
@@ -84,6 +85,22 @@ func (s *Service) Attachment(ctx context.Context, exchangeID, ref, filename stri
 		}
 	}
 	return nil, "", errorf(ErrNotFound, "Attachment not found")
+}
+
+// validFilename reports whether name can be an attachment's name: 1 to
+// 255 bytes of UTF-8 text without a path separator, a control character or
+// "..". Anything else is refused as invalid rather than looked for, so a
+// client that sends a path learns so instead of getting "not found".
+func validFilename(name string) bool {
+	if name == "" || len(name) > 255 || !utf8.ValidString(name) || strings.Contains(name, "..") {
+		return false
+	}
+	for _, r := range name {
+		if r == '/' || r == '\\' || r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // decodeData decodes base64, plain or as a data URI.

@@ -129,3 +129,49 @@ func BenchmarkService_List(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkService_Get measures reading one thread with its messages.
+func BenchmarkService_Get(b *testing.B) {
+	s := mustOpen(b, b.TempDir(), mess.Config{})
+	mustRegister(b, s, "bench", "agent")
+	res, err := s.CreateRequest(ctx, "bench", "agent", mess.Request{Intent: "check the front door"}, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.Get(ctx, "bench", res.Ref); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkService_Update measures durable status changes with 64 callers,
+// each on its own thread.
+func BenchmarkService_Update(b *testing.B) {
+	s := mustOpen(b, b.TempDir(), mess.Config{})
+	mustRegister(b, s, "bench", "agent")
+	refs := make(chan string, 128)
+	for range cap(refs) {
+		res, err := s.CreateRequest(ctx, "bench", "agent", mess.Request{Intent: "check the front door"}, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		refs <- res.Ref
+	}
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ref := <-refs
+		statuses := [2]string{"in_progress", "waiting"}
+		for i := 0; pb.Next(); i++ {
+			if _, err := s.Update(ctx, "bench", "agent", ref, mess.Update{Status: statuses[i%2]}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -2,100 +2,144 @@ package mess
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // Capability describes something an executor can do, as listed in the
-// capability catalogue (YAML files in a directory).
+// capability catalogue.
 type Capability struct {
 	ID          string   `json:"id"`
 	Description string   `json:"description"`
 	Tags        []string `json:"tags"`
 }
 
-// LoadCapabilities reads every *.yaml and *.yml file in dir. Each file holds
-// one or more documents separated by "---" lines, with id, description and
-// tags (inline [a, b] or "- item" lines). Documents without id are skipped;
-// a missing directory is an empty catalogue. A non-empty tag keeps only
-// capabilities carrying it.
-func LoadCapabilities(dir, tag string) ([]Capability, error) {
-	out := []Capability{}
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil
-	} else if err != nil {
-		return nil, err
+// Catalogue is the capability catalogue: what executors of this server
+// can declare and requests can require, in the order of its files.
+type Catalogue []Capability
+
+// Tagged returns the capabilities carrying tag, or all of them when tag is
+// empty. It never returns nil, so the catalogue's JSON is always an array.
+func (c Catalogue) Tagged(tag string) Catalogue {
+	if tag == "" {
+		if c == nil {
+			return Catalogue{}
+		}
+		return c
 	}
+	out := Catalogue{}
+	for _, cp := range c {
+		if slices.Contains(cp.Tags, tag) {
+			out = append(out, cp)
+		}
+	}
+	return out
+}
+
+// LoadCapabilities reads every *.yaml and *.yml file at the root of fsys,
+// in name order. A file holds one or more documents separated by "---"
+// lines; a document has top-level "id", "description" and "tags" (inline
+// [a, b] or "- item" lines). Other top-level keys, indented lines and
+// comments are ignored, and a document of only comments is skipped. A
+// missing root is an empty catalogue, so a server may run without one.
+//
+// The error names the file and line of the first problem: a document
+// without an id, a top-level line that is not "key: value", text that is
+// not UTF-8, or an id defined twice.
+func LoadCapabilities(fsys fs.FS) (Catalogue, error) {
+	ents, err := fs.ReadDir(fsys, ".")
+	if errors.Is(err, fs.ErrNotExist) {
+		return Catalogue{}, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("mess: capabilities: %w", err)
+	}
+	out := Catalogue{}
+	seen := map[string]string{}
 	for _, e := range ents {
-		ext := filepath.Ext(e.Name())
+		ext := path.Ext(e.Name())
 		if e.IsDir() || (ext != ".yaml" && ext != ".yml") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		b, err := fs.ReadFile(fsys, e.Name())
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("mess: capabilities: %w", err)
 		}
-		for _, doc := range splitDocs(string(b)) {
-			c := parseCapability(doc)
-			if c.ID == "" || (tag != "" && !slices.Contains(c.Tags, tag)) {
-				continue
+		caps, err := parseCapabilities(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("mess: capabilities: %s:%w", e.Name(), err)
+		}
+		for _, c := range caps {
+			if f, dup := seen[c.ID]; dup {
+				return nil, fmt.Errorf("mess: capabilities: %s: id %q is already defined in %s", e.Name(), c.ID, f)
 			}
+			seen[c.ID] = e.Name()
 			out = append(out, c)
 		}
 	}
 	return out, nil
 }
 
-func splitDocs(s string) []string {
-	var docs []string
-	var cur strings.Builder
+// parseCapabilities reads the documents of one file. Its errors start
+// with the line number.
+func parseCapabilities(s string) ([]Capability, error) {
+	if !utf8.ValidString(s) {
+		return nil, fmt.Errorf("1: not UTF-8 text")
+	}
+	var out []Capability
+	var c Capability
+	start, n, content := 1, 0, false
+	block := "" // the top-level key whose "- item" lines follow
+	end := func() error {
+		if c.ID == "" && content {
+			return fmt.Errorf("%d: document has no id", start)
+		}
+		if c.ID != "" {
+			if c.Tags == nil {
+				c.Tags = []string{}
+			}
+			out = append(out, c)
+		}
+		c, content, block = Capability{}, false, ""
+		return nil
+	}
 	for line := range strings.SplitSeq(s, "\n") {
-		if strings.TrimRight(line, " \r") == "---" {
-			docs = append(docs, cur.String())
-			cur.Reset()
+		n++
+		line = strings.TrimRight(line, " \t\r")
+		trimmed := strings.TrimLeft(line, " \t")
+		if line == "---" {
+			if err := end(); err != nil {
+				return nil, err
+			}
+			start = n + 1
 			continue
 		}
-		cur.WriteString(line)
-		cur.WriteByte('\n')
-	}
-	return append(docs, cur.String())
-}
-
-func unquote(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
-		return s[1 : len(s)-1]
-	}
-	return s
-}
-
-func parseCapability(doc string) Capability {
-	c := Capability{Tags: []string{}}
-	inTags := false
-	for line := range strings.SplitSeq(doc, "\n") {
-		line = strings.TrimRight(line, "\r")
-		trimmed := strings.TrimSpace(line)
 		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
 			continue
 		}
-		if inTags && strings.HasPrefix(trimmed, "- ") {
-			c.Tags = append(c.Tags, unquote(trimmed[2:]))
+		content = true
+		if block != "" && (trimmed == "-" || strings.HasPrefix(trimmed, "- ")) {
+			if block == "tags" {
+				c.Tags = append(c.Tags, unquote(strings.TrimPrefix(trimmed, "-")))
+			}
 			continue
 		}
-		inTags = false
-		if line != trimmed && !strings.HasPrefix(trimmed, "- ") {
+		if line != trimmed {
 			continue // nested keys belong to fields we do not read
 		}
 		k, v, ok := strings.Cut(trimmed, ":")
 		if !ok {
-			continue
+			return nil, fmt.Errorf("%d: want \"key: value\", got %q", n, trimmed)
 		}
-		v = strings.TrimSpace(v)
-		switch strings.TrimSpace(k) {
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		block = ""
+		if v == "" {
+			block = k
+		}
+		switch k {
 		case "id":
 			c.ID = unquote(v)
 		case "description":
@@ -107,10 +151,19 @@ func parseCapability(doc string) Capability {
 						c.Tags = append(c.Tags, t)
 					}
 				}
-			} else if v == "" {
-				inTags = true
 			}
 		}
 	}
-	return c
+	if err := end(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func unquote(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
+		return s[1 : len(s)-1]
+	}
+	return s
 }

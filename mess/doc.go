@@ -5,7 +5,7 @@
 // A Service holds any number of exchanges. Its state is an in-memory
 // projection of an append-only event log kept in a storage.Store under
 // events/exchange={id}/{YYYY}/{MM}/{DD}/{ULID}.jsonl, one JSON event per
-// line in the original server's schema (event_id, ts, exchange_id,
+// line in the schema of MESS protocol v1 (event_id, ts, exchange_id,
 // thread_ref, event_type, actor_id, payload) plus a per-thread seq. DuckDB
 // reads the log directly:
 //
@@ -17,6 +17,15 @@
 // returns. Executor profiles live in executors/exchange={id}/{executor}.json
 // and exchange records (owner, invites) in exchanges/{id}.json, both written
 // with conditional writes.
+//
+// # Serving it
+//
+// NewHandler serves the HTTP API of MESS protocol v1 (requests, long-polls,
+// the event stream, executors, keys, invites, the capability catalogue) as
+// a plain net/http Handler to mount on any mux. LoadCapabilities reads the
+// catalogue it serves. Authenticator lets the module's other services
+// (lease, mailbus, notify) accept the exchange's executor keys, so one key
+// works for all of them on one server.
 //
 // # Statuses and roles
 //

@@ -18,12 +18,14 @@ const (
 	EventExecutorUpdated    = "executor_updated"
 )
 
-// tsLayout is the original's timestamp format: ISO-8601, milliseconds, UTC.
+// tsLayout is the event log's timestamp format in MESS protocol v1:
+// ISO-8601, milliseconds, UTC.
 const tsLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // Event is one line of the event log, the source of truth for threads. The
-// JSON field names are the original server's, so existing DuckDB views over
-// events/**/*.jsonl keep working; seq is the per-thread sequence number.
+// JSON field names are those of MESS protocol v1's event log, so DuckDB
+// views over events/**/*.jsonl keep working; seq is the per-thread
+// sequence number.
 type Event struct {
 	EventID    string          `json:"event_id"`
 	TS         time.Time       `json:"-"`

@@ -102,27 +102,22 @@ func btoi(b bool) int {
 	return 0
 }
 
+// eachObject calls fn with every object under prefix, in key order.
+// Objects deleted while it runs are skipped.
 func (s *Service) eachObject(ctx context.Context, prefix string, fn func(string, storage.Object) error) error {
-	opts := storage.ListOptions{}
-	for {
-		page, err := s.store.List(ctx, prefix, opts)
+	for k, err := range storage.Keys(ctx, s.store, prefix) {
 		if err != nil {
 			return fmt.Errorf("mess: list %s: %w", prefix, err)
 		}
-		for _, k := range page.Keys {
-			obj, err := s.store.Get(ctx, k)
-			if errors.Is(err, storage.ErrNotFound) {
-				continue
-			} else if err != nil {
-				return fmt.Errorf("mess: read %s: %w", k, err)
-			}
-			if err := fn(k, obj); err != nil {
-				return err
-			}
+		obj, err := s.store.Get(ctx, k)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("mess: read %s: %w", k, err)
 		}
-		if page.Next == "" {
-			return nil
+		if err := fn(k, obj); err != nil {
+			return err
 		}
-		opts.After = page.Next
 	}
+	return nil
 }

@@ -202,3 +202,76 @@ func TestService_ConcurrentClaim(t *testing.T) {
 		t.Fatalf("%d claims won", wins)
 	}
 }
+
+// A zero Config is a working exchange in memory.
+func TestNew_zeroConfig(t *testing.T) {
+	s, err := mess.New(ctx, mess.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	mustRegister(t, s, "home", "agent")
+	res, err := s.CreateRequest(ctx, "home", "agent", mess.Request{Intent: "x"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th, err := s.Get(ctx, "home", res.Ref); err != nil || th.Status != mess.StatusPending {
+		t.Fatalf("Get = %+v, %v", th, err)
+	}
+}
+
+func TestService_IsExecutor(t *testing.T) {
+	s, err := mess.New(ctx, mess.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRegister(t, s, "home", "agent")
+	for _, tt := range []struct {
+		exchange, id string
+		want         bool
+	}{{"home", "agent", true}, {"home", "nobody", false}, {"away", "agent", false}, {"../x", "agent", false}} {
+		if got, err := s.IsExecutor(ctx, tt.exchange, tt.id); got != tt.want || err != nil {
+			t.Errorf("IsExecutor(%q, %q) = %v, %v; want %v", tt.exchange, tt.id, got, err, tt.want)
+		}
+	}
+	s.Close(ctx)
+	if _, err := s.IsExecutor(ctx, "home", "agent"); !errors.Is(err, mess.ErrClosed) {
+		t.Fatalf("after Close: %v, want ErrClosed", err)
+	}
+}
+
+// The adapter for other services wraps their sentinels around the
+// exchange's own errors.
+func TestAuthenticator(t *testing.T) {
+	s, err := mess.New(ctx, mess.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	key := mustRegister(t, s, "home", "agent")
+	mustRegister(t, s, "away", "other")
+	errUnauth, errForbid := errors.New("svc: unauthorized"), errors.New("svc: forbidden")
+	a := mess.Authenticator(s, errUnauth, errForbid)
+	if id, err := a.Authenticate(ctx, "home", key); id != "agent" || err != nil {
+		t.Fatalf("Authenticate = %q, %v", id, err)
+	}
+	for _, tt := range []struct {
+		exchange, key string
+		want, kind    error
+	}{
+		{"home", "nope", errUnauth, mess.ErrUnauthorized},
+		{"home", "", errUnauth, mess.ErrUnauthorized},
+		{"away", key, errForbid, mess.ErrForbidden},
+	} {
+		_, err := a.Authenticate(ctx, tt.exchange, tt.key)
+		if !errors.Is(err, tt.want) || !errors.Is(err, tt.kind) {
+			t.Errorf("Authenticate(%q, %q) = %v, want %v and %v", tt.exchange, tt.key, err, tt.want, tt.kind)
+		}
+	}
+	if ok, err := a.IsAgent(ctx, "home", "agent"); !ok || err != nil {
+		t.Errorf("IsAgent(agent) = %v, %v", ok, err)
+	}
+	if ok, err := a.IsAgent(ctx, "home", "other"); ok || err != nil {
+		t.Errorf("IsAgent(other) = %v, %v", ok, err)
+	}
+}

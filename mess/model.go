@@ -98,8 +98,14 @@ func (p Priority) Rank() int {
 var refPattern = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}-[A-Z0-9]{4,8}$`)
 
 // ValidID reports whether s is acceptable as an exchange or executor id:
-// 1 to 64 letters, digits, "_" or "-", starting with a letter or digit.
+// 1 to 64 ASCII letters, digits, "_" or "-", the first a letter or digit
+// (^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$). Such an id is safe in a storage key
+// and a URL path as it is. The mail bus and the lease service accept the
+// same ids, so one executor id works in all of them.
 func ValidID(s string) bool { return ident.Valid(s) }
+
+// idRule says what ValidID accepts, for error messages.
+const idRule = "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
 
 // ValidRef reports whether s has the shape of a thread ref (2025-02-01-XY1Z).
 func ValidRef(s string) bool { return refPattern.MatchString(s) }

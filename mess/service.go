@@ -17,7 +17,8 @@ import (
 
 // Config configures a Service. Zero values get the documented defaults.
 type Config struct {
-	// Store holds the event log, executors and exchange records. Required.
+	// Store holds the event log, executors and exchange records. Zero
+	// means storage.NewMemory(): state lasts as long as the process.
 	Store storage.Store
 	// Now is the clock. Zero means time.Now.
 	Now func() time.Time
@@ -73,9 +74,11 @@ type Service struct {
 }
 
 // New opens the service on cfg.Store and rebuilds its state from the log.
+// A zero Config works: an in-memory store, closed registration and the
+// defaults above. Call Close when done.
 func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("mess: Config.Store is required")
+		cfg.Store = storage.NewMemory()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

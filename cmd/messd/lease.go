@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -23,27 +21,16 @@ import (
 //	                        snapshot (default 30s; negative disables)
 //	LEASE_MAX_BODY_BYTES    request body limit in bytes (default 65536)
 func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
-	var cfg lease.Config
-	for _, d := range []struct {
-		env string
-		dst *time.Duration
-	}{
-		{"LEASE_MIN_TTL", &cfg.MinTTL},
-		{"LEASE_MAX_TTL", &cfg.MaxTTL},
-		{"LEASE_MAX_WAIT", &cfg.MaxWait},
-		{"LEASE_COMPACT_INTERVAL", &cfg.CompactInterval},
-	} {
-		if v := getenv(d.env); v != "" {
-			if *d.dst, err = time.ParseDuration(v); err != nil {
-				return nil, fmt.Errorf("%s: %w", d.env, err)
-			}
-		}
+	env := envReader{getenv: getenv}
+	cfg := lease.Config{
+		MinTTL:          env.duration("LEASE_MIN_TTL", 0, false),
+		MaxTTL:          env.duration("LEASE_MAX_TTL", 0, false),
+		MaxWait:         env.duration("LEASE_MAX_WAIT", 0, false),
+		CompactInterval: env.duration("LEASE_COMPACT_INTERVAL", 0, negativeDisables),
 	}
-	var maxBody int64
-	if v := getenv("LEASE_MAX_BODY_BYTES"); v != "" {
-		if maxBody, err = strconv.ParseInt(v, 10, 64); err != nil || maxBody <= 0 {
-			return nil, fmt.Errorf("LEASE_MAX_BODY_BYTES: want a positive integer, got %q", v)
-		}
+	maxBody := env.integer("LEASE_MAX_BODY_BYTES", 0, false)
+	if env.err != nil {
+		return nil, env.err
 	}
 	cfg.Store = store
 	cfg.Logger = logger

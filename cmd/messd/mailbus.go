@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -30,36 +27,16 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 	if d, ok := auth.(mailbus.Directory); ok {
 		cfg.Directory = d
 	}
-	for _, d := range []struct {
-		env string
-		dst *time.Duration
-	}{
-		{"MAILBUS_RETENTION_AGE", &cfg.RetentionAge},
-		{"MAILBUS_VISIBILITY_TIMEOUT", &cfg.VisibilityTimeout},
-		{"MAILBUS_PRESENCE_TIMEOUT", &cfg.PresenceTimeout},
-		{"MAILBUS_PING_INTERVAL", &hcfg.PingInterval},
-	} {
-		if v := getenv(d.env); v != "" {
-			if *d.dst, err = time.ParseDuration(v); err != nil || *d.dst <= 0 {
-				return nil, fmt.Errorf("%s: want a positive Go duration, got %q", d.env, v)
-			}
-		}
-	}
-	for _, d := range []struct {
-		env string
-		dst func(int64)
-	}{
-		{"MAILBUS_RETENTION_COUNT", func(n int64) { cfg.RetentionCount = int(n) }},
-		{"MAILBUS_SNAPSHOT_EVERY", func(n int64) { cfg.SnapshotEvery = int(n) }},
-		{"MAILBUS_MAX_BODY_BYTES", func(n int64) { hcfg.MaxBodyBytes = n }},
-	} {
-		if v := getenv(d.env); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n == 0 || (n < 0 && d.env != "MAILBUS_SNAPSHOT_EVERY") {
-				return nil, fmt.Errorf("%s: want a positive integer, got %q", d.env, v)
-			}
-			d.dst(n)
-		}
+	env := envReader{getenv: getenv}
+	cfg.RetentionAge = env.duration("MAILBUS_RETENTION_AGE", 0, false)
+	cfg.VisibilityTimeout = env.duration("MAILBUS_VISIBILITY_TIMEOUT", 0, false)
+	cfg.PresenceTimeout = env.duration("MAILBUS_PRESENCE_TIMEOUT", 0, false)
+	hcfg.PingInterval = env.duration("MAILBUS_PING_INTERVAL", 0, false)
+	cfg.RetentionCount = int(env.integer("MAILBUS_RETENTION_COUNT", 0, false))
+	cfg.SnapshotEvery = int(env.integer("MAILBUS_SNAPSHOT_EVERY", 0, negativeDisables))
+	hcfg.MaxBodyBytes = env.integer("MAILBUS_MAX_BODY_BYTES", 0, false)
+	if env.err != nil {
+		return nil, env.err
 	}
 	if v := getenv("MAILBUS_ORIGINS"); v != "" {
 		hcfg.OriginPatterns = strings.Split(v, ",")

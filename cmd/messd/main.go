@@ -1,8 +1,11 @@
-// Command messd serves the MESS exchange, the mail bus and the lease service
-// over HTTP and WebSocket.
+// Command messd serves the MESS protocol v1 exchange, the mail bus, the
+// lease service and notifications over HTTP and WebSocket. It only wires
+// the packages' handlers into echo; each package serves its own API.
 //
 // Configuration comes from flags, each defaulting to an environment variable
-// (the original server's names where it had one); run messd -h for the list.
+// (the names MESS protocol v1 servers use, where they have one);
+// run messd -h for the list. A setting that does not parse stops messd
+// with one line naming it.
 package main
 
 import (
@@ -63,6 +66,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		}
 		return def
 	}
+	vars := envReader{getenv: getenv}
+	openDefault := vars.boolean("MESS_OPEN_REGISTRATION", false)
+	maxBodyDefault := vars.integer("MAX_BODY_BYTES", 10<<20, false)
+	if vars.err != nil {
+		return config{}, vars.err
+	}
 	fs := flag.NewFlagSet("messd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	port := fs.String("port", env("PORT", "3000"), "TCP port to listen on (PORT)")
@@ -70,12 +79,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	storageType := fs.String("storage-type", env("STORAGE_TYPE", "filesystem"), "storage backend: filesystem (STORAGE_TYPE)")
 	storagePath := fs.String("storage-path", env("STORAGE_PATH", "./data"), "data directory for the filesystem backend (STORAGE_PATH)")
 	capDir := fs.String("capabilities-dir", env("CAPABILITIES_DIR", "./capabilities"), "directory of capability YAML files (CAPABILITIES_DIR)")
-	open := fs.Bool("open-registration", env("MESS_OPEN_REGISTRATION", "") == "true", "let anyone register in any exchange without an invite (MESS_OPEN_REGISTRATION=true)")
+	open := fs.Bool("open-registration", openDefault, "let anyone register in any exchange without an invite (MESS_OPEN_REGISTRATION=true)")
 	openEx := fs.String("open-exchanges", env("MESS_OPEN_EXCHANGES", ""), "comma-separated exchanges open to registration without invites (MESS_OPEN_EXCHANGES)")
 	allowed := fs.String("allowed-exchanges", env("MESS_ALLOWED_EXCHANGES", ""), "comma-separated exchanges that may exist; empty allows any (MESS_ALLOWED_EXCHANGES)")
 	regToken := fs.String("registration-token", env("MESS_REGISTRATION_TOKEN", ""), "server-wide token that admits a registration to any exchange (MESS_REGISTRATION_TOKEN)")
 	cors := fs.String("cors-origins", env("CORS_ORIGINS", "*"), "comma-separated allowed CORS origins (CORS_ORIGINS)")
-	maxBody := fs.Int64("max-body-bytes", envInt(getenv, "MAX_BODY_BYTES", 10<<20), "largest request body accepted (MAX_BODY_BYTES)")
+	maxBody := fs.Int64("max-body-bytes", maxBodyDefault, "largest request body accepted (MAX_BODY_BYTES)")
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for requests in flight")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
 	pprofAddr := fs.String("pprof-addr", env("PPROF_ADDR", ""), "serve Go runtime profiles (net/http/pprof) on this address, for example 127.0.0.1:6060; off when empty (PPROF_ADDR)")
@@ -110,13 +119,6 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return config{}, fmt.Errorf("invalid log level %q", *level)
 	}
 	return c, nil
-}
-
-func envInt(getenv func(string) string, k string, def int64) int64 {
-	if v, err := strconv.ParseInt(getenv(k), 10, 64); err == nil {
-		return v
-	}
-	return def
 }
 
 func splitList(s string) []string {
@@ -164,6 +166,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.logLevel}))
+	caps, err := mess.LoadCapabilities(os.DirFS(c.capabilitiesDir))
+	if err != nil {
+		return err
+	}
 	store, closeStore, err := openStore(c)
 	if err != nil {
 		return err
@@ -193,7 +199,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// this context is cancelled at shutdown.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
-	e, closers, err := newServer(c, svc, store, logger, getenv)
+	e, closers, err := newServer(c, svc, caps, store, logger, getenv)
 	if err != nil {
 		svc.Close(context.Background())
 		return err

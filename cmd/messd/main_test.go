@@ -13,10 +13,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // TestMain doubles as the server binary: with MESSD_TEST_CHILD set it runs
-// messd itself, so crash tests can SIGKILL a real server process.
+// messd itself, so crash tests can SIGKILL a real server process. As the
+// test binary it checks that no goroutine outlives the tests.
 func TestMain(m *testing.M) {
 	if os.Getenv("MESSD_TEST_CHILD") != "" {
 		ready := make(chan string, 1)
@@ -30,7 +33,18 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(closeIdle{m})
+}
+
+// closeIdle closes the default client's idle connections after the tests,
+// before goleak looks: their reader goroutines belong to the tests' client,
+// not to a server that failed to stop.
+type closeIdle struct{ m *testing.M }
+
+func (c closeIdle) Run() int {
+	code := c.m.Run()
+	http.DefaultClient.CloseIdleConnections()
+	return code
 }
 
 // startChild runs messd as a separate process on dataDir, so a test can

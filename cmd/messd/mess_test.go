@@ -18,9 +18,9 @@ import (
 	"time"
 )
 
-// Ensure the seed README's curl workflow works as written on a server with
+// Ensure the curl workflow of MESS protocol v1 works as written on a server with
 // default (closed) registration: the first registrant owns the exchange.
-func TestSeedWorkflow(t *testing.T) {
+func TestCurlWorkflow(t *testing.T) {
 	ts := startServer(t, withEnv("MESS_OPEN_REGISTRATION", "false"))
 	var reg struct {
 		ExecutorID string `json:"executor_id"`
@@ -327,28 +327,43 @@ func TestErrorResponses(t *testing.T) {
 	tests := []struct {
 		name, method, path, body string
 		want                     int
+		code                     string
 	}{
-		{"malformed JSON", "POST", "/requests", `{"intent":`, 400},
-		{"wrong type", "POST", "/requests", `{"intent":42}`, 400},
-		{"unknown route", "GET", "/nope", "", 404},
-		{"unknown thread", "GET", "/requests/2025-01-01-ZZZZ", "", 404},
-		{"bad ref", "GET", "/requests/not-a-ref", "", 404},
-		{"oversized body", "POST", "/requests", `{"intent":"` + strings.Repeat("x", 8000) + `"}`, 413},
-		{"bad limit", "GET", "/requests?limit=-1", "", 400},
-		{"bad cursor", "GET", "/requests?cursor=zzz", "", 400},
-		{"bad status filter", "GET", "/requests?status=banana", "", 400},
-		{"mess not an array", "PATCH", "/requests/2025-01-01-ZZZZ", `{"mess":"hi"}`, 400},
-		{"other's profile", "PATCH", "/executors/someone", `{"display_name":"x"}`, 403},
+		{"malformed JSON", "POST", "/requests", `{"intent":`, 400, "malformed_json"},
+		{"wrong type", "POST", "/requests", `{"intent":42}`, 400, "malformed_json"},
+		{"unknown route", "GET", "/nope", "", 404, "not_found"},
+		{"unknown thread", "GET", "/requests/2025-01-01-ZZZZ", "", 404, "not_found"},
+		{"bad ref", "GET", "/requests/not-a-ref", "", 404, "not_found"},
+		{"oversized body", "POST", "/requests", `{"intent":"` + strings.Repeat("x", 8000) + `"}`, 413, "too_large"},
+		{"bad limit", "GET", "/requests?limit=-1", "", 400, "invalid_input"},
+		{"bad cursor", "GET", "/requests?cursor=zzz", "", 400, "invalid_input"},
+		{"bad status filter", "GET", "/requests?status=banana", "", 400, "invalid_input"},
+		{"bad wait", "GET", "/requests?wait=soon", "", 400, "invalid_input"},
+		{"mess not an array", "PATCH", "/requests/2025-01-01-ZZZZ", `{"mess":"hi"}`, 400, "invalid_input"},
+		{"other's profile", "PATCH", "/executors/someone", `{"display_name":"x"}`, 403, "forbidden"},
+		{"wrong method", "PUT", "/requests", `{}`, 405, "method_not_allowed"},
 	}
 	for _, tt := range tests {
 		var res map[string]any
 		code := ts.do(t, tt.method, ts.api("errs")+tt.path, key, tt.body, &res)
-		if code != tt.want {
-			t.Errorf("%s: status %d %v, want %d", tt.name, code, res, tt.want)
+		if code != tt.want || res["code"] != tt.code {
+			t.Errorf("%s: status %d %v, want %d %s", tt.name, code, res, tt.want, tt.code)
 		}
-		if res["error"] == nil || res["error"] == "" || res["code"] == nil {
-			t.Errorf("%s: body %v lacks error and code", tt.name, res)
+		if res["error"] == nil || res["error"] == "" {
+			t.Errorf("%s: body %v lacks an error message", tt.name, res)
 		}
+	}
+	// A chunked body over the limit is a 413 too, not a read error.
+	req, _ := http.NewRequest("POST", ts.api("errs")+"/requests", io.MultiReader(strings.NewReader(`{"intent":"`), strings.NewReader(strings.Repeat("x", 8000)+`"}`)))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || !strings.Contains(string(b), `"too_large"`) {
+		t.Errorf("chunked oversized body = %d %s, want 413 too_large", resp.StatusCode, b)
 	}
 	ts.create(t, "errs", key, map[string]any{"intent": "still serving"})
 	var list struct{ Threads []any }
@@ -693,8 +708,11 @@ func TestAttachmentsAndCapabilities(t *testing.T) {
 	if code, _, _ := get("missing.png"); code != 404 {
 		t.Fatalf("missing attachment = %d", code)
 	}
-	if code, _, _ := get("..%2Fsecret"); code != 400 && code != 404 {
-		t.Fatalf("traversal attachment = %d", code)
+	// A name that is not a file name is refused, not looked for.
+	for _, name := range []string{"path%2Fto%2Ffile.jpg", "..%2Fsecret", "%2E%2E", "a%5Cb.jpg", "a%00b.jpg", "a%0Ab.jpg", "a%7Fb.jpg", "%FF.jpg", strings.Repeat("x", 256)} {
+		if code, _, b := get(name); code != 400 || !strings.Contains(string(b), `"invalid_input"`) {
+			t.Errorf("attachment %q = %d %s, want 400 invalid_input", name, code, b)
+		}
 	}
 	var caps struct {
 		Capabilities []struct {
@@ -791,4 +809,91 @@ func TestGracefulShutdownEndsWaits(t *testing.T) {
 		t.Fatal("shutdown waited for long-polls and streams")
 	}
 	wg.Wait()
+}
+
+// Ensure HEAD answers every GET route with GET's status and headers and no
+// body, the event stream included.
+func TestHeadOnGetRoutes(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "head", "a")
+	ref := ts.create(t, "head", key, map[string]any{"intent": "look"})
+	ts.do(t, "PATCH", ts.api("head")+"/requests/"+ref, key, `{"mess":[{"attachment":{"name":"notes.txt","data":"aGVsbG8="}}]}`, nil)
+	for _, path := range []string{
+		"/health",
+		"/api/v1/exchanges/head/requests",
+		"/api/v1/exchanges/head/requests?wait=0",
+		"/api/v1/exchanges/head/requests/" + ref,
+		"/api/v1/exchanges/head/requests/" + ref + "/attachments/notes.txt",
+		"/api/v1/exchanges/head/executors",
+		"/api/v1/exchanges/head/executors/a",
+		"/api/v1/exchanges/head/capabilities",
+		"/api/v1/exchanges/head/events",
+	} {
+		t.Run(path, func(t *testing.T) {
+			send := func(method string) (*http.Response, []byte) {
+				req, _ := http.NewRequest(method, ts.URL+path, nil)
+				req.Header.Set("Authorization", "Bearer "+key)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				if strings.HasSuffix(path, "/events") && method == "GET" {
+					return resp, nil // a stream: its headers are enough
+				}
+				b, err := io.ReadAll(resp.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp, b
+			}
+			get, body := send("GET")
+			head, hbody := send("HEAD")
+			if head.StatusCode != 200 || get.StatusCode != 200 {
+				t.Fatalf("HEAD = %d, GET = %d, want 200", head.StatusCode, get.StatusCode)
+			}
+			if len(hbody) != 0 {
+				t.Fatalf("HEAD sent a body: %q", hbody)
+			}
+			for _, h := range []string{"Content-Type", "ETag", "X-Content-Type-Options"} {
+				if head.Header.Get(h) != get.Header.Get(h) {
+					t.Errorf("%s: HEAD %q, GET %q", h, head.Header.Get(h), get.Header.Get(h))
+				}
+			}
+			// Profiles carry last_seen, which each request moves.
+			stable := body != nil && !strings.Contains(string(body), "last_seen")
+			if stable && head.Header.Get("Content-Length") != "" && head.ContentLength != int64(len(body)) {
+				t.Errorf("HEAD Content-Length %d, GET body %d bytes", head.ContentLength, len(body))
+			}
+		})
+	}
+}
+
+// Ensure a resume point that is no longer buffered gets one reset event,
+// and a newline smuggled into it through the query cannot start another.
+func TestEventStreamReset(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "reset", "a")
+	req, _ := http.NewRequest("GET", ts.api("reset")+"/events?last_event_id=00gone%0A%0Aevent:%20evil%0Adata:%20x", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	var lines []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended after %q: %v", lines, err)
+		}
+		if line == "\n" {
+			break
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) != 2 || lines[0] != "event: reset\n" || !strings.HasPrefix(lines[1], `data: {"reason":"events since 00gone\n`) {
+		t.Fatalf("first event = %q, want one reset event", lines)
+	}
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -40,34 +38,16 @@ func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth noti
 	if cfg.Policy, err = notifyPolicy(getenv); err != nil {
 		return nil, err
 	}
-	for _, d := range []struct {
-		env string
-		dst *time.Duration
-	}{
-		{"NOTIFY_TIMEOUT", &cfg.Timeout},
-		{"NOTIFY_BASE_BACKOFF", &cfg.BaseBackoff},
-		{"NOTIFY_MAX_BACKOFF", &cfg.MaxBackoff},
-		{"NOTIFY_SLACK_INTERVAL", &cfg.SlackInterval},
-		{"NOTIFY_GOOGLE_CHAT_INTERVAL", &cfg.GoogleChatInterval},
-	} {
-		if v := getenv(d.env); v != "" {
-			if *d.dst, err = time.ParseDuration(v); err != nil {
-				return nil, fmt.Errorf("%s: %w", d.env, err)
-			}
-		}
-	}
-	for _, n := range []struct {
-		env string
-		dst *int
-	}{
-		{"NOTIFY_MAX_ATTEMPTS", &cfg.MaxAttempts},
-		{"NOTIFY_WORKERS", &cfg.Workers},
-	} {
-		if v := getenv(n.env); v != "" {
-			if *n.dst, err = strconv.Atoi(v); err != nil || *n.dst <= 0 {
-				return nil, fmt.Errorf("%s: want a positive integer, got %q", n.env, v)
-			}
-		}
+	env := envReader{getenv: getenv}
+	cfg.Timeout = env.duration("NOTIFY_TIMEOUT", 0, false)
+	cfg.BaseBackoff = env.duration("NOTIFY_BASE_BACKOFF", 0, false)
+	cfg.MaxBackoff = env.duration("NOTIFY_MAX_BACKOFF", 0, false)
+	cfg.SlackInterval = env.duration("NOTIFY_SLACK_INTERVAL", 0, false)
+	cfg.GoogleChatInterval = env.duration("NOTIFY_GOOGLE_CHAT_INTERVAL", 0, false)
+	cfg.MaxAttempts = int(env.integer("NOTIFY_MAX_ATTEMPTS", 0, false))
+	cfg.Workers = int(env.integer("NOTIFY_WORKERS", 0, false))
+	if env.err != nil {
+		return nil, env.err
 	}
 	for _, s := range []struct {
 		env string
@@ -100,22 +80,12 @@ func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth noti
 
 // notifyPolicy reads which address ranges notifications may reach.
 func notifyPolicy(getenv func(string) string) (notify.AddressPolicy, error) {
-	var p notify.AddressPolicy
-	for _, b := range []struct {
-		env string
-		dst *bool
-	}{
-		{"NOTIFY_ALLOW_LOOPBACK", &p.AllowLoopback},
-		{"NOTIFY_ALLOW_PRIVATE", &p.AllowPrivate},
-	} {
-		if v := getenv(b.env); v != "" {
-			var err error
-			if *b.dst, err = strconv.ParseBool(v); err != nil {
-				return p, fmt.Errorf("%s: want true or false, got %q", b.env, v)
-			}
-		}
+	env := envReader{getenv: getenv}
+	p := notify.AddressPolicy{
+		AllowLoopback: env.boolean("NOTIFY_ALLOW_LOOPBACK", false),
+		AllowPrivate:  env.boolean("NOTIFY_ALLOW_PRIVATE", false),
 	}
-	return p, nil
+	return p, env.err
 }
 
 // profileValidator checks notification and hook configs when a profile is

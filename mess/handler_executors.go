@@ -1,0 +1,116 @@
+package mess
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
+)
+
+func (h *handler) register(w http.ResponseWriter, r *http.Request) error {
+	var reg Registration
+	if err := h.decode(w, r, &reg); err != nil {
+		return err
+	}
+	res, err := h.svc.Register(r.Context(), r.PathValue("exchange_id"), reg)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusCreated, res)
+	return nil
+}
+
+func (h *handler) listExecutors(w http.ResponseWriter, r *http.Request, _ string) error {
+	list, err := h.svc.Executors(r.Context(), r.PathValue("exchange_id"))
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executors": list})
+	return nil
+}
+
+// getExecutor shows an executor its own full profile and everyone else
+// only the public one.
+func (h *handler) getExecutor(w http.ResponseWriter, r *http.Request, actor string) error {
+	exID, id := r.PathValue("exchange_id"), r.PathValue("id")
+	if id != actor {
+		list, err := h.svc.Executors(r.Context(), exID)
+		if err != nil {
+			return err
+		}
+		for _, e := range list {
+			if e.ID == id {
+				httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor": e})
+				return nil
+			}
+		}
+		return errorf(ErrNotFound, "Executor not found")
+	}
+	e, err := h.svc.Executor(r.Context(), exID, id)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor": e})
+	return nil
+}
+
+func (h *handler) updateExecutor(w http.ResponseWriter, r *http.Request, actor string) error {
+	var u ProfileUpdate
+	if err := h.decode(w, r, &u); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	if err := h.svc.UpdateExecutor(r.Context(), r.PathValue("exchange_id"), actor, id, u); err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor_id": id, "updated": true})
+	return nil
+}
+
+func (h *handler) createKey(w http.ResponseWriter, r *http.Request, actor string) error {
+	var body struct {
+		RevokeOthers bool `json:"revoke_others"`
+	}
+	if err := h.decode(w, r, &body); err != nil {
+		return err
+	}
+	k, err := h.svc.CreateKey(r.Context(), r.PathValue("exchange_id"), actor, r.PathValue("id"), body.RevokeOthers)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusCreated, k)
+	return nil
+}
+
+func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, actor string) error {
+	keyID := r.PathValue("key_id")
+	if err := h.svc.RevokeKey(r.Context(), r.PathValue("exchange_id"), actor, r.PathValue("id"), keyID); err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"revoked": keyID})
+	return nil
+}
+
+func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor string) error {
+	var body struct {
+		MaxUses      int     `json:"max_uses"`
+		ExpiresInSec float64 `json:"expires_in"`
+	}
+	if err := h.decode(w, r, &body); err != nil {
+		return err
+	}
+	inv, err := h.svc.CreateInvite(r.Context(), r.PathValue("exchange_id"), actor, InviteOptions{
+		MaxUses: body.MaxUses,
+		TTL:     time.Duration(body.ExpiresInSec * float64(time.Second)),
+	})
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusCreated, inv)
+	return nil
+}
+
+func (h *handler) capabilities(w http.ResponseWriter, r *http.Request, _ string) error {
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"capabilities": h.cfg.Capabilities.Tagged(r.URL.Query().Get("tag"))})
+	return nil
+}

@@ -1,0 +1,160 @@
+package mess
+
+// API keys: issuing, rotating and revoking them, and resolving a key to its
+// executor. Keys are stored only as SHA-256 hashes.
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"slices"
+	"time"
+)
+
+// APIKey describes one of an executor's keys. Hash is never serialised by
+// the HTTP layer.
+type APIKey struct {
+	ID        string    `json:"id"`
+	Hash      string    `json:"hash"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type keyRef struct {
+	exchange, executor, keyID string
+	hash                      [32]byte
+}
+
+// reindexKeys swaps old's keys (nil: none) for next's in the index that
+// Authenticate looks keys up in.
+func (s *Service) reindexKeys(exchangeID string, old, next *executorRec) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old != nil {
+		for _, k := range old.APIKeys {
+			if h, ok := decodeHash(k.Hash); ok {
+				delete(s.keys, h)
+			}
+		}
+	}
+	for _, k := range next.APIKeys {
+		if h, ok := decodeHash(k.Hash); ok {
+			s.keys[h] = keyRef{exchange: exchangeID, executor: next.ID, keyID: k.ID, hash: h}
+		}
+	}
+}
+
+// decodeHash reads a stored key hash; a damaged one matches no key.
+func decodeHash(s string) ([32]byte, bool) {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 32 {
+		return [32]byte{}, false
+	}
+	return [32]byte(b), true
+}
+
+func hashKey(key string) [32]byte { return sha256.Sum256([]byte(key)) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newAPIKey returns a key mess_{exchange}_{32 hex chars: 128 random bits}.
+func newAPIKey(exchangeID string) string { return "mess_" + exchangeID + "_" + randomHex(16) }
+
+// Authenticate resolves an API key to its executor within exchangeID. It
+// returns ErrUnauthorized for unknown or revoked keys and ErrForbidden for a
+// key of another exchange.
+func (s *Service) Authenticate(ctx context.Context, exchangeID, apiKey string) (string, error) {
+	if err := s.checkOpen(); err != nil {
+		return "", err
+	}
+	if apiKey == "" {
+		return "", errorf(ErrUnauthorized, "Unauthorized")
+	}
+	h := hashKey(apiKey)
+	s.mu.RLock()
+	ref, ok := s.keys[h]
+	s.mu.RUnlock()
+	if !ok || subtle.ConstantTimeCompare(ref.hash[:], h[:]) != 1 {
+		return "", errorf(ErrUnauthorized, "Invalid API key")
+	}
+	if ref.exchange != exchangeID {
+		return "", errorf(ErrForbidden, "Forbidden")
+	}
+	if ex := s.exchange(exchangeID, false); ex != nil {
+		ex.mu.RLock()
+		rec := ex.executors[ref.executor]
+		ex.mu.RUnlock()
+		if rec != nil {
+			rec.lastSeen.Store(s.now().UnixMilli())
+		}
+	}
+	return ref.executor, nil
+}
+
+// NewKey is a freshly issued key; Key is shown once.
+type NewKey struct {
+	ID      string   `json:"id"`
+	Key     string   `json:"api_key"`
+	Revoked []string `json:"revoked,omitempty"`
+}
+
+// CreateKey issues another key for the caller. With revokeOthers set
+// (rotation) every other key of the caller stops working.
+func (s *Service) CreateKey(ctx context.Context, exchangeID, actorID, executorID string, revokeOthers bool) (NewKey, error) {
+	if actorID != executorID {
+		return NewKey{}, errorf(ErrForbidden, "Can only manage your own keys")
+	}
+	key := newAPIKey(exchangeID)
+	h := hashKey(key)
+	nk := NewKey{ID: "k_" + randomHex(6), Key: key}
+	err := s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) {
+		if revokeOthers {
+			for _, k := range e.APIKeys {
+				nk.Revoked = append(nk.Revoked, k.ID)
+			}
+			e.APIKeys = nil
+			e.APIKeyHash = ""
+		}
+		if len(e.APIKeys) >= 20 {
+			e.APIKeys = e.APIKeys[1:]
+		}
+		e.APIKeys = append(e.APIKeys, APIKey{ID: nk.ID, Hash: hex.EncodeToString(h[:]), CreatedAt: s.now()})
+	}, false)
+	if err != nil {
+		return NewKey{}, err
+	}
+	return nk, nil
+}
+
+// RevokeKey revokes one of the caller's keys. Revoking the last key is
+// refused, so an executor cannot lock itself out by accident.
+func (s *Service) RevokeKey(ctx context.Context, exchangeID, actorID, executorID, keyID string) error {
+	if actorID != executorID {
+		return errorf(ErrForbidden, "Can only manage your own keys")
+	}
+	var outErr error
+	err := s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) {
+		i := slices.IndexFunc(e.APIKeys, func(k APIKey) bool { return k.ID == keyID })
+		switch {
+		case i < 0:
+			outErr = errorf(ErrNotFound, "key not found")
+		case len(e.APIKeys) == 1:
+			outErr = errorf(ErrConflict, "cannot revoke the only key; create another first")
+		default:
+			if h, err := hex.DecodeString(e.APIKeys[i].Hash); err == nil && base64.StdEncoding.EncodeToString(h) == e.APIKeyHash {
+				e.APIKeyHash = ""
+			}
+			e.APIKeys = slices.Delete(e.APIKeys, i, i+1)
+		}
+	}, false)
+	if outErr != nil {
+		return outErr
+	}
+	return err
+}
