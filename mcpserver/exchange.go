@@ -88,7 +88,7 @@ type waitInput struct {
 	AfterSeq       *int64        `json:"after_seq,omitempty" jsonschema:"With ref: return once the request's seq passes this; pass the seq of the last result you saw so no change is missed. Default: its current seq (wait for the next change)."`
 	AfterVersion   *uint64       `json:"after_version,omitempty" jsonschema:"Without ref: return once the exchange's version passes this (from the previous call or list_requests). Default: the current version."`
 	Statuses       []mess.Status `json:"statuses,omitempty" jsonschema:"Without ref: list only requests in these statuses in the result (e.g. [\"pending\"] to find work)."`
-	TimeoutSeconds float64       `json:"timeout_seconds,omitempty" jsonschema:"How long to wait, in seconds (default 30, at most 120). The result says changed false when nothing changed in time."`
+	TimeoutSeconds *float64      `json:"timeout_seconds,omitempty" jsonschema:"How long to wait, in seconds (default 30, at most 120). The result says changed false when nothing changed in time."`
 }
 
 // seqMessage is a MESS message with the seq of the change that added it.
@@ -217,6 +217,9 @@ func (s *Server) addExchangeTools() {
 			prop(s, "since").Format = "date-time"
 		},
 		func(ctx context.Context, c caller, in listInput) (mess.ListResult, error) {
+			if in.Limit < 0 || in.Limit > 1000 {
+				return mess.ListResult{}, invalid("limit must be 1 to 1000")
+			}
 			opts := mess.ListOptions{Statuses: in.Statuses, ExecutorID: in.ExecutorID, RequestorID: in.RequestorID,
 				Priority: in.Priority, Limit: in.Limit, Cursor: in.Cursor}
 			if in.Since != nil {
@@ -240,7 +243,14 @@ func (s *Server) addExchangeTools() {
 		func(ctx context.Context, c caller, in waitInput) (waitOutput, error) {
 			ctx, cancel := s.bound(ctx)
 			defer cancel()
-			wait := min(time.Duration(in.TimeoutSeconds*float64(time.Second)), s.cfg.MaxWait)
+			wait := 30 * time.Second
+			if in.TimeoutSeconds != nil {
+				if *in.TimeoutSeconds < 0 {
+					return waitOutput{}, invalid("timeout_seconds must not be negative")
+				}
+				wait = time.Duration(*in.TimeoutSeconds * float64(time.Second))
+			}
+			wait = min(wait, s.cfg.MaxWait)
 			if in.Ref == "" {
 				return s.waitExchange(ctx, c, in, wait)
 			}

@@ -122,10 +122,16 @@ func (s *Server) addMailTools() {
 		func(ctx context.Context, c caller, in inboxInput) (inboxOutput, error) {
 			since, limit := int64(-1), 100
 			if in.Since != nil {
+				if *in.Since < 0 {
+					return inboxOutput{}, invalid("since must be a non-negative integer")
+				}
 				since = *in.Since
 			}
 			if in.Limit != 0 {
 				limit = in.Limit
+			}
+			if limit < 1 || limit > 1000 {
+				return inboxOutput{}, invalid("limit must be 1 to 1000")
 			}
 			msgs, next, err := bus.Inbox(ctx, c.exchange, c.agent, since, limit)
 			if msgs == nil {

@@ -112,8 +112,6 @@ func New(cfg Config) (*Server, error) {
 			SubscribeHandler:   s.watch.subscribe,
 			UnsubscribeHandler: s.watch.unsubscribe,
 		})
-	// Validation failures the SDK reports itself get the HTTP API's code too.
-	s.mcp.AddReceivingMiddleware(codeValidationErrors)
 	if cfg.Exchange != nil {
 		s.addExchangeTools()
 	}
@@ -266,29 +264,6 @@ func (s *Server) bound(ctx context.Context) (context.Context, context.CancelFunc
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.base, cancel)
 	return ctx, func() { stop(); cancel() }
-}
-
-// codeValidationErrors gives the errors the SDK reports for arguments that
-// do not match a tool's input schema the HTTP API's JSON error shape and
-// invalid_input code, like every other tool error.
-func codeValidationErrors(next mcp.MethodHandler) mcp.MethodHandler {
-	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
-		res, err := next(ctx, method, req)
-		if err != nil || method != "tools/call" {
-			return res, err
-		}
-		tr, ok := res.(*mcp.CallToolResult)
-		if !ok || !tr.IsError {
-			return res, err
-		}
-		if _, mine := errors.AsType[*ToolError](tr.GetError()); mine || tr.GetError() == nil {
-			return res, err
-		}
-		te := invalid(tr.GetError().Error())
-		tr.Content = []mcp.Content{&mcp.TextContent{Text: te.Error()}}
-		tr.SetError(te)
-		return tr, nil
-	}
 }
 
 func instructions(cfg Config) string {

@@ -83,16 +83,19 @@ func newServer(c config, svc *mess.Service, store storage.Store, logger *slog.Lo
 	g.GET("/events", h.events)
 
 	// The other services, in start order; they are closed in reverse.
+	var leases *lease.Manager
+	var bus *mailbus.Bus
 	mounts := []func() (func(context.Context) error, error){
 		func() (func(context.Context) error, error) {
-			return setupLease(e, store, executorAuth{svc, lease.ErrUnauthorized, lease.ErrForbidden}, getenv, logger)
+			return setupLease(e, store, executorAuth{svc, lease.ErrUnauthorized, lease.ErrForbidden}, getenv, logger, &leases)
 		},
 		func() (func(context.Context) error, error) {
-			return setupMailbus(e, store, executorAuth{svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden}, getenv, logger)
+			return setupMailbus(e, store, executorAuth{svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden}, getenv, logger, &bus)
 		},
 		func() (func(context.Context) error, error) {
 			return setupNotify(e, store, svc, executorAuth{svc, notify.ErrUnauthorized, notify.ErrForbidden}, getenv, logger)
 		},
+		func() (func(context.Context) error, error) { return setupMCP(e, svc, bus, leases, getenv, logger) },
 	}
 	var closers []func(context.Context) error
 	for _, mount := range mounts {
