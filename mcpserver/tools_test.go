@@ -337,4 +337,3 @@ func TestTools_leases(t *testing.T) {
 		t.Fatalf("renew with a stale token: %+v", e)
 	}
 }
-
