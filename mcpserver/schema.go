@@ -22,7 +22,9 @@ import (
 // raw JSON is any value (not the array of bytes it is in Go), and the
 // protocol's enumerations list their values so a model picks a valid one.
 var typeSchemas = map[reflect.Type]*jsonschema.Schema{
-	reflect.TypeFor[json.RawMessage](): {},
+	// Not the empty schema: that is written as true, which clients that
+	// expect an object per property (the TypeScript SDK's) reject.
+	reflect.TypeFor[json.RawMessage](): {Description: "Any JSON value."},
 	reflect.TypeFor[mess.Priority](): {Type: "string", Enum: []any{
 		string(mess.PriorityBackground), string(mess.PriorityNormal), string(mess.PriorityElevated), string(mess.PriorityUrgent)}},
 	reflect.TypeFor[mess.Status](): {Type: "string", Enum: []any{
