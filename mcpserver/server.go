@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -66,11 +65,14 @@ type Server struct {
 	handler http.Handler
 	watch   *watcher
 
-	base     context.Context // cancelled by Close: ends waiting tools
-	cancel   context.CancelFunc
-	closed   atomic.Bool
-	inflight sync.WaitGroup
-	once     sync.Once
+	base   context.Context // cancelled by Close: ends waiting tools
+	cancel context.CancelFunc
+	once   sync.Once
+
+	mu       sync.Mutex
+	closed   bool
+	inflight int           // requests being served
+	idle     chan struct{} // closed when inflight drops to 0 after Close
 }
 
 // New builds the server and registers the tools of the services cfg names.
@@ -184,12 +186,11 @@ func ExchangeOfKey(key string) (string, bool) {
 // valid key is answered 401 with the HTTP API's JSON error before any MCP
 // processing.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.inflight.Add(1)
-	defer s.inflight.Done()
-	if s.closed.Load() {
+	if !s.enter() {
 		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "the MCP server is shutting down")
 		return
 	}
+	defer s.leave()
 	key, ok := httpx.Bearer(r)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", "Bearer")
@@ -232,24 +233,51 @@ func (s *Server) toolError(err error) *ToolError {
 func (s *Server) Close(ctx context.Context) error {
 	var err error
 	s.once.Do(func() {
-		s.closed.Store(true)
+		s.mu.Lock()
+		s.closed = true
+		idle := make(chan struct{})
+		if s.inflight == 0 {
+			close(idle)
+		} else {
+			s.idle = idle
+		}
+		s.mu.Unlock()
 		s.cancel()
-		s.closeSessions()
-		done := make(chan struct{})
-		go func() { s.inflight.Wait(); close(done) }()
+		s.closeSessions() // which ends their GET streams
 		select {
-		case <-done:
+		case <-idle:
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
-		// A request that passed the closed check before Close may have
-		// opened a session since.
+		// A request that was admitted before Close may have opened a
+		// session since.
 		s.closeSessions()
 		if werr := s.watch.stop(ctx); err == nil {
 			err = werr
 		}
 	})
 	return err
+}
+
+// enter admits a request unless the server is closed.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.inflight++
+	return true
+}
+
+func (s *Server) leave() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight--
+	if s.inflight == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
 }
 
 func (s *Server) closeSessions() {
