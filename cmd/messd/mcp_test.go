@@ -471,3 +471,23 @@ func TestMCP_stdioBridgeBadKey(t *testing.T) {
 		t.Fatalf("error %q, want the server's 401", e.Message)
 	}
 }
+
+// TestMCP_stdioBridgeGoClient connects the Go SDK's stdio client through
+// the bridge: it first tries the sessionless protocol revision, which a
+// stateful endpoint refuses, and must fall back to initialize.
+func TestMCP_stdioBridgeGoClient(t *testing.T) {
+	ts := startServer(t)
+	cmd := exec.Command(buildMessd(t), "mcp", "-url", ts.URL, "-key", ts.register(t, "home", "agent"))
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	c := mcp.NewClient(&mcp.Implementation{Name: "stdio-go", Version: "1"}, nil)
+	cs, err := c.Connect(context.Background(), &mcp.CommandTransport{Command: cmd}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, stderr.String())
+	}
+	defer cs.Close()
+	g := callTool[map[string]any](t, cs, "acquire_lease", map[string]any{"file": "notes.md"})
+	if g["agent_id"] != "agent" || g["token"] == nil {
+		t.Fatalf("acquire_lease through the bridge: %v", g)
+	}
+}
