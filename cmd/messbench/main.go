@@ -53,6 +53,7 @@ var scenarios = map[string]func(ctx context.Context, o options) error{
 	"mailbus-direct":       benchMailDirect,
 	"mailbus-replay":       benchMailReplay,
 	"mailbus-idle":         benchMailIdle,
+	"mcp-lease":            benchMCPLease, "mcp-create": benchMCPCreate,
 	// The fan-out's floor on this machine: loopback writes, no server.
 	"loopback-floor":        benchLoopbackFloor,
 	"loopback-floor-writer": benchLoopbackFloorWriter,

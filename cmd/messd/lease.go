@@ -20,7 +20,7 @@ import (
 //	LEASE_COMPACT_INTERVAL  how often the journal is folded into a
 //	                        snapshot (default 30s; negative disables)
 //	LEASE_MAX_BODY_BYTES    request body limit in bytes (default 65536)
-func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger, started **lease.Manager) (closeFn func(context.Context) error, err error) {
 	env := envReader{getenv: getenv}
 	cfg := lease.Config{
 		MinTTL:          env.duration("LEASE_MIN_TTL", 0, false),
@@ -40,6 +40,7 @@ func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, get
 		return nil, err
 	}
 	logger.Info("lease state restored", "took", time.Since(start).Round(time.Millisecond))
+	*started = m
 	h, err := lease.NewHandler(m, lease.HandlerConfig{Auth: auth, MaxBodyBytes: maxBody, Logger: logger})
 	if err != nil {
 		return nil, errors.Join(err, m.Close(context.Background()))

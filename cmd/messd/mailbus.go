@@ -21,7 +21,7 @@ import (
 //	MAILBUS_SNAPSHOT_EVERY      journal records between snapshots (default 200000; negative disables)
 //	MAILBUS_MAX_BODY_BYTES      request body and frame limit in bytes (default 1048576)
 //	MAILBUS_ORIGINS             extra browser origins allowed on the WebSocket, comma-separated
-func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, getenv func(string) string, logger *slog.Logger, started **mailbus.Bus) (closeFn func(context.Context) error, err error) {
 	cfg := mailbus.Config{Store: store, Logger: logger}
 	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger}
 	if d, ok := auth.(mailbus.Directory); ok {
@@ -51,5 +51,6 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 		return nil, err
 	}
 	e.Any("/api/v1/exchanges/:exchange_id/mailbus/*", echo.WrapHandler(h))
+	*started = bus
 	return bus.Close, nil
 }

@@ -50,8 +50,8 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 		Skipper:       corsSkipper(c.corsOrigins),
 		AllowOrigins:  c.corsOrigins,
 		AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete, http.MethodOptions},
-		AllowHeaders:  []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "If-Match"},
-		ExposeHeaders: []string{"Idempotent-Replayed", "ETag"},
+		AllowHeaders:  []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "If-Match", "Mcp-Session-Id", "Mcp-Protocol-Version"},
+		ExposeHeaders: []string{"Idempotent-Replayed", "ETag", "Mcp-Session-Id"},
 	}))
 	e.Use(middleware.BodyLimit(strconv.FormatInt(c.maxBody, 10)))
 
@@ -65,16 +65,19 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e.Any("/api/v1/exchanges/:exchange_id/*", echo.WrapHandler(exchange))
 
 	// The other services, in start order; they are closed in reverse.
+	var leases *lease.Manager
+	var bus *mailbus.Bus
 	mounts := []func() (func(context.Context) error, error){
 		func() (func(context.Context) error, error) {
-			return setupLease(e, store, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger)
+			return setupLease(e, store, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger, &leases)
 		},
 		func() (func(context.Context) error, error) {
-			return setupMailbus(e, store, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), getenv, logger)
+			return setupMailbus(e, store, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), getenv, logger, &bus)
 		},
 		func() (func(context.Context) error, error) {
 			return setupNotify(e, store, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger)
 		},
+		func() (func(context.Context) error, error) { return setupMCP(e, svc, bus, leases, getenv, logger) },
 	}
 	var closers []func(context.Context) error
 	for _, mount := range mounts {
