@@ -34,7 +34,8 @@ func DeleteMany(ctx context.Context, s Store, keys []string) error {
 var ErrNotConditional = errors.New("storage: the store does not honour conditional writes")
 
 // VerifyConditionalWrites checks, with a probe object under "probe/", that
-// s refuses a second Create of a key and an Update with a stale version.
+// s refuses a second Create of a key, an Update with a stale version and
+// an Update of a missing key.
 // Every guarantee of the services (one claim wins, tokens never repeat, a
 // replaced writer is fenced) rests on those two refusals, and some stores
 // that call themselves S3-compatible silently ignore the headers; run it
@@ -60,6 +61,11 @@ func VerifyConditionalWrites(ctx context.Context, s Store) error {
 	}
 	if _, err := s.Update(ctx, key, []byte("4"), v1); !errors.Is(err, ErrVersionMismatch) {
 		return fmt.Errorf("%w: an update with a stale version was not refused (%v)", ErrNotConditional, err)
+	}
+	missing := key + "-missing"
+	if _, err := s.Update(ctx, missing, []byte("5"), v2); !errors.Is(err, ErrNotFound) {
+		s.Delete(context.WithoutCancel(ctx), missing)
+		return fmt.Errorf("%w: an update of a missing key was not refused (%v)", ErrNotConditional, err)
 	}
 	obj, err := s.Get(ctx, key)
 	if err != nil {

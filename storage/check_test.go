@@ -27,6 +27,18 @@ func (c createOnly) Update(ctx context.Context, key string, data []byte, _ strin
 	return c.Put(ctx, key, data)
 }
 
+// upsert creates a missing key on Update, as one MinIO release did with
+// If-Match.
+type upsert struct{ storage.Store }
+
+func (u upsert) Update(ctx context.Context, key string, data []byte, version string) (string, error) {
+	v, err := u.Store.Update(ctx, key, data, version)
+	if errors.Is(err, storage.ErrNotFound) {
+		return u.Put(ctx, key, data)
+	}
+	return v, err
+}
+
 func TestVerifyConditionalWrites(t *testing.T) {
 	ctx := context.Background()
 	for _, tt := range []struct {
@@ -38,6 +50,7 @@ func TestVerifyConditionalWrites(t *testing.T) {
 		{"fs", newFS(t), nil},
 		{"ignores both", unconditional{storage.NewMemory()}, storage.ErrNotConditional},
 		{"ignores versions", createOnly{storage.NewMemory()}, storage.ErrNotConditional},
+		{"updates create", upsert{storage.NewMemory()}, storage.ErrNotConditional},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := storage.VerifyConditionalWrites(ctx, tt.store)

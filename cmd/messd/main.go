@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
@@ -60,6 +61,9 @@ type config struct {
 	shutdownTimeout   time.Duration
 	logLevel          slog.Level
 	pprofAddr         string
+	s3                s3Settings
+	ownerHeartbeat    time.Duration
+	ownerTimeout      time.Duration
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -72,6 +76,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	vars := envReader{getenv: getenv}
 	openDefault := vars.boolean("MESS_OPEN_REGISTRATION", false)
 	maxBodyDefault := vars.integer("MAX_BODY_BYTES", 10<<20, false)
+	useSSL := vars.boolean("S3_USE_SSL", false)
+	heartbeat := vars.duration("MESS_OWNER_HEARTBEAT", 2*time.Second, false)
+	ownerTimeout := vars.duration("MESS_OWNER_TIMEOUT", 10*time.Second, false)
 	if vars.err != nil {
 		return config{}, vars.err
 	}
@@ -79,8 +86,17 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	port := fs.String("port", env("PORT", "3000"), "TCP port to listen on (PORT)")
 	addr := fs.String("addr", env("ADDR", ""), "listen address host:port; overrides -port (ADDR)")
-	storageType := fs.String("storage-type", env("STORAGE_TYPE", "filesystem"), "storage backend: filesystem (STORAGE_TYPE)")
+	storageType := fs.String("storage-type", env("STORAGE_TYPE", "filesystem"), "storage backend: filesystem or s3 (STORAGE_TYPE)")
 	storagePath := fs.String("storage-path", env("STORAGE_PATH", "./data"), "data directory for the filesystem backend (STORAGE_PATH)")
+	s3Endpoint := fs.String("s3-endpoint", env("S3_ENDPOINT", ""), "S3 API host:port, or a URL (S3_ENDPOINT)")
+	s3Bucket := fs.String("s3-bucket", env("S3_BUCKET", ""), "bucket, which must exist (S3_BUCKET)")
+	s3Access := fs.String("s3-access-key", env("S3_ACCESS_KEY", ""), "access key (S3_ACCESS_KEY)")
+	s3Secret := fs.String("s3-secret-key", env("S3_SECRET_KEY", ""), "secret key (S3_SECRET_KEY)")
+	s3Region := fs.String("s3-region", env("S3_REGION", ""), "bucket region (S3_REGION)")
+	s3Prefix := fs.String("s3-prefix", env("S3_PREFIX", ""), "key prefix inside the bucket (S3_PREFIX)")
+	s3SSL := fs.Bool("s3-use-ssl", useSSL, "use HTTPS to reach S3 (S3_USE_SSL=true)")
+	ownerHB := fs.Duration("owner-heartbeat", heartbeat, "how often the writer renews its owner record on S3 (MESS_OWNER_HEARTBEAT)")
+	ownerTO := fs.Duration("owner-timeout", ownerTimeout, "how long a standby waits for a silent writer before taking over (MESS_OWNER_TIMEOUT)")
 	capDir := fs.String("capabilities-dir", env("CAPABILITIES_DIR", "./capabilities"), "directory of capability YAML files (CAPABILITIES_DIR)")
 	open := fs.Bool("open-registration", openDefault, "let anyone register in any exchange without an invite (MESS_OPEN_REGISTRATION=true)")
 	openEx := fs.String("open-exchanges", env("MESS_OPEN_EXCHANGES", ""), "comma-separated exchanges open to registration without invites (MESS_OPEN_EXCHANGES)")
@@ -107,6 +123,17 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		maxBody:           *maxBody,
 		shutdownTimeout:   *shutdown,
 		pprofAddr:         *pprofAddr,
+		s3: s3Settings{endpoint: *s3Endpoint, bucket: *s3Bucket, accessKey: *s3Access, secretKey: *s3Secret,
+			region: *s3Region, prefix: *s3Prefix, useSSL: *s3SSL},
+		ownerHeartbeat: *ownerHB,
+		ownerTimeout:   *ownerTO,
+	}
+	switch c.storageType {
+	case "filesystem", "fs", "":
+		c.storageType = "filesystem"
+	case "s3":
+	default:
+		return config{}, fmt.Errorf("STORAGE_TYPE: want filesystem or s3, got %q", c.storageType)
 	}
 	if c.addr == "" {
 		p, err := strconv.Atoi(*port)
@@ -137,9 +164,9 @@ func splitList(s string) []string {
 // openStore opens the configured backend and, for the filesystem, takes an
 // exclusive lock on the directory: the in-memory projections assume one
 // server per data directory.
-func openStore(c config) (storage.Store, func(), error) {
+func openStore(ctx context.Context, c config) (storage.Store, func(), error) {
 	switch c.storageType {
-	case "filesystem", "fs", "":
+	case "filesystem":
 		fs, err := storage.NewFS(c.storagePath)
 		if err != nil {
 			return nil, nil, err
@@ -155,9 +182,11 @@ func openStore(c config) (storage.Store, func(), error) {
 			return nil, nil, fmt.Errorf("%s is in use by another messd: %w", fs.Root(), err)
 		}
 		return fs, func() { f.Close(); fs.Close() }, nil
-	default:
-		return nil, nil, fmt.Errorf("unknown STORAGE_TYPE %q (supported: filesystem)", c.storageType)
+	case "s3":
+		st, err := openS3(ctx, c.s3)
+		return st, func() {}, err
 	}
+	return nil, nil, fmt.Errorf("unknown STORAGE_TYPE %q", c.storageType)
 }
 
 // run starts the server and blocks until ctx ends, then shuts down in
@@ -173,11 +202,44 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	store, closeStore, err := openStore(c)
+	store, closeStore, err := openStore(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
+
+	// Listen at once, so a supervisor sees this process alive while it
+	// loads or waits as a standby; requests get 503 until it serves.
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	front := &handoff{storage: c.storageType}
+	front.role.Store("starting")
+	// Requests that wait (long-polls, event streams, sockets) end when
+	// this context is cancelled at shutdown.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	srv := &http.Server{
+		Handler:           front,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	defer srv.Close()
+
+	// On a shared store (S3) several messd may run; one writes, the others
+	// wait until it goes silent. A directory is kept by the lock above.
+	var owner *ownership.Ownership
+	var lost <-chan struct{}
+	if c.storageType == "s3" {
+		if owner, err = claimWriter(ctx, store, ln.Addr().String(), c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
+			return err
+		}
+		lost = owner.Lost()
+		logger.Info("writing the store", "epoch", owner.Epoch())
+	}
 
 	validate, err := profileValidator(getenv)
 	if err != nil {
@@ -198,25 +260,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	logger.Info("state rebuilt", "took", time.Since(start).Round(time.Millisecond))
 
-	// Requests that wait (long-polls, event streams, sockets) end when
-	// this context is cancelled at shutdown.
-	baseCtx, cancelBase := context.WithCancel(context.Background())
-	defer cancelBase()
 	e, closers, err := newServer(c, svc, caps, store, logger, getenv)
 	if err != nil {
 		svc.Close(context.Background())
 		return err
 	}
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		svc.Close(context.Background())
-		return err
-	}
-	srv := &http.Server{
-		Handler:           e,
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-	}
+	front.serve(e)
 	logger.Info("messd listening", "addr", ln.Addr().String(), "storage", c.storageType, "path", c.storagePath)
 	if ready != nil {
 		ready <- ln.Addr().String()
@@ -230,11 +279,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 		defer stopProf()
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
+	case <-lost:
+		// Another messd took over: acknowledge nothing more. Closing the
+		// connections, rather than draining them, keeps requests in
+		// flight from being answered 2xx.
+		err = owner.Err()
+		srv.Close()
 	}
 	logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
@@ -250,6 +303,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	if cerr := svc.Close(sctx); cerr != nil {
 		logger.Warn("close exchange", "err", cerr)
+	}
+	if owner != nil {
+		// After the last write: a standby may take over at once.
+		if rerr := owner.Release(sctx); rerr != nil {
+			logger.Warn("release the owner record", "err", rerr)
+		}
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

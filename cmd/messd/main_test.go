@@ -43,6 +43,7 @@ type closeIdle struct{ m *testing.M }
 
 func (c closeIdle) Run() int {
 	code := c.m.Run()
+	stopMinio()
 	http.DefaultClient.CloseIdleConnections()
 	return code
 }

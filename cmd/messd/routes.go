@@ -35,8 +35,6 @@ func corsSkipper(origins []string) middleware.Skipper {
 	}
 }
 
-// health is the body of GET /health.
-var health = map[string]string{"status": "ok", "service": "mess-exchange", "storage": "filesystem", "mode": "event-sourced"}
 
 // newServer mounts the services' handlers on echo. It returns the Close
 // functions of the services it started, to be called in reverse order at
@@ -55,8 +53,14 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	}))
 	e.Use(middleware.BodyLimit(strconv.FormatInt(c.maxBody, 10)))
 
-	e.Match([]string{http.MethodGet, http.MethodHead}, "/health", func(c echo.Context) error {
-		return c.JSON(http.StatusOK, health)
+	health := map[string]string{"status": "ok", "service": "mess-exchange", "storage": c.storageType, "mode": "event-sourced", "role": "writer"}
+	e.Match([]string{http.MethodGet, http.MethodHead}, "/health", func(ec echo.Context) error {
+		return ec.JSON(http.StatusOK, health)
+	})
+	// Ready only once serving: a starting process or a standby answers 503
+	// (see handoff), so a load balancer sends it nothing.
+	e.Match([]string{http.MethodGet, http.MethodHead}, "/ready", func(ec echo.Context) error {
+		return ec.JSON(http.StatusOK, map[string]string{"status": "ready", "role": "writer"})
 	})
 	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{MaxBodyBytes: c.maxBody, Capabilities: caps, Logger: logger})
 	if err != nil {

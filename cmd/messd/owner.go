@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/ownership"
+	"github.com/meatspace-exchange/mess/storage"
+	"github.com/meatspace-exchange/mess/storage/s3store"
+)
+
+// ownerKey is the record naming the messd that writes a shared store.
+const ownerKey = "owners/messd.json"
+
+// s3Config reads the S3 settings (the variables of the MESS exchange
+// server 1.0 deployment, plus S3_PREFIX and S3_USE_SSL).
+type s3Settings struct {
+	endpoint, bucket, accessKey, secretKey, region, prefix string
+	useSSL                                                 bool
+}
+
+func openS3(ctx context.Context, s s3Settings) (storage.Store, error) {
+	st, err := s3store.New(ctx, s3store.Config{
+		Endpoint: s.endpoint, Bucket: s.bucket, AccessKey: s.accessKey, SecretKey: s.secretKey,
+		Region: s.region, Prefix: s.prefix, Secure: s.useSSL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := storage.VerifyConditionalWrites(ctx, st); err != nil {
+		return nil, fmt.Errorf("S3 store at %s refused: %w", s.endpoint, err)
+	}
+	return st, nil
+}
+
+// holderID names this process incarnation in the owner record.
+func holderID() string {
+	host, _ := os.Hostname()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// claimWriter makes this process the store's writer, waiting as a standby
+// while another messd heartbeats. role is updated for the standby handler.
+func claimWriter(ctx context.Context, store storage.Store, addr string, heartbeat, timeout time.Duration, role *atomic.Value, logger *slog.Logger) (*ownership.Ownership, error) {
+	return ownership.Claim(ctx, ownership.Config{
+		Store: store, Key: ownerKey, Holder: holderID(), Addr: addr,
+		Heartbeat: heartbeat, Timeout: timeout, Logger: logger,
+	}, func(holder, holderAddr string) {
+		role.Store("standby")
+		logger.Info("waiting as a standby", "writer", holder, "writer_addr", holderAddr)
+	})
+}
+
+// handoff serves the listener before the services are up (and while this
+// process is a standby), then the real handler.
+type handoff struct {
+	h       atomic.Pointer[http.Handler]
+	role    atomic.Value // string: starting, standby
+	storage string
+}
+
+func (s *handoff) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	role, _ := s.role.Load().(string)
+	switch r.URL.Path {
+	case "/health":
+		// Alive, so a supervisor leaves it running.
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok", "service": "mess-exchange", "storage": s.storage, "role": role})
+	default:
+		w.Header().Set("Retry-After", "5")
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "this messd is not serving yet ("+role+")")
+	}
+}
+
+func (s *handoff) serve(h http.Handler) { s.h.Store(&h) }

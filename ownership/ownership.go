@@ -1,0 +1,285 @@
+// Package ownership decides which process writes a shared store. A record
+// object names the owner and an epoch that grows on every takeover; the
+// owner proves it is alive by rewriting the record (a heartbeat), and a
+// standby takes over once the record has not changed for a timeout
+// measured on the standby's own monotonic clock, never by comparing wall
+// clocks across machines.
+//
+// Every change to the record is a conditional write (Create for the
+// first, Update with the version read for the rest), so of two processes
+// racing for it exactly one wins, on any storage.Store that honours them
+// (check with storage.VerifyConditionalWrites).
+//
+// What this does not do by itself: a writer paused for longer than the
+// timeout (SIGSTOP, a VM freeze) learns it was replaced only at its next
+// heartbeat, and writes it had in flight when it was paused may still land
+// after the takeover. The owner should stop serving as soon as Lost is
+// closed; fencing the logs themselves closes the remaining window.
+package ownership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// ErrLost is the cause of an Ownership's end when another process took the
+// record over or the store could not be reached for too long.
+var ErrLost = errors.New("ownership: lost")
+
+// Config says which record to claim and how liveness is judged.
+type Config struct {
+	// Store holds the record. Required.
+	Store storage.Store
+	// Key is the record's key, e.g. "owners/messd.json". Required.
+	Key string
+	// Holder names this process incarnation; it must be unique to it (a
+	// host name plus a random id, say). Required.
+	Holder string
+	// Addr is where this process serves, for operators reading the record.
+	Addr string
+	// Heartbeat is how often the owner rewrites the record and a standby
+	// reads it. Zero means 2s.
+	Heartbeat time.Duration
+	// Timeout is how long the record must stay unchanged before a standby
+	// takes over. It must be well above Heartbeat; zero means 10s.
+	Timeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// record is the stored owner record.
+type record struct {
+	Epoch    uint64    `json:"epoch"`
+	Holder   string    `json:"holder"`
+	Addr     string    `json:"addr,omitempty"`
+	Beat     uint64    `json:"beat"` // changes on every heartbeat, and with it the version
+	Since    time.Time `json:"since"`
+	Released bool      `json:"released,omitempty"`
+}
+
+// Ownership is a claimed record. Its heartbeat runs until Release or until
+// it is lost.
+type Ownership struct {
+	cfg   Config
+	epoch uint64
+
+	mu      sync.Mutex
+	rec     record
+	version string
+
+	lost     chan struct{}
+	lostErr  error
+	stop     chan struct{}
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("ownership: Config.Store is required")
+	case c.Holder == "":
+		return errors.New("ownership: Config.Holder is required")
+	}
+	if err := storage.ValidKey(c.Key); err != nil {
+		return fmt.Errorf("ownership: Config.Key: %w", err)
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 2 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Timeout < 3*c.Heartbeat {
+		return fmt.Errorf("ownership: Timeout %v must be at least three heartbeats (%v)", c.Timeout, 3*c.Heartbeat)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Claim blocks until this process owns the record: at once when there is
+// none or its owner released it, and otherwise once the owner's heartbeat
+// has stopped for Config.Timeout. waiting, if not nil, is called once with
+// the current owner's record when Claim has to wait (the process is then a
+// standby). Claim returns ctx's error if ctx ends first.
+func Claim(ctx context.Context, cfg Config, waiting func(holder, addr string)) (*Ownership, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	var (
+		seenVersion string
+		seenAt      time.Time // on this process's monotonic clock
+		told        bool
+	)
+	for {
+		obj, err := cfg.Store.Get(ctx, cfg.Key)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			o, err := create(ctx, cfg, record{Epoch: 1})
+			if err == nil || !errors.Is(err, storage.ErrExists) {
+				return o, err
+			}
+			continue // another process created it first: read who
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			cfg.Logger.Warn("ownership: reading the owner record", "key", cfg.Key, "err", err)
+		default:
+			var cur record
+			if err := json.Unmarshal(obj.Data, &cur); err != nil {
+				return nil, fmt.Errorf("ownership: %s is not an owner record: %w", cfg.Key, err)
+			}
+			now := time.Now()
+			if obj.Version != seenVersion {
+				seenVersion, seenAt = obj.Version, now
+			}
+			if cur.Released || now.Sub(seenAt) >= cfg.Timeout {
+				o, err := takeOver(ctx, cfg, cur, obj.Version)
+				if err == nil || !errors.Is(err, storage.ErrVersionMismatch) {
+					return o, err
+				}
+				continue // someone else moved first: start counting again
+			}
+			if !told && waiting != nil {
+				waiting(cur.Holder, cur.Addr)
+				told = true
+			}
+		}
+		t := time.NewTimer(cfg.Heartbeat)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func create(ctx context.Context, cfg Config, rec record) (*Ownership, error) {
+	rec.Holder, rec.Addr, rec.Since = cfg.Holder, cfg.Addr, time.Now().UTC()
+	data, _ := json.Marshal(rec)
+	v, err := cfg.Store.Create(ctx, cfg.Key, data)
+	if err != nil {
+		return nil, err
+	}
+	return start(cfg, rec, v), nil
+}
+
+func takeOver(ctx context.Context, cfg Config, prev record, version string) (*Ownership, error) {
+	rec := record{Epoch: prev.Epoch + 1, Holder: cfg.Holder, Addr: cfg.Addr, Since: time.Now().UTC()}
+	data, _ := json.Marshal(rec)
+	v, err := cfg.Store.Update(ctx, cfg.Key, data, version)
+	if err != nil {
+		return nil, err
+	}
+	if !prev.Released && prev.Holder != cfg.Holder {
+		cfg.Logger.Warn("ownership: took over from a silent owner", "key", cfg.Key, "previous", prev.Holder, "epoch", rec.Epoch)
+	}
+	return start(cfg, rec, v), nil
+}
+
+func start(cfg Config, rec record, version string) *Ownership {
+	o := &Ownership{cfg: cfg, epoch: rec.Epoch, rec: rec, version: version,
+		lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	go o.heartbeat()
+	return o
+}
+
+// Epoch is the record's epoch under this ownership: larger than that of
+// every owner before it.
+func (o *Ownership) Epoch() uint64 { return o.epoch }
+
+// Lost is closed when the ownership ends without Release: another process
+// took the record over, or no heartbeat succeeded for half the timeout (so
+// this process gives up before any standby may take over). Err says which.
+func (o *Ownership) Lost() <-chan struct{} { return o.lost }
+
+// Err is why Lost was closed, wrapping ErrLost; nil before that.
+func (o *Ownership) Err() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.lostErr
+}
+
+func (o *Ownership) heartbeat() {
+	defer close(o.done)
+	t := time.NewTicker(o.cfg.Heartbeat)
+	defer t.Stop()
+	lastOK := time.Now()
+	for {
+		select {
+		case <-o.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), o.cfg.Heartbeat)
+		err := o.beat(ctx)
+		cancel()
+		switch {
+		case err == nil:
+			lastOK = time.Now()
+		case errors.Is(err, storage.ErrVersionMismatch), errors.Is(err, storage.ErrNotFound):
+			o.fail(fmt.Errorf("%w: %s was taken over by another process", ErrLost, o.cfg.Key))
+			return
+		case time.Since(lastOK) >= o.cfg.Timeout/2:
+			o.fail(fmt.Errorf("%w: no heartbeat of %s succeeded for %v: %v", ErrLost, o.cfg.Key, time.Since(lastOK).Round(time.Millisecond), err))
+			return
+		default:
+			o.cfg.Logger.Warn("ownership: heartbeat failed", "key", o.cfg.Key, "err", err)
+		}
+	}
+}
+
+func (o *Ownership) beat(ctx context.Context) error {
+	o.mu.Lock()
+	rec, version := o.rec, o.version
+	o.mu.Unlock()
+	rec.Beat++
+	data, _ := json.Marshal(rec)
+	v, err := o.cfg.Store.Update(ctx, o.cfg.Key, data, version)
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	o.rec, o.version = rec, v
+	o.mu.Unlock()
+	return nil
+}
+
+func (o *Ownership) fail(err error) {
+	o.mu.Lock()
+	o.lostErr = err
+	o.mu.Unlock()
+	o.cfg.Logger.Error("ownership lost", "key", o.cfg.Key, "err", err)
+	close(o.lost)
+}
+
+// Release stops the heartbeat and marks the record released, so a standby
+// takes over at once instead of waiting out the timeout. Call it after
+// the last write. After the ownership was lost it only stops.
+func (o *Ownership) Release(ctx context.Context) error {
+	o.stopOnce.Do(func() { close(o.stop) })
+	<-o.done
+	select {
+	case <-o.lost:
+		return nil
+	default:
+	}
+	o.mu.Lock()
+	rec, version := o.rec, o.version
+	o.mu.Unlock()
+	rec.Released, rec.Beat = true, rec.Beat+1
+	data, _ := json.Marshal(rec)
+	_, err := o.cfg.Store.Update(ctx, o.cfg.Key, data, version)
+	return err
+}
