@@ -35,7 +35,6 @@ func corsSkipper(origins []string) middleware.Skipper {
 	}
 }
 
-
 // newServer mounts the services' handlers on echo. It returns the Close
 // functions of the services it started, to be called in reverse order at
 // shutdown.
