@@ -177,8 +177,25 @@ func TestChart(t *testing.T) {
 	cases := []struct {
 		name   string
 		values string
+		set    []string // --set arguments
 		check  func(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Container)
 	}{
+		{
+			name:   "install command of the README",
+			values: "{}",
+			set:    []string{"image.repository=your-registry/mess-exchange", "ingress.enabled=true", "ingress.hosts[0].host=mess.yourdomain.com"},
+			check: func(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Container) {
+				if c.Image != "your-registry/mess-exchange:latest" {
+					t.Errorf("image %q, want the pushed your-registry/mess-exchange:latest", c.Image)
+				}
+				ing := only[*networkingv1.Ingress](t, m)
+				if len(ing.Spec.Rules) != 1 || ing.Spec.Rules[0].Host != "mess.yourdomain.com" || ing.Spec.Rules[0].HTTP == nil ||
+					len(ing.Spec.Rules[0].HTTP.Paths) != 1 || ing.Spec.Rules[0].HTTP.Paths[0].Path != "/" {
+					t.Errorf("rules %+v, want mess.yourdomain.com with path / (--set replaced the default hosts list)", ing.Spec.Rules)
+				}
+				only[*corev1.PersistentVolumeClaim](t, m)
+			},
+		},
 		{
 			name:   "filesystem default",
 			values: "{}",
@@ -384,11 +401,14 @@ extraEnv:
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			values := valuesFile(t, tc.values)
-			if out, errOut, ok := helm(t, "lint", "--strict", "helm", "-f", values); !ok {
+			args := []string{"helm", "-f", valuesFile(t, tc.values)}
+			for _, s := range tc.set {
+				args = append(args, "--set", s)
+			}
+			if out, errOut, ok := helm(t, append([]string{"lint", "--strict"}, args...)...); !ok {
 				t.Errorf("helm lint --strict: %s%s", out, errOut)
 			}
-			out, errOut, ok := helm(t, "template", "mess-exchange", "helm", "-f", values, "--namespace", "mess")
+			out, errOut, ok := helm(t, append([]string{"template", "mess-exchange", "--namespace", "mess"}, args...)...)
 			if !ok {
 				t.Fatalf("helm template: %s", errOut)
 			}
@@ -478,6 +498,14 @@ func checkCommon(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Contai
 	}
 	if pdbs := objectsOf[*policyv1.PodDisruptionBudget](m); len(pdbs) != 1 || pdbs[0].Spec.Selector == nil || !labels.SelectorFromSet(pdbs[0].Spec.Selector.MatchLabels).Matches(podLabels) {
 		t.Errorf("want one PodDisruptionBudget selecting the pods, got %v", pdbs)
+	}
+
+	for _, ing := range objectsOf[*networkingv1.Ingress](m) {
+		for _, r := range ing.Spec.Rules {
+			if r.HTTP == nil || len(r.HTTP.Paths) == 0 {
+				t.Errorf("Ingress rule for %q has no paths; the API server refuses it", r.Host)
+			}
+		}
 	}
 
 	// "helm test" runs the image's healthcheck against the Service.
