@@ -360,6 +360,7 @@ ingress:
 config:
   publicURL: https://mess.yourdomain.com
   openExchanges: [home, lab]
+  maxBodyBytes: 20971520
 extraEnv:
   - {name: MAILBUS_PING_INTERVAL, value: 20s}
 `,
@@ -392,7 +393,8 @@ extraEnv:
 					t.Errorf("tls %+v", ing.Spec.TLS)
 				}
 				env := envOf(c)
-				if env["NOTIFY_PUBLIC_URL"].Value != "https://mess.yourdomain.com" || env["MESS_OPEN_EXCHANGES"].Value != "home,lab" || env["MAILBUS_PING_INTERVAL"].Value != "20s" {
+				if env["NOTIFY_PUBLIC_URL"].Value != "https://mess.yourdomain.com" || env["MESS_OPEN_EXCHANGES"].Value != "home,lab" ||
+					env["MAILBUS_PING_INTERVAL"].Value != "20s" || env["MAX_BODY_BYTES"].Value != "20971520" {
 					t.Errorf("env %v", c.Env)
 				}
 			},
