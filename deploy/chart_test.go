@@ -177,8 +177,10 @@ func TestChart(t *testing.T) {
 	cases := []struct {
 		name   string
 		values string
-		set    []string // --set arguments
-		check  func(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Container)
+		// replicas is the Deployment's; zero means 1.
+		replicas int32
+		set      []string // --set arguments
+		check    func(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Container)
 	}{
 		{
 			name:   "install command of the README",
@@ -303,7 +305,8 @@ registrationToken: ignored-when-existingSecret-is-set
 			},
 		},
 		{
-			name: "s3 chart secrets",
+			name:     "s3 chart secrets",
+			replicas: 3,
 			values: `
 storage:
   type: s3
@@ -312,6 +315,7 @@ storage:
     bucket: mess
     accessKey: AKIAEXAMPLE
     secretKey: not-a-real-secret
+    standbys: 2
 registrationToken: reg-token-123
 secretEnv:
   NOTIFY_SIGNING_SECRET: sign-456
@@ -420,7 +424,11 @@ extraEnv:
 				t.Fatalf("%d containers, want 1", len(d.Spec.Template.Spec.Containers))
 			}
 			c := d.Spec.Template.Spec.Containers[0]
-			checkCommon(t, m, d, c, known)
+			replicas := tc.replicas
+			if replicas == 0 {
+				replicas = 1
+			}
+			checkCommon(t, m, d, c, known, replicas)
 			tc.check(t, m, d, c)
 		})
 	}
@@ -429,10 +437,10 @@ extraEnv:
 // checkCommon checks what every rendering must have: one writer, a
 // restricted pod, probes on the http port, and objects that point at each
 // other.
-func checkCommon(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Container, known map[string]bool) {
+func checkCommon(t *testing.T, m manifest, d *appsv1.Deployment, c corev1.Container, known map[string]bool, replicas int32) {
 	t.Helper()
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
-		t.Errorf("replicas %v, want 1: one writer until takeover exists", d.Spec.Replicas)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
+		t.Errorf("replicas %v, want %d: one writer, plus the standbys on S3", d.Spec.Replicas, replicas)
 	}
 	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
 		t.Errorf("strategy %q, want Recreate so two never overlap", d.Spec.Strategy.Type)
