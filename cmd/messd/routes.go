@@ -21,6 +21,7 @@ import (
 	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/notify"
 	"github.com/meatspace-exchange/mess/storage"
+	"github.com/meatspace-exchange/mess/webapp"
 )
 
 const apiBase = "/api/v1/exchanges/:exchange_id"
@@ -81,6 +82,7 @@ func newServer(c config, svc *mess.Service, store storage.Store, logger *slog.Lo
 	g.POST("/invites", h.createInvite)
 	g.GET("/capabilities", h.capabilities)
 	g.GET("/events", h.events)
+	e.Match([]string{http.MethodGet, http.MethodHead}, "/*", echo.WrapHandler(webapp.Handler())) // the web app for people; API routes are more specific
 
 	// The other services, in start order; they are closed in reverse.
 	mounts := []func() (func(context.Context) error, error){
