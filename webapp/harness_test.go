@@ -381,9 +381,8 @@ var (
 func newPage(t *testing.T, srv *server, vp viewport) *page {
 	t.Helper()
 	root := theBrowser(t)
-	tctx, cancelT := context.WithTimeout(root, 3*time.Minute)
-	ctx, cancel := chromedp.NewContext(tctx, chromedp.WithNewBrowserContext())
-	t.Cleanup(func() { cancel(); cancelT() })
+	ctx, cancel := chromedp.NewContext(root, chromedp.WithNewBrowserContext())
+	t.Cleanup(cancel)
 	p := &page{t: t, ctx: ctx, srv: srv}
 	exc := chromedp.Events(ctx, runtime.ExceptionThrown)
 	dialogs := chromedp.Events(ctx, cdppage.JavascriptDialogOpening)
@@ -437,11 +436,16 @@ func exceptionText(ev runtime.EventExceptionThrown) string {
 	return fmt.Sprintf("%s (%s:%d)", msg, d.URL, d.LineNumber)
 }
 
+// stepTimeout bounds one step of a test: generous, for a busy machine.
+const stepTimeout = 60 * time.Second
+
 // run runs actions and fails the test, with a screenshot path in the
 // log, when one fails.
 func (p *page) run(what string, steps ...chromedp.Action[chromedp.Void]) {
 	p.t.Helper()
-	if err := chromedp.Do(p.ctx, steps...); err != nil {
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
 		p.t.Fatalf("%s: %v%s", what, err, p.debug())
 	}
 }
@@ -461,7 +465,9 @@ func (p *page) debug() string {
 // eval evaluates JavaScript (awaiting a promise) and decodes the result.
 func eval[T any](p *page, js string) T {
 	p.t.Helper()
-	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
 	if err != nil {
 		p.t.Fatalf("evaluate %q: %v%s", js, err, p.debug())
 	}
@@ -471,7 +477,9 @@ func eval[T any](p *page, js string) T {
 // waitJS waits until a JavaScript expression is truthy.
 func (p *page) waitJS(what, js string) {
 	p.t.Helper()
-	if _, err := chromedp.Run(p.ctx, chromedp.Poll[bool](js, chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
 		p.t.Fatalf("waiting for %s (%s): %v%s", what, js, err, p.debug())
 	}
 }
@@ -483,10 +491,18 @@ func (p *page) waitText(sel, want string) {
 	p.waitJS(fmt.Sprintf("%s to show %q", sel, want), js)
 }
 
-// open loads the app at hash.
+// open shows the app's screen at hash, loading the app first if the tab
+// is elsewhere. (A navigation that changes only the hash fires no load
+// event, so it is made in the page.)
 func (p *page) open(hash string) {
 	p.t.Helper()
-	p.run("open "+hash, chromedp.Navigate(p.srv.URL+"/"+hash), chromedp.WaitVisible(chromedp.CSS("main h1, main .tabs")))
+	href, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](`location.href`))
+	if err == nil && strings.HasPrefix(href, p.srv.URL+"/") {
+		eval[chromedp.Void](p, fmt.Sprintf(`location.hash = %q`, hash))
+	} else {
+		p.run("open "+hash, chromedp.Navigate(p.srv.URL+"/"+hash))
+	}
+	p.run("show "+hash, chromedp.WaitVisible(chromedp.CSS("main h1, main .tabs")))
 }
 
 // signIn stores a key in the page's localStorage, as joining does, and
@@ -495,8 +511,8 @@ func (p *page) signIn(exchange, id, key string) {
 	p.t.Helper()
 	p.run("load shell", chromedp.Navigate(p.srv.URL+"/#/join"), chromedp.WaitVisible(chromedp.CSS("#join-form")))
 	cred, _ := json.Marshal(map[string]any{"exchange": exchange, "id": id, "key": key})
-	eval[chromedp.Void](p, fmt.Sprintf(`localStorage.setItem("mess.cred", %q)`, cred))
-	p.run("open inbox", chromedp.Navigate(p.srv.URL+"/#/inbox"), chromedp.WaitVisible(chromedp.CSS(`.tabs`)))
+	eval[chromedp.Void](p, fmt.Sprintf(`localStorage.setItem("mess.cred", %q); history.replaceState(null, "", "#/inbox")`, cred))
+	p.run("open inbox", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`.tabs`)))
 	p.waitJS("threads listed", `document.querySelector('#inbox-list')?.dataset.loaded === 'true'`)
 }
 

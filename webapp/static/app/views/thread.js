@@ -72,14 +72,15 @@ export function thread(args) {
   function render() {
     const st = normStatus(t.status);
     const req = t.request || {};
-    head.replaceChildren(
+    head.replaceChildren(...[
       h('h1', {id: 'intent'}, t.intent),
       h('p', {class: 'badges'}, prioBadge(t.priority), statusBadge(st), h('span', {class: 'ref'}, t.ref)),
       t.needed_by ? h('p', {class: 'needed'}, 'Needed by ', h('strong', null, when(t.needed_by)), ' · ', dueEl(t.needed_by)) : null,
-    );
-    who.replaceChildren(
+    ].filter(Boolean));
+    who.replaceChildren(...[
       'Asked by ', h('strong', null, t.requestor_id === me ? 'you' : t.requestor_id), ' · ', agoEl(t.created_at),
-      t.executor_id ? h('span', {class: 'claim', id: 'claimant'}, t.executor_id === me ? ' · You have this' : ` · Claimed by ${t.executor_id}`) : null);
+      t.executor_id ? h('span', {class: 'claim', id: 'claimant'}, t.executor_id === me ? ' · You have this' : ` · Claimed by ${t.executor_id}`) : null,
+    ].filter(Boolean));
 
     const allowed = actions(t, me);
     bar.replaceChildren(...allowed.map((a) => {
