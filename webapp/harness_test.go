@@ -165,6 +165,7 @@ type server struct {
 	log   bytes.Buffer
 	ntfy  *httptest.Server
 	pushy chan string // bodies the fake ntfy server received
+	stop  func()      // ends the process; safe to call again
 }
 
 var listening = regexp.MustCompile(`msg="messd listening" addr=(\S+)`)
@@ -223,7 +224,7 @@ func startServer(t *testing.T, env ...string) *server {
 			}
 		}
 	}()
-	t.Cleanup(func() {
+	s.stop = sync.OnceFunc(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
@@ -232,6 +233,9 @@ func startServer(t *testing.T, env ...string) *server {
 			<-done
 		}
 		cmd.Wait()
+	})
+	t.Cleanup(func() {
+		s.stop()
 		if t.Failed() {
 			s.mu.Lock()
 			t.Logf("messd log:\n%s", s.log.String())
@@ -489,6 +493,12 @@ func (p *page) waitText(sel, want string) {
 	p.t.Helper()
 	js := fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.offsetParent !== null && e.textContent.includes(%q); })()`, sel, want)
 	p.waitJS(fmt.Sprintf("%s to show %q", sel, want), js)
+}
+
+// waitToast waits for the polite status message to say want.
+func (p *page) waitToast(want string) {
+	p.t.Helper()
+	p.waitJS(fmt.Sprintf("toast %q", want), fmt.Sprintf(`document.querySelector('#toast').textContent.includes(%q)`, want))
 }
 
 // open shows the app's screen at hash, loading the app first if the tab

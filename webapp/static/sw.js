@@ -54,5 +54,5 @@ self.addEventListener('fetch', (e) => {
       caches.open(CACHE).then((c) => c.put(key, copy));
     }
     return res;
-  }).catch(() => caches.match(key).then((hit) => hit || Response.error())));
+  }).catch(() => caches.match(key, {ignoreVary: true, ignoreSearch: req.mode === 'navigate'}).then((hit) => hit || Response.error())));
 });

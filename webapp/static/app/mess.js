@@ -110,8 +110,9 @@ export function entry(e, ctx) {
 // entries renders a list of entries.
 export const entries = (list, ctx) => (Array.isArray(list) ? list : list == null ? [] : [list]).map((e) => entry(e, ctx));
 
-// block renders one block of a message.
-function block(b, ctx) {
+// block renders one block of a message. With quiet set, a status block
+// shows only its words: the status change is shown beside it.
+function block(b, ctx, quiet) {
   if (!b || typeof b !== 'object') return h('p', null, String(b));
   const [k] = Object.keys(b);
   const v = b[k] ?? {};
@@ -119,7 +120,7 @@ function block(b, ctx) {
     case 'v': return null;
     case 'request': return h('p', {class: 'muted'}, 'Posted the request.');
     case 'status': {
-      const kids = [h('p', {class: 'st'}, h('span', {class: 'badge tone-' + statusInfo(v.code).tone}, statusInfo(v.code).label))];
+      const kids = quiet ? [] : [h('p', {class: 'st'}, h('span', {class: 'badge tone-' + statusInfo(v.code).tone}, statusInfo(v.code).label))];
       for (const t of [v.message, v.reason, v.action, v.note]) if (t) kids.push(h('p', {class: 'text'}, String(t)));
       for (const q of Array.isArray(v.questions) ? v.questions : []) kids.push(h('p', {class: 'text question'}, '❓ ', q.question || q.text || JSON.stringify(q)));
       return kids;
@@ -137,7 +138,7 @@ function block(b, ctx) {
 }
 
 // message renders a message's blocks (a list, or one block object).
-export function message(mess, ctx) {
+export function message(mess, ctx, quiet = false) {
   const list = Array.isArray(mess) ? mess : [mess];
-  return list.map((b) => block(b, ctx));
+  return list.flatMap((b) => block(b, ctx, quiet));
 }

@@ -94,7 +94,7 @@ function notifications(me) {
   const qh = prefs.quiet_hours || {};
   const topic = h('input', {id: 'ntfy-topic', value: ntfy.topic || '', pattern: '[-_A-Za-z0-9]{1,64}', autocapitalize: 'none', spellcheck: 'false', placeholder: 'my-secret-topic'});
   const server = h('input', {id: 'ntfy-server', type: 'url', value: ntfy.server || '', placeholder: 'default of the exchange'});
-  const minP = h('select', {id: 'min-priority'}, PRIORITIES.slice().reverse().map((p) => h('option', {value: p, selected: (prefs.min_priority || 'normal') === p}, p)));
+  const minP = h('select', {id: 'min-priority'}, PRIORITIES.slice().reverse().map((p) => h('option', {value: p, selected: (prefs.min_priority || 'normal') === p}, p === 'background' ? 'Everything' : `${p[0].toUpperCase()}${p.slice(1)} and above`)));
   const qOn = h('input', {type: 'checkbox', id: 'quiet-on', checked: !!(qh.start && qh.end && qh.enabled !== false)});
   const qStart = h('input', {type: 'time', id: 'quiet-start', value: qh.start || '22:00'});
   const qEnd = h('input', {type: 'time', id: 'quiet-end', value: qh.end || '07:00'});

@@ -117,19 +117,35 @@ export function thread(args) {
     return rows;
   }
 
+  // renderTimeline shows what happened, oldest first: a status change and
+  // the message sent with it (same actor, same moment) are one entry.
   function renderTimeline() {
-    const items = [];
-    (t.history || []).forEach((e) => {
-      if (e.type === 'status') items.push({ts: e.ts, seq: e.seq, el: h('li', {class: 'ev status'}, h('span', {class: 'ev-who'}, e.actor_id === me ? 'You' : e.actor_id, ' · ', h('time', {datetime: e.ts}, when(e.ts))),
-        h('p', null, statusInfo(e.old_status).label, ' → ', statusBadge(normStatus(e.new_status))), e.message ? h('p', {class: 'text'}, e.message) : null)});
-    });
+    const groups = new Map();
+    const group = (actor, ts, order) => {
+      const k = actor + '|' + ts;
+      if (!groups.has(k)) groups.set(k, {actor, ts, order, changes: [], notes: [], messages: []});
+      return groups.get(k);
+    };
+    for (const e of t.history || []) {
+      if (e.type !== 'status') continue;
+      const g = group(e.actor_id, e.ts, e.seq);
+      g.changes.push(e);
+      if (e.message) g.notes.push(e.message);
+    }
     (t.messages || []).forEach((m, i) => {
       if (i === 0 && Array.isArray(m.mess) && m.mess.length === 1 && m.mess[0]?.request) return; // the request itself, shown above
-      items.push({ts: m.ts, seq: Infinity, el: h('li', {class: 'ev msg' + (m.from === me ? ' mine' : ''), dataset: {n: i + 1}},
-        h('span', {class: 'ev-who'}, m.from === me ? 'You' : m.from, ' · ', h('time', {datetime: m.ts}, when(m.ts))), message(m.mess, ctx))});
+      group(m.from, m.ts, Infinity).messages.push(m);
     });
-    items.sort((a, b) => Date.parse(a.ts) - Date.parse(b.ts) || a.seq - b.seq);
-    timeline.replaceChildren(...items.map((x) => x.el));
+    const items = [...groups.values()].sort((a, b) => Date.parse(a.ts) - Date.parse(b.ts) || a.order - b.order);
+    timeline.replaceChildren(...items.map((g) => {
+      const body = [];
+      for (const e of g.changes) body.push(h('p', {class: 'st'}, statusInfo(e.old_status).label, ' → ', statusBadge(normStatus(e.new_status))));
+      const shown = g.messages.flatMap((m) => message(m.mess, ctx, !!g.changes.length)).filter(Boolean);
+      if (!g.messages.length) for (const n of g.notes) body.push(h('p', {class: 'text'}, n));
+      body.push(...shown);
+      const cls = 'ev' + (g.messages.length ? ' msg' : ' status') + (g.actor === me ? ' mine' : '');
+      return h('li', {class: cls}, h('span', {class: 'ev-who'}, g.actor === me ? 'You' : g.actor, ' · ', h('time', {datetime: g.ts, title: when(g.ts)}, when(g.ts))), body);
+    }));
     if (!items.length) timeline.append(h('li', {class: 'muted'}, 'Nothing has happened yet.'));
   }
 
