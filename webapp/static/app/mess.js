@@ -1,6 +1,6 @@
 // MESS messages (protocol v1): a list of single-key blocks. This module
 // writes the blocks a person sends and renders the blocks anyone sent.
-import {h} from './dom.js';
+import {h, icon} from './dom.js';
 import {statusInfo} from './status.js';
 
 // statusBlock is the status block that goes with a status change.
@@ -46,7 +46,7 @@ function download(ctx, name, data) {
     } catch (e) {
       b.after(h('span', {class: 'error', role: 'alert'}, ` ${e.message}`));
     }
-  }}, `⬇ ${name}`);
+  }}, icon('download'), ` ${name}`);
 }
 
 // media renders an image, audio, video or file entry's value.
@@ -78,9 +78,9 @@ function media(kind, v, ctx) {
 function location(v) {
   const lat = Number(v.lat), lng = Number(v.lng ?? v.lon);
   const label = [v.name, v.address, v.description].filter(Boolean).join(' — ');
-  if (!Number.isFinite(lat) || !Number.isFinite(lng)) return h('p', {class: 'loc'}, '📍 ', label || JSON.stringify(v));
+  if (!Number.isFinite(lat) || !Number.isFinite(lng)) return h('p', {class: 'loc'}, icon('pin'), ' ', label || JSON.stringify(v));
   const coords = `${lat.toFixed(5)}, ${lng.toFixed(5)}`;
-  return h('p', {class: 'loc'}, '📍 ',
+  return h('p', {class: 'loc'}, icon('pin'), ' ',
     h('a', {href: `geo:${lat},${lng}`}, label || coords),
     v.accuracy ? ` (±${Math.round(v.accuracy)} m)` : '', ' · ',
     h('a', {href: `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lng}#map=17/${lat}/${lng}`, target: '_blank', rel: 'noopener noreferrer'}, 'map'));
@@ -122,14 +122,14 @@ function block(b, ctx, quiet) {
     case 'status': {
       const kids = quiet ? [] : [h('p', {class: 'st'}, h('span', {class: 'badge tone-' + statusInfo(v.code).tone}, statusInfo(v.code).label))];
       for (const t of [v.message, v.reason, v.action, v.note]) if (t) kids.push(h('p', {class: 'text'}, String(t)));
-      for (const q of Array.isArray(v.questions) ? v.questions : []) kids.push(h('p', {class: 'text question'}, '❓ ', q.question || q.text || JSON.stringify(q)));
+      for (const q of Array.isArray(v.questions) ? v.questions : []) kids.push(h('p', {class: 'text question'}, 'Question: ', q.question || q.text || JSON.stringify(q)));
       return kids;
     }
     case 'response': return entries(v.content, ctx).concat(v.notes ? [h('p', {class: 'muted'}, String(v.notes))] : []);
-    case 'answer': return h('p', {class: 'text answer'}, '💬 ', typeof v.value === 'string' ? v.value : JSON.stringify(v.value));
+    case 'answer': return h('p', {class: 'text answer'}, 'Answer: ', typeof v.value === 'string' ? v.value : JSON.stringify(v.value));
     case 'reply': {
       if (v.confirm !== undefined) return h('p', {class: 'text'}, v.confirm ? '✔ Confirmed' : '✘ Not confirmed', v.reason ? ` — ${v.reason}` : '');
-      if (v.answers) return Object.entries(v.answers).map(([q, a]) => h('p', {class: 'text answer'}, '💬 ', typeof a === 'string' ? a : JSON.stringify(a)));
+      if (v.answers) return Object.entries(v.answers).map(([q, a]) => h('p', {class: 'text answer'}, 'Answer: ', typeof a === 'string' ? a : JSON.stringify(a)));
       break;
     }
     case 'cancel': return h('p', {class: 'text'}, 'Cancelled', v.reason ? `: ${v.reason}` : '.');

@@ -154,21 +154,25 @@ async function prefetchRequires() {
   fetching = true;
   try {
     const todo = [...store.threads.values()].filter((t) => normStatus(t.status) === 'pending' && !store.requires.has(t.ref)).map((t) => t.ref);
-    let batch = 0;
+    // Listed threads are shown until their requires are known; only one
+    // that turns out not to fit changes the inbox.
+    let hidden = 0;
     const worker = async () => {
       while (todo.length && store.api) {
         const ref = todo.shift();
         try {
           const t = await store.api.thread(ref);
-          store.requires.set(ref, capIds(t.request?.requires));
+          const reqs = capIds(t.request?.requires);
+          store.requires.set(ref, reqs);
+          if (!matches(reqs, store.caps)) hidden++;
         } catch {
           store.requires.set(ref, null);
         }
-        if (++batch % 25 === 0) emit();
+        if (hidden >= 25) { hidden = 0; emit(); }
       }
     };
     await Promise.all([worker(), worker(), worker(), worker()]);
-    if (batch) emit();
+    if (hidden) emit();
   } finally {
     fetching = false;
   }

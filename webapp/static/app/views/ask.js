@@ -51,7 +51,7 @@ export function ask() {
   }},
   field('What do you need?', intent),
   field('Details', context),
-  h('div', {class: 'grid2'}, field('Priority', prio), field('Needed by', needed, 'Optional. Unclaimed requests expire then.')),
+  h('div', {class: 'grid2 wide'}, field('Priority', prio), field('Needed by', needed, 'Optional. Unclaimed requests expire then.')),
   h('fieldset', null, h('legend', null, 'What should they send back?'), h('div', {class: 'checks'}, hints)),
   h('label', {class: 'check', for: 'ask-confirm'}, confirm, ' Ask me to confirm before it is done'),
   err,

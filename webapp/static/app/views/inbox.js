@@ -84,7 +84,13 @@ export function inbox(args) {
     }
     list.setAttribute('aria-labelledby', 'tab-' + current);
     const rows = groups[current].sort(compare(current, store.cred.id));
-    list.replaceChildren(...rows.map(item));
+    // Move only what changed: a new request is one insertion, not 500.
+    let cur = list.firstChild;
+    for (const el of rows.map(item)) {
+      if (cur === el) { cur = cur.nextSibling; continue; }
+      list.insertBefore(el, cur);
+    }
+    while (cur) { const next = cur.nextSibling; cur.remove(); cur = next; }
     empty.hidden = rows.length > 0 || !store.loaded;
     empty.textContent = EMPTY[current];
     list.dataset.count = rows.length;

@@ -220,10 +220,10 @@ function owner() {
   };
   const older = kept.length ? h('details', null, h('summary', null, `Invites made on this device (${kept.length})`),
     h('ul', {class: 'members'}, kept.map((i) => h('li', null, h('code', null, i.id), ` · ${i.max_uses} use(s) · until ${when(i.expires_at)}`)))) : null;
-  return [
-    section('Invite people', 'me-invite-h', h('p', {class: 'muted'}, 'They open the link or scan the code on their phone and join with their name.'), form, out, older),
-    section('Members', 'me-members-h', members),
-  ];
+  return {
+    invite: section('Invite people', 'me-invite-h', h('p', {class: 'muted'}, 'They open the link or scan the code on their phone and join with their name.'), form, out, older),
+    members: section('Members', 'me-members-h', members),
+  };
 }
 
 export function me() {
@@ -238,7 +238,8 @@ export function me() {
     // forms keep what the person typed.
     if (shownFor) return;
     shownFor = m;
-    body.replaceChildren(profile(m), capabilities(m), alerts(), notifications(m), key(), ...(m.owner ? owner() : []));
+    const o = m.owner ? owner() : {};
+    body.replaceChildren(...[profile(m), o.invite, capabilities(m), alerts(), notifications(m), key(), o.members].filter(Boolean));
   }
   const off = on(render);
   render();

@@ -1,5 +1,5 @@
 // One request: what is asked, what happened, and what this person may do.
-import {agoEl, dueEl, field, h, toast, when} from '../dom.js';
+import {agoEl, dueEl, field, h, icon, toast, when} from '../dom.js';
 import {downscale} from '../image.js';
 import {entries, message, responseContent, statusBlock} from '../mess.js';
 import {actions, normStatus, statusInfo} from '../status.js';
@@ -267,9 +267,9 @@ export function thread(args) {
       locOut.textContent = 'Finding you…';
       navigator.geolocation.getCurrentPosition((p) => {
         loc = {lat: p.coords.latitude, lng: p.coords.longitude, accuracy: Math.round(p.coords.accuracy)};
-        locOut.textContent = `📍 ${loc.lat.toFixed(5)}, ${loc.lng.toFixed(5)} (±${loc.accuracy} m) will be sent.`;
+        locOut.textContent = `${loc.lat.toFixed(5)}, ${loc.lng.toFixed(5)} (±${loc.accuracy} m) will be sent.`;
       }, (e) => { loc = null; locOut.textContent = 'Location not available: ' + e.message; }, {enableHighAccuracy: true, timeout: 20000, maximumAge: 60000});
-    }}, '📍 Add my location');
+    }}, icon('pin'), 'Add my location');
     const f = h('form', {class: 'form', dataset: {form: 'complete'}, onsubmit: (e) => {
       e.preventDefault();
       const v = text.value.trim();
@@ -278,7 +278,7 @@ export function thread(args) {
       send({status: 'completed', mess: [statusBlock(ref, 'completed'), {response: {re: ref, content}}]}, 'Completed. Thank you!', f);
     }},
     field('Your answer', text),
-    h('div', {class: 'field'}, file, h('label', {for: 'f-photo', class: 'btn file-btn'}, '📷 Add a photo'), preview),
+    h('div', {class: 'field'}, file, h('label', {for: 'f-photo', class: 'btn file-btn'}, icon('camera'), 'Add a photo'), preview),
     h('div', {class: 'field'}, locBtn, locOut),
     h('div', {class: 'row'}, h('button', {type: 'submit', class: 'btn primary', dataset: {submit: 'complete'}}, 'Send and complete'),
       h('button', {type: 'button', class: 'btn', onclick: close}, 'Back')));
