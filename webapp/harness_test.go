@@ -573,7 +573,7 @@ func (p *page) screenshot(name string) {
 	if os.Getenv("MESS_SCREENSHOTS") == "" {
 		return
 	}
-	eval[chromedp.Void](p, `document.activeElement?.blur(); const tt = document.querySelector('#toast'); if (tt) { tt.classList.remove('show'); tt.textContent = ''; } new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))`)
+	eval[chromedp.Void](p, `(() => { document.activeElement?.blur(); const tt = document.querySelector('#toast'); if (tt) { tt.classList.remove('show'); tt.textContent = ''; } return new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))); })()`)
 	png, err := chromedp.Run(p.ctx, chromedp.CaptureScreenshot())
 	if err != nil {
 		p.t.Fatalf("screenshot %s: %v", name, err)
