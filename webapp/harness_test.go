@@ -197,6 +197,7 @@ func startServer(t *testing.T, env ...string) *server {
 		"LOG_LEVEL=info",
 	)
 	cmd.Env = append(cmd.Env, env...)
+	dieWithParent(cmd)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
