@@ -229,6 +229,19 @@ func TestDeclineAfterClaim(t *testing.T) {
 	p.run("decline offered while pending", chromedp.WaitVisible(chromedp.CSS(`button[data-action=decline]`)))
 	p.click(`button[data-action=claim]`)
 	p.waitText("#claimant", "You have this")
+	// A progress note, then the claim is released and taken again.
+	p.click(`button[data-action=note]`)
+	p.fill("#f-note", "Looking for the ladder")
+	p.click(`button[data-submit=note]`)
+	p.run("in progress", chromedp.WaitVisible(chromedp.CSS(`.badges [data-status=in_progress]`)))
+	p.waitText(".timeline", "Looking for the ladder")
+	p.click(`button[data-action=release]`)
+	p.run("released", chromedp.WaitVisible(chromedp.CSS(`.badges [data-status=pending]`)))
+	if th := srv.thread(t, "home", agentKey, ref); th.Status != "pending" || th.ExecutorID != nil {
+		t.Fatalf("after release: %s by %v", th.Status, th.ExecutorID)
+	}
+	p.click(`button[data-action=claim]`)
+	p.waitText("#claimant", "You have this")
 	p.click(`button[data-action=decline]`)
 	p.fill("#f-decline", "No ladder tall enough")
 	p.click(`button[data-submit=decline]`)

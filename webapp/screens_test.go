@@ -88,6 +88,7 @@ func TestModules(t *testing.T) {
   const sse = await import('./app/sse.js');
   const dom = await import('./app/dom.js');
   const join = await import('./app/views/join.js');
+  const mess = await import('./app/mess.js');
   const fails = [];
   const eq = (name, got, want) => { if (JSON.stringify(got) !== JSON.stringify(want)) fails.push(name + ': got ' + JSON.stringify(got) + ', want ' + JSON.stringify(want)); };
   for (const [in_, out] of [['in-progress', 'in_progress'], ['In-Progress', 'in_progress'], ['needs-input', 'needs_input'],
@@ -136,6 +137,10 @@ func TestModules(t *testing.T) {
   eq('slug', join.slug('Zoë  O\'Brien!'), 'zoe-o-brien');
   eq('invite link', join.parseInvite('http://x:3000/#/join/my_home/inv_abc'), {exchange: 'my_home', token: 'inv_abc'});
   eq('key exchange', join.keyExchange('mess_my_home_0123456789abcdef0123456789abcdef'), 'my_home');
+  eq('javascript: not linked', mess.entry({url: 'javascript:alert(1)'}, {}).querySelector('a'), null);
+  eq('https linked', mess.entry({url: 'https://example.org/x'}, {}).querySelector('a').href, 'https://example.org/x');
+  eq('text is text', mess.entry('<b>hi</b>', {}).innerHTML, '&lt;b&gt;hi&lt;/b&gt;');
+  eq('location', mess.entry({location: {lat: 1.5, lng: 2.25, accuracy: 3}}, {}).textContent, ' 1.50000, 2.25000 (±3 m) · map');
   return fails;
 })()`)
 	for _, f := range fails {

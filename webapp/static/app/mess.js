@@ -19,6 +19,11 @@ export function responseContent({text, photo, location}) {
   return content;
 }
 
+// safe keeps links to the web, maps and phones; anything else (javascript:,
+// data: documents) is shown as text, not followed.
+const safe = (u) => /^(https?:|geo:|mailto:|tel:)/i.test(String(u).trim());
+const link = (u, text = u) => (safe(u) ? h('a', {href: String(u).trim(), target: '_blank', rel: 'noopener noreferrer'}, String(text)) : h('code', null, String(u)));
+
 const isData = (s) => typeof s === 'string' && s.startsWith('data:');
 const mimeOf = (s) => (s.match(/^data:([^;,]+)/) || [])[1] || '';
 
@@ -58,9 +63,7 @@ function media(kind, v, ctx) {
     if (kind === 'video' || mime.startsWith('video/')) return h('video', {controls: true, src: v, class: 'att'});
     return download(ctx, `${kind}.${(mime.split('/')[1] || 'bin')}`, v);
   }
-  if (typeof v === 'string') {
-    return h('a', {href: v, target: '_blank', rel: 'noopener noreferrer'}, v);
-  }
+  if (typeof v === 'string') return link(v);
   if (v && typeof v === 'object') {
     // {name, data} (kept inline, served by name) or {file} (an attachment
     // name): both are fetched from the attachments endpoint with the key.
@@ -95,7 +98,7 @@ export function entry(e, ctx) {
   switch (k) {
     case 'text': return h('p', {class: 'text'}, String(v));
     case 'image': case 'audio': case 'video': case 'file': case 'attachment': return h('div', {class: 'media'}, media(k, v, ctx));
-    case 'url': return h('p', null, h('a', {href: String(v), target: '_blank', rel: 'noopener noreferrer'}, String(v)));
+    case 'url': return h('p', null, link(v));
     case 'location': return location(v || {});
     case 'confirmation': {
       const ok = typeof v === 'object' ? v?.confirmed : v;
