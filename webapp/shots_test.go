@@ -85,6 +85,8 @@ func TestScreens(t *testing.T) {
 		p.waitJS("context image", `[...document.querySelectorAll('.context img')].some((i) => i.complete && i.naturalWidth === 320)`)
 		p.audit("thread")
 		p.screenshot("thread-" + vp.name)
+		eval[chromedp.Void](p, `document.querySelector('#timeline-h').scrollIntoView({block: 'start'})`)
+		p.screenshot("timeline-" + vp.name)
 
 		p.click(`button[data-action=complete]`)
 		p.fill("#f-answer", "Locked, and the key is back on its hook.")

@@ -216,3 +216,40 @@ func ExampleHandler() {
 	fmt.Println(res.StatusCode, res.Header.Get("Content-Type"))
 	// Output: 200 text/html; charset=utf-8
 }
+
+// messd serves the app at / beside its API, which keeps its own routes.
+func TestServedByMessd(t *testing.T) {
+	srv := startServer(t)
+	res, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	etag := res.Header.Get("ETag")
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/html; charset=utf-8" || etag == "" {
+		t.Fatalf("GET /: %d %v", res.StatusCode, res.Header)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/app/main.js", nil)
+	req.Header.Set("If-None-Match", get(t, webapp.Handler(), "GET", "/app/main.js", nil).Header().Get("ETag"))
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != http.StatusNotModified {
+		t.Errorf("revalidating main.js through messd: %v %v", res.StatusCode, err)
+	}
+	if res, err := http.Head(srv.URL + "/manifest.webmanifest"); err != nil || res.StatusCode != 200 {
+		t.Errorf("HEAD manifest: %v %v", res.StatusCode, err)
+	}
+	var health map[string]any
+	if code := srv.do(t, "GET", srv.URL+"/health", "", nil, &health); code != 200 || health["status"] != "ok" {
+		t.Errorf("health: %d %v", code, health)
+	}
+	var e struct{ Error, Code string }
+	if code := srv.do(t, "GET", srv.URL+"/nope", "", nil, &e); code != 404 || e.Code != "not_found" {
+		t.Errorf("GET /nope: %d %+v", code, e)
+	}
+	key := srv.register(t, "home", "pat", nil)
+	if code := srv.do(t, "GET", srv.api("home")+"/nope", key, nil, &e); code != 404 || e.Error == "" {
+		t.Errorf("unknown API path: %d %+v", code, e)
+	}
+	if code := srv.do(t, "GET", srv.api("home")+"/requests", key, nil, nil); code != 200 {
+		t.Errorf("API list: %d", code)
+	}
+}
