@@ -119,6 +119,7 @@ func TestClaimAndCompleteWithPhotoAndLocation(t *testing.T) {
 		"needed_by": time.Now().Add(2 * time.Hour).UTC().Format(time.RFC3339),
 	})
 	p.run("request appears live", chromedp.WaitVisible(chromedp.CSS(`#inbox-list a[data-ref="`+ref+`"]`)))
+	p.waitToast("New request: Photograph the front door")
 	if !eval[bool](p, `window.notReloaded === true`) {
 		t.Fatal("the page reloaded")
 	}

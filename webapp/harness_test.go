@@ -395,7 +395,14 @@ func newPage(t *testing.T, srv *server, vp viewport) *page {
 	if vp.mobile {
 		opts = append(opts, chromedp.EmulateMobile, chromedp.EmulatePortrait)
 	}
-	if err := chromedp.Do(ctx, chromedp.EmulateViewport(vp.w, vp.h, opts...)); err != nil {
+	// A Content-Security-Policy violation is reported as an uncaught
+	// exception, so it fails the test like any other.
+	cspWatch := chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, cdppage.AddScriptToEvaluateOnNewDocument, cdppage.AddScriptToEvaluateOnNewDocumentParams{Source: `
+addEventListener('securitypolicyviolation', (e) => setTimeout(() => { throw new Error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI); }));`})
+		return err
+	})
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(vp.w, vp.h, opts...), cspWatch); err != nil {
 		t.Fatalf("open tab: %v", err)
 	}
 	var wg sync.WaitGroup

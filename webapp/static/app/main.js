@@ -52,6 +52,8 @@ setRerender(() => { currentKey = ''; route(); });
 addEventListener('hashchange', route);
 addEventListener('mess-auth', () => toast('The exchange no longer accepts this key. Sign in again.'));
 addEventListener('pointerdown', unlockAudio, {once: true});
+// Announce new requests through the polite live region, for screen readers too.
+addEventListener('mess-alert', (e) => { if (e.detail) toast(`New request: ${e.detail.intent}`); });
 on(() => {
   const x = document.getElementById('exchange');
   if (store.cred) x.textContent = `${store.cred.exchange} · ${store.me?.display_name || store.cred.id}`;

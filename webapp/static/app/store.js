@@ -205,7 +205,7 @@ function apply(ev) {
       const s = {ref, status: 'pending', intent: p.intent, requestor_id: p.requestor_id, executor_id: null,
         priority: p.priority || 'normal', created_at: e.ts, updated_at: e.ts, seq: e.seq, needed_by: p.needed_by};
       put(s);
-      if (p.requestor_id !== me && tab(s) === 'available') alertNew();
+      if (p.requestor_id !== me && tab(s) === 'available') alertNew(s);
       break;
     }
     case 'status_changed':
@@ -234,7 +234,7 @@ export function unlockAudio() {
 
 // alertNew tells the person a request they can take has arrived, as they
 // chose on this device.
-export function alertNew() {
+export function alertNew(t) {
   if (store.alert.vibrate && navigator.vibrate) navigator.vibrate([180, 90, 180]);
   if (store.alert.chime && audio) {
     const t = audio.currentTime;
@@ -249,7 +249,7 @@ export function alertNew() {
       o.stop(t + i * 0.16 + 0.32);
     }
   }
-  window.dispatchEvent(new CustomEvent('mess-alert'));
+  window.dispatchEvent(new CustomEvent('mess-alert', {detail: t}));
 }
 
 // start follows the exchange: profile, threads, then the live stream.

@@ -1,6 +1,6 @@
 // The inbox: tabs of requests available to me, mine, asked by me and done.
 import {agoEl, dueEl, h} from '../dom.js';
-import {compare} from '../status.js';
+import {compare, waitsOnMe} from '../status.js';
 import {on, store, tab} from '../store.js';
 import {prioBadge, statusBadge} from './common.js';
 
@@ -24,7 +24,8 @@ function item(t) {
   const key = `${store.cred.id}|${t.seq}|${t.status}|${t.executor_id}|${t.priority}`;
   const c = cache.get(t.ref);
   if (c && c.key === key) return c.el;
-  const by = t.executor_id && t.executor_id !== store.cred.id && t.requestor_id === store.cred.id ? ` · taken by ${t.executor_id}` : '';
+  const by = waitsOnMe(t, store.cred.id) ? ' · waiting for your answer'
+    : t.executor_id && t.executor_id !== store.cred.id && t.requestor_id === store.cred.id ? ` · taken by ${t.executor_id}` : '';
   const el = h('li', {class: 'item'}, h('a', {href: '#/t/' + encodeURIComponent(t.ref), dataset: {ref: t.ref, status: t.status}},
     h('span', {class: 'item-top'}, prioBadge(t.priority), statusBadge(t.status), t.needed_by ? dueEl(t.needed_by) : null),
     h('span', {class: 'intent'}, t.intent),
