@@ -17,6 +17,7 @@ import (
 	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/notify"
 	"github.com/meatspace-exchange/mess/storage"
+	"github.com/meatspace-exchange/mess/webapp"
 )
 
 // corsSkipper lets requests without an Origin header (agents, scripts: not
@@ -66,6 +67,7 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 		return nil, nil, err
 	}
 	e.Any("/api/v1/exchanges/:exchange_id/*", echo.WrapHandler(exchange))
+	e.Match([]string{http.MethodGet, http.MethodHead}, "/*", echo.WrapHandler(webapp.Handler())) // the web app for people; API routes are more specific
 
 	// The other services, in start order; they are closed in reverse.
 	var leases *lease.Manager
