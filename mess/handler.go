@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
@@ -22,6 +23,10 @@ type HandlerConfig struct {
 	// Logger receives errors clients only see as a generic 500. Zero means
 	// slog.Default().
 	Logger *slog.Logger
+	// StreamWriteTimeout is how long one write to an event stream may
+	// take: a client that takes no data for that long is dropped, so it
+	// cannot hold the stream's goroutine in Write. Zero means 30s.
+	StreamWriteTimeout time.Duration
 }
 
 // apiBase is where every route of MESS protocol v1 lives.
@@ -60,6 +65,12 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.StreamWriteTimeout < 0 {
+		return nil, errors.New("mess: HandlerConfig.StreamWriteTimeout must not be negative")
+	}
+	if cfg.StreamWriteTimeout == 0 {
+		cfg.StreamWriteTimeout = 30 * time.Second
 	}
 	h := &handler{svc: svc, cfg: cfg}
 	routes := []struct {

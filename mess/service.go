@@ -62,6 +62,7 @@ type Service struct {
 	mu        sync.RWMutex
 	exchanges map[string]*exchange
 	keys      map[[32]byte]keyRef
+	watches   map[[32]byte]map[*keyWatch]struct{} // under mu, like keys
 
 	listenMu  sync.RWMutex
 	listeners []func(Event)
@@ -101,6 +102,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		log:       cfg.Logger,
 		exchanges: map[string]*exchange{},
 		keys:      map[[32]byte]keyRef{},
+		watches:   map[[32]byte]map[*keyWatch]struct{}{},
 		stop:      make(chan struct{}),
 		openSet:   map[string]bool{},
 		allowed:   map[string]bool{},

@@ -14,17 +14,26 @@ func (s *Service) WaitForChange(ctx context.Context, exchangeID string, version 
 	if err != nil {
 		return 0, err
 	}
+	return s.waitVersion(ctx, ex, version, nil), nil
+}
+
+// waitVersion blocks until ex's version passes version, ctx ends, the
+// service closes or stop (which may be nil) is closed, and returns the
+// current version.
+func (s *Service) waitVersion(ctx context.Context, ex *exchange, version uint64, stop <-chan struct{}) uint64 {
 	for {
 		ex.mu.RLock()
 		v, ch := ex.version, ex.changed
 		ex.mu.RUnlock()
 		if v > version || s.closed.Load() {
-			return v, nil
+			return v
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return v, nil
+			return v
+		case <-stop:
+			return v
 		}
 	}
 }
@@ -46,6 +55,12 @@ func (s *Service) WaitThread(ctx context.Context, exchangeID, ref string, afterS
 	if err != nil {
 		return err
 	}
+	return s.waitThread(ctx, ex, ref, afterSeq, nil)
+}
+
+// waitThread is WaitThread that also ends when stop (which may be nil) is
+// closed.
+func (s *Service) waitThread(ctx context.Context, ex *exchange, ref string, afterSeq int64, stop <-chan struct{}) error {
 	for {
 		ex.mu.RLock()
 		t := ex.threads[ref]
@@ -65,6 +80,8 @@ func (s *Service) WaitThread(ctx context.Context, exchangeID, ref string, afterS
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			return nil
+		case <-stop:
 			return nil
 		}
 	}
