@@ -57,6 +57,14 @@ type config struct {
 	shutdownTimeout   time.Duration
 	logLevel          slog.Level
 	pprofAddr         string
+
+	// Per-connection and per-request limits (see guard and capListener).
+	readHeaderTimeout time.Duration
+	bodyTimeout       time.Duration
+	writeTimeout      time.Duration
+	idleTimeout       time.Duration
+	maxConnsPerIP     int // < 0: no cap
+	trustProxy        bool
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -69,6 +77,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	vars := envReader{getenv: getenv}
 	openDefault := vars.boolean("MESS_OPEN_REGISTRATION", false)
 	maxBodyDefault := vars.integer("MAX_BODY_BYTES", 10<<20, false)
+	limits := config{
+		readHeaderTimeout: vars.duration("MESS_READ_HEADER_TIMEOUT", 10*time.Second, false),
+		bodyTimeout:       vars.duration("MESS_BODY_TIMEOUT", time.Minute, false),
+		writeTimeout:      vars.duration("MESS_WRITE_TIMEOUT", 30*time.Second, false),
+		idleTimeout:       vars.duration("MESS_IDLE_TIMEOUT", time.Minute, false),
+		maxConnsPerIP:     int(vars.integer("MESS_MAX_CONNS_PER_IP", 256, negativeDisables)),
+		trustProxy:        vars.boolean("MESS_TRUST_PROXY_HEADERS", false),
+	}
 	if vars.err != nil {
 		return config{}, vars.err
 	}
@@ -104,6 +120,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		maxBody:           *maxBody,
 		shutdownTimeout:   *shutdown,
 		pprofAddr:         *pprofAddr,
+		readHeaderTimeout: limits.readHeaderTimeout,
+		bodyTimeout:       limits.bodyTimeout,
+		writeTimeout:      limits.writeTimeout,
+		idleTimeout:       limits.idleTimeout,
+		maxConnsPerIP:     limits.maxConnsPerIP,
+		trustProxy:        limits.trustProxy,
 	}
 	if c.addr == "" {
 		p, err := strconv.Atoi(*port)
@@ -209,9 +231,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		svc.Close(context.Background())
 		return err
 	}
+	if c.maxConnsPerIP > 0 {
+		ln = newCapListener(ln, c.maxConnsPerIP)
+	}
+	// No ReadTimeout or WriteTimeout: they would end long-polls and event
+	// streams. guard puts deadlines on bodies and on each write instead.
 	srv := &http.Server{
-		Handler:           e,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           guard(e, c.maxBody, c.bodyTimeout, c.writeTimeout),
+		ReadHeaderTimeout: c.readHeaderTimeout,
+		IdleTimeout:       c.idleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 	}
 	logger.Info("messd listening", "addr", ln.Addr().String(), "storage", c.storageType, "path", c.storagePath)

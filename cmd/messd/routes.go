@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
@@ -49,16 +48,15 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		Skipper:       corsSkipper(c.corsOrigins),
 		AllowOrigins:  c.corsOrigins,
-		AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete, http.MethodOptions},
+		AllowMethods:  []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions},
 		AllowHeaders:  []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "If-Match"},
 		ExposeHeaders: []string{"Idempotent-Replayed", "ETag"},
 	}))
-	e.Use(middleware.BodyLimit(strconv.FormatInt(c.maxBody, 10)))
 
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/health", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, health)
 	})
-	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{MaxBodyBytes: c.maxBody, Capabilities: caps, Logger: logger})
+	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{MaxBodyBytes: c.maxBody, Capabilities: caps, Logger: logger, StreamWriteTimeout: c.writeTimeout})
 	if err != nil {
 		return nil, nil, err
 	}
