@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,18 @@ type HandlerConfig struct {
 	// Logger receives errors clients only see as a generic 500. Zero means
 	// slog.Default().
 	Logger *slog.Logger
+	// RegisterRate is how many registrations per minute one client address
+	// (httpx.ClientAddr) may make without an invite or the registration
+	// token, once its RegisterBurst is spent. Zero means 30; negative
+	// means no limit.
+	RegisterRate float64
+	// RegisterBurst is how many such registrations an address may make at
+	// once. Zero means 30.
+	RegisterBurst int
+	// TrustProxyHeaders counts registrations under the last address of
+	// X-Forwarded-For instead of the connection's: set it only behind a
+	// proxy that sets the header, or clients can pick their address.
+	TrustProxyHeaders bool
 	// StreamWriteTimeout is how long one write to an event stream may
 	// take: a client that takes no data for that long is dropped, so it
 	// cannot hold the stream's goroutine in Write. Zero means 30s.
@@ -33,8 +46,9 @@ type HandlerConfig struct {
 const apiBase = "/api/v1/exchanges/{exchange_id}"
 
 type handler struct {
-	svc *Service
-	cfg HandlerConfig
+	svc        *Service
+	cfg        HandlerConfig
+	registered *addrLimiter // nil: registrations are not limited
 }
 
 // NewHandler serves the HTTP API of MESS protocol v1 for svc under
@@ -47,8 +61,14 @@ type handler struct {
 // *Error (the claimant's executor_id on a 409, say), with the codes of the
 // module's one vocabulary: invalid_input and malformed_json (400),
 // unauthorized (401), forbidden (403), not_found (404),
-// method_not_allowed (405), conflict (409), too_large (413), internal
+// method_not_allowed (405), conflict (409), too_large (413),
+// unprocessable (422), rate_limited (429, with Retry-After), internal
 // (500) and unavailable (503).
+//
+// Registrations that present neither a valid invite nor the registration
+// token (those that create an exchange, or join an open one) are limited
+// per client address by a token bucket (HandlerConfig.RegisterRate and
+// RegisterBurst).
 //
 // Requests that wait (long-polls, the event stream) end when the request's
 // context does, so a server that cancels its base context at shutdown ends
@@ -72,7 +92,19 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 	if cfg.StreamWriteTimeout == 0 {
 		cfg.StreamWriteTimeout = 30 * time.Second
 	}
+	if cfg.RegisterBurst < 0 {
+		return nil, errors.New("mess: HandlerConfig.RegisterBurst must not be negative")
+	}
+	if cfg.RegisterRate == 0 {
+		cfg.RegisterRate = 30
+	}
+	if cfg.RegisterBurst == 0 {
+		cfg.RegisterBurst = 30
+	}
 	h := &handler{svc: svc, cfg: cfg}
+	if cfg.RegisterRate > 0 {
+		h.registered = newAddrLimiter(cfg.RegisterRate/60, cfg.RegisterBurst)
+	}
 	routes := []struct {
 		method, path string
 		fn           func(w http.ResponseWriter, r *http.Request, actor string) error
@@ -139,6 +171,9 @@ func (h *handler) finish(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if me, ok := errors.AsType[*Error](err); ok {
 		status := statusOf(me.Kind)
+		if secs, ok := me.Details["retry_after"].(int); ok {
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+		}
 		httpx.WriteErrorDetails(w, status, httpx.Code(status), me.Message, me.Details)
 		return
 	}
@@ -168,6 +203,12 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrConflict):
 		return http.StatusConflict
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrUnprocessable):
+		return http.StatusUnprocessableEntity
+	case errors.Is(err, ErrRateLimited):
+		return http.StatusTooManyRequests
 	case errors.Is(err, ErrClosed),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable

@@ -7,12 +7,21 @@ import (
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
+// register adds an executor. Registrations without a valid invite or the
+// registration token are limited per client address.
 func (h *handler) register(w http.ResponseWriter, r *http.Request) error {
 	var reg Registration
 	if err := h.decode(w, r, &reg); err != nil {
 		return err
 	}
-	res, err := h.svc.Register(r.Context(), r.PathValue("exchange_id"), reg)
+	exID := r.PathValue("exchange_id")
+	if h.registered != nil && !h.svc.credentialed(exID, reg) {
+		if ok, wait := h.registered.allow(httpx.ClientAddr(r, h.cfg.TrustProxyHeaders), time.Now()); !ok {
+			return errorf(ErrRateLimited, "too many registrations from your address; try again in %d s", retryAfter(wait)).
+				with("retry_after", retryAfter(wait))
+		}
+	}
+	res, err := h.svc.Register(r.Context(), exID, reg)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ func (s *Service) load(ctx context.Context) error {
 		}
 		ex := s.exchange(m.ID, true)
 		ex.meta, ex.metaVersion = &m, obj.Version
+		s.nExchanges.Add(1)
 		return nil
 	}); err != nil {
 		return err

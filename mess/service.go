@@ -36,6 +36,10 @@ type Config struct {
 	RegistrationToken string
 	// AllowedExchanges, when non-empty, is the only exchanges that may exist.
 	AllowedExchanges []string
+	// MaxExchanges caps how many exchanges the server holds; registering
+	// a new one past it is ErrRateLimited. Zero means 10,000; negative
+	// means no cap.
+	MaxExchanges int
 
 	// IdempotencyTTL is how long an Idempotency-Key is remembered. Zero means 24h.
 	IdempotencyTTL time.Duration
@@ -67,6 +71,8 @@ type Service struct {
 	listenMu  sync.RWMutex
 	listeners []func(Event)
 
+	nExchanges atomic.Int64 // exchanges with a record, for MaxExchanges
+
 	closed  atomic.Bool
 	stop    chan struct{}
 	bg      sync.WaitGroup
@@ -95,6 +101,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.ExpiryInterval <= 0 {
 		cfg.ExpiryInterval = time.Second
+	}
+	if cfg.MaxExchanges == 0 {
+		cfg.MaxExchanges = 10000
 	}
 	s := &Service{
 		cfg:       cfg,

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -124,46 +123,15 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// clientKey is the address connections and registrations are counted
-// under: the IPv4 address, or the /64 an IPv6 address is in (one host
-// usually has a whole /64).
-func clientKey(a netip.Addr) netip.Prefix {
-	a = a.Unmap()
-	bits := 32
-	if a.Is6() {
-		bits = 64
-	}
-	p, _ := a.Prefix(bits)
-	return p
-}
-
-// remoteKey is clientKey of a "host:port" remote address; an address that
-// does not parse counts as one client of its own.
+// remoteKey is the client address of a "host:port" remote address
+// (httpx.AddrKey); an address that does not parse counts as one client of
+// its own.
 func remoteKey(remote string) netip.Prefix {
 	ap, err := netip.ParseAddrPort(remote)
 	if err != nil {
 		return netip.Prefix{}
 	}
-	return clientKey(ap.Addr())
-}
-
-// clientAddr returns the address a request is counted under: the
-// connection's remote address, or with trustProxy the last address of
-// X-Forwarded-For (the one the proxy in front of messd added), so that
-// behind a proxy clients are told apart.
-func clientAddr(r *http.Request, trustProxy bool) netip.Prefix {
-	if trustProxy {
-		if vs := r.Header.Values("X-Forwarded-For"); len(vs) > 0 {
-			last := vs[len(vs)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			if a, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
-				return clientKey(a)
-			}
-		}
-	}
-	return remoteKey(r.RemoteAddr)
+	return httpx.AddrKey(ap.Addr())
 }
 
 // tooManyConns is the whole answer to a connection over the per-address

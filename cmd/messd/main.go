@@ -65,6 +65,9 @@ type config struct {
 	idleTimeout       time.Duration
 	maxConnsPerIP     int // < 0: no cap
 	trustProxy        bool
+	registerRate      int // per minute; < 0: no limit
+	registerBurst     int
+	maxExchanges      int // < 0: no cap
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -84,6 +87,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		idleTimeout:       vars.duration("MESS_IDLE_TIMEOUT", time.Minute, false),
 		maxConnsPerIP:     int(vars.integer("MESS_MAX_CONNS_PER_IP", 256, negativeDisables)),
 		trustProxy:        vars.boolean("MESS_TRUST_PROXY_HEADERS", false),
+		registerRate:      int(vars.integer("MESS_REGISTER_RATE", 30, negativeDisables)),
+		registerBurst:     int(vars.integer("MESS_REGISTER_BURST", 30, false)),
+		maxExchanges:      int(vars.integer("MESS_MAX_EXCHANGES", 10000, negativeDisables)),
 	}
 	if vars.err != nil {
 		return config{}, vars.err
@@ -126,6 +132,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		idleTimeout:       limits.idleTimeout,
 		maxConnsPerIP:     limits.maxConnsPerIP,
 		trustProxy:        limits.trustProxy,
+		registerRate:      limits.registerRate,
+		registerBurst:     limits.registerBurst,
+		maxExchanges:      limits.maxExchanges,
 	}
 	if c.addr == "" {
 		p, err := strconv.Atoi(*port)
@@ -211,6 +220,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		OpenExchanges:     c.openExchanges,
 		AllowedExchanges:  c.allowedExchanges,
 		RegistrationToken: c.registrationToken,
+		MaxExchanges:      c.maxExchanges,
 	})
 	if err != nil {
 		return err

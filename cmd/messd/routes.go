@@ -56,7 +56,15 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/health", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, health)
 	})
-	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{MaxBodyBytes: c.maxBody, Capabilities: caps, Logger: logger, StreamWriteTimeout: c.writeTimeout})
+	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{
+		MaxBodyBytes:       c.maxBody,
+		Capabilities:       caps,
+		Logger:             logger,
+		StreamWriteTimeout: c.writeTimeout,
+		RegisterRate:       float64(c.registerRate),
+		RegisterBurst:      c.registerBurst,
+		TrustProxyHeaders:  c.trustProxy,
+	})
 	if err != nil {
 		return nil, nil, err
 	}

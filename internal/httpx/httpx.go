@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"strconv"
 	"strings"
@@ -93,6 +94,42 @@ func Bearer(r *http.Request) (string, bool) {
 	}
 	key := strings.TrimSpace(auth[7:])
 	return key, key != ""
+}
+
+// ClientAddr returns the client address a request is counted under for
+// rate limits: the IPv4 address, or the /64 an IPv6 address is in (one
+// host usually holds a whole /64). It is the connection's remote address,
+// or with trustProxy the last address in X-Forwarded-For, the one the proxy
+// in front of the server added. An address that does not parse is the
+// zero Prefix.
+func ClientAddr(r *http.Request, trustProxy bool) netip.Prefix {
+	if trustProxy {
+		if vs := r.Header.Values("X-Forwarded-For"); len(vs) > 0 {
+			last := vs[len(vs)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
+			}
+			if a, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
+				return AddrKey(a)
+			}
+		}
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return AddrKey(ap.Addr())
+	}
+	return netip.Prefix{}
+}
+
+// AddrKey is ClientAddr's key for an address: the IPv4 address, or its
+// IPv6 /64.
+func AddrKey(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	bits := 32
+	if a.Is6() {
+		bits = 64
+	}
+	p, _ := a.Prefix(bits)
+	return p
 }
 
 // bufs holds request and response buffers: most bodies are a few hundred
