@@ -81,7 +81,7 @@ func (s *Service) load(ctx context.Context) error {
 				d := &r.lines[i]
 				ex := s.exchange(d.ev.ExchangeID, true)
 				s.applyLocked(ex, &d.ev, d.p)
-				ex.pushEventLocked(d.ev, s.cfg.EventBuffer)
+				ex.pushEventLocked(d.ev, s.cfg.EventBuffer, s.cfg.EventBufferBytes)
 				ex.version++
 			}
 			return nil

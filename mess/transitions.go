@@ -27,7 +27,9 @@ type UpdateResult struct {
 }
 
 // Update applies a status change and/or message by actorID, enforcing the
-// transition table (see the package documentation).
+// transition table (see the package documentation). A message's
+// attachments are stored apart, as CreateRequest's are, within the same
+// limits.
 func (s *Service) Update(ctx context.Context, exchangeID, actorID, ref string, u Update) (UpdateResult, error) {
 	ex, err := s.loadExchangeForRead(exchangeID)
 	if err != nil {
@@ -103,7 +105,23 @@ func (s *Service) transition(ctx context.Context, ex *exchange, actorID, ref str
 			return result(), errorf(ErrConflict, "thread is %s; only its requestor and executor may add messages", cur).with("status", cur)
 		}
 		seq++
-		p := &messagePayload{Mess: u.Mess}
+		x := &extractor{message: len(t.Messages) + 1, seq: seq}
+		mess, refs, err := x.take("", u.Mess)
+		if err != nil {
+			return result(), err
+		}
+		if err := s.checkInline("a message", len(mess)); err != nil {
+			return result(), err
+		}
+		release, err := s.reserveAttachments(ex, actorID, x.size())
+		if err != nil {
+			return result(), err
+		}
+		defer release()
+		if err := s.storeAttachments(ctx, ex.id, ref, x); err != nil {
+			return result(), err
+		}
+		p := &messagePayload{Mess: mess, Attachments: refs}
 		ev, err := s.newEvent(ex, ref, EventMessageAdded, actorID, seq, now, p)
 		if err != nil {
 			return result(), err

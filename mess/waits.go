@@ -5,6 +5,7 @@ package mess
 
 import (
 	"context"
+	"slices"
 )
 
 // WaitForChange blocks until the exchange's version passes version (see
@@ -98,18 +99,20 @@ func (s *Service) EventsAfter(exchangeID, lastEventID string) (evs []Event, vers
 	}
 	ex.mu.RLock()
 	defer ex.mu.RUnlock()
-	n := len(ex.ring)
-	at := func(i int) Event { return ex.ring[(ex.ringStart+i)%n] }
+	ring := ex.ring
+	n := len(ring)
 	start := -1
 	switch {
 	case lastEventID == "":
 		start = 0
-	case n == 0 || lastEventID >= at(n-1).EventID:
-		// Nothing newer yet (ids are ULIDs from one monotonic source).
-		start = n
+	case n > 0 && lastEventID == ring[n-1].EventID:
+		start = n // nothing newer yet
+	case n > 0 && lastEventID > ring[n-1].EventID:
+		// Newer than anything written (ids are ULIDs from one monotonic
+		// source): not an id of this exchange; the client must resync.
 	default:
 		for i := n - 1; i >= 0; i-- {
-			if at(i).EventID == lastEventID {
+			if ring[i].EventID == lastEventID {
 				start = i + 1
 				break
 			}
@@ -118,8 +121,5 @@ func (s *Service) EventsAfter(exchangeID, lastEventID string) (evs []Event, vers
 	if start < 0 {
 		return nil, ex.version, false, nil
 	}
-	for i := start; i < n; i++ {
-		evs = append(evs, at(i))
-	}
-	return evs, ex.version, true, nil
+	return slices.Clone(ring[start:]), ex.version, true, nil
 }

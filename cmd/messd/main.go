@@ -68,6 +68,10 @@ type config struct {
 	registerRate      int // per minute; < 0: no limit
 	registerBurst     int
 	maxExchanges      int // < 0: no cap
+	maxMessage        int
+	maxAttachments    int64 // per member; < 0: no limit
+	eventBuffer       int
+	eventBufferBytes  int
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -90,6 +94,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		registerRate:      int(vars.integer("MESS_REGISTER_RATE", 30, negativeDisables)),
 		registerBurst:     int(vars.integer("MESS_REGISTER_BURST", 30, false)),
 		maxExchanges:      int(vars.integer("MESS_MAX_EXCHANGES", 10000, negativeDisables)),
+		maxMessage:        int(vars.integer("MESS_MAX_MESSAGE_BYTES", 256<<10, false)),
+		maxAttachments:    vars.integer("MESS_MAX_ATTACHMENT_BYTES", 256<<20, negativeDisables),
+		eventBuffer:       int(vars.integer("MESS_EVENT_BUFFER", 10000, false)),
+		eventBufferBytes:  int(vars.integer("MESS_EVENT_BUFFER_BYTES", 8<<20, false)),
 	}
 	if vars.err != nil {
 		return config{}, vars.err
@@ -135,6 +143,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		registerRate:      limits.registerRate,
 		registerBurst:     limits.registerBurst,
 		maxExchanges:      limits.maxExchanges,
+		maxMessage:        limits.maxMessage,
+		maxAttachments:    limits.maxAttachments,
+		eventBuffer:       limits.eventBuffer,
+		eventBufferBytes:  limits.eventBufferBytes,
 	}
 	if c.addr == "" {
 		p, err := strconv.Atoi(*port)
@@ -213,14 +225,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	start := time.Now()
 	svc, err := mess.New(ctx, mess.Config{
-		ValidateProfile:   validate,
-		Store:             store,
-		Logger:            logger,
-		OpenRegistration:  c.openRegistration,
-		OpenExchanges:     c.openExchanges,
-		AllowedExchanges:  c.allowedExchanges,
-		RegistrationToken: c.registrationToken,
-		MaxExchanges:      c.maxExchanges,
+		ValidateProfile:    validate,
+		Store:              store,
+		Logger:             logger,
+		OpenRegistration:   c.openRegistration,
+		OpenExchanges:      c.openExchanges,
+		AllowedExchanges:   c.allowedExchanges,
+		RegistrationToken:  c.registrationToken,
+		MaxExchanges:       c.maxExchanges,
+		MaxMessageBytes:    c.maxMessage,
+		MaxAttachmentBytes: c.maxAttachments,
+		EventBuffer:        c.eventBuffer,
+		EventBufferBytes:   c.eventBufferBytes,
 	})
 	if err != nil {
 		return err
