@@ -314,11 +314,11 @@ func (ex *exchange) touchLocked(t *thread) {
 
 // thread is a thread's state plus what its writers need.
 type thread struct {
-	mu        sync.Mutex // held by a writer from validation to apply
-	ready     bool       // false while the creating write is in flight
-	useq      uint64
-	confirmed bool
-	files     map[string]attachmentRef // attachments by name and alias; the first wins
+	mu          sync.Mutex // held by a writer from validation to apply
+	ready       bool       // false while the creating write is in flight
+	useq        uint64
+	confirmedBy string                   // the executor the requestor confirmed to; "" for none
+	files       map[string]attachmentRef // attachments by name and alias; the first wins
 	Thread
 }
 
@@ -456,8 +456,13 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 	case *statusPayload:
 		t.Status = p.NewStatus
 		t.ExecutorID = p.ExecutorID
-		if p.Confirmed {
-			t.confirmed = true
+		// A confirmation belongs to the executor it was given to: it goes
+		// when the claim is released or passes to someone else.
+		switch {
+		case p.Confirmed && p.ExecutorID != nil:
+			t.confirmedBy = *p.ExecutorID
+		case p.ExecutorID == nil || *p.ExecutorID != t.confirmedBy:
+			t.confirmedBy = ""
 		}
 		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "status", OldStatus: p.OldStatus, NewStatus: p.NewStatus, Message: p.Message})
 	case *externalIDPayload:

@@ -84,7 +84,7 @@ func (s *Service) transition(ctx context.Context, ex *exchange, actorID, ref str
 		return result(), errorf(ErrConflict, "thread is claimed by %s", *t.ExecutorID).with("status", cur).with("executor_id", *t.ExecutorID)
 	}
 	if to != "" && to != cur {
-		exec, confirmed, err := decide(&t.Thread, t.confirmed, actorID, to)
+		exec, confirmed, err := decide(&t.Thread, t.confirmedBy, actorID, to)
 		if err != nil {
 			return result(), err
 		}
@@ -144,10 +144,11 @@ var executorStatuses = map[Status]bool{
 	StatusCompleted: true, StatusFailed: true, StatusDeclined: true, StatusDelegated: true,
 }
 
-// decide applies the transition table. It returns the thread's executor
+// decide applies the transition table. confirmedBy is the executor the
+// requestor has confirmed to, if any. It returns the thread's executor
 // after the change and whether the change records the requestor's
 // confirmation.
-func decide(t *Thread, confirmed bool, actor string, to Status) (*string, bool, error) {
+func decide(t *Thread, confirmedBy string, actor string, to Status) (*string, bool, error) {
 	from := t.Status
 	isRequestor := actor == t.RequestorID
 	isClaimant := t.ExecutorID != nil && *t.ExecutorID == actor
@@ -189,7 +190,7 @@ func decide(t *Thread, confirmed bool, actor string, to Status) (*string, bool, 
 			if to == StatusDeclined || to == StatusDelegated {
 				return nil, false, errorf(ErrConflict, "claim the thread before setting %s", to).with("status", from)
 			}
-			if err := needConfirmation(t, confirmed, to); err != nil {
+			if err := needConfirmation(t, confirmedBy == actor, to); err != nil {
 				return nil, false, err
 			}
 			a := actor
@@ -201,7 +202,7 @@ func decide(t *Thread, confirmed bool, actor string, to Status) (*string, bool, 
 			}
 			return nil, false, claimedErr()
 		}
-		if err := needConfirmation(t, confirmed, to); err != nil {
+		if err := needConfirmation(t, confirmedBy == actor, to); err != nil {
 			return nil, false, err
 		}
 		return t.ExecutorID, false, nil
