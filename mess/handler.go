@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
@@ -126,7 +127,11 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 	mux := http.NewServeMux()
 	allowed := map[string][]string{apiBase + "/register": {"POST"}}
 	mux.HandleFunc("POST "+apiBase+"/register", func(w http.ResponseWriter, r *http.Request) {
-		h.finish(w, r, h.register(w, r))
+		err := checkText(r)
+		if err == nil {
+			err = h.register(w, r)
+		}
+		h.finish(w, r, err)
 	})
 	for _, rt := range routes {
 		path := apiBase + rt.path
@@ -156,6 +161,9 @@ func (h *handler) authenticated(fn func(w http.ResponseWriter, r *http.Request, 
 	return func(w http.ResponseWriter, r *http.Request) {
 		key, _ := httpx.Bearer(r)
 		actor, err := h.svc.Authenticate(r.Context(), r.PathValue("exchange_id"), key)
+		if err == nil {
+			err = checkText(r)
+		}
 		if err == nil {
 			err = fn(w, r, actor)
 		}
@@ -214,6 +222,30 @@ func statusOf(err error) int {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+// checkText refuses query parameters and the headers the exchange keeps or
+// echoes (Idempotency-Key, Last-Event-ID) that are not UTF-8. Bodies are
+// checked as they are read.
+func checkText(r *http.Request) error {
+	if r.URL.RawQuery != "" {
+		for k, vs := range r.URL.Query() {
+			if !utf8.ValidString(k) {
+				return badRequest("query parameter names must be UTF-8")
+			}
+			for _, v := range vs {
+				if !utf8.ValidString(v) {
+					return badRequest("query parameter " + k + " must be UTF-8")
+				}
+			}
+		}
+	}
+	for _, name := range []string{"Idempotency-Key", "Last-Event-ID"} {
+		if !utf8.ValidString(r.Header.Get(name)) {
+			return badRequest(name + " must be UTF-8")
+		}
+	}
+	return nil
 }
 
 // badRequest is a 400 for a query parameter or header the handler parses.

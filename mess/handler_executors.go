@@ -1,6 +1,7 @@
 package mess
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
@@ -100,6 +101,9 @@ func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, actor string
 	return nil
 }
 
+// maxInviteTTL is the longest expires_in an invite may ask for.
+const maxInviteTTL = 365 * 24 * time.Hour
+
 func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor string) error {
 	var body struct {
 		MaxUses      int     `json:"max_uses"`
@@ -107,6 +111,9 @@ func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor str
 	}
 	if err := h.decode(w, r, &body); err != nil {
 		return err
+	}
+	if body.ExpiresInSec < 0 || body.ExpiresInSec > maxInviteTTL.Seconds() {
+		return badRequest(fmt.Sprintf("expires_in must be seconds between 1 and %.0f (a year)", maxInviteTTL.Seconds()))
 	}
 	inv, err := h.svc.CreateInvite(r.Context(), r.PathValue("exchange_id"), actor, InviteOptions{
 		MaxUses: body.MaxUses,

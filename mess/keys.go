@@ -180,6 +180,9 @@ func (s *Service) Authenticate(ctx context.Context, exchangeID, apiKey string) (
 	return ref.executor, nil
 }
 
+// maxKeys is how many keys one executor may hold.
+const maxKeys = 20
+
 // NewKey is a freshly issued key; Key is shown once.
 type NewKey struct {
 	ID      string   `json:"id"`
@@ -188,7 +191,8 @@ type NewKey struct {
 }
 
 // CreateKey issues another key for the caller. With revokeOthers set
-// (rotation) every other key of the caller stops working.
+// (rotation) every other key of the caller stops working. An executor holds
+// at most 20 keys; past that CreateKey is ErrConflict and revokes nothing.
 func (s *Service) CreateKey(ctx context.Context, exchangeID, actorID, executorID string, revokeOthers bool) (NewKey, error) {
 	if actorID != executorID {
 		return NewKey{}, errorf(ErrForbidden, "Can only manage your own keys")
@@ -196,7 +200,7 @@ func (s *Service) CreateKey(ctx context.Context, exchangeID, actorID, executorID
 	key := newAPIKey(exchangeID)
 	h := hashKey(key)
 	nk := NewKey{ID: "k_" + randomHex(6), Key: key}
-	err := s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) {
+	err := s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) error {
 		if revokeOthers {
 			for _, k := range e.APIKeys {
 				nk.Revoked = append(nk.Revoked, k.ID)
@@ -204,10 +208,13 @@ func (s *Service) CreateKey(ctx context.Context, exchangeID, actorID, executorID
 			e.APIKeys = nil
 			e.APIKeyHash = ""
 		}
-		if len(e.APIKeys) >= 20 {
-			e.APIKeys = e.APIKeys[1:]
+		if len(e.APIKeys) >= maxKeys {
+			// Dropping the oldest could revoke the very key making the call.
+			return errorf(ErrConflict, "an executor may hold at most %d keys; revoke one first, or rotate with revoke_others", maxKeys).
+				with("limit", maxKeys)
 		}
 		e.APIKeys = append(e.APIKeys, APIKey{ID: nk.ID, Hash: hex.EncodeToString(h[:]), CreatedAt: s.now()})
+		return nil
 	}, false)
 	if err != nil {
 		return NewKey{}, err
@@ -221,23 +228,18 @@ func (s *Service) RevokeKey(ctx context.Context, exchangeID, actorID, executorID
 	if actorID != executorID {
 		return errorf(ErrForbidden, "Can only manage your own keys")
 	}
-	var outErr error
-	err := s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) {
+	return s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) error {
 		i := slices.IndexFunc(e.APIKeys, func(k APIKey) bool { return k.ID == keyID })
 		switch {
 		case i < 0:
-			outErr = errorf(ErrNotFound, "key not found")
+			return errorf(ErrNotFound, "key not found")
 		case len(e.APIKeys) == 1:
-			outErr = errorf(ErrConflict, "cannot revoke the only key; create another first")
-		default:
-			if h, err := hex.DecodeString(e.APIKeys[i].Hash); err == nil && base64.StdEncoding.EncodeToString(h) == e.APIKeyHash {
-				e.APIKeyHash = ""
-			}
-			e.APIKeys = slices.Delete(e.APIKeys, i, i+1)
+			return errorf(ErrConflict, "cannot revoke the only key; create another first")
 		}
+		if h, err := hex.DecodeString(e.APIKeys[i].Hash); err == nil && base64.StdEncoding.EncodeToString(h) == e.APIKeyHash {
+			e.APIKeyHash = ""
+		}
+		e.APIKeys = slices.Delete(e.APIKeys, i, i+1)
+		return nil
 	}, false)
-	if outErr != nil {
-		return outErr
-	}
-	return err
 }

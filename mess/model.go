@@ -2,6 +2,7 @@ package mess
 
 import (
 	"encoding/json"
+	"errors"
 	"regexp"
 	"strings"
 	"time"
@@ -165,6 +166,10 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 		ResponseHints json.RawMessage `json:"response_hints"`
 	}
 	if err := json.Unmarshal(b, &aux); err != nil {
+		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+			// The field path starts with the alias type's name.
+			te.Field = strings.TrimPrefix(te.Field, "plain.")
+		}
 		return err
 	}
 	*r = Request(aux.plain)

@@ -277,7 +277,7 @@ func (s *Service) updateMeta(ctx context.Context, ex *exchange, change func(*exc
 type InviteOptions struct {
 	// MaxUses is how many registrations it admits. Zero means 1.
 	MaxUses int `json:"max_uses"`
-	// TTL is how long it is valid. Zero means 7 days.
+	// TTL is how long it is valid, at most a year. Zero means 7 days.
 	TTL time.Duration `json:"-"`
 }
 
@@ -301,7 +301,10 @@ func (s *Service) CreateInvite(ctx context.Context, exchangeID, actorID string, 
 	if opts.MaxUses == 0 {
 		opts.MaxUses = 1
 	}
-	if opts.TTL <= 0 {
+	if opts.TTL < 0 || opts.TTL > maxInviteTTL {
+		return Invite{}, errorf(ErrInvalid, "an invite lasts at most a year")
+	}
+	if opts.TTL == 0 {
 		opts.TTL = 7 * 24 * time.Hour
 	}
 	ex.execMu.Lock()

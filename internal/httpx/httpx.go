@@ -203,13 +203,19 @@ func Unmarshal(data []byte, v any) error {
 		return &Error{http.StatusBadRequest, CodeMalformedJSON, fmt.Sprintf("malformed JSON at byte %d", se.Offset)}
 	}
 	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-		field := te.Field
-		if field == "" {
-			field = "the body"
-		}
-		return &Error{http.StatusBadRequest, CodeMalformedJSON, fmt.Sprintf("%s must be %s, not %s", field, jsonType(te.Type), te.Value)}
+		return &Error{http.StatusBadRequest, CodeMalformedJSON, TypeErrorMessage(te)}
 	}
 	return &Error{http.StatusBadRequest, CodeMalformedJSON, "malformed JSON"}
+}
+
+// TypeErrorMessage says what a JSON value of the wrong type should have
+// been, in JSON's terms: "priority must be a string, not number".
+func TypeErrorMessage(te *json.UnmarshalTypeError) string {
+	field := strings.TrimPrefix(te.Field, ".")
+	if field == "" {
+		field = "the body"
+	}
+	return fmt.Sprintf("%s must be %s, not %s", field, jsonType(te.Type), te.Value)
 }
 
 // jsonType names the JSON type a Go type is decoded from.
