@@ -84,6 +84,22 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	vars := envReader{getenv: getenv}
 	openDefault := vars.boolean("MESS_OPEN_REGISTRATION", false)
 	maxBodyDefault := vars.integer("MAX_BODY_BYTES", 10<<20, false)
+	// What one client or member can make the server hold (README:
+	// Security model). Environment only:
+	//
+	//	MESS_READ_HEADER_TIMEOUT   time to send request headers (default 10s)
+	//	MESS_BODY_TIMEOUT          time to send a request body (default 60s)
+	//	MESS_WRITE_TIMEOUT         time for one write to a client, streams too (default 30s)
+	//	MESS_IDLE_TIMEOUT          an idle keep-alive connection is closed (default 60s)
+	//	MESS_MAX_CONNS_PER_IP      open connections per client address (default 256; negative: none)
+	//	MESS_TRUST_PROXY_HEADERS   registrations count under X-Forwarded-For's last address (default false)
+	//	MESS_REGISTER_RATE         anonymous registrations a minute per address (default 30; negative: none)
+	//	MESS_REGISTER_BURST        ... of which at once (default 30)
+	//	MESS_MAX_EXCHANGES         exchanges on the server (default 10000; negative: none)
+	//	MESS_MAX_MESSAGE_BYTES     a request, message or profile besides attachments (default 256 KiB)
+	//	MESS_MAX_ATTACHMENT_BYTES  attachment data per member of an exchange (default 256 MiB; negative: none)
+	//	MESS_EVENT_BUFFER          events kept per exchange for resuming streams (default 10000)
+	//	MESS_EVENT_BUFFER_BYTES    the same, by size (default 8 MiB)
 	limits := config{
 		readHeaderTimeout: vars.duration("MESS_READ_HEADER_TIMEOUT", 10*time.Second, false),
 		bodyTimeout:       vars.duration("MESS_BODY_TIMEOUT", time.Minute, false),
