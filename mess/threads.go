@@ -130,8 +130,9 @@ func (s *Service) create(ctx context.Context, ex *exchange, requestorID string, 
 		}
 		firstRefs = append(firstRefs, r)
 	}
-	inline, _ := json.Marshal(req)
-	if err := s.checkInline("a request", len(inline)); err != nil {
+	inline := len(req.Intent) + len(req.ID) + len(req.Context) + len(req.ResponseHint) + len(req.Requires) +
+		len(req.Constraints) + len(req.Precision) + len(req.Compensation)
+	if err := s.checkInline("a request", inline); err != nil {
 		return CreateResult{}, err
 	}
 	release, err := s.reserveAttachments(ex, requestorID, x.size())
