@@ -65,7 +65,9 @@
 // must tell them apart: stale_token (the token is not the current
 // grant's: the lease passed on) and not_held (the caller holds no live
 // lease on the name). Client maps every answer back onto the sentinel
-// errors.
+// errors. A blocking acquire (waitMs) whose API key is revoked while it
+// waits ends at once with 401 "API key revoked", when the Authenticator
+// can watch keys (HandlerConfig.Auth).
 //
 // # Concurrency
 //

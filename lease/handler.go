@@ -19,9 +19,23 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, exchangeID, token string) (agentID string, err error)
 }
 
+// keyWatcher is what an Authenticator may also offer: a channel closed
+// when a key stops admitting its holder (revoked or rotated away), and a
+// function that releases the watch. A blocking acquire made with a key
+// that is revoked while it waits ends with 401 at once.
+type keyWatcher interface {
+	WatchKey(exchangeID, key string) (revoked <-chan struct{}, stop func())
+}
+
+// errRevoked is the cause of a wait ended by its key's revocation.
+var errRevoked = fmt.Errorf("%w: API key revoked", ErrUnauthorized)
+
 // HandlerConfig configures NewHandler.
 type HandlerConfig struct {
-	// Auth authenticates every request. Required.
+	// Auth authenticates every request. Required. If it also has the
+	// method WatchKey(exchangeID, key string) (<-chan struct{}, func()),
+	// as mess.ExecutorAuth does, a blocking acquire ends with 401 as soon
+	// as the key it was made with is revoked.
 	Auth Authenticator
 	// MaxBodyBytes caps request bodies. Zero means 64 KiB.
 	MaxBodyBytes int64
@@ -179,6 +193,8 @@ func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	switch {
+	case errors.Is(err, errRevoked):
+		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "API key revoked")
 	case errors.Is(err, ErrUnauthorized):
 		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key")
 	case errors.Is(err, ErrForbidden):
@@ -229,7 +245,26 @@ func (h *handler) acquire(w http.ResponseWriter, r *http.Request, x, agent strin
 	if req.AgentID != "" && req.AgentID != agent {
 		return ErrForbidden
 	}
-	g, err := h.m.AcquireWait(r.Context(), x, agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
+	ctx := r.Context()
+	if kw, ok := h.cfg.Auth.(keyWatcher); ok && req.WaitMs > 0 {
+		key, _ := httpx.Bearer(r)
+		revoked, stop := kw.WatchKey(x, key)
+		defer stop()
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-revoked:
+				cancel(errRevoked)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	g, err := h.m.AcquireWait(ctx, x, agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, errRevoked) {
+		return cause
+	}
 	if he, ok := errors.AsType[*HeldError](err); ok {
 		now := h.m.cfg.Now()
 		httpx.WriteJSON(w, http.StatusOK, acquireResponse{Acquired: false, File: he.Name, AgentID: he.Holder,

@@ -83,6 +83,12 @@ func classify(err error) *ToolError {
 		return e(http.StatusConflict, "not_held", trim(err))
 	case errors.Is(err, lease.ErrHeld), errors.Is(err, mess.ErrConflict), errors.Is(err, mailbus.ErrConflict):
 		return e(http.StatusConflict, httpx.CodeConflict, trim(err))
+	case errors.Is(err, mess.ErrTooLarge):
+		return e(http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, trim(err))
+	case errors.Is(err, mess.ErrRateLimited):
+		return e(http.StatusTooManyRequests, httpx.CodeRateLimited, trim(err))
+	case errors.Is(err, mess.ErrUnprocessable):
+		return e(http.StatusUnprocessableEntity, httpx.CodeUnprocessable, trim(err))
 	case errors.Is(err, mess.ErrClosed), errors.Is(err, mailbus.ErrClosed), errors.Is(err, lease.ErrClosed):
 		return e(http.StatusServiceUnavailable, httpx.CodeUnavailable, "the service is shutting down")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -107,17 +107,21 @@ func TestTools_exchange(t *testing.T) {
 	bob := connect(t, e.URL, e.register(t, "ex1", "bob"), nil)
 	carol := connect(t, e.URL, e.register(t, "ex1", "carol"), nil)
 
-	created := call[map[string]any](t, alice, "create_request", map[string]any{
+	create := map[string]any{
 		"intent": "Is the back door locked?", "id": "door-1", "response_hint": []string{"confirmation"},
 		"requires": []string{"home:access"}, "precision": "exact", "compensation": map[string]any{"shells": 2},
-		"confirm_before": true, "idempotency_key": "k1"})
+		"confirm_before": true, "idempotency_key": "k1"}
+	created := call[map[string]any](t, alice, "create_request", create)
 	ref := created["ref"].(string)
 	if created["status"] != "pending" || created["uri"] != "mess://ex1/requests/"+ref {
 		t.Fatalf("create: %v", created)
 	}
-	again := call[map[string]any](t, alice, "create_request", map[string]any{"intent": "Is the back door locked?", "idempotency_key": "k1"})
+	again := call[map[string]any](t, alice, "create_request", create)
 	if again["ref"] != ref || again["replayed"] != true {
 		t.Fatalf("idempotent retry: %v, want ref %s replayed", again, ref)
+	}
+	if e := callErr(t, alice, "create_request", map[string]any{"intent": "Something else", "idempotency_key": "k1"}); e.Code != "unprocessable" {
+		t.Fatalf("the key reused for another request: %+v, want unprocessable", e)
 	}
 	th := call[threadOut](t, bob, "get_request", map[string]any{"ref": ref}).Thread
 	if th.Request == nil || !th.Request.ConfirmBefore || th.Request.Precision != "exact" || string(th.Request.Requires) != `["home:access"]` {

@@ -46,3 +46,12 @@ func (a ExecutorAuth) Authenticate(ctx context.Context, exchangeID, key string) 
 func (a ExecutorAuth) IsAgent(ctx context.Context, exchangeID, agentID string) (bool, error) {
 	return a.svc.IsExecutor(ctx, exchangeID, agentID)
 }
+
+// WatchKey returns a channel closed when key stops admitting its holder in
+// exchangeID, and a stop function that releases the watch (see
+// Service.WatchKey). A service whose sessions, streams or waits outlive the
+// request that authenticated them finds it with a type assertion on its
+// Authenticator and ends them when the channel closes.
+func (a ExecutorAuth) WatchKey(exchangeID, key string) (<-chan struct{}, func()) {
+	return a.svc.WatchKey(exchangeID, key)
+}

@@ -11,12 +11,41 @@
 //
 //	SELECT * FROM read_json_auto('data/events/**/*.jsonl', hive_partitioning=true);
 //
-// New rebuilds the projection from the log; reads never touch storage.
-// Every change is appended durably, through a group commit that lets many
-// concurrent writers share one fsync, before the method that made it
-// returns. Executor profiles live in executors/exchange={id}/{executor}.json
-// and exchange records (owner, invites) in exchanges/{id}.json, both written
-// with conditional writes.
+// New rebuilds the projection from the log; reads never touch storage,
+// except for attachments. Every change is appended durably, through a
+// group commit that lets many concurrent writers share one fsync, before
+// the method that made it returns. Executor profiles live in
+// executors/exchange={id}/{executor}.json and exchange records (owner,
+// invites) in exchanges/{id}.json, both written with conditional writes.
+//
+// # Attachments
+//
+// Files travel inside requests and messages as data URIs
+// ("data:image/png;base64,...") or named objects ({"name": "notes.txt",
+// "data": "<base64>"}). Each is stored as an object of its own,
+// attachments/exchange={id}/{ref}/{seq}-{n}, before the change carrying it
+// is acknowledged, and the log, the projection and the event buffer keep
+// only the string "mess-attachment:{name}" in its place plus a reference
+// in the event's payload ("attachments"). Get and the event stream show
+// those references; GetWithAttachments, and so GET .../requests/{ref},
+// puts the files back as they were sent, because clients show images from
+// the thread. Attachment (GET .../attachments/{name}) serves one file.
+//
+// # Limits
+//
+// What one member can make the server hold is bounded: a request or
+// message besides its attachments (Config.MaxMessageBytes), the
+// attachments one member stores (Config.MaxAttachmentBytes), the
+// attachments of one message (100), the number of exchanges
+// (Config.MaxExchanges), the recent events buffered per exchange
+// (Config.EventBuffer, Config.EventBufferBytes) and, over HTTP, anonymous
+// registrations per client address (HandlerConfig.RegisterRate).
+//
+// # Revoked keys
+//
+// WatchKey gives whatever a key opened (an event stream, a long-poll, a
+// WebSocket or a lease wait in another service) a channel that closes the
+// moment the key is revoked or rotated away, so it ends at once.
 //
 // # Serving it
 //
@@ -46,7 +75,9 @@
 //     passes are expired automatically.
 //   - Terminal threads never change status again.
 //   - A request with confirm_before cannot be completed until the requestor
-//     has answered a needs_confirmation.
+//     has answered a needs_confirmation. The confirmation belongs to the
+//     executor that asked for it: releasing the claim, or any change of
+//     executor, clears it.
 //
 // # Concurrency
 //

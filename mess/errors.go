@@ -20,6 +20,17 @@ var (
 	ErrUnauthorized = errors.New("mess: unauthorized")
 	// ErrForbidden is returned when the caller is known but may not do this.
 	ErrForbidden = errors.New("mess: forbidden")
+	// ErrTooLarge is returned when a request, a message or a member's
+	// attachments would pass a size limit; the message names the limit.
+	ErrTooLarge = errors.New("mess: too large")
+	// ErrRateLimited is returned when a client registers too often or the
+	// server holds as many exchanges as it may. Details["retry_after"] is
+	// the seconds to wait before trying again.
+	ErrRateLimited = errors.New("mess: rate limited")
+	// ErrUnprocessable is returned when a request is well formed but
+	// cannot be honoured as sent: an Idempotency-Key reused with another
+	// body.
+	ErrUnprocessable = errors.New("mess: unprocessable")
 	// ErrClosed is returned by every method after Close.
 	ErrClosed = errors.New("mess: closed")
 )

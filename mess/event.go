@@ -67,10 +67,15 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// threadCreatedPayload is the payload of thread_created: the request as
+// kept (attachments replaced by references, listed in attachments), who
+// made it, and its idempotency key with a hash of the request it was
+// first used with.
 type threadCreatedPayload struct {
 	Request
-	RequestorID    string `json:"requestor_id"`
-	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	RequestorID     string `json:"requestor_id"`
+	IdempotencyKey  string `json:"idempotency_key,omitempty"`
+	IdempotencyHash string `json:"idempotency_hash,omitempty"`
 }
 
 // MarshalJSON keeps Request's field list flat beside requestor_id.
@@ -78,28 +83,32 @@ func (p threadCreatedPayload) MarshalJSON() ([]byte, error) {
 	type plain Request
 	return json.Marshal(struct {
 		plain
-		RequestorID    string `json:"requestor_id"`
-		IdempotencyKey string `json:"idempotency_key,omitempty"`
-	}{plain(p.Request), p.RequestorID, p.IdempotencyKey})
+		RequestorID     string          `json:"requestor_id"`
+		IdempotencyKey  string          `json:"idempotency_key,omitempty"`
+		IdempotencyHash string          `json:"idempotency_hash,omitempty"`
+		Attachments     []attachmentRef `json:"attachments,omitempty"`
+	}{plain(p.Request), p.RequestorID, p.IdempotencyKey, p.IdempotencyHash, p.attachments})
 }
 
 // threadCreatedWire is threadCreatedPayload flattened, so a log line decodes
 // in one pass during replay.
 type threadCreatedWire struct {
-	Intent         string          `json:"intent"`
-	ID             string          `json:"id"`
-	Priority       Priority        `json:"priority"`
-	Context        json.RawMessage `json:"context"`
-	ResponseHint   json.RawMessage `json:"response_hint"`
-	ResponseHints  json.RawMessage `json:"response_hints"`
-	Requires       json.RawMessage `json:"requires"`
-	Constraints    json.RawMessage `json:"constraints"`
-	Precision      string          `json:"precision"`
-	Compensation   json.RawMessage `json:"compensation"`
-	NeededBy       *time.Time      `json:"needed_by"`
-	ConfirmBefore  bool            `json:"confirm_before"`
-	RequestorID    string          `json:"requestor_id"`
-	IdempotencyKey string          `json:"idempotency_key"`
+	Intent          string          `json:"intent"`
+	ID              string          `json:"id"`
+	Priority        Priority        `json:"priority"`
+	Context         json.RawMessage `json:"context"`
+	ResponseHint    json.RawMessage `json:"response_hint"`
+	ResponseHints   json.RawMessage `json:"response_hints"`
+	Requires        json.RawMessage `json:"requires"`
+	Constraints     json.RawMessage `json:"constraints"`
+	Precision       string          `json:"precision"`
+	Compensation    json.RawMessage `json:"compensation"`
+	NeededBy        *time.Time      `json:"needed_by"`
+	ConfirmBefore   bool            `json:"confirm_before"`
+	RequestorID     string          `json:"requestor_id"`
+	IdempotencyKey  string          `json:"idempotency_key"`
+	IdempotencyHash string          `json:"idempotency_hash"`
+	Attachments     []attachmentRef `json:"attachments"`
 }
 
 func (w *threadCreatedWire) payload() *threadCreatedPayload {
@@ -112,14 +121,19 @@ func (w *threadCreatedWire) payload() *threadCreatedPayload {
 			Intent: w.Intent, ID: w.ID, Priority: w.Priority, Context: w.Context, ResponseHint: hint,
 			Requires: w.Requires, Constraints: w.Constraints, Precision: w.Precision,
 			Compensation: w.Compensation, NeededBy: w.NeededBy, ConfirmBefore: w.ConfirmBefore,
+			attachments: w.Attachments,
 		},
-		RequestorID:    w.RequestorID,
-		IdempotencyKey: w.IdempotencyKey,
+		RequestorID:     w.RequestorID,
+		IdempotencyKey:  w.IdempotencyKey,
+		IdempotencyHash: w.IdempotencyHash,
 	}
 }
 
+// messagePayload is the payload of message_added: the message as kept
+// (attachments replaced by references) and the references.
 type messagePayload struct {
-	Mess json.RawMessage `json:"mess"`
+	Mess        json.RawMessage `json:"mess"`
+	Attachments []attachmentRef `json:"attachments,omitempty"`
 }
 
 type statusPayload struct {

@@ -34,3 +34,24 @@ func Example() {
 	mux.Handle("/api/v1/exchanges/", api)
 	// Output: completed alice
 }
+
+// A session that outlives the request that authenticated it (a stream, a
+// socket, a wait) watches its key, and ends the moment the key is rotated
+// away.
+func ExampleService_WatchKey() {
+	ctx := context.Background()
+	svc, _ := mess.New(ctx, mess.Config{})
+	defer svc.Close(ctx)
+	reg, _ := svc.Register(ctx, "home", mess.Registration{ExecutorID: "carol"})
+
+	revoked, stop := svc.WatchKey("home", reg.APIKey)
+	defer stop()
+	svc.CreateKey(ctx, "home", "carol", "carol", true) // rotate: every other key stops working
+	select {
+	case <-revoked:
+		fmt.Println("session ended: API key revoked")
+	default:
+		fmt.Println("session still open")
+	}
+	// Output: session ended: API key revoked
+}

@@ -6,7 +6,10 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
@@ -22,14 +25,31 @@ type HandlerConfig struct {
 	// Logger receives errors clients only see as a generic 500. Zero means
 	// slog.Default().
 	Logger *slog.Logger
+	// RegisterRate is how many registrations per minute one client address
+	// (httpx.ClientAddr) may make without an invite or the registration
+	// token, once its RegisterBurst is spent. Zero means 30; negative
+	// means no limit.
+	RegisterRate float64
+	// RegisterBurst is how many such registrations an address may make at
+	// once. Zero means 30.
+	RegisterBurst int
+	// TrustProxyHeaders counts registrations under the last address of
+	// X-Forwarded-For instead of the connection's: set it only behind a
+	// proxy that sets the header, or clients can pick their address.
+	TrustProxyHeaders bool
+	// StreamWriteTimeout is how long one write to an event stream may
+	// take: a client that takes no data for that long is dropped, so it
+	// cannot hold the stream's goroutine in Write. Zero means 30s.
+	StreamWriteTimeout time.Duration
 }
 
 // apiBase is where every route of MESS protocol v1 lives.
 const apiBase = "/api/v1/exchanges/{exchange_id}"
 
 type handler struct {
-	svc *Service
-	cfg HandlerConfig
+	svc        *Service
+	cfg        HandlerConfig
+	registered *addrLimiter // nil: registrations are not limited
 }
 
 // NewHandler serves the HTTP API of MESS protocol v1 for svc under
@@ -42,8 +62,14 @@ type handler struct {
 // *Error (the claimant's executor_id on a 409, say), with the codes of the
 // module's one vocabulary: invalid_input and malformed_json (400),
 // unauthorized (401), forbidden (403), not_found (404),
-// method_not_allowed (405), conflict (409), too_large (413), internal
+// method_not_allowed (405), conflict (409), too_large (413),
+// unprocessable (422), rate_limited (429, with Retry-After), internal
 // (500) and unavailable (503).
+//
+// Registrations that present neither a valid invite nor the registration
+// token (those that create an exchange, or join an open one) are limited
+// per client address by a token bucket (HandlerConfig.RegisterRate and
+// RegisterBurst).
 //
 // Requests that wait (long-polls, the event stream) end when the request's
 // context does, so a server that cancels its base context at shutdown ends
@@ -61,7 +87,25 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.StreamWriteTimeout < 0 {
+		return nil, errors.New("mess: HandlerConfig.StreamWriteTimeout must not be negative")
+	}
+	if cfg.StreamWriteTimeout == 0 {
+		cfg.StreamWriteTimeout = 30 * time.Second
+	}
+	if cfg.RegisterBurst < 0 {
+		return nil, errors.New("mess: HandlerConfig.RegisterBurst must not be negative")
+	}
+	if cfg.RegisterRate == 0 {
+		cfg.RegisterRate = 30
+	}
+	if cfg.RegisterBurst == 0 {
+		cfg.RegisterBurst = 30
+	}
 	h := &handler{svc: svc, cfg: cfg}
+	if cfg.RegisterRate > 0 {
+		h.registered = newAddrLimiter(cfg.RegisterRate/60, cfg.RegisterBurst)
+	}
 	routes := []struct {
 		method, path string
 		fn           func(w http.ResponseWriter, r *http.Request, actor string) error
@@ -83,7 +127,11 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 	mux := http.NewServeMux()
 	allowed := map[string][]string{apiBase + "/register": {"POST"}}
 	mux.HandleFunc("POST "+apiBase+"/register", func(w http.ResponseWriter, r *http.Request) {
-		h.finish(w, r, h.register(w, r))
+		err := checkText(r)
+		if err == nil {
+			err = h.register(w, r)
+		}
+		h.finish(w, r, err)
 	})
 	for _, rt := range routes {
 		path := apiBase + rt.path
@@ -114,6 +162,9 @@ func (h *handler) authenticated(fn func(w http.ResponseWriter, r *http.Request, 
 		key, _ := httpx.Bearer(r)
 		actor, err := h.svc.Authenticate(r.Context(), r.PathValue("exchange_id"), key)
 		if err == nil {
+			err = checkText(r)
+		}
+		if err == nil {
 			err = fn(w, r, actor)
 		}
 		h.finish(w, r, err)
@@ -128,6 +179,9 @@ func (h *handler) finish(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if me, ok := errors.AsType[*Error](err); ok {
 		status := statusOf(me.Kind)
+		if secs, ok := me.Details["retry_after"].(int); ok {
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+		}
 		httpx.WriteErrorDetails(w, status, httpx.Code(status), me.Message, me.Details)
 		return
 	}
@@ -157,11 +211,41 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrConflict):
 		return http.StatusConflict
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrUnprocessable):
+		return http.StatusUnprocessableEntity
+	case errors.Is(err, ErrRateLimited):
+		return http.StatusTooManyRequests
 	case errors.Is(err, ErrClosed),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+// checkText refuses query parameters and the headers the exchange keeps or
+// echoes (Idempotency-Key, Last-Event-ID) that are not UTF-8. Bodies are
+// checked as they are read.
+func checkText(r *http.Request) error {
+	if r.URL.RawQuery != "" {
+		for k, vs := range r.URL.Query() {
+			if !utf8.ValidString(k) {
+				return badRequest("query parameter names must be UTF-8")
+			}
+			for _, v := range vs {
+				if !utf8.ValidString(v) {
+					return badRequest("query parameter " + k + " must be UTF-8")
+				}
+			}
+		}
+	}
+	for _, name := range []string{"Idempotency-Key", "Last-Event-ID"} {
+		if !utf8.ValidString(r.Header.Get(name)) {
+			return badRequest(name + " must be UTF-8")
+		}
+	}
+	return nil
 }
 
 // badRequest is a 400 for a query parameter or header the handler parses.

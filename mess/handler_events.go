@@ -3,10 +3,15 @@ package mess
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 // maxWait caps ?wait= so a client cannot hold a request open for ever.
@@ -16,7 +21,15 @@ const maxWait = 2 * time.Minute
 // and clients do not take the quiet for a dead connection.
 const keepAlive = 15 * time.Second
 
-// waitParam parses ?wait= as seconds or a Go duration, capped at maxWait.
+// errRevoked ends a long-poll whose key stopped admitting its holder while
+// it waited.
+var errRevoked = &httpx.Error{Status: http.StatusUnauthorized, Code: httpx.CodeUnauthorized, Message: "API key revoked"}
+
+// revokedEvent is the last event of a stream whose key was revoked.
+const revokedEvent = "event: revoked\ndata: {\"error\":\"API key revoked\",\"code\":\"unauthorized\"}\n\n"
+
+// waitParam parses ?wait= as seconds or a Go duration, capped at maxWait:
+// a long-poll may always answer sooner than asked.
 func waitParam(r *http.Request) (time.Duration, error) {
 	v := r.URL.Query().Get("wait")
 	if v == "" {
@@ -25,17 +38,27 @@ func waitParam(r *http.Request) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if err != nil {
 		secs, err2 := strconv.ParseFloat(v, 64)
-		if err2 != nil || secs < 0 {
+		if err2 != nil || math.IsNaN(secs) || math.IsInf(secs, 0) {
 			return 0, badRequest("wait must be seconds or a duration such as 30s")
 		}
-		d = time.Duration(secs * float64(time.Second))
+		d = time.Duration(min(secs, maxWait.Seconds()) * float64(time.Second))
 	}
-	return min(max(d, 0), maxWait), nil
+	if d < 0 {
+		return 0, badRequest("wait must not be negative")
+	}
+	return min(d, maxWait), nil
+}
+
+// watchKey watches the key the request was authenticated with; the
+// channel closes when it is revoked.
+func (h *handler) watchKey(r *http.Request) (<-chan struct{}, func()) {
+	key, _ := httpx.Bearer(r)
+	return h.svc.WatchKey(r.PathValue("exchange_id"), key)
 }
 
 // waitForList is the long-poll of GET .../requests?wait=&after=: it returns
 // once the exchange's version passes after (by default the current one),
-// or when the wait ends.
+// or when the wait ends. A key revoked meanwhile ends it with a 401.
 func (h *handler) waitForList(r *http.Request, exID string) error {
 	wait, err := waitParam(r)
 	if err != nil || wait == 0 {
@@ -47,15 +70,22 @@ func (h *handler) waitForList(r *http.Request, exID string) error {
 			return badRequest("after must be a version from a previous listing")
 		}
 	}
+	ex, err := h.svc.loadExchangeForRead(exID)
+	if err != nil {
+		return err
+	}
+	revoked, stop := h.watchKey(r)
+	defer stop()
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
-	_, err = h.svc.WaitForChange(ctx, exID, after)
-	return err
+	h.svc.waitVersion(ctx, ex, after, revoked)
+	return checkRevoked(revoked)
 }
 
 // waitForThread is the long-poll of GET .../requests/{ref}?wait=&after_seq=:
 // it returns once the thread's seq passes after_seq (by default its
-// current one), or when the wait ends.
+// current one), or when the wait ends. A key revoked meanwhile ends it
+// with a 401.
 func (h *handler) waitForThread(r *http.Request, exID, ref string) error {
 	wait, err := waitParam(r)
 	if err != nil || wait == 0 {
@@ -73,9 +103,27 @@ func (h *handler) waitForThread(r *http.Request, exID, ref string) error {
 		}
 		after = t.Seq
 	}
+	ex, err := h.svc.loadExchangeForRead(exID)
+	if err != nil {
+		return err
+	}
+	revoked, stop := h.watchKey(r)
+	defer stop()
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
-	return h.svc.WaitThread(ctx, exID, ref, after)
+	if err := h.svc.waitThread(ctx, ex, ref, after, revoked); err != nil {
+		return err
+	}
+	return checkRevoked(revoked)
+}
+
+func checkRevoked(revoked <-chan struct{}) error {
+	select {
+	case <-revoked:
+		return errRevoked
+	default:
+		return nil
+	}
 }
 
 // resetData is the data of a "reset" event.
@@ -88,9 +136,17 @@ type resetData struct {
 // that reconnects with Last-Event-ID (or ?last_event_id=) gets what it
 // missed while that is still buffered, and a "reset" event (list requests
 // again) when it is not. HEAD answers the stream's headers only.
+//
+// The stream ends with a "revoked" event when the key that opened it is
+// revoked or rotated away, and without one when the client does not take
+// a write within HandlerConfig.StreamWriteTimeout.
 func (h *handler) events(w http.ResponseWriter, r *http.Request, _ string) error {
 	ctx := r.Context()
 	exID := r.PathValue("exchange_id")
+	ex, err := h.svc.loadExchangeForRead(exID)
+	if err != nil {
+		return err
+	}
 	last := r.Header.Get("Last-Event-ID")
 	if last == "" {
 		last = r.URL.Query().Get("last_event_id")
@@ -105,46 +161,77 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request, _ string) error
 			last = evs[len(evs)-1].EventID
 		}
 	}
+	revoked, stop := h.watchKey(r)
+	defer stop()
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-cache")
 	hd.Set("X-Accel-Buffering", "no")
+	rc := http.NewResponseController(w)
+	// A stuck client must not hold this goroutine in Write: every write
+	// gets its own deadline.
+	deadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(h.cfg.StreamWriteTimeout)) }
+	deadline()
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	rc := http.NewResponseController(w)
-	rc.Flush()
+	if err := rc.Flush(); err != nil {
+		return nil
+	}
 	for {
 		evs, version, found, err := h.svc.EventsAfter(exID, last)
 		if err != nil {
 			return nil // the stream has started; ending it is the answer
 		}
+		deadline()
 		if !found {
 			// Marshalled, not formatted: last may come from the query
 			// string, and a newline in it must not start an event.
-			b, _ := json.Marshal(resetData{Reason: "events since " + last + " are no longer buffered; list requests again"})
+			b, _ := json.Marshal(resetData{Reason: "events since " + last + " are not buffered; list requests again"})
 			fmt.Fprintf(w, "event: reset\ndata: %s\n\n", b)
 			all, _, _, _ := h.svc.EventsAfter(exID, "")
 			evs = nil
+			last = ""
 			if len(all) > 0 {
 				last = all[len(all)-1].EventID
 			}
 		}
 		for _, ev := range evs {
 			b, _ := json.Marshal(ev)
-			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.EventID, ev.EventType, b)
+			if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.EventID, ev.EventType, b); err != nil {
+				h.streamEnded(r, err)
+				return nil
+			}
 			last = ev.EventID
 		}
-		rc.Flush()
+		if err := rc.Flush(); err != nil {
+			h.streamEnded(r, err)
+			return nil
+		}
 		wctx, cancel := context.WithTimeout(ctx, keepAlive)
-		h.svc.WaitForChange(wctx, exID, version)
+		h.svc.waitVersion(wctx, ex, version, revoked)
 		cancel()
+		if checkRevoked(revoked) != nil {
+			deadline()
+			fmt.Fprint(w, revokedEvent)
+			rc.Flush()
+			return nil
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		if wctx.Err() != nil {
+			deadline()
 			fmt.Fprint(w, ": keep-alive\n\n")
 		}
+	}
+}
+
+// streamEnded logs a stream dropped because its client stopped reading.
+func (h *handler) streamEnded(r *http.Request, err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		h.cfg.Logger.Info("mess: event stream dropped: the client took no data for the write timeout",
+			"exchange", r.PathValue("exchange_id"), "remote", r.RemoteAddr, "timeout", h.cfg.StreamWriteTimeout)
 	}
 }

@@ -1,18 +1,28 @@
 package mess
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
+// register adds an executor. Registrations without a valid invite or the
+// registration token are limited per client address.
 func (h *handler) register(w http.ResponseWriter, r *http.Request) error {
 	var reg Registration
 	if err := h.decode(w, r, &reg); err != nil {
 		return err
 	}
-	res, err := h.svc.Register(r.Context(), r.PathValue("exchange_id"), reg)
+	exID := r.PathValue("exchange_id")
+	if h.registered != nil && !h.svc.credentialed(exID, reg) {
+		if ok, wait := h.registered.allow(httpx.ClientAddr(r, h.cfg.TrustProxyHeaders), time.Now()); !ok {
+			return errorf(ErrRateLimited, "too many registrations from your address; try again in %d s", retryAfter(wait)).
+				with("retry_after", retryAfter(wait))
+		}
+	}
+	res, err := h.svc.Register(r.Context(), exID, reg)
 	if err != nil {
 		return err
 	}
@@ -91,6 +101,9 @@ func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, actor string
 	return nil
 }
 
+// maxInviteTTL is the longest expires_in an invite may ask for.
+const maxInviteTTL = 365 * 24 * time.Hour
+
 func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor string) error {
 	var body struct {
 		MaxUses      int     `json:"max_uses"`
@@ -98,6 +111,9 @@ func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor str
 	}
 	if err := h.decode(w, r, &body); err != nil {
 		return err
+	}
+	if body.ExpiresInSec < 0 || body.ExpiresInSec > maxInviteTTL.Seconds() {
+		return badRequest(fmt.Sprintf("expires_in must be seconds between 1 and %.0f (a year)", maxInviteTTL.Seconds()))
 	}
 	inv, err := h.svc.CreateInvite(r.Context(), r.PathValue("exchange_id"), actor, InviteOptions{
 		MaxUses: body.MaxUses,

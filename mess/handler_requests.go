@@ -82,7 +82,7 @@ func (h *handler) getRequest(w http.ResponseWriter, r *http.Request, _ string) e
 	if err := h.waitForThread(r, exID, ref); err != nil {
 		return err
 	}
-	t, err := h.svc.Get(r.Context(), exID, ref)
+	t, err := h.svc.GetWithAttachments(r.Context(), exID, ref)
 	if err != nil {
 		return err
 	}
@@ -104,15 +104,24 @@ func (h *handler) updateRequest(w http.ResponseWriter, r *http.Request, actor st
 	return nil
 }
 
+// attachment serves a file from a thread. Nothing a client sent is served
+// so that a browser would run it: the type is the declared one only when
+// the content agrees (else application/octet-stream), only images, audio
+// and video (not SVG) are inline, everything else is a download, and
+// nosniff and a sandboxing CSP go with it.
 func (h *handler) attachment(w http.ResponseWriter, r *http.Request, _ string) error {
-	data, ctype, err := h.svc.Attachment(r.Context(), r.PathValue("exchange_id"), r.PathValue("ref"), r.PathValue("filename"))
+	name := r.PathValue("filename")
+	data, declared, err := h.svc.Attachment(r.Context(), r.PathValue("exchange_id"), r.PathValue("ref"), name)
 	if err != nil {
 		return err
 	}
+	ctype, inline := servedType(declared, data)
 	hd := w.Header()
 	hd.Set("Content-Type", ctype)
+	hd.Set("Content-Disposition", contentDisposition(inline, name))
 	hd.Set("Content-Length", strconv.Itoa(len(data)))
 	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Content-Security-Policy", "default-src 'none'; sandbox")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(data)
 	return nil

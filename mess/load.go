@@ -23,6 +23,7 @@ func (s *Service) load(ctx context.Context) error {
 		}
 		ex := s.exchange(m.ID, true)
 		ex.meta, ex.metaVersion = &m, obj.Version
+		s.nExchanges.Add(1)
 		return nil
 	}); err != nil {
 		return err
@@ -80,7 +81,7 @@ func (s *Service) load(ctx context.Context) error {
 				d := &r.lines[i]
 				ex := s.exchange(d.ev.ExchangeID, true)
 				s.applyLocked(ex, &d.ev, d.p)
-				ex.pushEventLocked(d.ev, s.cfg.EventBuffer)
+				ex.pushEventLocked(d.ev, s.cfg.EventBuffer, s.cfg.EventBufferBytes)
 				ex.version++
 			}
 			return nil

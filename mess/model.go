@@ -2,9 +2,11 @@ package mess
 
 import (
 	"encoding/json"
+	"errors"
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meatspace-exchange/mess/internal/ident"
 )
@@ -107,6 +109,20 @@ func ValidID(s string) bool { return ident.Valid(s) }
 // idRule says what ValidID accepts, for error messages.
 const idRule = "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
 
+// validText reports whether s is UTF-8 text without control characters,
+// as anything stored from a header or query parameter must be.
+func validText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // ValidRef reports whether s has the shape of a thread ref (2025-02-01-XY1Z).
 func ValidRef(s string) bool { return refPattern.MatchString(s) }
 
@@ -137,6 +153,9 @@ type Request struct {
 	// ConfirmBefore requires the executor to ask for confirmation
 	// (needs_confirmation) and get it before completing.
 	ConfirmBefore bool `json:"confirm_before,omitempty"`
+
+	// attachments are the files taken out of Context and ResponseHint.
+	attachments []attachmentRef
 }
 
 // UnmarshalJSON accepts the "response_hints" spelling.
@@ -147,6 +166,10 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 		ResponseHints json.RawMessage `json:"response_hints"`
 	}
 	if err := json.Unmarshal(b, &aux); err != nil {
+		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+			// The field path starts with the alias type's name.
+			te.Field = strings.TrimPrefix(te.Field, "plain.")
+		}
 		return err
 	}
 	*r = Request(aux.plain)
@@ -223,11 +246,17 @@ func (r *Request) RequiredCapabilities() ([]string, error) {
 }
 
 // Message is one entry of a thread's conversation: a MESS message array
-// (the protocol's list of single-key blocks) as its author sent it.
+// (the protocol's list of single-key blocks) as its author sent it, except
+// that Service.Get shows each attachment (a data URI or a named object's
+// base64 data) as the string "mess-attachment:{name}";
+// Service.GetWithAttachments puts them back.
 type Message struct {
 	From string          `json:"from"`
 	TS   time.Time       `json:"ts"`
 	Mess json.RawMessage `json:"mess"`
+
+	// attachments are the files taken out of Mess.
+	attachments []attachmentRef
 }
 
 // HistoryEntry is one recorded change of a thread, status changes and

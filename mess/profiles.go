@@ -6,10 +6,14 @@ package mess
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 // Executor is an executor's profile as stored in
@@ -73,6 +77,10 @@ func orDefault(raw json.RawMessage, def string) json.RawMessage {
 }
 
 func (s *Service) validateProfile(caps, notes, hooks, prefs json.RawMessage) error {
+	if n := len(caps) + len(notes) + len(hooks) + len(prefs); n > s.cfg.MaxMessageBytes {
+		return errorf(ErrTooLarge, "a profile may hold at most %d bytes; this one holds %d", s.cfg.MaxMessageBytes, n).
+			with("limit", s.cfg.MaxMessageBytes)
+	}
 	if err := checkJSONKind("capabilities", caps, '['); err != nil {
 		return err
 	}
@@ -87,7 +95,17 @@ func (s *Service) validateProfile(caps, notes, hooks, prefs json.RawMessage) err
 	}
 	if s.cfg.ValidateProfile != nil {
 		if err := s.cfg.ValidateProfile(notes, hooks, prefs); err != nil {
-			return errorf(ErrInvalid, "%v", err)
+			if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+				// Its text names Go types; say it in JSON's terms.
+				return errorf(ErrInvalid, "invalid notifications, hooks or preferences: %s", httpx.TypeErrorMessage(te))
+			}
+			msg := err.Error()
+			if i := strings.Index(msg, "json: "); i >= 0 {
+				// encoding/json's words, quoted into the validator's, name
+				// Go types.
+				msg = msg[:i] + "a member has the wrong JSON type"
+			}
+			return errorf(ErrInvalid, "%s", msg)
 		}
 	}
 	return nil
@@ -218,7 +236,7 @@ func (s *Service) UpdateExecutor(ctx context.Context, exchangeID, actorID, execu
 	if err := s.validateProfile(u.Capabilities, u.Notifications, u.Hooks, u.Preferences); err != nil {
 		return err
 	}
-	return s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) {
+	return s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) error {
 		if u.DisplayName != nil {
 			e.DisplayName = *u.DisplayName
 		}
@@ -234,12 +252,14 @@ func (s *Service) UpdateExecutor(ctx context.Context, exchangeID, actorID, execu
 		if len(u.Preferences) > 0 {
 			e.Preferences = orDefault(u.Preferences, "{}")
 		}
+		return nil
 	}, true)
 }
 
 // changeExecutor applies change to a copy of the profile, writes it with
-// compare-and-swap and swaps it in.
-func (s *Service) changeExecutor(ctx context.Context, exchangeID, executorID string, change func(*Executor), logEvent bool) error {
+// compare-and-swap and swaps it in. An error from change leaves the
+// profile as it was.
+func (s *Service) changeExecutor(ctx context.Context, exchangeID, executorID string, change func(*Executor) error, logEvent bool) error {
 	ex, err := s.loadExchangeForRead(exchangeID)
 	if err != nil {
 		return err
@@ -247,7 +267,7 @@ func (s *Service) changeExecutor(ctx context.Context, exchangeID, executorID str
 	return s.changeExecutorIn(ctx, ex, executorID, change, logEvent)
 }
 
-func (s *Service) changeExecutorIn(ctx context.Context, ex *exchange, executorID string, change func(*Executor), logEvent bool) error {
+func (s *Service) changeExecutorIn(ctx context.Context, ex *exchange, executorID string, change func(*Executor) error, logEvent bool) error {
 	exchangeID := ex.id
 	ex.execMu.Lock()
 	defer ex.execMu.Unlock()
@@ -261,7 +281,9 @@ func (s *Service) changeExecutorIn(ctx context.Context, ex *exchange, executorID
 	next.APIKeys = slices.Clone(old.APIKeys)
 	next.LastSeen = old.seen()
 	next.lastSeen.Store(old.lastSeen.Load())
-	change(&next.Executor)
+	if err := change(&next.Executor); err != nil {
+		return err
+	}
 	b, _ := json.MarshalIndent(next.Executor, "", "  ")
 	v, err := s.store.Update(ctx, executorKey(exchangeID, executorID), b, old.version)
 	if err != nil {
@@ -298,7 +320,7 @@ func (s *Service) flushLastSeen(ctx context.Context) {
 		}
 		ex.mu.RUnlock()
 		for _, id := range dirty {
-			err := s.changeExecutorIn(ctx, ex, id, func(e *Executor) {}, false)
+			err := s.changeExecutorIn(ctx, ex, id, func(e *Executor) error { return nil }, false)
 			if err != nil {
 				s.log.Warn("save last_seen", "exchange", ex.id, "executor", id, "err", err)
 			}

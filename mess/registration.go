@@ -84,7 +84,14 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 	if err := s.validateProfile(r.Capabilities, r.Notifications, r.Hooks, r.Preferences); err != nil {
 		return RegisterResult{}, err
 	}
-	ex := s.exchange(exchangeID, true)
+	ex := s.exchange(exchangeID, false)
+	if ex == nil {
+		// Refused before it takes any memory.
+		if err := s.checkExchangeCap(); err != nil {
+			return RegisterResult{}, err
+		}
+		ex = s.exchange(exchangeID, true)
+	}
 	ex.execMu.Lock()
 	defer ex.execMu.Unlock()
 
@@ -103,9 +110,16 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 		// The first registrant creates the exchange (or finishes doing so
 		// after a crash between the two writes).
 		if meta == nil {
+			if err := s.checkExchangeCap(); err != nil {
+				return RegisterResult{}, err
+			}
+			s.nExchanges.Add(1)
 			m := &exchangeMeta{ID: exchangeID, Owner: r.ExecutorID, CreatedAt: now}
 			b, _ := json.Marshal(m)
 			v, err := s.store.Create(ctx, exchangeKey(exchangeID), b)
+			if err != nil {
+				s.nExchanges.Add(-1)
+			}
 			if errors.Is(err, storage.ErrExists) {
 				return RegisterResult{}, errorf(ErrConflict, "exchange was created concurrently; retry")
 			} else if err != nil {
@@ -170,6 +184,37 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 	}, nil
 }
 
+// checkExchangeCap refuses a new exchange once the server holds
+// Config.MaxExchanges. The count may pass the cap by the few exchanges
+// being created at the same instant.
+func (s *Service) checkExchangeCap() error {
+	if s.cfg.MaxExchanges > 0 && s.nExchanges.Load() >= int64(s.cfg.MaxExchanges) {
+		return errorf(ErrRateLimited, "this server holds its limit of %d exchanges; no more can be created", s.cfg.MaxExchanges).
+			with("retry_after", 3600)
+	}
+	return nil
+}
+
+// credentialed reports whether r presents what admits it to an existing
+// exchange on its own: the registration token or a usable invite. Other
+// registrations (creating an exchange, joining an open one) are anonymous,
+// and the HTTP layer limits them per client address.
+func (s *Service) credentialed(exchangeID string, r Registration) bool {
+	if s.cfg.RegistrationToken != "" && r.RegistrationToken != "" &&
+		subtle.ConstantTimeCompare([]byte(s.cfg.RegistrationToken), []byte(r.RegistrationToken)) == 1 {
+		return true
+	}
+	if r.InviteToken == "" || !ValidID(exchangeID) {
+		return false
+	}
+	ex := s.exchange(exchangeID, false)
+	if ex == nil {
+		return false
+	}
+	_, err := s.checkInvite(ex, r.InviteToken, s.now())
+	return err == nil
+}
+
 func (s *Service) checkInvite(ex *exchange, token string, now time.Time) (func() error, error) {
 	h := hashKey(token)
 	hs := hex.EncodeToString(h[:])
@@ -232,7 +277,7 @@ func (s *Service) updateMeta(ctx context.Context, ex *exchange, change func(*exc
 type InviteOptions struct {
 	// MaxUses is how many registrations it admits. Zero means 1.
 	MaxUses int `json:"max_uses"`
-	// TTL is how long it is valid. Zero means 7 days.
+	// TTL is how long it is valid, at most a year. Zero means 7 days.
 	TTL time.Duration `json:"-"`
 }
 
@@ -256,7 +301,10 @@ func (s *Service) CreateInvite(ctx context.Context, exchangeID, actorID string, 
 	if opts.MaxUses == 0 {
 		opts.MaxUses = 1
 	}
-	if opts.TTL <= 0 {
+	if opts.TTL < 0 || opts.TTL > maxInviteTTL {
+		return Invite{}, errorf(ErrInvalid, "an invite lasts at most a year")
+	}
+	if opts.TTL == 0 {
 		opts.TTL = 7 * 24 * time.Hour
 	}
 	ex.execMu.Lock()

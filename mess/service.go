@@ -36,12 +36,27 @@ type Config struct {
 	RegistrationToken string
 	// AllowedExchanges, when non-empty, is the only exchanges that may exist.
 	AllowedExchanges []string
+	// MaxExchanges caps how many exchanges the server holds; registering
+	// a new one past it is ErrRateLimited. Zero means 10,000; negative
+	// means no cap.
+	MaxExchanges int
 
 	// IdempotencyTTL is how long an Idempotency-Key is remembered. Zero means 24h.
 	IdempotencyTTL time.Duration
 	// EventBuffer is how many recent events each exchange keeps for stream
 	// resumption. Zero means 10,000.
 	EventBuffer int
+	// EventBufferBytes bounds the same buffer by the size of its events'
+	// payloads. Zero means 8 MiB.
+	EventBufferBytes int
+	// MaxMessageBytes is the most one request or message may hold in
+	// memory besides its attachments (the request's fields; a message's
+	// blocks and note). Zero means 256 KiB.
+	MaxMessageBytes int
+	// MaxAttachmentBytes is the most attachment data one member of an
+	// exchange may have stored, counted as sent (base64). Zero means
+	// 256 MiB; negative means no limit.
+	MaxAttachmentBytes int64
 	// ExpiryInterval is how often needed_by deadlines are checked. Zero means 1s.
 	ExpiryInterval time.Duration
 	// ValidateProfile, when set, checks notification, hook and preference
@@ -62,9 +77,12 @@ type Service struct {
 	mu        sync.RWMutex
 	exchanges map[string]*exchange
 	keys      map[[32]byte]keyRef
+	watches   map[[32]byte]map[*keyWatch]struct{} // under mu, like keys
 
 	listenMu  sync.RWMutex
 	listeners []func(Event)
+
+	nExchanges atomic.Int64 // exchanges with a record, for MaxExchanges
 
 	closed  atomic.Bool
 	stop    chan struct{}
@@ -92,8 +110,20 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.EventBuffer <= 0 {
 		cfg.EventBuffer = 10000
 	}
+	if cfg.EventBufferBytes <= 0 {
+		cfg.EventBufferBytes = 8 << 20
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = 256 << 10
+	}
+	if cfg.MaxAttachmentBytes == 0 {
+		cfg.MaxAttachmentBytes = 256 << 20
+	}
 	if cfg.ExpiryInterval <= 0 {
 		cfg.ExpiryInterval = time.Second
+	}
+	if cfg.MaxExchanges == 0 {
+		cfg.MaxExchanges = 10000
 	}
 	s := &Service{
 		cfg:       cfg,
@@ -101,6 +131,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		log:       cfg.Logger,
 		exchanges: map[string]*exchange{},
 		keys:      map[[32]byte]keyRef{},
+		watches:   map[[32]byte]map[*keyWatch]struct{}{},
 		stop:      make(chan struct{}),
 		openSet:   map[string]bool{},
 		allowed:   map[string]bool{},
@@ -183,9 +214,11 @@ type exchange struct {
 	useq        uint64
 	version     uint64
 	changed     chan struct{}
-	ring        []Event
-	ringStart   int // index of the oldest event in ring once it is full
+	ring        []Event // recent events, oldest first
+	ringBytes   int     // their payloads' size
 	idem        map[string]*idemEntry
+	attachBytes map[string]int64 // attachment bytes stored, by member
+	attachHeld  map[string]int64 // attachment bytes being stored, by member
 
 	execMu sync.Mutex // serialises executor and exchange-record writes
 }
@@ -198,17 +231,20 @@ type orderEntry struct {
 type idemEntry struct {
 	ref  string
 	at   time.Time
+	hash string        // requestHash of the request the key was first used with
 	done chan struct{} // closed when the first request finished
 	err  error
 }
 
 func newExchange(id string) *exchange {
 	return &exchange{
-		id:        id,
-		executors: map[string]*executorRec{},
-		threads:   map[string]*thread{},
-		changed:   make(chan struct{}),
-		idem:      map[string]*idemEntry{},
+		id:          id,
+		executors:   map[string]*executorRec{},
+		threads:     map[string]*thread{},
+		changed:     make(chan struct{}),
+		idem:        map[string]*idemEntry{},
+		attachBytes: map[string]int64{},
+		attachHeld:  map[string]int64{},
 	}
 }
 
@@ -236,13 +272,23 @@ func (ex *exchange) notifyLocked() {
 	ex.changed = make(chan struct{})
 }
 
-func (ex *exchange) pushEventLocked(ev Event, max int) {
-	if len(ex.ring) < max {
-		ex.ring = append(ex.ring, ev)
-		return
+// eventOverhead is what an event costs in the buffer besides its payload.
+const eventOverhead = 160
+
+// pushEventLocked buffers ev, dropping the oldest events past maxCount or
+// maxBytes. The newest event always stays.
+func (ex *exchange) pushEventLocked(ev Event, maxCount, maxBytes int) {
+	ex.ring = append(ex.ring, ev)
+	ex.ringBytes += len(ev.Payload) + eventOverhead
+	drop := 0
+	for len(ex.ring)-drop > 1 && (len(ex.ring)-drop > maxCount || ex.ringBytes > maxBytes) {
+		ex.ringBytes -= len(ex.ring[drop].Payload) + eventOverhead
+		drop++
 	}
-	ex.ring[ex.ringStart] = ev
-	ex.ringStart = (ex.ringStart + 1) % max
+	if drop > 0 {
+		clear(ex.ring[:drop]) // let the payloads go
+		ex.ring = ex.ring[drop:]
+	}
 }
 
 // touchLocked moves t to the front of the update order.
@@ -268,10 +314,11 @@ func (ex *exchange) touchLocked(t *thread) {
 
 // thread is a thread's state plus what its writers need.
 type thread struct {
-	mu        sync.Mutex // held by a writer from validation to apply
-	ready     bool       // false while the creating write is in flight
-	useq      uint64
-	confirmed bool
+	mu          sync.Mutex // held by a writer from validation to apply
+	ready       bool       // false while the creating write is in flight
+	useq        uint64
+	confirmedBy string                   // the executor the requestor confirmed to; "" for none
+	files       map[string]attachmentRef // attachments by name and alias; the first wins
 	Thread
 }
 
@@ -301,7 +348,7 @@ func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded
 	ex.mu.Lock()
 	for i := range evs {
 		s.applyLocked(ex, &evs[i], decoded[i])
-		ex.pushEventLocked(evs[i], s.cfg.EventBuffer)
+		ex.pushEventLocked(evs[i], s.cfg.EventBuffer, s.cfg.EventBufferBytes)
 	}
 	ex.notifyLocked()
 	ex.mu.Unlock()
@@ -380,7 +427,7 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 			if _, ok := ex.idem[k]; !ok && s.now().Sub(ev.TS) < s.cfg.IdempotencyTTL {
 				done := make(chan struct{})
 				close(done)
-				ex.idem[k] = &idemEntry{ref: ref, at: ev.TS, done: done}
+				ex.idem[k] = &idemEntry{ref: ref, at: ev.TS, hash: tc.IdempotencyHash, done: done}
 			}
 		}
 		ex.touchLocked(t)
@@ -393,13 +440,29 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 	t.UpdatedAt = ev.TS
 	switch p := p.(type) {
 	case *messagePayload:
-		t.Messages = append(t.Messages, Message{From: ev.ActorID, TS: ev.TS, Mess: p.Mess})
+		t.Messages = append(t.Messages, Message{From: ev.ActorID, TS: ev.TS, Mess: p.Mess, attachments: p.Attachments})
+		for _, r := range p.Attachments {
+			ex.attachBytes[ev.ActorID] += r.Size
+			if t.files == nil {
+				t.files = map[string]attachmentRef{}
+			}
+			for _, name := range []string{r.Name, r.Alias} {
+				if _, taken := t.files[name]; !taken && name != "" {
+					t.files[name] = r
+				}
+			}
+		}
 		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "message"})
 	case *statusPayload:
 		t.Status = p.NewStatus
 		t.ExecutorID = p.ExecutorID
-		if p.Confirmed {
-			t.confirmed = true
+		// A confirmation belongs to the executor it was given to: it goes
+		// when the claim is released or passes to someone else.
+		switch {
+		case p.Confirmed && p.ExecutorID != nil:
+			t.confirmedBy = *p.ExecutorID
+		case p.ExecutorID == nil || *p.ExecutorID != t.confirmedBy:
+			t.confirmedBy = ""
 		}
 		t.History = append(t.History, HistoryEntry{Seq: ev.Seq, TS: ev.TS, ActorID: ev.ActorID, Type: "status", OldStatus: p.OldStatus, NewStatus: p.NewStatus, Message: p.Message})
 	case *externalIDPayload:

@@ -3,6 +3,8 @@ package mess
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"slices"
 	"sort"
@@ -21,7 +23,14 @@ type CreateResult struct {
 }
 
 // CreateRequest posts a request on behalf of requestorID. A non-empty
-// idempotencyKey makes retries return the first result for IdempotencyTTL.
+// idempotencyKey makes retries return the first result for IdempotencyTTL;
+// the same key with a different request is ErrUnprocessable.
+//
+// Attachments in the request's context and response_hint (data URIs,
+// named objects) are stored apart before it returns (see
+// GetWithAttachments). Without them the request may hold at most
+// Config.MaxMessageBytes; with them its requestor's attachments at most
+// Config.MaxAttachmentBytes. Past either it is ErrTooLarge.
 func (s *Service) CreateRequest(ctx context.Context, exchangeID, requestorID string, req Request, idempotencyKey string) (CreateResult, error) {
 	ex, err := s.loadExchangeForRead(exchangeID)
 	if err != nil {
@@ -33,19 +42,27 @@ func (s *Service) CreateRequest(ctx context.Context, exchangeID, requestorID str
 	if len(idempotencyKey) > 255 {
 		return CreateResult{}, errorf(ErrInvalid, "Idempotency-Key longer than 255 bytes")
 	}
+	if !validText(idempotencyKey) {
+		return CreateResult{}, errorf(ErrInvalid, "Idempotency-Key must be UTF-8 text without control characters")
+	}
 	var idem *idemEntry
+	var hash string
 	if idempotencyKey != "" {
+		hash = requestHash(req)
 		k := idemKey(requestorID, idempotencyKey)
 		for {
 			ex.mu.Lock()
 			e := ex.idem[k]
 			if e == nil {
-				idem = &idemEntry{done: make(chan struct{})}
+				idem = &idemEntry{hash: hash, done: make(chan struct{})}
 				ex.idem[k] = idem
 				ex.mu.Unlock()
 				break
 			}
 			ex.mu.Unlock()
+			if e.hash != "" && e.hash != hash {
+				return CreateResult{}, errorf(ErrUnprocessable, "Idempotency-Key was already used with a different request")
+			}
 			select {
 			case <-e.done:
 			case <-ctx.Done():
@@ -57,7 +74,7 @@ func (s *Service) CreateRequest(ctx context.Context, exchangeID, requestorID str
 			// The first attempt failed; this one may try again.
 		}
 	}
-	res, err := s.create(ctx, ex, requestorID, req, idempotencyKey)
+	res, err := s.create(ctx, ex, requestorID, req, idempotencyKey, hash)
 	if idem != nil {
 		ex.mu.Lock()
 		if err != nil {
@@ -72,7 +89,58 @@ func (s *Service) CreateRequest(ctx context.Context, exchangeID, requestorID str
 	return res, err
 }
 
-func (s *Service) create(ctx context.Context, ex *exchange, requestorID string, req Request, idempotencyKey string) (CreateResult, error) {
+// requestHash identifies a request for idempotency: two bodies that decode
+// to the same request have the same hash.
+func requestHash(req Request) string {
+	b, _ := json.Marshal(req)
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:16])
+}
+
+// requestBlock is the request block of a thread's first message. Its
+// fields are in the order encoding/json wrote them when it was a map, so
+// the message reads as it always has.
+type requestBlock struct {
+	Context      json.RawMessage `json:"context"`
+	Intent       string          `json:"intent"`
+	ResponseHint json.RawMessage `json:"response_hint"`
+}
+
+func (s *Service) create(ctx context.Context, ex *exchange, requestorID string, req Request, idempotencyKey, hash string) (CreateResult, error) {
+	// Attachments go to objects of the thread_created event (seq 1); the
+	// first message (seq 2) refers to the same objects.
+	x := &extractor{message: 1, seq: 1}
+	var ctxRefs, hintRefs []attachmentRef
+	var err error
+	if req.Context, ctxRefs, err = x.take("context", req.Context); err != nil {
+		return CreateResult{}, err
+	}
+	if req.ResponseHint, hintRefs, err = x.take("response_hint", req.ResponseHint); err != nil {
+		return CreateResult{}, err
+	}
+	req.attachments = append(ctxRefs, hintRefs...)
+	first, _ := json.Marshal([]map[string]requestBlock{{"request": {rawOrEmpty(req.Context), req.Intent, rawOrEmpty(req.ResponseHint)}}})
+	// The first message refers to the same objects. In it the context's
+	// string values come first, then the intent, then the response hint's.
+	var firstRefs []attachmentRef
+	for i, r := range req.attachments {
+		r.Field = ""
+		if i >= len(ctxRefs) {
+			r.Value += countValues(rawOrEmpty(req.Context)) + 1
+		}
+		firstRefs = append(firstRefs, r)
+	}
+	inline := len(req.Intent) + len(req.ID) + len(req.Context) + len(req.ResponseHint) + len(req.Requires) +
+		len(req.Constraints) + len(req.Precision) + len(req.Compensation)
+	if err := s.checkInline("a request", inline); err != nil {
+		return CreateResult{}, err
+	}
+	release, err := s.reserveAttachments(ex, requestorID, x.size())
+	if err != nil {
+		return CreateResult{}, err
+	}
+	defer release()
+
 	now := s.now()
 	t := &thread{}
 	t.mu.Lock()
@@ -88,14 +156,20 @@ func (s *Service) create(ctx context.Context, ex *exchange, requestorID string, 
 	ex.threads[ref] = t // reserved; invisible until ready
 	ex.mu.Unlock()
 
-	created, err := s.newEvent(ex, ref, EventThreadCreated, requestorID, 1, now, threadCreatedPayload{Request: req, RequestorID: requestorID, IdempotencyKey: idempotencyKey})
+	err = s.storeAttachments(ctx, ex.id, ref, x)
 	if err == nil {
-		first := []map[string]any{{"request": map[string]any{"intent": req.Intent, "context": rawOrEmpty(req.Context), "response_hint": rawOrEmpty(req.ResponseHint)}}}
-		var msg Event
-		mess, _ := json.Marshal(first)
-		msg, err = s.newEvent(ex, ref, EventMessageAdded, requestorID, 2, now, messagePayload{Mess: mess})
+		tc := &threadCreatedPayload{Request: req, RequestorID: requestorID, IdempotencyKey: idempotencyKey, IdempotencyHash: hash}
+		mp := &messagePayload{Mess: first, Attachments: firstRefs}
+		var created, msg Event
+		created, err = s.newEvent(ex, ref, EventThreadCreated, requestorID, 1, now, tc)
 		if err == nil {
-			err = s.commit(ctx, ex, []Event{created, msg}, []any{&threadCreatedPayload{Request: req, RequestorID: requestorID, IdempotencyKey: idempotencyKey}, &messagePayload{Mess: mess}})
+			msg, err = s.newEvent(ex, ref, EventMessageAdded, requestorID, 2, now, mp)
+		}
+		if err == nil {
+			// A failed commit may leave the attachments unreferenced;
+			// deleting them could take them from an event that was
+			// written after all.
+			err = s.commit(ctx, ex, []Event{created, msg}, []any{tc, mp})
 		}
 	}
 	if err != nil {
@@ -107,6 +181,16 @@ func (s *Service) create(ctx context.Context, ex *exchange, requestorID string, 
 		return CreateResult{}, err
 	}
 	return CreateResult{Ref: ref, Status: StatusPending}, nil
+}
+
+// checkInline refuses what would keep more than MaxMessageBytes in memory
+// besides its attachments.
+func (s *Service) checkInline(what string, n int) error {
+	if n > s.cfg.MaxMessageBytes {
+		return errorf(ErrTooLarge, "%s may hold at most %d bytes besides its attachments; this one holds %d", what, s.cfg.MaxMessageBytes, n).
+			with("limit", s.cfg.MaxMessageBytes)
+	}
+	return nil
 }
 
 func rawOrEmpty(r json.RawMessage) json.RawMessage {

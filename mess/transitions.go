@@ -27,7 +27,9 @@ type UpdateResult struct {
 }
 
 // Update applies a status change and/or message by actorID, enforcing the
-// transition table (see the package documentation).
+// transition table (see the package documentation). A message's
+// attachments are stored apart, as CreateRequest's are, within the same
+// limits.
 func (s *Service) Update(ctx context.Context, exchangeID, actorID, ref string, u Update) (UpdateResult, error) {
 	ex, err := s.loadExchangeForRead(exchangeID)
 	if err != nil {
@@ -82,7 +84,7 @@ func (s *Service) transition(ctx context.Context, ex *exchange, actorID, ref str
 		return result(), errorf(ErrConflict, "thread is claimed by %s", *t.ExecutorID).with("status", cur).with("executor_id", *t.ExecutorID)
 	}
 	if to != "" && to != cur {
-		exec, confirmed, err := decide(&t.Thread, t.confirmed, actorID, to)
+		exec, confirmed, err := decide(&t.Thread, t.confirmedBy, actorID, to)
 		if err != nil {
 			return result(), err
 		}
@@ -103,7 +105,23 @@ func (s *Service) transition(ctx context.Context, ex *exchange, actorID, ref str
 			return result(), errorf(ErrConflict, "thread is %s; only its requestor and executor may add messages", cur).with("status", cur)
 		}
 		seq++
-		p := &messagePayload{Mess: u.Mess}
+		x := &extractor{message: len(t.Messages) + 1, seq: seq}
+		mess, refs, err := x.take("", u.Mess)
+		if err != nil {
+			return result(), err
+		}
+		if err := s.checkInline("a message", len(mess)); err != nil {
+			return result(), err
+		}
+		release, err := s.reserveAttachments(ex, actorID, x.size())
+		if err != nil {
+			return result(), err
+		}
+		defer release()
+		if err := s.storeAttachments(ctx, ex.id, ref, x); err != nil {
+			return result(), err
+		}
+		p := &messagePayload{Mess: mess, Attachments: refs}
 		ev, err := s.newEvent(ex, ref, EventMessageAdded, actorID, seq, now, p)
 		if err != nil {
 			return result(), err
@@ -126,10 +144,11 @@ var executorStatuses = map[Status]bool{
 	StatusCompleted: true, StatusFailed: true, StatusDeclined: true, StatusDelegated: true,
 }
 
-// decide applies the transition table. It returns the thread's executor
+// decide applies the transition table. confirmedBy is the executor the
+// requestor has confirmed to, if any. It returns the thread's executor
 // after the change and whether the change records the requestor's
 // confirmation.
-func decide(t *Thread, confirmed bool, actor string, to Status) (*string, bool, error) {
+func decide(t *Thread, confirmedBy string, actor string, to Status) (*string, bool, error) {
 	from := t.Status
 	isRequestor := actor == t.RequestorID
 	isClaimant := t.ExecutorID != nil && *t.ExecutorID == actor
@@ -171,7 +190,7 @@ func decide(t *Thread, confirmed bool, actor string, to Status) (*string, bool, 
 			if to == StatusDeclined || to == StatusDelegated {
 				return nil, false, errorf(ErrConflict, "claim the thread before setting %s", to).with("status", from)
 			}
-			if err := needConfirmation(t, confirmed, to); err != nil {
+			if err := needConfirmation(t, confirmedBy == actor, to); err != nil {
 				return nil, false, err
 			}
 			a := actor
@@ -183,7 +202,7 @@ func decide(t *Thread, confirmed bool, actor string, to Status) (*string, bool, 
 			}
 			return nil, false, claimedErr()
 		}
-		if err := needConfirmation(t, confirmed, to); err != nil {
+		if err := needConfirmation(t, confirmedBy == actor, to); err != nil {
 			return nil, false, err
 		}
 		return t.ExecutorID, false, nil

@@ -5,6 +5,7 @@ package mess
 
 import (
 	"context"
+	"slices"
 )
 
 // WaitForChange blocks until the exchange's version passes version (see
@@ -14,17 +15,26 @@ func (s *Service) WaitForChange(ctx context.Context, exchangeID string, version 
 	if err != nil {
 		return 0, err
 	}
+	return s.waitVersion(ctx, ex, version, nil), nil
+}
+
+// waitVersion blocks until ex's version passes version, ctx ends, the
+// service closes or stop (which may be nil) is closed, and returns the
+// current version.
+func (s *Service) waitVersion(ctx context.Context, ex *exchange, version uint64, stop <-chan struct{}) uint64 {
 	for {
 		ex.mu.RLock()
 		v, ch := ex.version, ex.changed
 		ex.mu.RUnlock()
 		if v > version || s.closed.Load() {
-			return v, nil
+			return v
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return v, nil
+			return v
+		case <-stop:
+			return v
 		}
 	}
 }
@@ -46,6 +56,12 @@ func (s *Service) WaitThread(ctx context.Context, exchangeID, ref string, afterS
 	if err != nil {
 		return err
 	}
+	return s.waitThread(ctx, ex, ref, afterSeq, nil)
+}
+
+// waitThread is WaitThread that also ends when stop (which may be nil) is
+// closed.
+func (s *Service) waitThread(ctx context.Context, ex *exchange, ref string, afterSeq int64, stop <-chan struct{}) error {
 	for {
 		ex.mu.RLock()
 		t := ex.threads[ref]
@@ -66,6 +82,8 @@ func (s *Service) WaitThread(ctx context.Context, exchangeID, ref string, afterS
 		case <-ch:
 		case <-ctx.Done():
 			return nil
+		case <-stop:
+			return nil
 		}
 	}
 }
@@ -81,18 +99,20 @@ func (s *Service) EventsAfter(exchangeID, lastEventID string) (evs []Event, vers
 	}
 	ex.mu.RLock()
 	defer ex.mu.RUnlock()
-	n := len(ex.ring)
-	at := func(i int) Event { return ex.ring[(ex.ringStart+i)%n] }
+	ring := ex.ring
+	n := len(ring)
 	start := -1
 	switch {
 	case lastEventID == "":
 		start = 0
-	case n == 0 || lastEventID >= at(n-1).EventID:
-		// Nothing newer yet (ids are ULIDs from one monotonic source).
-		start = n
+	case n > 0 && lastEventID == ring[n-1].EventID:
+		start = n // nothing newer yet
+	case n > 0 && lastEventID > ring[n-1].EventID:
+		// Newer than anything written (ids are ULIDs from one monotonic
+		// source): not an id of this exchange; the client must resync.
 	default:
 		for i := n - 1; i >= 0; i-- {
-			if at(i).EventID == lastEventID {
+			if ring[i].EventID == lastEventID {
 				start = i + 1
 				break
 			}
@@ -101,8 +121,5 @@ func (s *Service) EventsAfter(exchangeID, lastEventID string) (evs []Event, vers
 	if start < 0 {
 		return nil, ex.version, false, nil
 	}
-	for i := start; i < n; i++ {
-		evs = append(evs, at(i))
-	}
-	return evs, ex.version, true, nil
+	return slices.Clone(ring[start:]), ex.version, true, nil
 }

@@ -76,6 +76,19 @@ func TestRun_badSettingStops(t *testing.T) {
 		{"NOTIFY_TIMEOUT", "10"},
 		{"NOTIFY_WORKERS", "-2"},
 		{"NOTIFY_ALLOW_LOOPBACK", "1"},
+		{"MESS_MAX_CONNS_PER_IP", "lots"},
+		{"MESS_BODY_TIMEOUT", "60"},
+		{"MESS_WRITE_TIMEOUT", "-1s"},
+		{"MESS_IDLE_TIMEOUT", "0s"},
+		{"MESS_READ_HEADER_TIMEOUT", "soon"},
+		{"MESS_REGISTER_RATE", "1.5"},
+		{"MESS_REGISTER_BURST", "-1"},
+		{"MESS_MAX_EXCHANGES", "0"},
+		{"MESS_TRUST_PROXY_HEADERS", "yes"},
+		{"MESS_MAX_MESSAGE_BYTES", "-1"},
+		{"MESS_MAX_ATTACHMENT_BYTES", "1e9"},
+		{"MESS_EVENT_BUFFER", "0"},
+		{"MESS_EVENT_BUFFER_BYTES", "big"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			env := map[string]string{"ADDR": "127.0.0.1:0", "STORAGE_PATH": t.TempDir(), "LOG_LEVEL": "error", tt.name: tt.value}

@@ -67,6 +67,21 @@ type config struct {
 	s3                s3Settings
 	ownerHeartbeat    time.Duration
 	ownerTimeout      time.Duration
+
+	// Per-connection and per-request limits (see guard and capListener).
+	readHeaderTimeout time.Duration
+	bodyTimeout       time.Duration
+	writeTimeout      time.Duration
+	idleTimeout       time.Duration
+	maxConnsPerIP     int // < 0: no cap
+	trustProxy        bool
+	registerRate      int // per minute; < 0: no limit
+	registerBurst     int
+	maxExchanges      int // < 0: no cap
+	maxMessage        int
+	maxAttachments    int64 // per member; < 0: no limit
+	eventBuffer       int
+	eventBufferBytes  int
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -82,6 +97,37 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	useSSL := vars.boolean("S3_USE_SSL", false)
 	heartbeat := vars.duration("MESS_OWNER_HEARTBEAT", 2*time.Second, false)
 	ownerTimeout := vars.duration("MESS_OWNER_TIMEOUT", 10*time.Second, false)
+	// What one client or member can make the server hold (README:
+	// Security model). Environment only:
+	//
+	//	MESS_READ_HEADER_TIMEOUT   time to send request headers (default 10s)
+	//	MESS_BODY_TIMEOUT          time to send a request body (default 60s)
+	//	MESS_WRITE_TIMEOUT         time for one write to a client, streams too (default 30s)
+	//	MESS_IDLE_TIMEOUT          an idle keep-alive connection is closed (default 60s)
+	//	MESS_MAX_CONNS_PER_IP      open connections per client address (default 256; negative: none)
+	//	MESS_TRUST_PROXY_HEADERS   registrations count under X-Forwarded-For's last address (default false)
+	//	MESS_REGISTER_RATE         anonymous registrations a minute per address (default 30; negative: none)
+	//	MESS_REGISTER_BURST        ... of which at once (default 30)
+	//	MESS_MAX_EXCHANGES         exchanges on the server (default 10000; negative: none)
+	//	MESS_MAX_MESSAGE_BYTES     a request, message or profile besides attachments (default 256 KiB)
+	//	MESS_MAX_ATTACHMENT_BYTES  attachment data per member of an exchange (default 256 MiB; negative: none)
+	//	MESS_EVENT_BUFFER          events kept per exchange for resuming streams (default 10000)
+	//	MESS_EVENT_BUFFER_BYTES    the same, by size (default 8 MiB)
+	limits := config{
+		readHeaderTimeout: vars.duration("MESS_READ_HEADER_TIMEOUT", 10*time.Second, false),
+		bodyTimeout:       vars.duration("MESS_BODY_TIMEOUT", time.Minute, false),
+		writeTimeout:      vars.duration("MESS_WRITE_TIMEOUT", 30*time.Second, false),
+		idleTimeout:       vars.duration("MESS_IDLE_TIMEOUT", time.Minute, false),
+		maxConnsPerIP:     int(vars.integer("MESS_MAX_CONNS_PER_IP", 256, negativeDisables)),
+		trustProxy:        vars.boolean("MESS_TRUST_PROXY_HEADERS", false),
+		registerRate:      int(vars.integer("MESS_REGISTER_RATE", 30, negativeDisables)),
+		registerBurst:     int(vars.integer("MESS_REGISTER_BURST", 30, false)),
+		maxExchanges:      int(vars.integer("MESS_MAX_EXCHANGES", 10000, negativeDisables)),
+		maxMessage:        int(vars.integer("MESS_MAX_MESSAGE_BYTES", 256<<10, false)),
+		maxAttachments:    vars.integer("MESS_MAX_ATTACHMENT_BYTES", 256<<20, negativeDisables),
+		eventBuffer:       int(vars.integer("MESS_EVENT_BUFFER", 10000, false)),
+		eventBufferBytes:  int(vars.integer("MESS_EVENT_BUFFER_BYTES", 8<<20, false)),
+	}
 	if vars.err != nil {
 		return config{}, vars.err
 	}
@@ -128,8 +174,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		pprofAddr:         *pprofAddr,
 		s3: s3Settings{endpoint: *s3Endpoint, bucket: *s3Bucket, accessKey: *s3Access, secretKey: *s3Secret,
 			region: *s3Region, prefix: *s3Prefix, useSSL: *s3SSL},
-		ownerHeartbeat: *ownerHB,
-		ownerTimeout:   *ownerTO,
+		ownerHeartbeat:    *ownerHB,
+		ownerTimeout:      *ownerTO,
+		readHeaderTimeout: limits.readHeaderTimeout,
+		bodyTimeout:       limits.bodyTimeout,
+		writeTimeout:      limits.writeTimeout,
+		idleTimeout:       limits.idleTimeout,
+		maxConnsPerIP:     limits.maxConnsPerIP,
+		trustProxy:        limits.trustProxy,
+		registerRate:      limits.registerRate,
+		registerBurst:     limits.registerBurst,
+		maxExchanges:      limits.maxExchanges,
+		maxMessage:        limits.maxMessage,
+		maxAttachments:    limits.maxAttachments,
+		eventBuffer:       limits.eventBuffer,
+		eventBufferBytes:  limits.eventBufferBytes,
 	}
 	switch c.storageType {
 	case "filesystem", "fs", "":
@@ -223,9 +282,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// this context is cancelled at shutdown.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
+	if c.maxConnsPerIP > 0 {
+		ln = newCapListener(ln, c.maxConnsPerIP)
+	}
+	// No ReadTimeout or WriteTimeout: they would end long-polls and event
+	// streams. guard puts deadlines on bodies and on each write instead.
 	srv := &http.Server{
-		Handler:           front,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           guard(front, c.maxBody, c.bodyTimeout, c.writeTimeout),
+		ReadHeaderTimeout: c.readHeaderTimeout,
+		IdleTimeout:       c.idleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 	}
 	errc := make(chan error, 1)
@@ -250,13 +315,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	start := time.Now()
 	svc, err := mess.New(ctx, mess.Config{
-		ValidateProfile:   validate,
-		Store:             store,
-		Logger:            logger,
-		OpenRegistration:  c.openRegistration,
-		OpenExchanges:     c.openExchanges,
-		AllowedExchanges:  c.allowedExchanges,
-		RegistrationToken: c.registrationToken,
+		ValidateProfile:    validate,
+		Store:              store,
+		Logger:             logger,
+		OpenRegistration:   c.openRegistration,
+		OpenExchanges:      c.openExchanges,
+		AllowedExchanges:   c.allowedExchanges,
+		RegistrationToken:  c.registrationToken,
+		MaxExchanges:       c.maxExchanges,
+		MaxMessageBytes:    c.maxMessage,
+		MaxAttachmentBytes: c.maxAttachments,
+		EventBuffer:        c.eventBuffer,
+		EventBufferBytes:   c.eventBufferBytes,
 	})
 	if err != nil {
 		return err

@@ -94,6 +94,12 @@ func withDataDir(dir string) serverOption {
 // open to registration unless MESS_OPEN_REGISTRATION is overridden.
 func startServer(t testing.TB, opts ...serverOption) *testServer {
 	t.Helper()
+	return startServerLogs(t, io.Discard, opts...)
+}
+
+// startServerLogs is startServer with the server's log written to logs.
+func startServerLogs(t testing.TB, logs io.Writer, opts ...serverOption) *testServer {
+	t.Helper()
 	env := map[string]string{
 		"ADDR":                   "127.0.0.1:0",
 		"STORAGE_PATH":           t.TempDir(),
@@ -107,7 +113,7 @@ func startServer(t testing.TB, opts ...serverOption) *testServer {
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, ready)
+		done <- run(ctx, nil, func(k string) string { return env[k] }, logs, ready)
 	}()
 	var addr string
 	select {

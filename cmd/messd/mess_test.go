@@ -175,6 +175,13 @@ func TestStatusRules(t *testing.T) {
 		{"confirm_before enforced", map[string]any{"confirm_before": true}, []step{
 			{"exec", "claimed", 200}, {"exec", "completed", 409}, {"exec", "needs_confirmation", 200},
 			{"req", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
+		{"confirmation stays with its executor", map[string]any{"confirm_before": true}, []step{
+			{"exec", "claimed", 200}, {"exec", "needs_confirmation", 200}, {"req", "in_progress", 200},
+			{"exec", "pending", 200}, {"other", "completed", 409}, {"other", "claimed", 200}, {"other", "completed", 409}}, "claimed"},
+		{"releasing a claim clears the confirmation", map[string]any{"confirm_before": true}, []step{
+			{"exec", "claimed", 200}, {"exec", "needs_confirmation", 200}, {"req", "in_progress", 200},
+			{"exec", "pending", 200}, {"exec", "completed", 409}, {"exec", "needs_confirmation", 200},
+			{"req", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
@@ -47,11 +46,10 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		Skipper:       corsSkipper(c.corsOrigins),
 		AllowOrigins:  c.corsOrigins,
-		AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete, http.MethodOptions},
+		AllowMethods:  []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions},
 		AllowHeaders:  []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "If-Match", "Mcp-Session-Id", "Mcp-Protocol-Version"},
 		ExposeHeaders: []string{"Idempotent-Replayed", "ETag", "Mcp-Session-Id"},
 	}))
-	e.Use(middleware.BodyLimit(strconv.FormatInt(c.maxBody, 10)))
 
 	health := map[string]string{"status": "ok", "service": "mess-exchange", "storage": c.storageType, "mode": "event-sourced", "role": "writer"}
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/health", func(ec echo.Context) error {
@@ -62,7 +60,15 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/ready", func(ec echo.Context) error {
 		return ec.JSON(http.StatusOK, map[string]string{"status": "ready", "role": "writer"})
 	})
-	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{MaxBodyBytes: c.maxBody, Capabilities: caps, Logger: logger})
+	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{
+		MaxBodyBytes:       c.maxBody,
+		Capabilities:       caps,
+		Logger:             logger,
+		StreamWriteTimeout: c.writeTimeout,
+		RegisterRate:       float64(c.registerRate),
+		RegisterBurst:      c.registerBurst,
+		TrustProxyHeaders:  c.trustProxy,
+	})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"strconv"
 	"strings"
@@ -95,6 +96,42 @@ func Bearer(r *http.Request) (string, bool) {
 	return key, key != ""
 }
 
+// ClientAddr returns the client address a request is counted under for
+// rate limits: the IPv4 address, or the /64 an IPv6 address is in (one
+// host usually holds a whole /64). It is the connection's remote address,
+// or with trustProxy the last address in X-Forwarded-For, the one the proxy
+// in front of the server added. An address that does not parse is the
+// zero Prefix.
+func ClientAddr(r *http.Request, trustProxy bool) netip.Prefix {
+	if trustProxy {
+		if vs := r.Header.Values("X-Forwarded-For"); len(vs) > 0 {
+			last := vs[len(vs)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
+			}
+			if a, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
+				return AddrKey(a)
+			}
+		}
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return AddrKey(ap.Addr())
+	}
+	return netip.Prefix{}
+}
+
+// AddrKey is ClientAddr's key for an address: the IPv4 address, or its
+// IPv6 /64.
+func AddrKey(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	bits := 32
+	if a.Is6() {
+		bits = 64
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
 // bufs holds request and response buffers: most bodies are a few hundred
 // bytes, and pooling them keeps the allocation off every request.
 var bufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -166,13 +203,19 @@ func Unmarshal(data []byte, v any) error {
 		return &Error{http.StatusBadRequest, CodeMalformedJSON, fmt.Sprintf("malformed JSON at byte %d", se.Offset)}
 	}
 	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-		field := te.Field
-		if field == "" {
-			field = "the body"
-		}
-		return &Error{http.StatusBadRequest, CodeMalformedJSON, fmt.Sprintf("%s must be %s, not %s", field, jsonType(te.Type), te.Value)}
+		return &Error{http.StatusBadRequest, CodeMalformedJSON, TypeErrorMessage(te)}
 	}
 	return &Error{http.StatusBadRequest, CodeMalformedJSON, "malformed JSON"}
+}
+
+// TypeErrorMessage says what a JSON value of the wrong type should have
+// been, in JSON's terms: "priority must be a string, not number".
+func TypeErrorMessage(te *json.UnmarshalTypeError) string {
+	field := strings.TrimPrefix(te.Field, ".")
+	if field == "" {
+		field = "the body"
+	}
+	return fmt.Sprintf("%s must be %s, not %s", field, jsonType(te.Type), te.Value)
 }
 
 // jsonType names the JSON type a Go type is decoded from.

@@ -103,3 +103,29 @@ func TestCode(t *testing.T) {
 		}
 	}
 }
+
+func TestClientAddr(t *testing.T) {
+	tests := []struct {
+		remote, xff string
+		trust       bool
+		want        string
+	}{
+		{"192.0.2.7:5000", "", false, "192.0.2.7/32"},
+		{"192.0.2.7:5000", "198.51.100.1", false, "192.0.2.7/32"},
+		{"192.0.2.7:5000", "198.51.100.1, 203.0.113.5", true, "203.0.113.5/32"},
+		{"192.0.2.7:5000", "not an address", true, "192.0.2.7/32"},
+		{"[2001:db8:1:2:3:4:5:6]:443", "", false, "2001:db8:1:2::/64"},
+		{"[::ffff:192.0.2.9]:1", "", false, "192.0.2.9/32"},
+		{"garbage", "", false, "invalid Prefix"},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tt.remote
+		if tt.xff != "" {
+			r.Header.Set("X-Forwarded-For", tt.xff)
+		}
+		if got := ClientAddr(r, tt.trust).String(); got != tt.want {
+			t.Errorf("ClientAddr(%s, XFF %q, trust %v) = %s, want %s", tt.remote, tt.xff, tt.trust, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package lease_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meatspace-exchange/mess/lease"
+)
+
+// fuzzHandler is the lease API over an in-memory manager whose blocking
+// acquires wait 10 ms at most, so no input holds the fuzzer up.
+func fuzzHandler(f *testing.F) http.Handler {
+	f.Helper()
+	m := MustNew(f, lease.Config{MaxWait: 10 * time.Millisecond})
+	h, err := lease.NewHandler(m, lease.HandlerConfig{Auth: keys{}, MaxBodyBytes: 4096})
+	if err != nil {
+		f.Fatal(err)
+	}
+	return h
+}
+
+// leaseCall sends body to op as alice and checks the answer is JSON with a
+// 2xx or 4xx status. It returns the status and the decoded answer.
+func leaseCall(t *testing.T, h http.Handler, method, op, body string) (int, map[string]any) {
+	t.Helper()
+	r := httptest.NewRequest(method, "/api/v1/exchanges/x1/leases/"+op, strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer key-alice")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code >= 500 || w.Code < 200 || (w.Code >= 300 && w.Code < 400) {
+		t.Fatalf("%s %s %q = %d %s", method, op, body, w.Code, w.Body)
+	}
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("%s %s %q = %d with Content-Type %q", method, op, body, w.Code, ct)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil {
+		t.Fatalf("%s %s %q = %d, not a JSON object: %s", method, op, body, w.Code, w.Body)
+	}
+	return w.Code, out
+}
+
+// stillServing checks an ordinary acquire and release work.
+func stillServing(t *testing.T, h http.Handler) {
+	t.Helper()
+	if code, out := leaseCall(t, h, "POST", "acquire", `{"file":"probe/ok.txt","ttlMs":1000}`); code != 200 || out["acquired"] != true {
+		t.Fatalf("acquire after fuzzing = %d %v", code, out)
+	}
+	if code, out := leaseCall(t, h, "POST", "release", `{"file":"probe/ok.txt"}`); code != 200 || out["released"] != true {
+		t.Fatalf("release after fuzzing = %d %v", code, out)
+	}
+}
+
+// FuzzLeaseName runs a lease's whole life on a fuzzed name: every answer
+// is JSON, and a name accepted once is accepted throughout.
+func FuzzLeaseName(f *testing.F) {
+	for _, seed := range []string{
+		"src/main.go", "./a//b", "/abs/path", "..", "../../etc/passwd", ".", "/", "", "a\x00b", "a\nb",
+		"\xff\xfe", "日本語/ファイル", strings.Repeat("x", 1025), "a/./b/../c", "\u2028", `a"b\c`,
+	} {
+		f.Add(seed)
+	}
+	h := fuzzHandler(f)
+	f.Fuzz(func(t *testing.T, name string) {
+		file, _ := json.Marshal(name)
+		code, out := leaseCall(t, h, "POST", "acquire", `{"file":`+string(file)+`,"ttlMs":60000}`)
+		if code == 200 && out["acquired"] == true {
+			if code, out := leaseCall(t, h, "POST", "status", `{"file":`+string(file)+`}`); code != 200 || out["isLeased"] != true {
+				t.Fatalf("status of an acquired lease = %d %v", code, out)
+			}
+			if code, out := leaseCall(t, h, "POST", "release", `{"file":`+string(file)+`}`); code != 200 || out["released"] != true {
+				t.Fatalf("release of an acquired lease = %d %v", code, out)
+			}
+		}
+		stillServing(t, h)
+	})
+}
+
+// FuzzLeaseBody throws bodies at every lease operation.
+func FuzzLeaseBody(f *testing.F) {
+	for _, seed := range []string{
+		`{"file":"f","ttlMs":1000}`, `{"file":"f","ttlMs":1000,"waitMs":5}`, `{"file":"f","token":1,"ttlMs":1000}`,
+		`{"file":"f","token":0}`, `{"file":"f","agentId":"bob"}`, `{"file":"f","ttlMs":-1}`, `{"file":"f","ttlMs":1e300}`,
+		`{"file":"f","token":-1}`, `{"file":"f","token":18446744073709551616}`, `{"file":5}`, `[]`, `null`, ``, `{`,
+		`{"file":"f","ttlMs":1000}{"x":1}`, "{\"file\":\"\xff\"}",
+	} {
+		for _, op := range []string{"acquire", "renew", "release", "status", "release-all"} {
+			f.Add(op, seed)
+		}
+	}
+	h := fuzzHandler(f)
+	f.Fuzz(func(t *testing.T, op, body string) {
+		switch op {
+		case "acquire", "renew", "release", "status", "release-all":
+		default:
+			op = "acquire"
+		}
+		leaseCall(t, h, "POST", op, body)
+		stillServing(t, h)
+	})
+}
