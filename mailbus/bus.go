@@ -435,4 +435,3 @@ func (b *Bus) sweeper() {
 		}
 	}
 }
-

@@ -693,8 +693,6 @@ func (ws *wsConn) settle(p *owed) []byte {
 	return append(b, '}')
 }
 
-
-
 // The WebSocket library keeps the buffers it gets from the hijack for the
 // connection's whole life, and net/http's are 4 KiB each. Frames on the bus
 // are small, and larger reads and writes bypass a bufio buffer anyway, so

@@ -30,7 +30,7 @@ func newEntry(num uint64, ack bool) entry {
 	return e
 }
 
-func (e entry) num() uint64    { return uint64(e) >> 1 }
+func (e entry) num() uint64 { return uint64(e) >> 1 }
 
 func (e entry) needsAck() bool { return e&1 != 0 }
 
