@@ -30,8 +30,7 @@ type Directory interface {
 // comment.
 type Config struct {
 	// Store keeps inboxes, subscriptions and acknowledgements durable.
-	// Nil keeps everything in memory only (tests, embedding without
-	// persistence): nothing survives a restart.
+	// Nil means storage.NewMemory(): nothing survives the process.
 	Store storage.Store
 	// Directory, when set, is asked whether the target of a direct message
 	// exists. Nil accepts any valid agent id and keeps its mail until it
@@ -56,7 +55,7 @@ type Config struct {
 	SnapshotEvery int
 	// Now is the clock. Zero means time.Now.
 	Now func() time.Time
-	// Logger receives operational errors. Zero means slog.Default().
+	// Logger receives operational errors. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -88,8 +87,16 @@ func (b *Bus) enter() bool {
 
 func (b *Bus) leave() { b.conns.Done() }
 
-// New starts a bus on cfg.Store.
-func New(cfg Config) (*Bus, error) {
+// New starts a bus on cfg.Store. A zero Config is a working bus in memory.
+// Exchanges are loaded from the store on first use, so ctx bounds nothing
+// yet; it is there for the stores that may need it.
+func New(ctx context.Context, cfg Config) (*Bus, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.Store == nil {
+		cfg.Store = storage.NewMemory()
+	}
 	if cfg.RetentionAge == 0 {
 		cfg.RetentionAge = 7 * 24 * time.Hour
 	}
@@ -121,14 +128,11 @@ func New(cfg Config) (*Bus, error) {
 	case cfg.PresenceTimeout < 0:
 		return nil, fmt.Errorf("mailbus: PresenceTimeout %s is negative", cfg.PresenceTimeout)
 	}
-	b := &Bus{cfg: cfg, exs: map[string]*exchange{}, stop: make(chan struct{})}
-	if cfg.Store != nil {
-		j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
-		if err != nil {
-			return nil, fmt.Errorf("mailbus: %w", err)
-		}
-		b.j = j
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
+	if err != nil {
+		return nil, fmt.Errorf("mailbus: %w", err)
 	}
+	b := &Bus{cfg: cfg, j: j, exs: map[string]*exchange{}, stop: make(chan struct{})}
 	b.wg.Add(1)
 	go b.sweeper()
 	return b, nil
@@ -167,10 +171,7 @@ func (b *Bus) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if b.j != nil {
-		return b.j.Close(ctx)
-	}
-	return nil
+	return b.j.Close(ctx)
 }
 
 // exchange returns the loaded state of exchange id, replaying it from the

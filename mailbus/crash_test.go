@@ -25,7 +25,7 @@ func serveChild(dir string) {
 	if err != nil {
 		panic(err)
 	}
-	b, err := mailbus.New(mailbus.Config{Store: st})
+	b, err := mailbus.New(context.Background(), mailbus.Config{Store: st})
 	if err != nil {
 		panic(err)
 	}

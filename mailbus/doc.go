@@ -6,7 +6,8 @@
 // Use New to create a Bus on a storage.Store, NewHandler to serve it at
 // /api/v1/exchanges/{exchange_id}/mailbus/..., Bus.Agent for an agent in
 // the same process and NewClient for a remote one. Local and Client both
-// implement MailBus, the original IMailBus method set.
+// implement MailBus, the IMailBus method set of Jetpack's mail adapters
+// (cf-mail-adapter 0.1.0).
 //
 // # Semantics
 //

@@ -22,7 +22,7 @@ var (
 	// one a recipient has not acknowledged yet: acknowledgements name
 	// messages by id, so the two could not be told apart. HTTP 409.
 	ErrConflict = errors.New("mailbus: conflict")
-	// ErrClosed is returned by every call after Close or Shutdown.
+	// ErrClosed is returned by every call after Close.
 	ErrClosed = errors.New("mailbus: closed")
 	// ErrNotConnected is returned by client calls that need a live
 	// connection before Connect succeeded.

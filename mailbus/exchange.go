@@ -261,10 +261,6 @@ func (ex *exchange) write(rec *record) (<-chan error, error) {
 		return nil, ErrClosed
 	}
 	j := ex.b.j
-	if j == nil {
-		ex.lsn++
-		return nil, nil
-	}
 	rec.LSN = ex.lsn + 1
 	var line []byte
 	if rec.raw != nil {

@@ -22,3 +22,12 @@ func (b *Bus) DropConnections() {
 		ex.mu.Unlock()
 	}
 }
+
+// The wire shapes, for black-box tests of the protocol.
+type (
+	Frame             = frame
+	SendRequest       = sendRequest
+	AckRequest        = ackRequest
+	InboxResponse     = inboxResponse
+	SubscriptionsBody = subscriptionsBody
+)

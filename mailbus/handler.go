@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
-	json "github.com/goccy/go-json"
+	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 // HandlerConfig configures NewHandler. Every zero field has the default
@@ -34,7 +33,7 @@ type HandlerConfig struct {
 	// WebSocket (see websocket.AcceptOptions). Non-browser clients send no
 	// Origin and are always accepted.
 	OriginPatterns []string
-	// Logger receives unexpected errors. Zero means slog.Default().
+	// Logger receives unexpected errors. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -79,7 +78,7 @@ func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
 	h.route(base+"subscriptions", http.MethodGet, h.getSubscriptions)
 	h.route(base+"subscriptions", http.MethodPut, h.putSubscriptions)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "no such endpoint")
 	})
 	return h, nil
 }
@@ -118,22 +117,28 @@ func (h *handler) route(pattern, method string, fn func(http.ResponseWriter, *ht
 			e.fn(w, r, c)
 			return
 		}
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" not allowed here")
+		httpx.WriteError(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "method "+r.Method+" not allowed here")
 	})
 }
 
 func (h *handler) authenticate(w http.ResponseWriter, r *http.Request) (caller, bool) {
 	ex := r.PathValue("exchange_id")
 	if !ValidID(ex) {
-		writeError(w, http.StatusBadRequest, "invalid_input", "invalid exchange id")
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "invalid exchange id")
 		return caller{}, false
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || strings.TrimSpace(token) == "" {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing bearer token")
+	return h.authenticateIn(w, r, ex)
+}
+
+// authenticateIn authenticates the request's bearer key as an agent of
+// exchange ex.
+func (h *handler) authenticateIn(w http.ResponseWriter, r *http.Request, ex string) (caller, bool) {
+	token, ok := httpx.Bearer(r)
+	if !ok {
+		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "missing bearer token")
 		return caller{}, false
 	}
-	agent, err := h.cfg.Auth.Authenticate(r.Context(), ex, strings.TrimSpace(token))
+	agent, err := h.cfg.Auth.Authenticate(r.Context(), ex, token)
 	if err == nil && !ValidID(agent) {
 		err = fmt.Errorf("authenticator returned invalid agent id %q", agent)
 	}
@@ -144,28 +149,32 @@ func (h *handler) authenticate(w http.ResponseWriter, r *http.Request) (caller, 
 	return caller{exchange: ex, agent: agent}, true
 }
 
-// errorStatus is the one table from bus errors to HTTP statuses and codes.
+// errorStatus is the one table from bus errors to HTTP statuses and the
+// codes of internal/httpx, for HTTP answers and error frames alike.
 func errorStatus(err error) (int, string, string) {
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		return http.StatusRequestEntityTooLarge, "body_too_large", "request body too large"
-	case errors.Is(err, ErrInvalid):
-		return http.StatusBadRequest, "invalid_input", strings.TrimPrefix(err.Error(), "mailbus: ")
-	case errors.Is(err, ErrUnauthorized):
-		return http.StatusUnauthorized, "unauthorized", "invalid API key"
-	case errors.Is(err, ErrForbidden):
-		return http.StatusForbidden, "forbidden", "API key not valid for this exchange"
-	case errors.Is(err, ErrNotFound):
-		return http.StatusNotFound, "not_found", strings.TrimPrefix(err.Error(), "mailbus: ")
-	case errors.Is(err, ErrConflict):
-		return http.StatusConflict, "conflict", strings.TrimPrefix(err.Error(), "mailbus: ")
-	case errors.Is(err, ErrClosed):
-		return http.StatusServiceUnavailable, "unavailable", "mail bus is shutting down"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return http.StatusServiceUnavailable, "timeout", "request cancelled before it completed"
+	if he, ok := errors.AsType[*httpx.Error](err); ok {
+		return he.Status, he.Code, he.Message
 	}
-	return http.StatusInternalServerError, "internal_error", "internal error"
+	msg := strings.TrimPrefix(err.Error(), "mailbus: ")
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest, httpx.CodeInvalid, msg
+	case errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key"
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden, httpx.CodeForbidden, "API key not valid for this exchange"
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound, httpx.CodeNotFound, msg
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict, httpx.CodeConflict, msg
+	case errors.Is(err, ErrClosed):
+		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "mail bus is shutting down"
+	case errors.Is(err, errReload):
+		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "mail bus is reloading after a storage failure; try again"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "request cancelled before it completed"
+	}
+	return http.StatusInternalServerError, httpx.CodeInternal, "internal error"
 }
 
 func (h *handler) fail(w http.ResponseWriter, err error) {
@@ -173,33 +182,14 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 	if status == http.StatusInternalServerError {
 		h.cfg.Logger.Error("mailbus: request failed", "err", err)
 	}
-	writeError(w, status, code, msg)
+	httpx.WriteError(w, status, code, msg)
 }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg, "code": code})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
+// decode reads the JSON body into v, answering the request itself when it
+// cannot.
 func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
-	dec := json.NewDecoder(r.Body)
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			h.fail(w, err)
-		} else {
-			writeError(w, http.StatusBadRequest, "malformed_json", "malformed JSON body: "+err.Error())
-		}
-		return false
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		writeError(w, http.StatusBadRequest, "malformed_json", "trailing data after JSON body")
+	if err := httpx.DecodeJSON(w, r, h.cfg.MaxBodyBytes, v); err != nil {
+		h.fail(w, err)
 		return false
 	}
 	return true
@@ -215,22 +205,23 @@ func (h *handler) publish(w http.ResponseWriter, r *http.Request, c caller) {
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
-// SendRequest is the body of POST /send, the original's shape.
-type SendRequest struct {
+// sendRequest is the body of POST /send, as cf-mail-adapter 0.1.0's
+// CloudflareMailBus sends it.
+type sendRequest struct {
 	TargetAgent string  `json:"targetAgent"`
 	Message     Message `json:"message"`
 }
 
 func (h *handler) send(w http.ResponseWriter, r *http.Request, c caller) {
-	var req SendRequest
+	var req sendRequest
 	if !h.decode(w, r, &req) {
 		return
 	}
 	if req.Message.To != "" && req.Message.To != req.TargetAgent {
-		writeError(w, http.StatusBadRequest, "invalid_input", "message.to differs from targetAgent")
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "message.to differs from targetAgent")
 		return
 	}
 	out, err := h.b.SendTo(r.Context(), c.exchange, c.agent, req.TargetAgent, req.Message)
@@ -238,38 +229,38 @@ func (h *handler) send(w http.ResponseWriter, r *http.Request, c caller) {
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
-// AckRequest is the body of POST /acknowledge. AgentID may be empty; when
+// ackRequest is the body of POST /acknowledge. AgentID may be empty; when
 // set it must be the caller.
-type AckRequest struct {
+type ackRequest struct {
 	MessageID string `json:"messageId"`
 	AgentID   string `json:"agentId,omitempty"`
 }
 
 func (h *handler) acknowledge(w http.ResponseWriter, r *http.Request, c caller) {
-	var req AckRequest
+	var req ackRequest
 	if !h.decode(w, r, &req) {
 		return
 	}
 	if req.AgentID != "" && req.AgentID != c.agent {
-		writeError(w, http.StatusForbidden, "forbidden", "an agent can only acknowledge its own messages")
+		httpx.WriteError(w, http.StatusForbidden, httpx.CodeForbidden, "an agent can only acknowledge its own messages")
 		return
 	}
 	if req.MessageID == "" {
-		writeError(w, http.StatusBadRequest, "invalid_input", "messageId is required")
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "messageId is required")
 		return
 	}
 	if err := h.b.Acknowledge(r.Context(), c.exchange, c.agent, req.MessageID); err != nil {
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"acknowledged": true, "messageId": req.MessageID, "agentId": c.agent})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"acknowledged": true, "messageId": req.MessageID, "agentId": c.agent})
 }
 
-// InboxResponse is the body of GET /inbox.
-type InboxResponse struct {
+// inboxResponse is the body of GET /inbox.
+type inboxResponse struct {
 	Messages []Message `json:"messages"`
 	// Next is the since to pass on the following call.
 	Next uint64 `json:"next"`
@@ -284,7 +275,7 @@ func (h *handler) inbox(w http.ResponseWriter, r *http.Request, c caller) {
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 1000 {
-			writeError(w, http.StatusBadRequest, "invalid_input", "limit must be 1..1000")
+			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "limit must be 1..1000")
 			return
 		}
 		limit = n
@@ -297,7 +288,7 @@ func (h *handler) inbox(w http.ResponseWriter, r *http.Request, c caller) {
 	if msgs == nil {
 		msgs = []Message{}
 	}
-	writeJSON(w, http.StatusOK, InboxResponse{Messages: msgs, Next: next})
+	httpx.WriteJSON(w, http.StatusOK, inboxResponse{Messages: msgs, Next: next})
 }
 
 func parseSince(w http.ResponseWriter, r *http.Request) (int64, bool) {
@@ -307,7 +298,7 @@ func parseSince(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	}
 	n, err := strconv.ParseUint(v, 10, 63)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_input", "since must be a non-negative integer")
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "since must be a non-negative integer")
 		return 0, false
 	}
 	return int64(n), true
@@ -319,7 +310,7 @@ func (h *handler) presence(w http.ResponseWriter, r *http.Request, c caller) {
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"agents": ps})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"agents": ps})
 }
 
 func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request, c caller) {
@@ -327,11 +318,11 @@ func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request, c caller) {
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
-// SubscriptionsBody is the body of GET and PUT /subscriptions.
-type SubscriptionsBody struct {
+// subscriptionsBody is the body of GET and PUT /subscriptions.
+type subscriptionsBody struct {
 	Types []string `json:"types"`
 }
 
@@ -341,11 +332,11 @@ func (h *handler) getSubscriptions(w http.ResponseWriter, r *http.Request, c cal
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, SubscriptionsBody{Types: subs})
+	httpx.WriteJSON(w, http.StatusOK, subscriptionsBody{Types: subs})
 }
 
 func (h *handler) putSubscriptions(w http.ResponseWriter, r *http.Request, c caller) {
-	var body SubscriptionsBody
+	var body subscriptionsBody
 	if !h.decode(w, r, &body) {
 		return
 	}
@@ -358,5 +349,5 @@ func (h *handler) putSubscriptions(w http.ResponseWriter, r *http.Request, c cal
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, SubscriptionsBody{Types: subs})
+	httpx.WriteJSON(w, http.StatusOK, subscriptionsBody{Types: subs})
 }

@@ -1,6 +1,7 @@
 package mailbus_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -545,7 +546,7 @@ func TestHandler_PipelinedSends(t *testing.T) {
 }
 
 func TestHandler_DeadConnectionDropped(t *testing.T) {
-	b, err := mailbus.New(mailbus.Config{})
+	b, err := mailbus.New(context.Background(), mailbus.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,7 +580,7 @@ func TestHandler_DeadConnectionDropped(t *testing.T) {
 // been blocked for WriteTimeout, even with pings far off, and that what it
 // missed stays in its inbox.
 func TestHandler_StalledReaderDropped(t *testing.T) {
-	b, err := mailbus.New(mailbus.Config{})
+	b, err := mailbus.New(context.Background(), mailbus.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/coder/websocket"
 	json "github.com/goccy/go-json"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
 // Close codes the server uses beyond the standard ones.
@@ -24,12 +26,12 @@ const (
 	StatusReplaced websocket.StatusCode = 4000
 )
 
-// Frame is a control frame on the WebSocket, in either direction. Client
+// frame is a control frame on the WebSocket, in either direction. Client
 // actions: subscribe, unsubscribe (Type), ack (MessageID), publish
 // (Message), send (TargetAgent, Message), heartbeat. Server actions:
 // welcome, subscribed, unsubscribed, acked, accepted (ID), error (Error,
 // Code). Ref, when a client sets it, is echoed in the reply.
-type Frame struct {
+type frame struct {
 	Action       string   `json:"action"`
 	Ref          string   `json:"ref,omitempty"`
 	Type         string   `json:"type,omitempty"`
@@ -91,7 +93,7 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 		// nothing.
 		if err := h.b.SetSubscriptions(ctx, c.exchange, c.agent, types); err != nil {
 			_, code, msg := errorStatus(err)
-			if code == "internal_error" {
+			if code == httpx.CodeInternal {
 				h.cfg.Logger.Error("mailbus: subscribe failed", "err", err)
 			}
 			conn.Close(websocket.StatusInternalError, msg)
@@ -142,7 +144,7 @@ func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c call
 	s.a.mu.Lock()
 	next := s.next
 	s.a.mu.Unlock()
-	ws.reply(ctx, Frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
+	ws.reply(ctx, frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
 	ws.mu.Lock()
 	ws.s = s
 	ws.ping = time.AfterFunc(h.cfg.PingInterval, ws.pingOnce)
@@ -480,7 +482,7 @@ func (ws *wsConn) pingOnce() {
 	ws.mu.Unlock()
 }
 
-func (ws *wsConn) reply(ctx context.Context, f Frame) {
+func (ws *wsConn) reply(ctx context.Context, f frame) {
 	if ctx.Err() != nil {
 		return
 	}
@@ -490,10 +492,10 @@ func (ws *wsConn) reply(ctx context.Context, f Frame) {
 
 func (ws *wsConn) replyErr(ctx context.Context, ref string, err error) {
 	_, code, msg := errorStatus(err)
-	if code == "internal_error" {
+	if code == httpx.CodeInternal {
 		ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
 	}
-	ws.reply(ctx, Frame{Action: "error", Ref: ref, Error: msg, Code: code})
+	ws.reply(ctx, frame{Action: "error", Ref: ref, Error: msg, Code: code})
 }
 
 func (ws *wsConn) readLoop(ctx context.Context) {
@@ -531,16 +533,16 @@ func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.
 		ws.replyErr(ctx, "", fmt.Errorf("%w: binary frames are not supported", ErrInvalid))
 		return nil
 	}
-	var f Frame
+	var f frame
 	if err := json.Unmarshal(data, &f); err != nil {
-		ws.reply(ctx, Frame{Action: "error", Error: "malformed frame: " + err.Error(), Code: "malformed_frame"})
+		ws.reply(ctx, frame{Action: "error", Error: "malformed frame: " + err.Error(), Code: httpx.CodeMalformedJSON})
 		return nil
 	}
 	ws.handle(ctx, f)
 	return nil
 }
 
-func (ws *wsConn) handle(ctx context.Context, f Frame) {
+func (ws *wsConn) handle(ctx context.Context, f frame) {
 	b, c := ws.h.b, ws.c
 	if len(f.Ref) > maxRef {
 		ws.replyErr(ctx, "", fmt.Errorf("%w: ref longer than %d bytes", ErrInvalid, maxRef))
@@ -558,14 +560,14 @@ func (ws *wsConn) handle(ctx context.Context, f Frame) {
 			ws.replyErr(ctx, f.Ref, err)
 			return
 		}
-		ws.reply(ctx, Frame{Action: f.Action + "d", Ref: f.Ref, Type: f.Type})
+		ws.reply(ctx, frame{Action: f.Action + "d", Ref: f.Ref, Type: f.Type})
 	case "ack":
 		ex, err := b.exchange(ctx, c.exchange)
 		var result <-chan error
 		if err == nil {
 			result, err = ex.ackAsync(c.agent, f.MessageID)
 		}
-		ws.later(ctx, f, result, err, Frame{Action: "acked", Ref: f.Ref, MessageID: f.MessageID})
+		ws.later(ctx, f, result, err, frame{Action: "acked", Ref: f.Ref, MessageID: f.MessageID})
 	case "publish", "send":
 		if f.Message == nil {
 			ws.replyErr(ctx, f.Ref, fmt.Errorf("%w: %s frame without message", ErrInvalid, f.Action))
@@ -580,13 +582,13 @@ func (ws *wsConn) handle(ctx context.Context, f Frame) {
 			m.To = f.TargetAgent
 		}
 		out, result, err := b.publishAsync(ctx, c.exchange, c.agent, m)
-		ws.later(ctx, f, result, err, Frame{Action: "accepted", Ref: f.Ref, ID: out.ID})
+		ws.later(ctx, f, result, err, frame{Action: "accepted", Ref: f.Ref, ID: out.ID})
 	case "heartbeat":
 		if err := b.Heartbeat(ctx, c.exchange, c.agent); err != nil {
 			ws.replyErr(ctx, f.Ref, err)
 		}
 	default:
-		ws.reply(ctx, Frame{Action: "error", Ref: f.Ref, Error: fmt.Sprintf("unknown action %q", f.Action), Code: "unknown_action"})
+		ws.reply(ctx, frame{Action: "error", Ref: f.Ref, Error: fmt.Sprintf("unknown action %q", f.Action), Code: httpx.CodeInvalid})
 	}
 }
 
@@ -594,7 +596,7 @@ func (ws *wsConn) handle(ctx context.Context, f Frame) {
 // reader, so one connection can pipeline many writes. Replies are settled
 // in order by one waiter goroutine per connection (started on first use),
 // which gathers those that completed in the same group commit.
-func (ws *wsConn) later(ctx context.Context, f Frame, result <-chan error, err error, ok Frame) {
+func (ws *wsConn) later(ctx context.Context, f frame, result <-chan error, err error, ok frame) {
 	if err != nil {
 		ws.replyErr(ctx, f.Ref, err)
 		return
@@ -621,7 +623,7 @@ func (ws *wsConn) later(ctx context.Context, f Frame, result <-chan error, err e
 // owed is a reply waiting for its write to become durable.
 type owed struct {
 	result <-chan error
-	ok     Frame
+	ok     frame
 }
 
 func (ws *wsConn) waiter() {
@@ -667,10 +669,10 @@ func (ws *wsConn) settle(p *owed) []byte {
 	f := p.ok
 	if err := <-p.result; err != nil {
 		_, code, msg := errorStatus(err)
-		if code == "internal_error" {
+		if code == httpx.CodeInternal {
 			ws.h.cfg.Logger.Error("mailbus: frame failed", "err", err)
 		}
-		f = Frame{Action: "error", Ref: p.ok.Ref, Error: msg, Code: code}
+		f = frame{Action: "error", Ref: p.ok.Ref, Error: msg, Code: code}
 		b, _ := json.Marshal(f)
 		return b
 	}
@@ -740,16 +742,9 @@ func (l *leanHijacker) answer() {
 	if l.status == 0 {
 		return
 	}
-	code := "invalid_input"
-	switch l.status {
-	case http.StatusUpgradeRequired:
-		code = "upgrade_required"
-	case http.StatusForbidden:
-		code = "forbidden"
-	case http.StatusMethodNotAllowed:
-		code = "method_not_allowed"
-	}
-	writeError(l.ResponseWriter, l.status, code, strings.TrimSpace(string(l.msg)))
+	// httpx.Code names 426 upgrade_required, the one status here outside
+	// its list.
+	httpx.WriteError(l.ResponseWriter, l.status, httpx.Code(l.status), strings.TrimSpace(string(l.msg)))
 }
 
 func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {

@@ -14,7 +14,8 @@ import (
 	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
-// Message types the original bus defined. Any other dotted type made of
+// Message types of Jetpack's mail protocol (its MessageType, cf-mail-adapter
+// 0.1.0). Any other dotted type made of
 // letters, digits, '_' and '-' segments is accepted as well.
 const (
 	TypeTaskCreated          = "task.created"
@@ -38,8 +39,8 @@ const (
 	TypeHeartbeat            = "heartbeat"
 )
 
-// Message is the unit of mail. Field names and JSON keys are the original
-// bus's; Seq is new.
+// Message is the unit of mail. Field names and JSON keys are those of
+// Jetpack's Message (cf-mail-adapter 0.1.0); Seq is this bus's addition.
 type Message struct {
 	// ID identifies the message; the server assigns msg-<ms>-<8hex> when
 	// empty. Receivers deduplicate redeliveries by it.
@@ -106,7 +107,8 @@ func Match(p, t string) bool {
 	return p == t
 }
 
-// NewMessageID returns an id in the original's format, msg-<ms>-<8hex>.
+// NewMessageID returns an id in the format of Jetpack's generateMessageId,
+// msg-<ms>-<8hex>.
 func NewMessageID(now time.Time) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])

@@ -59,12 +59,10 @@ func (ex *exchange) load() {
 		ex.prev.committers.Wait()
 		ex.prev = nil
 	}
-	if st := ex.b.cfg.Store; st != nil {
-		if err := ex.restore(context.Background(), st); err != nil {
-			ex.loadErr = fmt.Errorf("mailbus: load exchange %s: %w", ex.id, err)
-			ex.b.cfg.Logger.Error("mailbus: load failed", "exchange", ex.id, "err", err)
-			return
-		}
+	if err := ex.restore(context.Background(), ex.b.cfg.Store); err != nil {
+		ex.loadErr = fmt.Errorf("mailbus: load exchange %s: %w", ex.id, err)
+		ex.b.cfg.Logger.Error("mailbus: load failed", "exchange", ex.id, "err", err)
+		return
 	}
 	for _, a := range ex.agents {
 		a.durable = a.next() - 1
@@ -76,19 +74,11 @@ func (ex *exchange) load() {
 
 func (ex *exchange) restore(ctx context.Context, st storage.Store) error {
 	var last string
-	opts := storage.ListOptions{}
-	for {
-		page, err := st.List(ctx, ex.snapPrefix(), opts)
+	for k, err := range storage.Keys(ctx, st, ex.snapPrefix()) {
 		if err != nil {
 			return err
 		}
-		if n := len(page.Keys); n > 0 {
-			last = page.Keys[n-1]
-		}
-		if page.Next == "" {
-			break
-		}
-		opts.After = page.Next
+		last = k
 	}
 	if last != "" {
 		obj, err := st.Get(ctx, last)
@@ -199,7 +189,7 @@ func (ex *exchange) wantSnapshot() bool {
 	// Waiting for as many records as the last snapshot held inbox entries
 	// keeps the cost of snapshots proportional to traffic, however much
 	// mail is retained.
-	if ex.b.j == nil || ex.b.cfg.SnapshotEvery < 0 || ex.snapping || ex.closed ||
+	if ex.b.cfg.SnapshotEvery < 0 || ex.snapping || ex.closed ||
 		ex.sinceSnap < max(ex.b.cfg.SnapshotEvery, ex.snapEntries) {
 		return false
 	}
@@ -296,53 +286,46 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
 	if err != nil {
 		return err
 	}
-	opts := storage.ListOptions{}
-	for {
-		page, err := st.List(ctx, ex.logPrefix(), opts)
+	for k, err := range storage.Keys(ctx, st, ex.logPrefix()) {
 		if err != nil {
 			return err
 		}
-		for _, k := range page.Keys {
-			if k >= bound {
-				return ex.deleteOldSnapshots(ctx, key)
-			}
-			obj, err := st.Get(ctx, k)
-			if err != nil {
-				return err
-			}
-			lines, _ := journal.Lines(obj.Data)
-			if len(lines) == 0 {
-				continue
-			}
-			var r record
-			if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
-				return err
-			}
-			if r.LSN > s.LSN {
-				return ex.deleteOldSnapshots(ctx, key)
-			}
-			if err := st.Delete(ctx, k); err != nil {
-				return err
-			}
+		if k >= bound {
+			break
 		}
-		if page.Next == "" {
-			return ex.deleteOldSnapshots(ctx, key)
+		obj, err := st.Get(ctx, k)
+		if err != nil {
+			return err
 		}
-		opts.After = page.Next
+		lines, _ := journal.Lines(obj.Data)
+		if len(lines) == 0 {
+			continue
+		}
+		var r record
+		if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
+			return err
+		}
+		if r.LSN > s.LSN {
+			break
+		}
+		if err := st.Delete(ctx, k); err != nil {
+			return err
+		}
 	}
+	return ex.deleteOldSnapshots(ctx, key)
 }
 
 func (ex *exchange) deleteOldSnapshots(ctx context.Context, keep string) error {
 	st := ex.b.cfg.Store
-	page, err := st.List(ctx, ex.snapPrefix(), storage.ListOptions{})
-	if err != nil {
-		return err
-	}
-	for _, k := range page.Keys {
-		if k < keep {
-			if err := st.Delete(ctx, k); err != nil {
-				return err
-			}
+	for k, err := range storage.Keys(ctx, st, ex.snapPrefix()) {
+		if err != nil {
+			return err
+		}
+		if k >= keep {
+			break
+		}
+		if err := st.Delete(ctx, k); err != nil {
+			return err
 		}
 	}
 	return nil

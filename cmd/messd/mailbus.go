@@ -64,7 +64,7 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 	if v := getenv("MAILBUS_ORIGINS"); v != "" {
 		hcfg.OriginPatterns = strings.Split(v, ",")
 	}
-	bus, err := mailbus.New(cfg)
+	bus, err := mailbus.New(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
