@@ -1,6 +1,10 @@
 package mailbus
 
-import "errors"
+import (
+	"errors"
+	"net/http"
+	"time"
+)
 
 // DropConnections ends every live session as a network failure would.
 func (b *Bus) DropConnections() {
@@ -31,3 +35,15 @@ type (
 	InboxResponse     = inboxResponse
 	SubscriptionsBody = subscriptionsBody
 )
+
+// SetWriteRaw selects the frame path of the handlers made from now on: the
+// hand-written one (wsraw.go) or the WebSocket library's.
+func SetWriteRaw(on bool) (restore func()) {
+	old := writeRaw
+	writeRaw = on
+	return func() { writeRaw = old }
+}
+
+// SetPongTimeout lets h's pings wait d for their pongs, so that a test can
+// ping often without dropping a busy client. Call it before h serves.
+func SetPongTimeout(h http.Handler, d time.Duration) { h.(*handler).pongTimeout = d }

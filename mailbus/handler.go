@@ -38,11 +38,14 @@ type HandlerConfig struct {
 }
 
 type handler struct {
-	b      *Bus
-	cfg    HandlerConfig
-	raw    bool // data frames go through wsraw.go
-	mux    *http.ServeMux
-	routes map[string][]any
+	b   *Bus
+	cfg HandlerConfig
+	raw bool // data frames go through wsraw.go
+	// pongTimeout is how long a ping waits for its pong: PingInterval,
+	// longer only in tests that ping often.
+	pongTimeout time.Duration
+	mux         *http.ServeMux
+	routes      map[string][]any
 }
 
 // NewHandler serves the bus over HTTP and WebSocket at the full paths
@@ -66,7 +69,7 @@ func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &handler{b: b, cfg: cfg, mux: http.NewServeMux(), raw: writeRaw}
+	h := &handler{b: b, cfg: cfg, mux: http.NewServeMux(), raw: writeRaw, pongTimeout: cfg.PingInterval}
 	const base = "/api/v1/exchanges/{exchange_id}/mailbus/"
 	h.route(base+"subscribe", http.MethodGet, h.subscribe)
 	h.route(base+"publish", http.MethodPost, h.publish)

@@ -164,8 +164,11 @@ func (ws *wsConn) serve() {
 	ws.room.Broadcast()
 	ws.ping.Stop()
 	ws.mu.Unlock()
-	ws.work.Wait()
+	// A ping in flight waits for its pong until ctx ends: without this it
+	// would hold the connection open for up to a ping interval after the
+	// peer went.
 	ws.cancel()
+	ws.work.Wait()
 	ws.pending.Wait()
 	s.detach()
 }
@@ -468,7 +471,7 @@ func (ws *wsConn) pingOnce() {
 	ws.work.Add(1)
 	ws.mu.Unlock()
 	defer ws.work.Done()
-	ctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.PingInterval)
+	ctx, cancel := context.WithTimeout(ws.ctx, ws.h.pongTimeout)
 	err := ws.conn.Ping(ctx)
 	cancel()
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -240,3 +241,38 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func newServer(h http.Handler) *httptest.Server { return httptest.NewServer(h) }
+
+// forEachFramePath runs test once with data frames written by hand and
+// once through the WebSocket library.
+func forEachFramePath(t *testing.T, test func(t *testing.T)) {
+	for _, raw := range []bool{true, false} {
+		name := "library"
+		if raw {
+			name = "raw"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Cleanup(mailbus.SetWriteRaw(raw))
+			test(t)
+		})
+	}
+}
+
+// fakeClock is a Config.Now that moves only when told.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 19, 12, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
