@@ -133,8 +133,12 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("mailbus: %w", err)
 	}
 	b := &Bus{cfg: cfg, j: j, exs: map[string]*exchange{}, stop: make(chan struct{})}
+	tick := min(max(cfg.VisibilityTimeout/4, 10*time.Millisecond), time.Second)
+	if sweepEvery > 0 {
+		tick = sweepEvery
+	}
 	b.wg.Add(1)
-	go b.sweeper()
+	go b.sweeper(tick)
 	return b, nil
 }
 
@@ -407,10 +411,13 @@ func (b *Bus) Touch(ctx context.Context, exchangeID, agentID string) error {
 	return nil
 }
 
+// sweepEvery, when positive, overrides the sweeper's period of the buses
+// New makes from then on; tests that sweep by hand set it long.
+var sweepEvery time.Duration
+
 // sweeper redelivers unacknowledged messages and applies age retention.
-func (b *Bus) sweeper() {
+func (b *Bus) sweeper(tick time.Duration) {
 	defer b.wg.Done()
-	tick := min(max(b.cfg.VisibilityTimeout/4, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
