@@ -3,9 +3,9 @@ package mailbus
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -217,7 +217,10 @@ func (b *Bus) exchange(ctx context.Context, id string) (*exchange, error) {
 
 // Publish sends m from agent from in exchange exchangeID. A message with To
 // set is direct; otherwise it goes to every agent of the exchange whose
-// subscriptions match m.Type, except the sender. It returns the stored
+// subscriptions match m.Type, and to every agent that never set its
+// subscriptions, except the sender. A coordination.response whose payload
+// is {"action":"ack","messageId":id} also acknowledges id for the sender,
+// as Jetpack's HttpMailBus means it. It returns the stored
 // message (id, timestamp and from filled in) once it is durable.
 // Heartbeats update presence and reach live subscribers (a direct one, its
 // target if connected) but are never stored.
@@ -254,6 +257,13 @@ func (b *Bus) publishAsync(ctx context.Context, exchangeID, from string, m Messa
 	if m.Type == TypeHeartbeat {
 		ex.heartbeat(from, &m)
 		return m, nil, nil
+	}
+	if id := ackedMessage(&m); id != "" {
+		// Jetpack's HttpMailBus has no other way to acknowledge. The
+		// message itself is still published, as HttpMailBus's worker did.
+		if err := ex.ack(ctx, from, id); err != nil && !errors.Is(err, ErrNotFound) {
+			return Message{}, nil, err
+		}
 	}
 	result, err := ex.submit(&m)
 	return m, result, err
@@ -309,7 +319,7 @@ func (b *Bus) Subscriptions(ctx context.Context, exchangeID, agentID string) ([]
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	if a := ex.agents[agentID]; a != nil {
-		return slices.Clone(a.subs), nil
+		return append([]string{}, a.subs...), nil
 	}
 	return []string{}, nil
 }
@@ -381,8 +391,10 @@ type Presence struct {
 	// Connected is true while a WebSocket or in-process session is open.
 	Connected     bool       `json:"connected"`
 	LastHeartbeat *time.Time `json:"lastHeartbeat,omitempty"`
-	ConnectedAt   *time.Time `json:"connectedAt,omitempty"`
-	// Pending is how many stored messages the agent has not been sent yet.
+	// ConnectedAt is when its latest connection opened.
+	ConnectedAt *time.Time `json:"connectedAt,omitempty"`
+	// Pending is how many stored messages the agent has not been sent yet
+	// (on the connection furthest ahead, while it has any).
 	Pending uint64 `json:"pending"`
 }
 
@@ -406,7 +418,7 @@ func (b *Bus) Touch(ctx context.Context, exchangeID, agentID string) error {
 		return err
 	}
 	ex.mu.Lock()
-	ex.agent(agentID)
+	ex.join(agentID)
 	ex.mu.Unlock()
 	return nil
 }

@@ -237,10 +237,6 @@ func (c *Client) run(conn *websocket.Conn) {
 		if closed {
 			return
 		}
-		if websocket.CloseStatus(err) == StatusReplaced {
-			c.d.onError(ErrReplaced)
-			return
-		}
 		c.d.onError(fmt.Errorf("mailbus: connection lost: %w", err))
 		for {
 			if attempt < 30 {
@@ -457,7 +453,11 @@ func (c *Client) SendTo(ctx context.Context, agentID string, m Message) (Message
 		return Message{}, err
 	}
 	var out Message
-	err := c.do(ctx, http.MethodPost, "send", sendRequest{TargetAgent: agentID, Message: m}, &out)
+	req := struct {
+		TargetAgent string  `json:"targetAgent"`
+		Message     Message `json:"message"`
+	}{agentID, m}
+	err := c.do(ctx, http.MethodPost, "send", req, &out)
 	return out, err
 }
 

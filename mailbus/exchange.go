@@ -103,6 +103,22 @@ func (ex *exchange) agent(id string) *agent {
 	if a == nil {
 		a = &agent{id: id, tab: &ex.msgs, first: 1}
 		ex.agents[id] = a
+		ex.routes = nil // it gets every broadcast until it subscribes
+	}
+	return a
+}
+
+// join returns (creating) the state of id on a live path. A new agent gets
+// every broadcast until it sets subscriptions, so its arrival is journaled:
+// replay must create it at the same point, or it would number the agent's
+// inbox differently from what the agent was told. Caller holds ex.mu.
+func (ex *exchange) join(id string) *agent {
+	if a := ex.agents[id]; a != nil {
+		return a
+	}
+	a := ex.agent(id)
+	if done, err := ex.write(&record{Kind: "j", Agent: id}); err == nil {
+		ex.commit(done, func(error) {})
 	}
 	return a
 }
@@ -222,9 +238,7 @@ func (ex *exchange) close(failure, why error) {
 	var sessions []*session
 	for _, a := range ex.agents {
 		a.mu.Lock()
-		if a.sess != nil {
-			sessions = append(sessions, a.sess)
-		}
+		sessions = append(sessions, a.sessions...)
 		a.mu.Unlock()
 	}
 	if ex.loadErr == nil {
@@ -239,7 +253,7 @@ func (ex *exchange) close(failure, why error) {
 // record is one journal line. Short keys keep the journal small.
 type record struct {
 	LSN   uint64   `json:"l"`
-	Kind  string   `json:"k"` // m message, a ack, s subscriptions, c cursor
+	Kind  string   `json:"k"` // m message, a ack, s subscriptions, c cursor, j agent joined
 	Agent string   `json:"a,omitempty"`
 	Msg   *Message `json:"m,omitempty"`
 	Types []string `json:"t,omitempty"`
@@ -342,7 +356,7 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 			if r.seq > r.a.durable {
 				r.a.durable = r.seq
 			}
-			if s := r.a.sess; s != nil {
+			for _, s := range r.a.sessions {
 				ex.wakeLater(s)
 			}
 			r.a.mu.Unlock()
@@ -428,7 +442,7 @@ func (ex *exchange) subscribers(typ string) []*agent {
 	}
 	var as []*agent
 	for _, a := range ex.agents {
-		if matchAny(a.subs, typ) {
+		if !a.subsSet || matchAny(a.subs, typ) {
 			as = append(as, a)
 		}
 	}
@@ -445,7 +459,7 @@ const maxRoutes = 256
 
 // setSubs replaces a's subscriptions. Caller holds ex.mu.
 func (ex *exchange) setSubs(a *agent, subs []string) {
-	a.subs = subs
+	a.subs, a.subsSet = subs, true
 	ex.routes = nil
 }
 
@@ -461,7 +475,7 @@ func matchAny(patterns []string, t string) bool {
 func (ex *exchange) changeSubs(ctx context.Context, agentID string, patterns []string, op subOp) error {
 	result := make(chan error, 1)
 	ex.mu.Lock()
-	a := ex.agent(agentID)
+	a := ex.join(agentID)
 	var next []string
 	switch op {
 	case subSet:
@@ -477,7 +491,7 @@ func (ex *exchange) changeSubs(ctx context.Context, agentID string, patterns []s
 		ex.mu.Unlock()
 		return fmt.Errorf("%w: more than %d subscriptions", ErrInvalid, maxSubscriptions)
 	}
-	if slices.Equal(next, a.subs) {
+	if a.subsSet && slices.Equal(next, a.subs) {
 		ex.mu.Unlock()
 		return nil
 	}
@@ -526,7 +540,7 @@ func (ex *exchange) heartbeat(from string, m *Message) {
 		return
 	}
 	ex.mu.Lock()
-	a := ex.agent(from)
+	a := ex.join(from)
 	a.mu.Lock()
 	a.beat = now
 	a.mu.Unlock()
@@ -543,9 +557,11 @@ func (ex *exchange) heartbeat(from string, m *Message) {
 			continue
 		}
 		o.mu.Lock()
-		if s := o.sess; s != nil && len(s.live) < 1024 {
-			s.live = append(s.live, st)
-			live = append(live, s)
+		for _, s := range o.sessions {
+			if len(s.live) < 1024 {
+				s.live = append(s.live, st)
+				live = append(live, s)
+			}
 		}
 		o.mu.Unlock()
 	}
@@ -578,23 +594,28 @@ func (ex *exchange) sweep() {
 		if n > 0 {
 			a.drop(n)
 		}
-		s := a.sess
-		queued := false
-		if s != nil && len(a.pending) > 0 {
+		// An overdue message goes again to every connection of the agent
+		// that was sent it: whichever handles it acknowledges for all.
+		var queued []*session
+		if len(a.sessions) > 0 && len(a.pending) > 0 {
 			for _, seq := range a.sortedPending() {
 				_, ack := a.at(seq)
-				if ack == nil || !ack.ackedAt.IsZero() || ack.due.IsZero() || seq >= s.next {
+				if ack == nil || !ack.ackedAt.IsZero() || ack.due.IsZero() || !now.After(ack.due) {
 					continue
 				}
-				if now.After(ack.due) {
-					ack.due = time.Time{}
-					s.redeliver = append(s.redeliver, seq)
-					queued = true
+				ack.due = time.Time{}
+				for _, s := range a.sessions {
+					if seq < s.next {
+						s.redeliver = append(s.redeliver, seq)
+						if !slices.Contains(queued, s) {
+							queued = append(queued, s)
+						}
+					}
 				}
 			}
 		}
 		a.mu.Unlock()
-		if queued {
+		for _, s := range queued {
 			s.notify()
 		}
 	}

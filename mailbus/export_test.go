@@ -18,7 +18,7 @@ func (b *Bus) DropConnections() {
 		ex.mu.Lock()
 		for _, a := range ex.agents {
 			a.mu.Lock()
-			if s := a.sess; s != nil {
+			for _, s := range a.sessions {
 				s.kick(errors.New("dropped by test"))
 			}
 			a.mu.Unlock()
@@ -30,7 +30,6 @@ func (b *Bus) DropConnections() {
 // The wire shapes, for black-box tests of the protocol.
 type (
 	Frame             = frame
-	SendRequest       = sendRequest
 	AckRequest        = ackRequest
 	InboxResponse     = inboxResponse
 	SubscriptionsBody = subscriptionsBody
@@ -47,3 +46,9 @@ func SetWriteRaw(on bool) (restore func()) {
 // SetPongTimeout lets h's pings wait d for their pongs, so that a test can
 // ping often without dropping a busy client. Call it before h serves.
 func SetPongTimeout(h http.Handler, d time.Duration) { h.(*handler).pongTimeout = d }
+
+// SendRequest is the body of POST /send.
+type SendRequest struct {
+	TargetAgent string  `json:"targetAgent"`
+	Message     Message `json:"message"`
+}

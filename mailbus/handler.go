@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/lease"
 )
 
 // HandlerConfig configures NewHandler. Every zero field has the default
@@ -33,6 +34,15 @@ type HandlerConfig struct {
 	// WebSocket (see websocket.AcceptOptions). Non-browser clients send no
 	// Origin and are always accepted.
 	OriginPatterns []string
+	// KeyExchange, when set, serves the worker API that Jetpack's
+	// HttpMailBus calls (/api/mail/publish, /api/mail/subscribe and, with
+	// Leaser, /api/mail/lease; see handler_worker.go). Its requests name
+	// no exchange, so KeyExchange reads it from the API key, which Auth
+	// then authenticates in that exchange; false answers 401.
+	KeyExchange func(apiKey string) (exchangeID string, ok bool)
+	// Leaser serves /api/mail/lease for an agent, for instance
+	// ManagerLeaser. Nil leaves those routes out.
+	Leaser func(exchangeID, agentID string) Leaser
 	// Logger receives unexpected errors. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -45,11 +55,13 @@ type handler struct {
 	// longer only in tests that ping often.
 	pongTimeout time.Duration
 	mux         *http.ServeMux
-	routes      map[string][]any
+	routes      map[string][]endpoint
 }
 
 // NewHandler serves the bus over HTTP and WebSocket at the full paths
-// /api/v1/exchanges/{exchange_id}/mailbus/... (see docs/mailbus.md).
+// /api/v1/exchanges/{exchange_id}/mailbus/..., and with cfg.KeyExchange set
+// at /api/mail/... as well (see docs/mailbus.md). It fails without a Bus
+// or an Authenticator.
 func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
 	if b == nil || cfg.Auth == nil {
 		return nil, errors.New("mailbus: NewHandler needs a Bus and HandlerConfig.Auth")
@@ -80,6 +92,9 @@ func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
 	h.route(base+"heartbeat", http.MethodPost, h.heartbeat)
 	h.route(base+"subscriptions", http.MethodGet, h.getSubscriptions)
 	h.route(base+"subscriptions", http.MethodPut, h.putSubscriptions)
+	if cfg.KeyExchange != nil {
+		h.routeWorker()
+	}
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "no such endpoint")
 	})
@@ -92,28 +107,36 @@ type caller struct {
 	exchange, agent string
 }
 
-// route registers an authenticated endpoint; methods of one path share a
-// registration so a wrong method gets a JSON 405.
+// route registers an endpoint of the exchange's API.
 func (h *handler) route(pattern, method string, fn func(http.ResponseWriter, *http.Request, caller)) {
-	type entry struct {
-		method string
-		fn     func(http.ResponseWriter, *http.Request, caller)
-	}
+	h.routeWith(pattern, method, fn, h.authenticate)
+}
+
+// endpoint is one method of a path: auth answers the request itself when
+// it fails.
+type endpoint struct {
+	method string
+	fn     func(http.ResponseWriter, *http.Request, caller)
+	auth   func(http.ResponseWriter, *http.Request) (caller, bool)
+}
+
+// routeWith registers an authenticated endpoint; methods of one path share
+// a registration so a wrong method gets a JSON 405.
+func (h *handler) routeWith(pattern, method string, fn func(http.ResponseWriter, *http.Request, caller), auth func(http.ResponseWriter, *http.Request) (caller, bool)) {
 	if h.routes == nil {
-		h.routes = map[string][]any{}
+		h.routes = map[string][]endpoint{}
 	}
 	first := len(h.routes[pattern]) == 0
-	h.routes[pattern] = append(h.routes[pattern], entry{method, fn})
+	h.routes[pattern] = append(h.routes[pattern], endpoint{method, fn, auth})
 	if !first {
 		return
 	}
 	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		for _, e := range h.routes[pattern] {
-			e := e.(entry)
 			if e.method != r.Method {
 				continue
 			}
-			c, ok := h.authenticate(w, r)
+			c, ok := e.auth(w, r)
 			if !ok {
 				return
 			}
@@ -160,17 +183,18 @@ func errorStatus(err error) (int, string, string) {
 	}
 	msg := strings.TrimPrefix(err.Error(), "mailbus: ")
 	switch {
-	case errors.Is(err, ErrInvalid):
-		return http.StatusBadRequest, httpx.CodeInvalid, msg
-	case errors.Is(err, ErrUnauthorized):
+	case errors.Is(err, ErrInvalid), errors.Is(err, lease.ErrInvalidName), errors.Is(err, lease.ErrInvalidTTL),
+		errors.Is(err, lease.ErrInvalidID), errors.Is(err, lease.ErrInvalidToken):
+		return http.StatusBadRequest, httpx.CodeInvalid, strings.TrimPrefix(msg, "lease: ")
+	case errors.Is(err, ErrUnauthorized), errors.Is(err, lease.ErrUnauthorized):
 		return http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key"
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, ErrForbidden), errors.Is(err, lease.ErrForbidden):
 		return http.StatusForbidden, httpx.CodeForbidden, "API key not valid for this exchange"
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, httpx.CodeNotFound, msg
 	case errors.Is(err, ErrConflict):
 		return http.StatusConflict, httpx.CodeConflict, msg
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrClosed), errors.Is(err, lease.ErrClosed):
 		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "mail bus is shutting down"
 	case errors.Is(err, errReload):
 		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "mail bus is reloading after a storage failure; try again"
@@ -199,11 +223,11 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 func (h *handler) publish(w http.ResponseWriter, r *http.Request, c caller) {
-	var m Message
+	var m wireMessage
 	if !h.decode(w, r, &m) {
 		return
 	}
-	out, err := h.b.Publish(r.Context(), c.exchange, c.agent, m)
+	out, err := h.b.Publish(r.Context(), c.exchange, c.agent, m.message())
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -214,8 +238,8 @@ func (h *handler) publish(w http.ResponseWriter, r *http.Request, c caller) {
 // sendRequest is the body of POST /send, as cf-mail-adapter 0.1.0's
 // CloudflareMailBus sends it.
 type sendRequest struct {
-	TargetAgent string  `json:"targetAgent"`
-	Message     Message `json:"message"`
+	TargetAgent string      `json:"targetAgent"`
+	Message     wireMessage `json:"message"`
 }
 
 func (h *handler) send(w http.ResponseWriter, r *http.Request, c caller) {
@@ -227,7 +251,7 @@ func (h *handler) send(w http.ResponseWriter, r *http.Request, c caller) {
 		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "message.to differs from targetAgent")
 		return
 	}
-	out, err := h.b.SendTo(r.Context(), c.exchange, c.agent, req.TargetAgent, req.Message)
+	out, err := h.b.SendTo(r.Context(), c.exchange, c.agent, req.TargetAgent, req.Message.message())
 	if err != nil {
 		h.fail(w, err)
 		return

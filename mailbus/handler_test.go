@@ -420,21 +420,46 @@ func TestHandler_UnackedRedeliveredOnReconnect(t *testing.T) {
 	}
 }
 
+// Ensure a second connection of an agent is served alongside the first:
+// both get every message, neither is closed, the inbox holds each message
+// once, and an acknowledgement on one stops redelivery on both.
 func TestHandler_SecondConnection(t *testing.T) {
-	e := startEnv(t, mailbus.Config{})
-	old := dialRaw(t, e, "ex", "a", "")
-	fresh := dialRaw(t, e, "ex", "a", "")
-	select {
-	case <-old.msgs:
-	case <-time.After(5 * time.Second):
-		t.Fatal("old connection not closed")
+	clk := newFakeClock()
+	e := startEnv(t, mailbus.Config{VisibilityTimeout: 40 * time.Millisecond, Now: clk.Now})
+	first := dialRaw(t, e, "ex", "a", "")
+	second := dialRaw(t, e, "ex", "a", "")
+	var sent [3]mailbus.Message
+	for i := range sent {
+		m := mailbus.Message{Type: "x", AckRequired: i == 2}
+		post(t, "POST", e.url("ex", "send"), key("ex", "b"), mailbus.SendRequest{TargetAgent: "a", Message: m}, &sent[i])
+		for _, c := range []*rawConn{first, second} {
+			if m := c.message(); m.ID != sent[i].ID || m.Seq != uint64(i+1) {
+				t.Fatalf("message %d: got %+v, want %s as seq %d", i, m, sent[i].ID, i+1)
+			}
+		}
 	}
-	if got := websocket.CloseStatus(<-old.err); got != mailbus.StatusReplaced {
-		t.Errorf("old closed with %v, want %v", got, mailbus.StatusReplaced)
+	msgs, _, err := e.bus.Inbox(ctxT(t), "ex", "a", 0, 100)
+	if err != nil || len(msgs) != len(sent) {
+		t.Fatalf("inbox: %d messages, %v; want %d", len(msgs), err, len(sent))
 	}
-	post(t, "POST", e.url("ex", "send"), key("ex", "b"), mailbus.SendRequest{TargetAgent: "a", Message: mailbus.Message{Type: "x"}}, nil)
-	if m := fresh.message(); m.Type != "x" {
-		t.Errorf("got %+v", m)
+	// Unacknowledged, the last one comes again on both; acknowledged on
+	// one, on neither.
+	clk.Add(time.Minute)
+	for _, c := range []*rawConn{first, second} {
+		if m := c.message(); m.ID != sent[2].ID {
+			t.Fatalf("redelivery: got %+v", m)
+		}
+	}
+	second.send(map[string]any{"action": "ack", "messageId": sent[2].ID})
+	if f := second.frame(); f.Action != "acked" {
+		t.Fatalf("ack: %+v", f)
+	}
+	clk.Add(time.Minute)
+	first.quiet(200 * time.Millisecond)
+	second.quiet(10 * time.Millisecond)
+	ps, _ := e.bus.Presence(ctxT(t), "ex")
+	if i := slices.IndexFunc(ps, func(p mailbus.Presence) bool { return p.AgentID == "a" }); i < 0 || !ps[i].Connected {
+		t.Errorf("presence %+v, want a connected", ps)
 	}
 }
 

@@ -19,53 +19,64 @@ import (
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
-// Close codes the server uses beyond the standard ones.
-const (
-	// StatusReplaced closes a connection superseded by a newer connection
-	// of the same agent.
-	StatusReplaced websocket.StatusCode = 4000
-)
-
 // frame is a control frame on the WebSocket, in either direction. Client
 // actions: subscribe, unsubscribe (Type), ack (MessageID), publish
 // (Message), send (TargetAgent, Message), heartbeat. Server actions:
 // welcome, subscribed, unsubscribed, acked, accepted (ID), error (Error,
 // Code). Ref, when a client sets it, is echoed in the reply.
 type frame struct {
-	Action       string   `json:"action"`
-	Ref          string   `json:"ref,omitempty"`
-	Type         string   `json:"type,omitempty"`
-	MessageID    string   `json:"messageId,omitempty"`
-	TargetAgent  string   `json:"targetAgent,omitempty"`
-	Message      *Message `json:"message,omitempty"`
-	ID           string   `json:"id,omitempty"`
-	AgentID      string   `json:"agentId,omitempty"`
-	Next         uint64   `json:"next,omitempty"`
-	Subscription []string `json:"subscriptions,omitempty"`
-	Error        string   `json:"error,omitempty"`
-	Code         string   `json:"code,omitempty"`
+	Action       string       `json:"action"`
+	Ref          string       `json:"ref,omitempty"`
+	Type         string       `json:"type,omitempty"`
+	MessageID    string       `json:"messageId,omitempty"`
+	TargetAgent  string       `json:"targetAgent,omitempty"`
+	Message      *wireMessage `json:"message,omitempty"`
+	ID           string       `json:"id,omitempty"`
+	AgentID      string       `json:"agentId,omitempty"`
+	Next         uint64       `json:"next,omitempty"`
+	Subscription []string     `json:"subscriptions,omitempty"`
+	Error        string       `json:"error,omitempty"`
+	Code         string       `json:"code,omitempty"`
 }
 
+// wsOptions are what a connection asked for in its handshake.
+type wsOptions struct {
+	since    int64 // resume after this seq; negative: after the agent's cursor
+	batch    bool  // messages and replies may share an array frame
+	welcome  bool  // send the welcome frame first
+	setTypes bool  // replace the subscriptions with types
+	types    []string
+}
+
+// subscribe serves GET /subscribe?since=&types=&batch=1&agentId=.
 func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
+	q := r.URL.Query()
+	if q.Has("agentId") && q.Get("agentId") != c.agent {
+		httpx.WriteError(w, http.StatusForbidden, httpx.CodeForbidden, "agentId is not the agent of this API key")
+		return
+	}
 	since, ok := parseSince(w, r)
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
-	batch := q.Get("batch") == "1" || q.Get("batch") == "true"
-	ctx := r.Context()
-	var types []string
-	if q.Has("types") {
+	opts := wsOptions{since: since, batch: q.Get("batch") == "1" || q.Get("batch") == "true", welcome: true, setTypes: q.Has("types")}
+	if opts.setTypes {
 		for t := range strings.SplitSeq(q.Get("types"), ",") {
 			if t = strings.TrimSpace(t); t != "" {
-				types = append(types, t)
+				opts.types = append(opts.types, t)
 			}
 		}
-		if err := checkPatterns(types); err != nil {
+		if err := checkPatterns(opts.types); err != nil {
 			h.fail(w, err)
 			return
 		}
 	}
+	h.serveWS(w, r, c, opts)
+}
+
+// serveWS upgrades the request and serves the connection.
+func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts wsOptions) {
+	ctx := r.Context()
 	ex, err := h.b.exchange(ctx, c.exchange)
 	if err != nil {
 		h.fail(w, err)
@@ -88,10 +99,10 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 		lh.answer()
 		return
 	}
-	if q.Has("types") {
+	if opts.setTypes {
 		// Only now that the handshake succeeded: a refused one changes
 		// nothing.
-		if err := h.b.SetSubscriptions(ctx, c.exchange, c.agent, types); err != nil {
+		if err := h.b.SetSubscriptions(ctx, c.exchange, c.agent, opts.types); err != nil {
 			_, code, msg := errorStatus(err)
 			if code == httpx.CodeInternal {
 				h.cfg.Logger.Error("mailbus: subscribe failed", "err", err)
@@ -109,7 +120,7 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 	// starts afresh; writes run on the goroutine that has something to
 	// deliver, or on short-lived goroutines like pings, only when there
 	// is something to do.
-	ws, ok := h.open(conn, lh.fc, ex, c, since, batch)
+	ws, ok := h.open(conn, lh.fc, ex, c, opts)
 	if !ok {
 		conn.CloseNow()
 		h.b.leave()
@@ -124,27 +135,29 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 
 // open attaches the connection to the agent's session and sends the
 // welcome frame.
-func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c caller, since int64, batch bool) (*wsConn, bool) {
+func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c caller, opts wsOptions) (*wsConn, bool) {
 	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	ctx, cancel := context.WithCancel(context.Background())
-	ws := &wsConn{h: h, conn: conn, c: c, batch: batch, ctx: ctx, cancel: cancel}
+	ws := &wsConn{h: h, conn: conn, c: c, batch: opts.batch, ctx: ctx, cancel: cancel}
 	ws.room.L = &ws.mu
 	if fc != nil {
 		ws.fw = newRawFrames(fc, func() { conn.CloseNow() }, h.cfg.WriteTimeout)
 	} else {
 		ws.fw = &libFrames{conn: conn, timeout: h.cfg.WriteTimeout}
 	}
-	s, err := ex.attach(c.agent, since, ws.poke)
+	s, err := ex.attach(c.agent, opts.since, ws.poke)
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		cancel()
 		return nil, false
 	}
-	subs, _ := h.b.Subscriptions(ctx, c.exchange, c.agent)
-	s.a.mu.Lock()
-	next := s.next
-	s.a.mu.Unlock()
-	ws.reply(ctx, frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
+	if opts.welcome {
+		subs, _ := h.b.Subscriptions(ctx, c.exchange, c.agent)
+		s.a.mu.Lock()
+		next := s.next
+		s.a.mu.Unlock()
+		ws.reply(ctx, frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
+	}
 	ws.mu.Lock()
 	ws.s = s
 	ws.ping = time.AfterFunc(h.cfg.PingInterval, ws.pingOnce)
@@ -177,8 +190,6 @@ func (ws *wsConn) closeWith(err error) {
 	// No data frame may follow the close frame.
 	ws.fw.end()
 	switch {
-	case errors.Is(err, ErrReplaced):
-		ws.conn.Close(StatusReplaced, "replaced by a newer connection of the same agent")
 	case errors.Is(err, ErrClosed):
 		ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
 	case errors.Is(err, errReload):
@@ -576,7 +587,7 @@ func (ws *wsConn) handle(ctx context.Context, f frame) {
 			ws.replyErr(ctx, f.Ref, fmt.Errorf("%w: %s frame without message", ErrInvalid, f.Action))
 			return
 		}
-		m := *f.Message
+		m := f.Message.message()
 		if f.Action == "send" {
 			if !ValidID(f.TargetAgent) || (m.To != "" && m.To != f.TargetAgent) {
 				ws.replyErr(ctx, f.Ref, fmt.Errorf("%w: targetAgent %q", ErrInvalid, f.TargetAgent))

@@ -38,7 +38,11 @@ func (e entry) needsAck() bool { return e&1 != 0 }
 // agent.mu.
 type agent struct {
 	id   string
-	subs []string // guarded by exchange.mu
+	// Guarded by exchange.mu. An agent that never set its subscriptions
+	// (subsSet false) gets every broadcast, as Jetpack's clients, which
+	// cannot state any, expect.
+	subs    []string
+	subsSet bool
 
 	tab      *msgTable // the exchange's
 	mu       sync.Mutex
@@ -49,7 +53,7 @@ type agent struct {
 	acks     map[uint64]*ackState // seq → state of ackRequired entries
 	cursor   uint64               // highest seq handed to a session
 	savedCur uint64               // cursor last written to the journal
-	sess     *session
+	sessions []*session // live connections, oldest first
 	beat     time.Time // last heartbeat
 	connAt   time.Time
 }
@@ -180,7 +184,7 @@ func (ex *exchange) inbox(agentID string, since int64, limit int) ([]Message, ui
 	}
 	now := ex.b.cfg.Now()
 	ex.mu.Lock()
-	a := ex.agent(agentID)
+	a := ex.join(agentID)
 	ex.mu.Unlock()
 	a.mu.Lock()
 	from := a.cursor
@@ -255,20 +259,24 @@ func (ex *exchange) presence() []Presence {
 	out := make([]Presence, 0, len(agents))
 	for _, a := range agents {
 		a.mu.Lock()
-		p := Presence{AgentID: a.id, Connected: a.sess != nil}
+		p := Presence{AgentID: a.id, Connected: len(a.sessions) > 0}
 		last := a.beat
 		if !a.beat.IsZero() {
 			t := a.beat.UTC()
 			p.LastHeartbeat = &t
 		}
-		if a.sess != nil {
+		if len(a.sessions) > 0 {
 			t := a.connAt.UTC()
 			p.ConnectedAt = &t
 			if a.connAt.After(last) {
 				last = a.connAt
 			}
-			if a.durable >= a.sess.next {
-				p.Pending = a.durable - a.sess.next + 1
+			next := a.sessions[0].next
+			for _, s := range a.sessions[1:] {
+				next = max(next, s.next)
+			}
+			if a.durable >= next {
+				p.Pending = a.durable - next + 1
 			}
 		} else if a.durable > a.cursor {
 			p.Pending = a.durable - max(a.cursor, a.first-1)

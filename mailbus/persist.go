@@ -37,11 +37,14 @@ type snapMsg struct {
 }
 
 type snapAgent struct {
-	ID     string    `json:"id"`
-	Subs   []string  `json:"subs,omitempty"`
-	Cursor uint64    `json:"cursor,omitempty"`
-	First  uint64    `json:"first"`
-	Ents   []snapEnt `json:"ents,omitempty"`
+	ID   string   `json:"id"`
+	Subs []string `json:"subs,omitempty"`
+	// SubsSet is whether the agent ever set its subscriptions; snapshots
+	// written before it existed imply it from a non-empty Subs.
+	SubsSet bool      `json:"subsSet,omitempty"`
+	Cursor  uint64    `json:"cursor,omitempty"`
+	First   uint64    `json:"first"`
+	Ents    []snapEnt `json:"ents,omitempty"`
 }
 
 type snapEnt struct {
@@ -142,6 +145,8 @@ func (ex *exchange) applyRecord(r *record) {
 		ex.applyAck(r.Agent, r.ID, time.UnixMilli(r.Time))
 	case "s":
 		ex.setSubs(ex.agent(r.Agent), r.Types)
+	case "j":
+		ex.agent(r.Agent)
 	case "c":
 		a := ex.agent(r.Agent)
 		a.cursor = max(a.cursor, r.Seq)
@@ -160,7 +165,9 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 	}
 	for _, sa := range s.Agents {
 		a := ex.agent(sa.ID)
-		ex.setSubs(a, sa.Subs)
+		if sa.SubsSet || len(sa.Subs) > 0 {
+			ex.setSubs(a, sa.Subs)
+		}
 		a.cursor, a.first = sa.Cursor, max(sa.First, 1)
 		a.ents = make([]entry, 0, len(sa.Ents))
 		for i, se := range sa.Ents {
@@ -231,7 +238,7 @@ func (ex *exchange) capture() *snapshot {
 	ex.snapEntries = 0
 	for _, a := range ex.agents {
 		a.mu.Lock()
-		c := copied{sa: snapAgent{ID: a.id, Subs: a.subs, Cursor: a.cursor, First: a.first}, ents: slices.Clone(a.ents)}
+		c := copied{sa: snapAgent{ID: a.id, Subs: a.subs, SubsSet: a.subsSet, Cursor: a.cursor, First: a.first}, ents: slices.Clone(a.ents)}
 		for seq, ack := range a.acks {
 			if !ack.ackedAt.IsZero() {
 				if c.acked == nil {

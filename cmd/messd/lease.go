@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -21,7 +20,7 @@ import (
 //	LEASE_COMPACT_INTERVAL  how often the journal is folded into a
 //	                        snapshot (default 30s; negative disables)
 //	LEASE_MAX_BODY_BYTES    request body limit in bytes (default 65536)
-func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger) (m *lease.Manager, err error) {
 	var cfg lease.Config
 	for _, d := range []struct {
 		env string
@@ -47,12 +46,12 @@ func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, get
 	cfg.Store = store
 	cfg.Logger = logger
 	start := time.Now()
-	m, err := lease.New(cfg)
+	m, err = lease.New(cfg)
 	if err != nil {
 		return nil, err
 	}
 	logger.Info("lease state restored", "took", time.Since(start).Round(time.Millisecond))
 	h := lease.NewHandler(m, lease.HandlerConfig{Auth: auth, MaxBodyBytes: maxBody, Logger: logger})
 	e.Any("/api/v1/exchanges/:exchange_id/leases/*", echo.WrapHandler(h))
-	return m.Close, nil
+	return m, nil
 }

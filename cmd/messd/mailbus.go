@@ -10,6 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/meatspace-exchange/mess/lease"
 	"github.com/meatspace-exchange/mess/mailbus"
 	"github.com/meatspace-exchange/mess/storage"
 )
@@ -24,9 +25,18 @@ import (
 //	MAILBUS_SNAPSHOT_EVERY      journal records between snapshots (default 200000; negative disables)
 //	MAILBUS_MAX_BODY_BYTES      request body and frame limit in bytes (default 1048576)
 //	MAILBUS_ORIGINS             extra browser origins allowed on the WebSocket, comma-separated
-func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+//
+// Besides its own API it serves the worker API of Jetpack's HttpMailBus
+// (/api/mail/...), whose requests carry only an executor key: the exchange
+// is the one the key was issued in, and leases come from leases.
+func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, leases *lease.Manager, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
 	cfg := mailbus.Config{Store: store, Logger: logger}
-	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger}
+	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger, KeyExchange: keyExchange}
+	if leases != nil {
+		hcfg.Leaser = func(exchangeID, agentID string) mailbus.Leaser {
+			return mailbus.ManagerLeaser(leases, exchangeID, agentID)
+		}
+	}
 	if d, ok := auth.(mailbus.Directory); ok {
 		cfg.Directory = d
 	}
@@ -74,5 +84,21 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 		return nil, err
 	}
 	e.Any("/api/v1/exchanges/:exchange_id/mailbus/*", echo.WrapHandler(h))
+	e.Any("/api/mail/*", echo.WrapHandler(h))
 	return bus.Close, nil
+}
+
+// keyExchange reads the exchange from an executor API key,
+// mess_{exchange}_{32 hex}. Exchange ids may hold '_', so it is everything
+// between the leading "mess_" and the last '_'.
+func keyExchange(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, "mess_")
+	if !ok {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, '_')
+	if i <= 0 {
+		return "", false
+	}
+	return rest[:i], true
 }

@@ -83,12 +83,18 @@ func newServer(c config, svc *mess.Service, store storage.Store, logger *slog.Lo
 	g.GET("/events", h.events)
 
 	// The other services, in start order; they are closed in reverse.
+	var leases *lease.Manager // the mail bus's worker API serves leases too
 	mounts := []func() (func(context.Context) error, error){
 		func() (func(context.Context) error, error) {
-			return setupLease(e, store, executorAuth{svc, lease.ErrUnauthorized, lease.ErrForbidden}, getenv, logger)
+			m, err := setupLease(e, store, executorAuth{svc, lease.ErrUnauthorized, lease.ErrForbidden}, getenv, logger)
+			if err != nil {
+				return nil, err
+			}
+			leases = m
+			return m.Close, nil
 		},
 		func() (func(context.Context) error, error) {
-			return setupMailbus(e, store, executorAuth{svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden}, getenv, logger)
+			return setupMailbus(e, store, executorAuth{svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden}, leases, getenv, logger)
 		},
 		func() (func(context.Context) error, error) {
 			return setupNotify(e, store, svc, executorAuth{svc, notify.ErrUnauthorized, notify.ErrForbidden}, getenv, logger)
