@@ -37,7 +37,7 @@ func (e entry) needsAck() bool { return e&1 != 0 }
 // agent is one agent's inbox and presence. Lock order: exchange.mu, then
 // agent.mu.
 type agent struct {
-	id   string
+	id string
 	// Guarded by exchange.mu. An agent that never set its subscriptions
 	// (subsSet false) gets every broadcast, as Jetpack's clients, which
 	// cannot state any, expect.
@@ -53,8 +53,8 @@ type agent struct {
 	acks     map[uint64]*ackState // seq → state of ackRequired entries
 	cursor   uint64               // highest seq handed to a session
 	savedCur uint64               // cursor last written to the journal
-	sessions []*session // live connections, oldest first
-	beat     time.Time // last heartbeat
+	sessions []*session           // live connections, oldest first
+	beat     time.Time            // last heartbeat
 	connAt   time.Time
 }
 
