@@ -1,9 +1,11 @@
 package mailbus_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -194,4 +196,83 @@ func TestHandler_NoCompression(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Ensure a connection whose peer goes while a ping waits for its pong is
+// released at once, not when the pong's wait runs out: until then it held
+// up detaching, presence and Bus.Close. The client is a bare TCP socket
+// that reads frames until the ping, and never answers.
+func TestHandler_PeerGoneDuringPing(t *testing.T) {
+	b, err := mailbus.New(context.Background(), mailbus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mailbus.SetPongTimeout(h, time.Hour)
+	e := &testEnv{bus: b, srv: httptest.NewServer(h)}
+	defer e.stop()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET /api/v1/exchanges/ex/mailbus/subscribe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", key("ex", "gone"))
+	br := bufio.NewReader(conn)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	for {
+		var head [2]byte
+		if _, err := io.ReadFull(br, head[:]); err != nil {
+			t.Fatal(err)
+		}
+		n := int(head[1] & 0x7f)
+		switch n {
+		case 126:
+			var ext [2]byte
+			io.ReadFull(br, ext[:])
+			n = int(ext[0])<<8 | int(ext[1])
+		case 127:
+			t.Fatal("unexpectedly large frame")
+		}
+		if _, err := io.CopyN(io.Discard, br, int64(n)); err != nil {
+			t.Fatal(err)
+		}
+		if head[0]&0x0f == 0x9 { // a ping: now it waits for a pong
+			break
+		}
+	}
+	conn.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		ps, _ := b.Presence(ctxT(t), "ex")
+		if len(ps) == 1 && !ps[0].Connected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still connected 10s after the peer went: %+v", ps)
+		}
+	}
+}
+
+// Ensure a handler cannot be built without an authenticator.
+func TestNewHandler_NeedsAuth(t *testing.T) {
+	b, err := mailbus.New(context.Background(), mailbus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	if h, err := mailbus.NewHandler(b, mailbus.HandlerConfig{}); err == nil || h != nil {
+		t.Errorf("NewHandler without Auth: %v, %v; want an error", h, err)
+	}
 }
