@@ -73,6 +73,11 @@ func BenchmarkHandler_Fanout(b *testing.B) {
 		}
 		c.SetReadLimit(-1)
 		defer c.CloseNow()
+		// The welcome follows the subscription: a publish before it could
+		// miss this subscriber, and the benchmark would wait for ever.
+		if _, _, err := c.Read(ctx); err != nil {
+			b.Fatal(err)
+		}
 		go func() {
 			for {
 				_, data, err := c.Read(ctx)
