@@ -19,9 +19,9 @@
 //     clients cannot state any), except the sender: an agent never
 //     receives its own broadcast. An agent is known to the bus from its
 //     first contact (a connection, a heartbeat, an inbox read, mail sent to
-//     it). A message
-//     with To set is direct, whichever call sent it: only that agent gets
-//     it, whatever its subscriptions. SendTo to oneself is delivered.
+//     it). A message with To set is direct, whichever call sent it: only
+//     that agent gets it, whatever its subscriptions. SendTo to oneself is
+//     delivered.
 //   - The server stamps From with the authenticated agent, assigns an id
 //     (msg-<ms>-<8hex>) when none is given, and gives each recipient's copy a
 //     sequence number Seq in that recipient's inbox.
@@ -70,4 +70,6 @@
 // If a journal write fails (a broken disk), the affected message is never
 // delivered and its sender gets an error, but the sequence numbers assigned
 // after it may shift on the next restart. Presence is kept in memory only.
+// Two connections of one agent both handle every message: processes that
+// should share work need agent ids of their own.
 package mailbus
