@@ -20,7 +20,7 @@ import (
 // frameConn so that whole frames never interleave. The handler negotiates
 // no extension (websocket.CompressionDisabled), so data frames need no RSV
 // bits. Setting writeRaw to false sends every frame through the library
-// instead (handler_ws.go, libFrames).
+// instead (wsconn.go, libFrames).
 
 // frameBytes puts the header of an unmasked, uncompressed text frame (RFC
 // 6455 section 5.2) carrying buf[frameHeadroom:] in front of it, and
