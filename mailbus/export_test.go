@@ -2,8 +2,6 @@ package mailbus
 
 import (
 	"errors"
-	"net/http"
-	"time"
 )
 
 // DropConnections ends every live session as a network failure would.
@@ -42,10 +40,6 @@ func SetWriteRaw(on bool) (restore func()) {
 	writeRaw = on
 	return func() { writeRaw = old }
 }
-
-// SetPongTimeout lets h's pings wait d for their pongs, so that a test can
-// ping often without dropping a busy client. Call it before h serves.
-func SetPongTimeout(h http.Handler, d time.Duration) { h.(*handler).pongTimeout = d }
 
 // SendRequest is the body of POST /send.
 type SendRequest struct {

@@ -21,10 +21,12 @@ type HandlerConfig struct {
 	Auth Authenticator
 	// MaxBodyBytes caps request bodies and WebSocket frames. Zero means 1 MiB.
 	MaxBodyBytes int64
-	// PingInterval is how often the server pings each WebSocket; a
-	// connection whose pong does not come back within the same interval is
-	// closed. Zero means 30s.
+	// PingInterval is how often the server pings each WebSocket. Zero
+	// means 30s.
 	PingInterval time.Duration
+	// PongTimeout is how long a ping waits for its pong before the
+	// connection is closed. Zero means PingInterval.
+	PongTimeout time.Duration
 	// WriteTimeout bounds one WebSocket write. Zero means 10s.
 	WriteTimeout time.Duration
 	// BatchMax caps how many messages go into one frame for clients that
@@ -48,14 +50,11 @@ type HandlerConfig struct {
 }
 
 type handler struct {
-	b   *Bus
-	cfg HandlerConfig
-	raw bool // data frames go through wsraw.go
-	// pongTimeout is how long a ping waits for its pong: PingInterval,
-	// longer only in tests that ping often.
-	pongTimeout time.Duration
-	mux         *http.ServeMux
-	routes      map[string][]endpoint
+	b      *Bus
+	cfg    HandlerConfig
+	raw    bool // data frames go through wsraw.go
+	mux    *http.ServeMux
+	routes map[string][]endpoint
 }
 
 // NewHandler serves the bus over HTTP and WebSocket at the full paths
@@ -72,6 +71,9 @@ func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
 	if cfg.PingInterval <= 0 {
 		cfg.PingInterval = 30 * time.Second
 	}
+	if cfg.PongTimeout <= 0 {
+		cfg.PongTimeout = cfg.PingInterval
+	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
 	}
@@ -81,7 +83,7 @@ func NewHandler(b *Bus, cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &handler{b: b, cfg: cfg, mux: http.NewServeMux(), raw: writeRaw, pongTimeout: cfg.PingInterval}
+	h := &handler{b: b, cfg: cfg, mux: http.NewServeMux(), raw: writeRaw}
 	const base = "/api/v1/exchanges/{exchange_id}/mailbus/"
 	h.route(base+"subscribe", http.MethodGet, h.subscribe)
 	h.route(base+"publish", http.MethodPost, h.publish)

@@ -74,6 +74,13 @@ func (h *handler) subscribe(w http.ResponseWriter, r *http.Request, c caller) {
 func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts wsOptions) {
 	ctx := r.Context()
 	ex, err := h.b.exchange(ctx, c.exchange)
+	if err == nil {
+		// Fixed before the handshake completes: a client may act as soon
+		// as the socket is open (HttpMailBus resolves initialize then),
+		// and mail published from then on must reach this connection,
+		// even an agent's first, which joins the bus here.
+		opts.since, err = ex.startAt(c.agent, opts.since)
+	}
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -209,7 +216,7 @@ func (ws *wsConn) pingOnce() {
 	ws.work.Add(1)
 	ws.mu.Unlock()
 	defer ws.work.Done()
-	ctx, cancel := context.WithTimeout(ws.ctx, ws.h.pongTimeout)
+	ctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.PongTimeout)
 	err := ws.conn.Ping(ctx)
 	cancel()
 	if err != nil {

@@ -48,11 +48,10 @@ func TestHandler_FramesUnderLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: 5 * time.Millisecond})
+		h, err := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: 5 * time.Millisecond, PongTimeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
-		mailbus.SetPongTimeout(h, time.Minute)
 		e := &testEnv{bus: b, srv: httptest.NewServer(h)}
 		defer e.stop()
 		u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http") + "?batch=1&types=heartbeat"
@@ -207,11 +206,10 @@ func TestHandler_PeerGoneDuringPing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: 20 * time.Millisecond})
+	h, err := mailbus.NewHandler(b, mailbus.HandlerConfig{Auth: keyAuth{}, PingInterval: 20 * time.Millisecond, PongTimeout: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mailbus.SetPongTimeout(h, time.Hour)
 	e := &testEnv{bus: b, srv: httptest.NewServer(h)}
 	defer e.stop()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))

@@ -83,6 +83,27 @@ func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, 
 	return s, nil
 }
 
+// startAt makes agentID known to the exchange and returns the position a
+// session of it that asks for since should start after: since itself, or
+// for a negative since the agent's cursor now.
+func (ex *exchange) startAt(agentID string, since int64) (int64, error) {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if ex.closed {
+		if ex.failure != nil {
+			return 0, errReload
+		}
+		return 0, ErrClosed
+	}
+	a := ex.join(agentID)
+	if since < 0 {
+		a.mu.Lock()
+		since = int64(a.cursor)
+		a.mu.Unlock()
+	}
+	return since, nil
+}
+
 // detach ends s and saves the agent's cursor.
 func (s *session) detach() {
 	s.kick(nil)

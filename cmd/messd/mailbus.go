@@ -21,7 +21,8 @@ import (
 //	MAILBUS_RETENTION_COUNT     messages kept per agent inbox (default 10000)
 //	MAILBUS_VISIBILITY_TIMEOUT  redeliver unacknowledged ackRequired mail after this (default 30s)
 //	MAILBUS_PRESENCE_TIMEOUT    an agent is offline this long after its last heartbeat (default 90s)
-//	MAILBUS_PING_INTERVAL       WebSocket ping period and pong deadline (default 30s)
+//	MAILBUS_PING_INTERVAL       WebSocket ping period (default 30s)
+//	MAILBUS_PONG_TIMEOUT        how long a ping waits for its pong (default: the ping period)
 //	MAILBUS_SNAPSHOT_EVERY      journal records between snapshots (default 200000; negative disables)
 //	MAILBUS_MAX_BODY_BYTES      request body and frame limit in bytes (default 1048576)
 //	MAILBUS_ORIGINS             extra browser origins allowed on the WebSocket, comma-separated
@@ -48,6 +49,7 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 		{"MAILBUS_VISIBILITY_TIMEOUT", &cfg.VisibilityTimeout},
 		{"MAILBUS_PRESENCE_TIMEOUT", &cfg.PresenceTimeout},
 		{"MAILBUS_PING_INTERVAL", &hcfg.PingInterval},
+		{"MAILBUS_PONG_TIMEOUT", &hcfg.PongTimeout},
 	} {
 		if v := getenv(d.env); v != "" {
 			if *d.dst, err = time.ParseDuration(v); err != nil || *d.dst <= 0 {
