@@ -22,7 +22,7 @@ func newBenchBus(b *testing.B, cfg mailbus.Config) *mailbus.Bus {
 		b.Fatal(err)
 	}
 	cfg.Store = st
-	bus, err := mailbus.New(cfg)
+	bus, err := mailbus.New(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func BenchmarkHandler_Fanout(b *testing.B) {
 	const subs = 100
 	st, _ := storage.NewFS(b.TempDir())
 	defer st.Close()
-	bus, _ := mailbus.New(mailbus.Config{Store: st, RetentionCount: 1 << 20})
+	bus, _ := mailbus.New(context.Background(), mailbus.Config{Store: st, RetentionCount: 1 << 20})
 	h, _ := mailbus.NewHandler(bus, mailbus.HandlerConfig{Auth: keyAuth{}})
 	e := &testEnv{bus: bus}
 	e.srv = newServer(h)
@@ -73,6 +73,11 @@ func BenchmarkHandler_Fanout(b *testing.B) {
 		}
 		c.SetReadLimit(-1)
 		defer c.CloseNow()
+		// The welcome follows the subscription: a publish before it could
+		// miss this subscriber, and the benchmark would wait for ever.
+		if _, _, err := c.Read(ctx); err != nil {
+			b.Fatal(err)
+		}
 		go func() {
 			for {
 				_, data, err := c.Read(ctx)
@@ -100,7 +105,7 @@ func BenchmarkHandler_Send(b *testing.B) {
 	const senders, window = 16, 64
 	st, _ := storage.NewFS(b.TempDir())
 	defer st.Close()
-	bus, _ := mailbus.New(mailbus.Config{Store: st, RetentionCount: 1 << 20})
+	bus, _ := mailbus.New(context.Background(), mailbus.Config{Store: st, RetentionCount: 1 << 20})
 	h, _ := mailbus.NewHandler(bus, mailbus.HandlerConfig{Auth: keyAuth{}})
 	e := &testEnv{bus: bus, srv: newServer(h)}
 	defer e.stop()

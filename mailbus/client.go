@@ -48,7 +48,7 @@ type ClientConfig struct {
 // Client is a remote agent over WebSocket. It reconnects with exponential
 // backoff and jitter, resumes after the last sequence it received (no gap,
 // no duplicate apart from redelivered unacknowledged messages, which it
-// deduplicates by id), and never reconnects after Shutdown. Use it from
+// deduplicates by id), and never reconnects after Close. Use it from
 // any goroutine.
 type Client struct {
 	cfg    ClientConfig
@@ -159,7 +159,7 @@ func (c *Client) Connect(ctx context.Context) error {
 
 // dial opens a connection resuming after lastSeq, with this client's
 // subscriptions, and reads the welcome frame. The caller holds the
-// dispatcher's subLock. It fails with ErrClosed once Shutdown has begun.
+// dispatcher's subLock. It fails with ErrClosed once Close has begun.
 func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	q := url.Values{}
 	q.Set("batch", "1")
@@ -189,14 +189,14 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 		conn.CloseNow()
 		return nil, fmt.Errorf("mailbus: read welcome: %w", err)
 	}
-	var f Frame
+	var f frame
 	if err := json.Unmarshal(data, &f); err != nil || f.Action != "welcome" {
 		conn.CloseNow()
 		return nil, fmt.Errorf("mailbus: unexpected first frame %.100s", data)
 	}
 	c.mu.Lock()
 	if c.closed {
-		// Shutdown found no connection to close; this one must not live.
+		// Close found no connection to close; this one must not live.
 		c.mu.Unlock()
 		conn.CloseNow()
 		return nil, ErrClosed
@@ -239,10 +239,6 @@ func (c *Client) run(conn *websocket.Conn) {
 		c.mu.Unlock()
 		conn.CloseNow()
 		if closed {
-			return
-		}
-		if websocket.CloseStatus(err) == StatusReplaced {
-			c.d.onError(ErrReplaced)
 			return
 		}
 		c.d.onError(fmt.Errorf("mailbus: connection lost: %w", err))
@@ -359,8 +355,8 @@ func (c *Client) deliver(ms []Message) {
 	}
 }
 
-// Shutdown implements MailBus.
-func (c *Client) Shutdown(ctx context.Context) error {
+// Close implements MailBus.
+func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -461,7 +457,11 @@ func (c *Client) SendTo(ctx context.Context, agentID string, m Message) (Message
 		return Message{}, err
 	}
 	var out Message
-	err := c.do(ctx, http.MethodPost, "send", SendRequest{TargetAgent: agentID, Message: m}, &out)
+	req := struct {
+		TargetAgent string  `json:"targetAgent"`
+		Message     Message `json:"message"`
+	}{agentID, m}
+	err := c.do(ctx, http.MethodPost, "send", req, &out)
 	return out, err
 }
 
@@ -511,12 +511,12 @@ func (c *Client) syncSubscriptions(ctx context.Context) error {
 	if !started {
 		return nil
 	}
-	return c.do(ctx, http.MethodPut, "subscriptions", SubscriptionsBody{Types: c.d.patterns()}, nil)
+	return c.do(ctx, http.MethodPut, "subscriptions", subscriptionsBody{Types: c.d.patterns()}, nil)
 }
 
 // Acknowledge implements MailBus.
 func (c *Client) Acknowledge(ctx context.Context, messageID string) error {
-	return c.do(ctx, http.MethodPost, "acknowledge", AckRequest{MessageID: messageID}, nil)
+	return c.do(ctx, http.MethodPost, "acknowledge", ackRequest{MessageID: messageID}, nil)
 }
 
 // ack is the dispatcher's automatic acknowledgement: a frame on the live
@@ -527,14 +527,14 @@ func (c *Client) ack(ctx context.Context, id string) error {
 	conn := c.conn
 	c.mu.Unlock()
 	if conn != nil {
-		b, _ := json.Marshal(Frame{Action: "ack", MessageID: id})
+		b, _ := json.Marshal(frame{Action: "ack", MessageID: id})
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if conn.Write(wctx, websocket.MessageText, b) == nil {
 			return nil
 		}
 	}
-	// Also after Shutdown: the handlers it lets finish still acknowledge.
+	// Also after Close: the handlers it lets finish still acknowledge.
 	return c.Acknowledge(ctx, id)
 }
 
@@ -556,7 +556,7 @@ func (c *Client) SendHeartbeat(ctx context.Context) error {
 }
 
 // AcquireLease implements MailBus.
-func (c *Client) AcquireLease(ctx context.Context, file string, ttl time.Duration) (bool, error) {
+func (c *Client) AcquireLease(ctx context.Context, file string, ttl time.Duration) (lease.Grant, error) {
 	return c.leases.acquire(ctx, file, ttl)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -61,7 +62,7 @@ func newClient(t *testing.T, e *testEnv, ex, agent string, cfg mailbus.ClientCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Shutdown(context.Background()) })
+	t.Cleanup(func() { c.Close(context.Background()) })
 	return c
 }
 
@@ -98,12 +99,11 @@ func TestClient_PublishSubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ps []mailbus.Presence
-	for range 100 {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		ps, _ = e.bus.Presence(ctx, "ex")
 		if len(ps) == 2 && ps[0].LastHeartbeat != nil {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	if len(ps) != 2 || ps[0].AgentID != "boss" || ps[0].LastHeartbeat == nil || !ps[0].Online {
 		t.Errorf("presence %+v", ps)
@@ -156,18 +156,14 @@ func TestClient_NoReconnectAfterShutdown(t *testing.T) {
 	if err := w.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Shutdown(ctx); err != nil {
+	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	ps, _ := e.bus.Presence(ctx, "ex")
-	if len(ps) != 1 || ps[0].Connected {
-		t.Errorf("presence after shutdown %+v", ps)
-	}
+	waitDisconnected(t, e, "ex", "w")
 	if err := w.Connect(ctx); !errors.Is(err, mailbus.ErrClosed) {
 		t.Errorf("Connect after Shutdown: %v", err)
 	}
-	if err := w.Shutdown(ctx); err != nil {
+	if err := w.Close(ctx); err != nil {
 		t.Errorf("second Shutdown: %v", err)
 	}
 }
@@ -176,12 +172,12 @@ func TestClient_BadCredentials(t *testing.T) {
 	e := startEnv(t, mailbus.Config{})
 	ctx := ctxT(t)
 	c, _ := mailbus.NewClient(mailbus.ClientConfig{URL: e.srv.URL, Exchange: "ex", APIKey: key("other", "a")})
-	defer c.Shutdown(ctx)
+	defer c.Close(ctx)
 	if err := c.Connect(ctx); !errors.Is(err, mailbus.ErrForbidden) {
 		t.Errorf("Connect: %v, want ErrForbidden", err)
 	}
 	c2, _ := mailbus.NewClient(mailbus.ClientConfig{URL: e.srv.URL, Exchange: "ex", APIKey: "junk"})
-	defer c2.Shutdown(ctx)
+	defer c2.Close(ctx)
 	if _, err := c2.Publish(ctx, mailbus.Message{Type: "a"}); !errors.Is(err, mailbus.ErrUnauthorized) {
 		t.Errorf("Publish: %v, want ErrUnauthorized", err)
 	}
@@ -228,7 +224,7 @@ func TestClient_HandlerFailures(t *testing.T) {
 }
 
 func TestLocal_RoutingAndAck(t *testing.T) {
-	b, err := mailbus.New(mailbus.Config{VisibilityTimeout: 100 * time.Millisecond})
+	b, err := mailbus.New(context.Background(), mailbus.Config{VisibilityTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +235,7 @@ func TestLocal_RoutingAndAck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { l.Shutdown(context.Background()) })
+		t.Cleanup(func() { l.Close(context.Background()) })
 		return l
 	}
 	a, w, x := mk("a"), mk("w"), mk("x")
@@ -285,17 +281,19 @@ func TestLocal_Leases(t *testing.T) {
 	}
 	ctx := ctxT(t)
 	defer lm.Close(ctx)
-	b, _ := mailbus.New(mailbus.Config{})
+	b, _ := mailbus.New(context.Background(), mailbus.Config{})
 	defer b.Close(ctx)
 	a, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "a", Leaser: mailbus.ManagerLeaser(lm, "ex", "a")})
 	c, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "c", Leaser: mailbus.ManagerLeaser(lm, "ex", "c")})
-	defer a.Shutdown(ctx)
-	defer c.Shutdown(ctx)
-	if ok, err := a.AcquireLease(ctx, "src/main.go", time.Minute); !ok || err != nil {
-		t.Fatalf("a acquire: %v %v", ok, err)
+	defer a.Close(ctx)
+	defer c.Close(ctx)
+	g, err := a.AcquireLease(ctx, "src/main.go", time.Minute)
+	if err != nil || g.Token == 0 || g.Holder != "a" {
+		t.Fatalf("a acquire: %+v %v", g, err)
 	}
-	if ok, err := c.AcquireLease(ctx, "src/main.go", time.Minute); ok || err != nil {
-		t.Fatalf("c acquire held lease: %v %v", ok, err)
+	var held *lease.HeldError
+	if _, err := c.AcquireLease(ctx, "src/main.go", time.Minute); !errors.As(err, &held) || held.Holder != "a" {
+		t.Fatalf("c acquire held lease: %v, want a lease.HeldError naming a", err)
 	}
 	st, err := c.IsLeased(ctx, "src/main.go")
 	if err != nil || !st.IsLeased || st.AgentID != "a" {
@@ -304,8 +302,9 @@ func TestLocal_Leases(t *testing.T) {
 	if err := a.ReleaseLease(ctx, "src/main.go"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := c.AcquireLease(ctx, "src/main.go", time.Minute); !ok || err != nil {
-		t.Fatalf("c acquire after release: %v %v", ok, err)
+	// The next grant's token is higher: it fences a's writes.
+	if g2, err := c.AcquireLease(ctx, "src/main.go", time.Minute); err != nil || g2.Token <= g.Token {
+		t.Fatalf("c acquire after release: %+v %v, want a token above %d", g2, err, g.Token)
 	}
 }
 
@@ -335,12 +334,12 @@ func TestLocal_ReleaseLeaseRetryAndExpiry(t *testing.T) {
 	}
 	ctx := ctxT(t)
 	defer lm.Close(ctx)
-	b, _ := mailbus.New(mailbus.Config{})
+	b, _ := mailbus.New(context.Background(), mailbus.Config{})
 	defer b.Close(ctx)
 	a, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "a", Leaser: &flakyLeaser{Leaser: mailbus.ManagerLeaser(lm, "ex", "a")}})
-	defer a.Shutdown(ctx)
-	if ok, err := a.AcquireLease(ctx, "f", time.Minute); !ok || err != nil {
-		t.Fatalf("acquire: %v %v", ok, err)
+	defer a.Close(ctx)
+	if _, err := a.AcquireLease(ctx, "f", time.Minute); err != nil {
+		t.Fatalf("acquire: %v", err)
 	}
 	if err := a.ReleaseLease(ctx, "f"); err == nil {
 		t.Fatal("release through a failing leaser succeeded")
@@ -352,8 +351,8 @@ func TestLocal_ReleaseLeaseRetryAndExpiry(t *testing.T) {
 		t.Fatalf("still leased after the retried release: %+v", st)
 	}
 
-	if ok, err := a.AcquireLease(ctx, "f", time.Second); !ok || err != nil {
-		t.Fatalf("acquire again: %v %v", ok, err)
+	if _, err := a.AcquireLease(ctx, "f", time.Second); err != nil {
+		t.Fatalf("acquire again: %v", err)
 	}
 	mu.Lock()
 	now = now.Add(2 * time.Second)
@@ -370,7 +369,7 @@ func TestLocal_ReleaseLeaseRetryAndExpiry(t *testing.T) {
 func waitDisconnected(t *testing.T, e *testEnv, ex, agent string) {
 	t.Helper()
 	ctx := ctxT(t)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		ps, _ := e.bus.Presence(ctx, ex)
 		i := slices.IndexFunc(ps, func(p mailbus.Presence) bool { return p.AgentID == agent })
 		if i < 0 || !ps[i].Connected {
@@ -400,7 +399,7 @@ func TestClient_ConcurrentConnect(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
-	if err := w.Shutdown(ctx); err != nil {
+	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitDisconnected(t, e, "ex", "w")
@@ -521,7 +520,7 @@ func TestClient_ShutdownDrainAcknowledges(t *testing.T) {
 		}
 	}
 	<-first
-	if err := w.Shutdown(ctx); err != nil {
+	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	ms, _, err := e.bus.Inbox(ctx, "ex", "w", 0, 100)
@@ -566,7 +565,7 @@ func TestClient_ShutdownStalledServer(t *testing.T) {
 	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if err := c.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
+	if err := c.Close(sctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Shutdown against a stalled server: %v, want its context's error", err)
 	}
 	// Not a speed check: the library's close handshake gives up after 5 s,
@@ -580,7 +579,7 @@ func TestClient_ShutdownStalledServer(t *testing.T) {
 // one sees its context cancelled, the queue behind it is dropped, and the
 // dispatcher's goroutine ends.
 func TestLocal_ShutdownAbortsHandlers(t *testing.T) {
-	b, _ := mailbus.New(mailbus.Config{})
+	b, _ := mailbus.New(context.Background(), mailbus.Config{})
 	ctx := ctxT(t)
 	defer b.Close(ctx)
 	l, _ := b.Agent(mailbus.LocalConfig{Exchange: "ex", Agent: "w"})
@@ -603,11 +602,11 @@ func TestLocal_ShutdownAbortsHandlers(t *testing.T) {
 	<-running
 	dead, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := l.Shutdown(dead); !errors.Is(err, context.Canceled) {
+	if err := l.Close(dead); !errors.Is(err, context.Canceled) {
 		t.Errorf("Shutdown with an ended context: %v", err)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if !slices.ContainsFunc(goroutines(), func(g string) bool { return strings.Contains(g, "(*dispatcher).run") }) {
+		if !strings.Contains(allStacks(), "(*dispatcher).run") {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -616,5 +615,17 @@ func TestLocal_ShutdownAbortsHandlers(t *testing.T) {
 	}
 	if n := calls.Load(); n != 1 {
 		t.Errorf("%d handler calls, want 1: the queue ran on after the abort", n)
+	}
+}
+
+// allStacks returns the stacks of all goroutines.
+func allStacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }

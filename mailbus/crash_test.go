@@ -25,7 +25,7 @@ func serveChild(dir string) {
 	if err != nil {
 		panic(err)
 	}
-	b, err := mailbus.New(mailbus.Config{Store: st})
+	b, err := mailbus.New(context.Background(), mailbus.Config{Store: st})
 	if err != nil {
 		panic(err)
 	}
@@ -200,8 +200,7 @@ func TestBus_Compaction(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(200 * time.Millisecond)
-	e.stop()
+	e.stop() // waits for the snapshot in progress
 	logs, _ := filepath.Glob(filepath.Join(dir, "mailbus", "ex", "log", "*"))
 	snaps, _ := filepath.Glob(filepath.Join(dir, "mailbus", "ex", "snap", "*"))
 	if len(snaps) == 0 || len(logs) >= 40 {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/meatspace-exchange/mess/lease"
 )
 
 // Handler receives a message. Returning an error (or panicking) leaves an
@@ -22,20 +24,21 @@ type Subscription struct {
 }
 
 // MailBus is what an agent uses, in process (Local) or remote (Client):
-// the original IMailBus method set as Go.
+// the method set of Jetpack's IMailBus (cf-mail-adapter 0.1.0) as Go, with
+// a fencing token on every lease grant.
 type MailBus interface {
 	// AgentID is the agent this bus speaks for (known after Connect for a
 	// Client, which learns it from its credential).
 	AgentID() string
-	// Connect starts receiving (the original's initialize).
+	// Connect starts receiving (IMailBus's initialize).
 	Connect(ctx context.Context) error
-	// Shutdown stops receiving and never reconnects afterwards. Handlers
+	// Close stops receiving and never reconnects afterwards. Handlers
 	// of messages already received run to the end of the queue within
 	// ctx; when ctx ends first, the running handler's context is cancelled
 	// and the rest of the queue is dropped (an ackRequired message among
 	// them is delivered again to the agent's next connection). It is
 	// idempotent.
-	Shutdown(ctx context.Context) error
+	Close(ctx context.Context) error
 	// Publish broadcasts m to the agents subscribed to its type (or, with
 	// m.To set, to that agent only) and returns it as stored.
 	Publish(ctx context.Context, m Message) (Message, error)
@@ -52,9 +55,12 @@ type MailBus interface {
 	Acknowledge(ctx context.Context, messageID string) error
 	// SendHeartbeat reports this agent alive.
 	SendHeartbeat(ctx context.Context) error
-	// AcquireLease tries to take the lease on file for ttl; false means
-	// another agent holds it.
-	AcquireLease(ctx context.Context, file string, ttl time.Duration) (bool, error)
+	// AcquireLease takes the lease on file for ttl and returns the grant,
+	// whose Token fences the resource: present it to whatever the lease
+	// guards, which refuses tokens lower than the last one it saw. While
+	// another agent holds the lease it fails with an error wrapping
+	// lease.ErrHeld (a *lease.HeldError names the holder).
+	AcquireLease(ctx context.Context, file string, ttl time.Duration) (lease.Grant, error)
 	// ReleaseLease releases a lease this bus acquired. It fails with
 	// lease.ErrNotHeld if the lease had expired (or passed to another
 	// agent) before the release, and can be retried after any other error.

@@ -4,17 +4,24 @@
 // HTTP and usable in process.
 //
 // Use New to create a Bus on a storage.Store, NewHandler to serve it at
-// /api/v1/exchanges/{exchange_id}/mailbus/..., Bus.Agent for an agent in
-// the same process and NewClient for a remote one. Local and Client both
-// implement MailBus, the original IMailBus method set.
+// /api/v1/exchanges/{exchange_id}/mailbus/... (and, with
+// HandlerConfig.KeyExchange, at the /api/mail/... routes of Jetpack's
+// worker API that its HttpMailBus calls), Bus.Agent for an agent in the
+// same process and NewClient for a remote one. Local and Client both
+// implement MailBus, the IMailBus method set of Jetpack's mail adapters
+// (cf-mail-adapter 0.1.0).
 //
 // # Semantics
 //
 //   - Publish delivers to every agent of the exchange whose durable
 //     subscriptions (a type, "prefix.*" or "*") match the message type,
-//     except the sender: an agent never receives its own broadcast. A message
-//     with To set is direct, whichever call sent it: only that agent gets
-//     it, whatever its subscriptions. SendTo to oneself is delivered.
+//     and to every agent that has never set its subscriptions (Jetpack's
+//     clients cannot state any), except the sender: an agent never
+//     receives its own broadcast. An agent is known to the bus from its
+//     first contact (a connection, a heartbeat, an inbox read, mail sent to
+//     it). A message with To set is direct, whichever call sent it: only
+//     that agent gets it, whatever its subscriptions. SendTo to oneself is
+//     delivered.
 //   - The server stamps From with the authenticated agent, assigns an id
 //     (msg-<ms>-<8hex>) when none is given, and gives each recipient's copy a
 //     sequence number Seq in that recipient's inbox.
@@ -24,7 +31,7 @@
 //     it directly and every broadcast that matched its subscriptions while
 //     it was away, within retention (age and count per inbox). Resume with
 //     since=<last Seq seen>; without since the server resumes after the last
-//     message it handed to that agent.
+//     message it handed to any connection of that agent (its cursor).
 //   - An ackRequired message is redelivered (same id and Seq) after the
 //     visibility timeout until its recipient acknowledges it; acknowledgement
 //     is per message and recipient. Delivery is therefore at-least-once for
@@ -34,9 +41,15 @@
 //     time and reach live subscribers of "heartbeat" with Seq 0, and are never
 //     stored. An agent is online while its last heartbeat (or connect) is
 //     within the presence timeout.
-//   - A second connection of the same agent takes over: the older one is
-//     closed with StatusReplaced (4000) and a reason, and Client does not
-//     reconnect after that.
+//   - Several connections of one agent (two processes, a page reload, an
+//     overlapping reconnect) are served side by side. Each gets every
+//     message of the agent's one inbox from its own start on; the inbox
+//     holds each message once. Acknowledgements are per agent: one from any
+//     connection stops redelivery on all of them, and an overdue message is
+//     sent again on every connection that had it.
+//   - A coordination.response message whose payload is {"action":"ack",
+//     "messageId":id} also acknowledges id for its sender: it is how
+//     Jetpack's HttpMailBus acknowledges.
 //
 // # Concurrency
 //
@@ -57,4 +70,6 @@
 // If a journal write fails (a broken disk), the affected message is never
 // delivered and its sender gets an error, but the sequence numbers assigned
 // after it may shift on the next restart. Presence is kept in memory only.
+// Two connections of one agent both handle every message: processes that
+// should share work need agent ids of their own.
 package mailbus

@@ -22,14 +22,11 @@ var (
 	// one a recipient has not acknowledged yet: acknowledgements name
 	// messages by id, so the two could not be told apart. HTTP 409.
 	ErrConflict = errors.New("mailbus: conflict")
-	// ErrClosed is returned by every call after Close or Shutdown.
+	// ErrClosed is returned by every call after Close.
 	ErrClosed = errors.New("mailbus: closed")
 	// ErrNotConnected is returned by client calls that need a live
 	// connection before Connect succeeded.
 	ErrNotConnected = errors.New("mailbus: not connected")
-	// ErrReplaced is reported when a newer connection of the same agent
-	// took over this one; the client does not reconnect after it.
-	ErrReplaced = errors.New("mailbus: connection replaced by a newer one")
 	// ErrNoLeaser is returned by the lease calls when no Leaser is
 	// configured.
 	ErrNoLeaser = errors.New("mailbus: no lease service configured")

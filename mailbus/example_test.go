@@ -19,7 +19,7 @@ func ExampleBus_Agent() {
 	defer os.RemoveAll(dir)
 	store, _ := storage.NewFS(dir)
 	defer store.Close()
-	bus, err := mailbus.New(mailbus.Config{Store: store})
+	bus, err := mailbus.New(context.Background(), mailbus.Config{Store: store})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -28,8 +28,8 @@ func ExampleBus_Agent() {
 
 	boss, _ := bus.Agent(mailbus.LocalConfig{Exchange: "acme", Agent: "boss"})
 	worker, _ := bus.Agent(mailbus.LocalConfig{Exchange: "acme", Agent: "worker"})
-	defer boss.Shutdown(ctx)
-	defer worker.Shutdown(ctx)
+	defer boss.Close(ctx)
+	defer worker.Close(ctx)
 
 	got := make(chan mailbus.Message, 1)
 	worker.Subscribe(ctx, "task.*", func(ctx context.Context, m mailbus.Message) error {
@@ -46,8 +46,8 @@ func ExampleBus_Agent() {
 
 // Serving the bus over HTTP and WebSocket with the standard library.
 func ExampleNewHandler() {
-	bus, _ := mailbus.New(mailbus.Config{}) // in memory; set Store to persist
-	var auth mailbus.Authenticator          // e.g. backed by the exchange's API keys
+	bus, _ := mailbus.New(context.Background(), mailbus.Config{}) // in memory; set Store to persist
+	var auth mailbus.Authenticator                                // e.g. backed by the exchange's API keys
 	h, err := mailbus.NewHandler(bus, mailbus.HandlerConfig{Auth: auth})
 	if err != nil {
 		log.Fatal(err)
@@ -79,8 +79,9 @@ func ExampleClient() {
 	if err := c.Connect(ctx); err != nil {
 		log.Fatal(err)
 	}
-	defer c.Shutdown(ctx)
-	if ok, _ := c.AcquireLease(ctx, "src/config.ts", 30*time.Second); ok {
+	defer c.Close(ctx)
+	if g, err := c.AcquireLease(ctx, "src/config.ts", 30*time.Second); err == nil {
+		fmt.Println("editing with fencing token", g.Token)
 		defer c.ReleaseLease(ctx, "src/config.ts")
 	}
 }

@@ -10,7 +10,8 @@ import (
 	"github.com/meatspace-exchange/mess/lease"
 )
 
-// LeaseStatus is the lease package's status, the seed's LeaseStatus.
+// LeaseStatus is the lease package's status: Jetpack's LeaseStatus
+// (isLeased, agentId, expiresAt in epoch ms) plus the fencing token.
 type LeaseStatus = lease.Status
 
 // Leaser is the part of the lease service the bus's lease calls use,
@@ -57,16 +58,13 @@ type leases struct {
 	tokens map[string]uint64
 }
 
-func (ls *leases) acquire(ctx context.Context, file string, ttl time.Duration) (bool, error) {
+func (ls *leases) acquire(ctx context.Context, file string, ttl time.Duration) (lease.Grant, error) {
 	if ls.l == nil {
-		return false, ErrNoLeaser
+		return lease.Grant{}, ErrNoLeaser
 	}
 	g, err := ls.l.Acquire(ctx, file, ttl)
-	if errors.Is(err, lease.ErrHeld) {
-		return false, nil
-	}
 	if err != nil {
-		return false, fmt.Errorf("mailbus: acquire lease %s: %w", file, err)
+		return lease.Grant{}, fmt.Errorf("mailbus: acquire lease %s: %w", file, err)
 	}
 	ls.mu.Lock()
 	if ls.tokens == nil {
@@ -74,7 +72,7 @@ func (ls *leases) acquire(ctx context.Context, file string, ttl time.Duration) (
 	}
 	ls.tokens[file] = g.Token
 	ls.mu.Unlock()
-	return true, nil
+	return g, nil
 }
 
 func (ls *leases) release(ctx context.Context, file string) error {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/meatspace-exchange/mess/lease"
 )
 
 // LocalConfig configures an in-process agent.
@@ -155,8 +157,8 @@ func (l *Local) reattach() *session {
 	}
 }
 
-// Shutdown implements MailBus.
-func (l *Local) Shutdown(ctx context.Context) error {
+// Close implements MailBus.
+func (l *Local) Close(ctx context.Context) error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -235,7 +237,7 @@ func (l *Local) SendHeartbeat(ctx context.Context) error {
 }
 
 // AcquireLease implements MailBus.
-func (l *Local) AcquireLease(ctx context.Context, file string, ttl time.Duration) (bool, error) {
+func (l *Local) AcquireLease(ctx context.Context, file string, ttl time.Duration) (lease.Grant, error) {
 	return l.leases.acquire(ctx, file, ttl)
 }
 

@@ -4,16 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"go.uber.org/goleak"
 
 	"github.com/meatspace-exchange/mess/mailbus"
 	"github.com/meatspace-exchange/mess/storage"
@@ -26,41 +26,7 @@ func TestMain(m *testing.M) {
 		serveChild(dir)
 		return
 	}
-	base := goroutines()
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(5 * time.Second)
-		for len(goroutines()) > len(base) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if now := goroutines(); len(now) > len(base) {
-			fmt.Fprintf(os.Stderr, "goroutine leak: %d goroutines, started with %d\n%s\n", len(now), len(base), strings.Join(now, "\n\n"))
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// goroutines returns the stacks of live goroutines, leaving out the
-// runtime's and the test framework's own (signal handling of -fuzz).
-func goroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "os/signal.loop") || strings.Contains(g, "testing.(*F).Fuzz") {
-			continue
-		}
-		out = append(out, g)
-	}
-	return out
+	goleak.VerifyTestMain(m)
 }
 
 // keyAuth accepts keys "key-<exchange>-<agent>".
@@ -106,7 +72,7 @@ func startEnvDir(t *testing.T, cfg mailbus.Config, dir string) *testEnv {
 		t.Cleanup(func() { st.Close() })
 		cfg.Store = st
 	}
-	b, err := mailbus.New(cfg)
+	b, err := mailbus.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,3 +241,38 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func newServer(h http.Handler) *httptest.Server { return httptest.NewServer(h) }
+
+// forEachFramePath runs test once with data frames written by hand and
+// once through the WebSocket library.
+func forEachFramePath(t *testing.T, test func(t *testing.T)) {
+	for _, raw := range []bool{true, false} {
+		name := "library"
+		if raw {
+			name = "raw"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Cleanup(mailbus.SetWriteRaw(raw))
+			test(t)
+		})
+	}
+}
+
+// fakeClock is a Config.Now that moves only when told.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 19, 12, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +15,8 @@ import (
 	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
-// Message types the original bus defined. Any other dotted type made of
+// Message types of Jetpack's mail protocol (its MessageType, cf-mail-adapter
+// 0.1.0). Any other dotted type made of
 // letters, digits, '_' and '-' segments is accepted as well.
 const (
 	TypeTaskCreated          = "task.created"
@@ -38,8 +40,8 @@ const (
 	TypeHeartbeat            = "heartbeat"
 )
 
-// Message is the unit of mail. Field names and JSON keys are the original
-// bus's; Seq is new.
+// Message is the unit of mail. Field names and JSON keys are those of
+// Jetpack's Message (cf-mail-adapter 0.1.0); Seq is this bus's addition.
 type Message struct {
 	// ID identifies the message; the server assigns msg-<ms>-<8hex> when
 	// empty. Receivers deduplicate redeliveries by it.
@@ -106,12 +108,71 @@ func Match(p, t string) bool {
 	return p == t
 }
 
-// NewMessageID returns an id in the original's format, msg-<ms>-<8hex>.
+// NewMessageID returns an id in the format of Jetpack's generateMessageId,
+// msg-<ms>-<8hex>.
 func NewMessageID(now time.Time) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return "msg-" + strconv.FormatInt(now.UnixMilli(), 10) + "-" + hex.EncodeToString(b[:])
 }
+
+// ackedMessage returns the id of the message m acknowledges, or "". Jetpack's
+// HttpMailBus (cf-mail-adapter 0.1.0) acknowledges message id by publishing
+// {"type":"coordination.response","payload":{"messageId":id,"action":"ack"}}.
+func ackedMessage(m *Message) string {
+	if m.Type != TypeCoordinationResponse {
+		return ""
+	}
+	var p struct {
+		MessageID string `json:"messageId"`
+		Action    string `json:"action"`
+	}
+	if json.Unmarshal(m.Payload, &p) != nil || p.Action != "ack" {
+		return ""
+	}
+	return p.MessageID
+}
+
+// wireMessage is a Message as a client sends it, whose timestamp may be an
+// RFC 3339 string (as Jetpack's clients write a Date) or a number of
+// milliseconds since the epoch. Messages the bus encodes itself always carry
+// RFC 3339, so only what clients send is decoded this way.
+type wireMessage struct {
+	Message
+	Timestamp wireTime `json:"timestamp"`
+}
+
+func (w *wireMessage) message() Message {
+	m := w.Message
+	m.Timestamp = w.Timestamp.Time
+	return m
+}
+
+// wireTime is a timestamp as a client sends it.
+type wireTime struct{ time.Time }
+
+func (t *wireTime) UnmarshalJSON(data []byte) error {
+	ts := bytes.TrimSpace(data)
+	switch {
+	case len(ts) == 0 || bytes.Equal(ts, []byte("null")):
+		t.Time = time.Time{}
+		return nil
+	case ts[0] == '"':
+		if err := t.Time.UnmarshalJSON(ts); err != nil {
+			return fmt.Errorf("%w: timestamp %.40s is not RFC 3339", ErrInvalid, ts)
+		}
+		return nil
+	}
+	ms, err := strconv.ParseFloat(string(ts), 64)
+	if err != nil || math.IsInf(ms, 0) || math.IsNaN(ms) || math.Abs(ms) > maxEpochMs {
+		return fmt.Errorf("%w: timestamp %.40s is neither an RFC 3339 string nor epoch milliseconds", ErrInvalid, ts)
+	}
+	t.Time = time.UnixMilli(int64(ms)).UTC()
+	return nil
+}
+
+// maxEpochMs is the end of year 9999 in milliseconds since the epoch.
+const maxEpochMs = 253402300799999
 
 // normalize validates m for sending and fills server-side fields.
 func normalize(m *Message, from string, now time.Time) error {

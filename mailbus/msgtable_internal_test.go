@@ -16,7 +16,11 @@ func TestMsgTableFreesWhatNoInboxHolds(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	b, err := New(Config{RetentionCount: 5, RetentionAge: time.Hour, Now: clock})
+	// Only this test sweeps: the bus's own sweeper would trim the table
+	// before the first look.
+	sweepEvery = time.Hour
+	defer func() { sweepEvery = 0 }()
+	b, err := New(context.Background(), Config{RetentionCount: 5, RetentionAge: time.Hour, Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}

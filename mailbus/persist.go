@@ -37,11 +37,14 @@ type snapMsg struct {
 }
 
 type snapAgent struct {
-	ID     string    `json:"id"`
-	Subs   []string  `json:"subs,omitempty"`
-	Cursor uint64    `json:"cursor,omitempty"`
-	First  uint64    `json:"first"`
-	Ents   []snapEnt `json:"ents,omitempty"`
+	ID   string   `json:"id"`
+	Subs []string `json:"subs,omitempty"`
+	// SubsSet is whether the agent ever set its subscriptions; snapshots
+	// written before it existed imply it from a non-empty Subs.
+	SubsSet bool      `json:"subsSet,omitempty"`
+	Cursor  uint64    `json:"cursor,omitempty"`
+	First   uint64    `json:"first"`
+	Ents    []snapEnt `json:"ents,omitempty"`
 }
 
 type snapEnt struct {
@@ -59,12 +62,10 @@ func (ex *exchange) load() {
 		ex.prev.committers.Wait()
 		ex.prev = nil
 	}
-	if st := ex.b.cfg.Store; st != nil {
-		if err := ex.restore(context.Background(), st); err != nil {
-			ex.loadErr = fmt.Errorf("mailbus: load exchange %s: %w", ex.id, err)
-			ex.b.cfg.Logger.Error("mailbus: load failed", "exchange", ex.id, "err", err)
-			return
-		}
+	if err := ex.restore(context.Background(), ex.b.cfg.Store); err != nil {
+		ex.loadErr = fmt.Errorf("mailbus: load exchange %s: %w", ex.id, err)
+		ex.b.cfg.Logger.Error("mailbus: load failed", "exchange", ex.id, "err", err)
+		return
 	}
 	for _, a := range ex.agents {
 		a.durable = a.next() - 1
@@ -76,19 +77,11 @@ func (ex *exchange) load() {
 
 func (ex *exchange) restore(ctx context.Context, st storage.Store) error {
 	var last string
-	opts := storage.ListOptions{}
-	for {
-		page, err := st.List(ctx, ex.snapPrefix(), opts)
+	for k, err := range storage.Keys(ctx, st, ex.snapPrefix()) {
 		if err != nil {
 			return err
 		}
-		if n := len(page.Keys); n > 0 {
-			last = page.Keys[n-1]
-		}
-		if page.Next == "" {
-			break
-		}
-		opts.After = page.Next
+		last = k
 	}
 	if last != "" {
 		obj, err := st.Get(ctx, last)
@@ -152,6 +145,8 @@ func (ex *exchange) applyRecord(r *record) {
 		ex.applyAck(r.Agent, r.ID, time.UnixMilli(r.Time))
 	case "s":
 		ex.setSubs(ex.agent(r.Agent), r.Types)
+	case "j":
+		ex.agent(r.Agent)
 	case "c":
 		a := ex.agent(r.Agent)
 		a.cursor = max(a.cursor, r.Seq)
@@ -170,7 +165,9 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 	}
 	for _, sa := range s.Agents {
 		a := ex.agent(sa.ID)
-		ex.setSubs(a, sa.Subs)
+		if sa.SubsSet || len(sa.Subs) > 0 {
+			ex.setSubs(a, sa.Subs)
+		}
 		a.cursor, a.first = sa.Cursor, max(sa.First, 1)
 		a.ents = make([]entry, 0, len(sa.Ents))
 		for i, se := range sa.Ents {
@@ -199,7 +196,7 @@ func (ex *exchange) wantSnapshot() bool {
 	// Waiting for as many records as the last snapshot held inbox entries
 	// keeps the cost of snapshots proportional to traffic, however much
 	// mail is retained.
-	if ex.b.j == nil || ex.b.cfg.SnapshotEvery < 0 || ex.snapping || ex.closed ||
+	if ex.b.cfg.SnapshotEvery < 0 || ex.snapping || ex.closed ||
 		ex.sinceSnap < max(ex.b.cfg.SnapshotEvery, ex.snapEntries) {
 		return false
 	}
@@ -241,7 +238,7 @@ func (ex *exchange) capture() *snapshot {
 	ex.snapEntries = 0
 	for _, a := range ex.agents {
 		a.mu.Lock()
-		c := copied{sa: snapAgent{ID: a.id, Subs: a.subs, Cursor: a.cursor, First: a.first}, ents: slices.Clone(a.ents)}
+		c := copied{sa: snapAgent{ID: a.id, Subs: a.subs, SubsSet: a.subsSet, Cursor: a.cursor, First: a.first}, ents: slices.Clone(a.ents)}
 		for seq, ack := range a.acks {
 			if !ack.ackedAt.IsZero() {
 				if c.acked == nil {
@@ -296,53 +293,46 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
 	if err != nil {
 		return err
 	}
-	opts := storage.ListOptions{}
-	for {
-		page, err := st.List(ctx, ex.logPrefix(), opts)
+	for k, err := range storage.Keys(ctx, st, ex.logPrefix()) {
 		if err != nil {
 			return err
 		}
-		for _, k := range page.Keys {
-			if k >= bound {
-				return ex.deleteOldSnapshots(ctx, key)
-			}
-			obj, err := st.Get(ctx, k)
-			if err != nil {
-				return err
-			}
-			lines, _ := journal.Lines(obj.Data)
-			if len(lines) == 0 {
-				continue
-			}
-			var r record
-			if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
-				return err
-			}
-			if r.LSN > s.LSN {
-				return ex.deleteOldSnapshots(ctx, key)
-			}
-			if err := st.Delete(ctx, k); err != nil {
-				return err
-			}
+		if k >= bound {
+			break
 		}
-		if page.Next == "" {
-			return ex.deleteOldSnapshots(ctx, key)
+		obj, err := st.Get(ctx, k)
+		if err != nil {
+			return err
 		}
-		opts.After = page.Next
+		lines, _ := journal.Lines(obj.Data)
+		if len(lines) == 0 {
+			continue
+		}
+		var r record
+		if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
+			return err
+		}
+		if r.LSN > s.LSN {
+			break
+		}
+		if err := st.Delete(ctx, k); err != nil {
+			return err
+		}
 	}
+	return ex.deleteOldSnapshots(ctx, key)
 }
 
 func (ex *exchange) deleteOldSnapshots(ctx context.Context, keep string) error {
 	st := ex.b.cfg.Store
-	page, err := st.List(ctx, ex.snapPrefix(), storage.ListOptions{})
-	if err != nil {
-		return err
-	}
-	for _, k := range page.Keys {
-		if k < keep {
-			if err := st.Delete(ctx, k); err != nil {
-				return err
-			}
+	for k, err := range storage.Keys(ctx, st, ex.snapPrefix()) {
+		if err != nil {
+			return err
+		}
+		if k >= keep {
+			break
+		}
+		if err := st.Delete(ctx, k); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package mailbus
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ type session struct {
 	a  *agent
 
 	// Guarded by a.mu.
+	detached  bool
 	next      uint64    // next inbox seq to send
 	redeliver []uint64  // overdue ackRequired seqs to send again
 	live      []*stored // heartbeats: delivered live, never stored
@@ -40,9 +42,10 @@ type delivery struct {
 }
 
 // attach opens a session for agentID starting after since (negative: after
-// the stored cursor). Unacknowledged ackRequired messages at or before the
-// start are sent again first. A previous session of the agent is kicked
-// with ErrReplaced.
+// the agent's cursor, the last seq any of its sessions was sent).
+// Unacknowledged ackRequired messages at or before the start are sent again
+// first. Other sessions of the agent go on: each gets every message from
+// its own start.
 func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, error) {
 	ex.mu.Lock()
 	if ex.closed {
@@ -53,12 +56,11 @@ func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, 
 		ex.mu.Unlock()
 		return nil, err
 	}
-	a := ex.agent(agentID)
+	a := ex.join(agentID)
 	ex.mu.Unlock()
 	s := &session{ex: ex, a: a, wake: make(chan struct{}, 1), gone: make(chan struct{}), hook: hook}
 	a.mu.Lock()
-	old := a.sess
-	a.sess = s
+	a.sessions = append(a.sessions, s)
 	a.connAt = ex.b.cfg.Now()
 	start := a.cursor
 	if since >= 0 {
@@ -77,20 +79,37 @@ func (ex *exchange) attach(agentID string, since int64, hook func()) (*session, 
 		}
 	}
 	a.mu.Unlock()
-	if old != nil {
-		old.kick(ErrReplaced)
-	}
 	s.notify()
 	return s, nil
+}
+
+// startAt makes agentID known to the exchange and returns the position a
+// session of it that asks for since should start after: since itself, or
+// for a negative since the agent's cursor now.
+func (ex *exchange) startAt(agentID string, since int64) (int64, error) {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if ex.closed {
+		if ex.failure != nil {
+			return 0, errReload
+		}
+		return 0, ErrClosed
+	}
+	a := ex.join(agentID)
+	if since < 0 {
+		a.mu.Lock()
+		since = int64(a.cursor)
+		a.mu.Unlock()
+	}
+	return since, nil
 }
 
 // detach ends s and saves the agent's cursor.
 func (s *session) detach() {
 	s.kick(nil)
 	s.a.mu.Lock()
-	if s.a.sess == s {
-		s.a.sess = nil
-	}
+	s.detached = true
+	s.a.sessions = slices.DeleteFunc(s.a.sessions, func(o *session) bool { return o == s })
 	s.a.mu.Unlock()
 	s.ex.saveCursor(s.a)
 }
@@ -154,7 +173,7 @@ func (s *session) take(n int, out []delivery) (_ []delivery, more bool) {
 	vis := s.ex.b.cfg.VisibilityTimeout
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.sess != s {
+	if s.detached {
 		return out, false
 	}
 	for len(s.redeliver) > 0 && len(out) < n {

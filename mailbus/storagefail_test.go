@@ -51,7 +51,7 @@ func TestBus_JournalFailureKeepsSeqs(t *testing.T) {
 	}
 	defer fs.Close()
 	st := &failingFS{FS: fs}
-	b, err := mailbus.New(mailbus.Config{Store: st})
+	b, err := mailbus.New(context.Background(), mailbus.Config{Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestBus_JournalFailureKeepsSeqs(t *testing.T) {
 	if want := []string{"m1", "m3", "m4"}; !slices.Equal(ids, want) {
 		t.Errorf("in-process agent got %v, want %v", ids, want)
 	}
-	if err := w.Shutdown(ctx); err != nil {
+	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	live := seqs(b, 0)
@@ -116,7 +116,7 @@ func TestBus_JournalFailureKeepsSeqs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	b2, err := mailbus.New(mailbus.Config{Store: fs})
+	b2, err := mailbus.New(context.Background(), mailbus.Config{Store: fs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/meatspace-exchange/mess/mcpserver"
+	"github.com/meatspace-exchange/mess/mess"
 )
 
 const initialize = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
@@ -157,7 +158,7 @@ func TestNew_config(t *testing.T) {
 	}
 }
 
-func TestExchangeOfKey(t *testing.T) {
+func TestKeyExchange(t *testing.T) {
 	for _, c := range []struct {
 		key, exchange string
 		ok            bool
@@ -170,9 +171,9 @@ func TestExchangeOfKey(t *testing.T) {
 		{"home_abc", "", false},
 		{"mess_../x_abc", "", false},
 	} {
-		ex, ok := mcpserver.ExchangeOfKey(c.key)
+		ex, ok := mess.KeyExchange(c.key)
 		if ex != c.exchange || ok != c.ok {
-			t.Errorf("ExchangeOfKey(%q) = %q, %v; want %q, %v", c.key, ex, ok, c.exchange, c.ok)
+			t.Errorf("KeyExchange(%q) = %q, %v; want %q, %v", c.key, ex, ok, c.exchange, c.ok)
 		}
 	}
 }

@@ -39,7 +39,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bus, err := mailbus.New(mailbus.Config{})
+	bus, err := mailbus.New(context.Background(), mailbus.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

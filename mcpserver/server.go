@@ -167,21 +167,6 @@ func callerOf(extra *mcp.RequestExtra) (caller, bool) {
 	return caller{ex, agent}, ok
 }
 
-// ExchangeOfKey returns the exchange an API key belongs to: keys look like
-// mess_{exchange}_{secret}, and the exchange is everything between the
-// first "mess_" and the last "_".
-func ExchangeOfKey(key string) (string, bool) {
-	rest, ok := strings.CutPrefix(key, "mess_")
-	if !ok {
-		return "", false
-	}
-	i := strings.LastIndexByte(rest, '_')
-	if i <= 0 || i == len(rest)-1 || !mess.ValidID(rest[:i]) {
-		return "", false
-	}
-	return rest[:i], true
-}
-
 // ServeHTTP authenticates the request and serves MCP. A request without a
 // valid key is answered 401 with the HTTP API's JSON error before any MCP
 // processing.
@@ -197,7 +182,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "missing bearer token: send Authorization: Bearer <API key>")
 		return
 	}
-	ex, ok := ExchangeOfKey(key)
+	ex, ok := mess.KeyExchange(key)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", "Bearer")
 		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key")

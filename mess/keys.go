@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -144,6 +145,22 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// KeyExchange returns the exchange an API key was issued in. Keys are
+// mess_{exchange}_{32 hex}; exchange ids may hold '_', so the exchange is
+// everything between the leading "mess_" and the last '_'. It says nothing
+// of whether the key is valid: Authenticate does.
+func KeyExchange(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, "mess_")
+	if !ok {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, '_')
+	if i <= 0 || i == len(rest)-1 || !ValidID(rest[:i]) {
+		return "", false
+	}
+	return rest[:i], true
 }
 
 // newAPIKey returns a key mess_{exchange}_{32 hex chars: 128 random bits}.

@@ -7,7 +7,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/meatspace-exchange/mess/lease"
 	"github.com/meatspace-exchange/mess/mailbus"
+	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
@@ -17,13 +19,23 @@ import (
 //	MAILBUS_RETENTION_COUNT     messages kept per agent inbox (default 10000)
 //	MAILBUS_VISIBILITY_TIMEOUT  redeliver unacknowledged ackRequired mail after this (default 30s)
 //	MAILBUS_PRESENCE_TIMEOUT    an agent is offline this long after its last heartbeat (default 90s)
-//	MAILBUS_PING_INTERVAL       WebSocket ping period and pong deadline (default 30s)
+//	MAILBUS_PING_INTERVAL       WebSocket ping period (default 30s)
+//	MAILBUS_PONG_TIMEOUT        how long a ping waits for its pong (default: the ping period)
 //	MAILBUS_SNAPSHOT_EVERY      journal records between snapshots (default 200000; negative disables)
 //	MAILBUS_MAX_BODY_BYTES      request body and frame limit in bytes (default 1048576)
 //	MAILBUS_ORIGINS             extra browser origins allowed on the WebSocket, comma-separated
-func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, getenv func(string) string, logger *slog.Logger, started **mailbus.Bus) (closeFn func(context.Context) error, err error) {
+//
+// Besides its own API it serves the worker API of Jetpack's HttpMailBus
+// (/api/mail/...), whose requests carry only an executor key: the exchange
+// is the one the key was issued in, and leases come from leases.
+func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, leases *lease.Manager, getenv func(string) string, logger *slog.Logger, started **mailbus.Bus) (closeFn func(context.Context) error, err error) {
 	cfg := mailbus.Config{Store: store, Logger: logger}
-	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger}
+	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger, KeyExchange: mess.KeyExchange}
+	if leases != nil {
+		hcfg.Leaser = func(exchangeID, agentID string) mailbus.Leaser {
+			return mailbus.ManagerLeaser(leases, exchangeID, agentID)
+		}
+	}
 	if d, ok := auth.(mailbus.Directory); ok {
 		cfg.Directory = d
 	}
@@ -32,6 +44,7 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 	cfg.VisibilityTimeout = env.duration("MAILBUS_VISIBILITY_TIMEOUT", 0, false)
 	cfg.PresenceTimeout = env.duration("MAILBUS_PRESENCE_TIMEOUT", 0, false)
 	hcfg.PingInterval = env.duration("MAILBUS_PING_INTERVAL", 0, false)
+	hcfg.PongTimeout = env.duration("MAILBUS_PONG_TIMEOUT", 0, false)
 	cfg.RetentionCount = int(env.integer("MAILBUS_RETENTION_COUNT", 0, false))
 	cfg.SnapshotEvery = int(env.integer("MAILBUS_SNAPSHOT_EVERY", 0, negativeDisables))
 	hcfg.MaxBodyBytes = env.integer("MAILBUS_MAX_BODY_BYTES", 0, false)
@@ -41,7 +54,7 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 	if v := getenv("MAILBUS_ORIGINS"); v != "" {
 		hcfg.OriginPatterns = strings.Split(v, ",")
 	}
-	bus, err := mailbus.New(cfg)
+	bus, err := mailbus.New(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -52,5 +65,6 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 	}
 	e.Any("/api/v1/exchanges/:exchange_id/mailbus/*", echo.WrapHandler(h))
 	*started = bus
+	e.Any("/api/mail/*", echo.WrapHandler(h))
 	return bus.Close, nil
 }

@@ -83,7 +83,7 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 			return setupLease(e, store, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger, &leases)
 		},
 		func() (func(context.Context) error, error) {
-			return setupMailbus(e, store, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), getenv, logger, &bus)
+			return setupMailbus(e, store, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), leases, getenv, logger, &bus)
 		},
 		func() (func(context.Context) error, error) {
 			return setupNotify(e, store, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger)

@@ -50,7 +50,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer leases.Close(ctx)
-	bus, err := mailbus.New(mailbus.Config{Store: store, Directory: mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden)})
+	bus, err := mailbus.New(ctx, mailbus.Config{Store: store, Directory: mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden)})
 	if err != nil {
 		return err
 	}

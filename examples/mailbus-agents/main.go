@@ -12,6 +12,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -21,7 +22,6 @@ import (
 
 	"github.com/meatspace-exchange/mess/lease"
 	"github.com/meatspace-exchange/mess/mailbus"
-	"github.com/meatspace-exchange/mess/storage"
 )
 
 type task struct {
@@ -44,7 +44,7 @@ func main() {
 }
 
 func run(ctx context.Context, url, exchange, bossKey, workerKey string, n int) error {
-	boss, worker, cleanup, err := connect(url, exchange, bossKey, workerKey)
+	boss, worker, cleanup, err := connect(ctx, url, exchange, bossKey, workerKey)
 	if err != nil {
 		return err
 	}
@@ -56,16 +56,17 @@ func run(ctx context.Context, url, exchange, bossKey, workerKey string, n int) e
 		if err := json.Unmarshal(m.Payload, &t); err != nil {
 			return err
 		}
-		ok, err := worker.AcquireLease(ctx, t.File, 30*time.Second)
+		g, err := worker.AcquireLease(ctx, t.File, 30*time.Second)
+		if held, ok := errors.AsType[*lease.HeldError](err); ok {
+			return fmt.Errorf("%s is leased by %s", t.File, held.Holder) // redelivered later
+		}
 		if err != nil {
 			return err // not acknowledged: the bus redelivers it later
 		}
-		if !ok {
-			st, _ := worker.IsLeased(ctx, t.File)
-			return fmt.Errorf("%s is leased by %s", t.File, st.AgentID)
-		}
 		defer worker.ReleaseLease(ctx, t.File)
-		fmt.Printf("worker: working %s on %s\n", t.ID, t.File)
+		// Whatever the file's store is, it refuses writes that carry a
+		// token lower than the last one it saw: g.Token fences this work.
+		fmt.Printf("worker: working %s on %s (fencing token %d)\n", t.ID, t.File, g.Token)
 		p, _ := json.Marshal(map[string]string{"taskId": t.ID, "result": "done"})
 		_, err = worker.SendTo(ctx, m.From, mailbus.Message{Type: mailbus.TypeTaskCompleted, Payload: p, CorrelationID: m.ID})
 		return err
@@ -111,7 +112,7 @@ func run(ctx context.Context, url, exchange, bossKey, workerKey string, n int) e
 }
 
 // connect returns the two agents, in process or remote.
-func connect(url, exchange, bossKey, workerKey string) (boss, worker mailbus.MailBus, cleanup func(), err error) {
+func connect(ctx context.Context, url, exchange, bossKey, workerKey string) (boss, worker mailbus.MailBus, cleanup func(), err error) {
 	logErr := func(err error) { log.Println(err) }
 	if url != "" {
 		b, err := mailbus.NewClient(mailbus.ClientConfig{URL: url, Exchange: exchange, APIKey: bossKey, OnError: logErr})
@@ -123,19 +124,12 @@ func connect(url, exchange, bossKey, workerKey string) (boss, worker mailbus.Mai
 			return nil, nil, nil, err
 		}
 		return b, w, func() {
-			b.Shutdown(context.Background())
-			w.Shutdown(context.Background())
+			b.Close(context.Background())
+			w.Close(context.Background())
 		}, nil
 	}
-	dir, err := os.MkdirTemp("", "mailbus-agents")
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	store, err := storage.NewFS(dir)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	bus, err := mailbus.New(mailbus.Config{Store: store})
+	// A zero Config keeps the mail in memory; storage.NewFS would keep it.
+	bus, err := mailbus.New(ctx, mailbus.Config{})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -147,11 +141,9 @@ func connect(url, exchange, bossKey, workerKey string) (boss, worker mailbus.Mai
 	w, _ := bus.Agent(mailbus.LocalConfig{Exchange: exchange, Agent: "worker", Leaser: mailbus.ManagerLeaser(leases, exchange, "worker"), OnError: logErr})
 	return b, w, func() {
 		ctx := context.Background()
-		b.Shutdown(ctx)
-		w.Shutdown(ctx)
+		b.Close(ctx)
+		w.Close(ctx)
 		bus.Close(ctx)
 		leases.Close(ctx)
-		store.Close()
-		os.RemoveAll(dir)
 	}, nil
 }

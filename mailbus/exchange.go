@@ -1,0 +1,622 @@
+package mailbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+)
+
+type subOp int
+
+const (
+	subAdd subOp = iota
+	subRemove
+	subSet
+)
+
+// stored is one accepted message, shared by all its recipients' inboxes.
+type stored struct {
+	msg    Message // immutable once stored
+	raw    []byte  // JSON of msg without seq or ack fields
+	recv   time.Time
+	failed atomic.Bool // the journal write failed: never deliver
+}
+
+type commit struct {
+	done  <-chan error
+	apply func(error)
+	err   error // received from done ahead of time (ready)
+	got   bool
+}
+
+// ready reports whether c's record is durable (or failed) already, without
+// waiting.
+func (c *commit) ready() bool {
+	if c.done == nil || c.got {
+		return true
+	}
+	select {
+	case c.err = <-c.done:
+		c.got = true
+		return true
+	default:
+		return false
+	}
+}
+
+type exchange struct {
+	b       *Bus
+	id      string
+	ready   chan struct{}
+	loadErr error
+
+	// A journal write that fails breaks the exchange: memory then holds
+	// seqs the journal does not, and a restart would number what follows
+	// differently from what agents were told. It stops taking writes, its
+	// sessions are kicked, and the next use loads a fresh exchange from
+	// storage once this one's writes and snapshot have finished (prev).
+	broken atomic.Bool
+	prev   *exchange
+
+	mu          sync.Mutex
+	closed      bool
+	failure     error // why it broke; closed is set too
+	lsn         uint64
+	msgs        msgTable
+	agents      map[string]*agent
+	routes      map[string][]*agent // message type → subscribed agents
+	sinceSnap   int
+	snapEntries int // inbox entries in the last snapshot
+	snapping    bool
+	commits     chan *commit
+
+	committers sync.WaitGroup
+
+	// Owned by the committer goroutine.
+	toWake   []*session
+	lastWake int    // len(toWake) at the last wake: the next one's likely size
+	wakeRun  uint64 // sessions with wokenIn == wakeRun are in toWake
+}
+
+func newExchange(b *Bus, id string) *exchange {
+	return &exchange{
+		b: b, id: id, ready: make(chan struct{}),
+		agents:  map[string]*agent{},
+		commits: make(chan *commit, 1<<16),
+		wakeRun: 1, // not a new session's wokenIn
+	}
+}
+
+func (ex *exchange) partition() string { return "mailbus/" + ex.id + "/log" }
+
+// agent returns (creating) the state of id. Caller holds ex.mu.
+func (ex *exchange) agent(id string) *agent {
+	a := ex.agents[id]
+	if a == nil {
+		a = &agent{id: id, tab: &ex.msgs, first: 1}
+		ex.agents[id] = a
+		ex.routes = nil // it gets every broadcast until it subscribes
+	}
+	return a
+}
+
+// join returns (creating) the state of id on a live path. A new agent gets
+// every broadcast until it sets subscriptions, so its arrival is journaled:
+// replay must create it at the same point, or it would number the agent's
+// inbox differently from what the agent was told. Caller holds ex.mu.
+func (ex *exchange) join(id string) *agent {
+	if a := ex.agents[id]; a != nil {
+		return a
+	}
+	a := ex.agent(id)
+	if done, err := ex.write(&record{Kind: "j", Agent: id}); err == nil {
+		ex.commit(done, func(error) {})
+	}
+	return a
+}
+
+// committer applies the effects of journal records in journal order once
+// each is durable, so an agent never sees seq n+1 before seq n is safe.
+//
+// Sessions to wake are collected (wakeLater) and woken once the commits
+// whose records are already durable have all been applied: those of one
+// group commit. A connection then gets all of their messages in one write.
+func (ex *exchange) committer() {
+	defer ex.committers.Done()
+	var next *commit
+	var failure error
+	run := 0 // commits applied since the last wake
+	for {
+		c := next
+		next = nil
+		run++
+		if c == nil {
+			var ok bool
+			if c, ok = <-ex.commits; !ok {
+				return
+			}
+		}
+		err := c.err
+		if c.done != nil && !c.got {
+			err = <-c.done
+		}
+		if failure == nil && err != nil {
+			failure = err
+			ex.fail(err)
+		}
+		if failure != nil && err == nil {
+			// Durable, but ordered after a write that is not: a restart
+			// would give it other seqs than memory did. Its sender is
+			// told it failed, as at-least-once allows.
+			err = fmt.Errorf("%w (after an earlier write failed: %v)", errReload, failure)
+		}
+		c.apply(err)
+		select {
+		case n, ok := <-ex.commits:
+			// Bounded, so that a committer that never catches up with
+			// the journal still wakes sessions.
+			if ok && n.ready() && run < maxWakeRun {
+				next = n
+				continue
+			}
+			ex.wake()
+			run = 0
+			if !ok {
+				return
+			}
+			next = n
+		default:
+			ex.wake()
+			run = 0
+		}
+	}
+}
+
+// maxWakeRun is the most commits applied between two wakes.
+const maxWakeRun = 256
+
+// wakeLater has s woken at the end of the committer's current run of
+// durable commits. Only the committer calls it.
+func (ex *exchange) wakeLater(s *session) {
+	if s.wokenIn != ex.wakeRun {
+		s.wokenIn = ex.wakeRun
+		if ex.toWake == nil {
+			ex.toWake = make([]*session, 0, ex.lastWake)
+		}
+		ex.toWake = append(ex.toWake, s)
+	}
+}
+
+func (ex *exchange) wake() {
+	ss := ex.toWake
+	ex.toWake = nil // notifyAll's goroutines keep ss
+	ex.lastWake = len(ss)
+	ex.wakeRun++
+	// The committer is one of ex.committers, so adding to it cannot race
+	// with shutdown's Wait.
+	notifyAll(ss, &ex.committers)
+}
+
+// errReload is why sessions of a broken exchange end, and what writes
+// ordered after its failed one report.
+var errReload = errors.New("mailbus: exchange reloading after a storage failure")
+
+// fail breaks the exchange (see exchange.broken). Only the committer calls
+// it.
+func (ex *exchange) fail(err error) {
+	ex.b.cfg.Logger.Error("mailbus: journal write failed; the exchange reloads from storage", "exchange", ex.id, "err", err)
+	ex.close(err, errReload)
+}
+
+func (ex *exchange) shutdown() {
+	<-ex.ready
+	ex.close(nil, ErrClosed)
+}
+
+// close stops taking writes, has the committer end once it has applied
+// those queued, and ends every session with why. A failure marks the
+// exchange broken. Closing twice does nothing.
+func (ex *exchange) close(failure, why error) {
+	ex.mu.Lock()
+	if ex.closed {
+		ex.mu.Unlock()
+		return
+	}
+	ex.closed = true
+	if failure != nil {
+		ex.failure = failure
+		ex.broken.Store(true)
+	}
+	var sessions []*session
+	for _, a := range ex.agents {
+		a.mu.Lock()
+		sessions = append(sessions, a.sessions...)
+		a.mu.Unlock()
+	}
+	if ex.loadErr == nil {
+		close(ex.commits)
+	}
+	ex.mu.Unlock()
+	for _, s := range sessions {
+		s.kick(why)
+	}
+}
+
+// record is one journal line. Short keys keep the journal small.
+type record struct {
+	LSN   uint64   `json:"l"`
+	Kind  string   `json:"k"` // m message, a ack, s subscriptions, c cursor, j agent joined
+	Agent string   `json:"a,omitempty"`
+	Msg   *Message `json:"m,omitempty"`
+	Types []string `json:"t,omitempty"`
+	ID    string   `json:"i,omitempty"`
+	Seq   uint64   `json:"q,omitempty"`
+	Time  int64    `json:"ts,omitempty"` // unix ms
+
+	raw []byte // replay only: the encoded message
+}
+
+// write queues rec in the journal and returns the channel that reports
+// its durability. Caller holds ex.mu, which is what makes journal order
+// equal to the order of state changes, and must then call ex.commit.
+func (ex *exchange) write(rec *record) (<-chan error, error) {
+	if ex.closed {
+		if ex.failure != nil {
+			return nil, fmt.Errorf("%w: %v", errReload, ex.failure)
+		}
+		return nil, ErrClosed
+	}
+	j := ex.b.j
+	rec.LSN = ex.lsn + 1
+	var line []byte
+	if rec.raw != nil {
+		// Messages are already encoded once for delivery; splice that
+		// encoding into the record instead of encoding it again.
+		line = make([]byte, 0, len(rec.raw)+64)
+		line = append(line, `{"l":`...)
+		line = strconv.AppendUint(line, rec.LSN, 10)
+		line = append(line, `,"k":"m","ts":`...)
+		line = strconv.AppendInt(line, rec.Time, 10)
+		line = append(line, `,"m":`...)
+		line = append(line, rec.raw...)
+		line = append(line, '}')
+	} else {
+		var err error
+		if line, err = json.Marshal(rec); err != nil {
+			return nil, fmt.Errorf("mailbus: encode record: %w", err)
+		}
+	}
+	done, err := j.AppendAsync(ex.partition(), line)
+	if err != nil {
+		if errors.Is(err, journal.ErrClosed) {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("mailbus: journal: %w", err)
+	}
+	ex.lsn++
+	ex.sinceSnap++
+	return done, nil
+}
+
+// commit runs apply, in journal order, once done reports. Caller holds
+// ex.mu.
+func (ex *exchange) commit(done <-chan error, apply func(error)) {
+	ex.commits <- &commit{done: done, apply: apply}
+}
+
+func wait(ctx context.Context, result <-chan error) error {
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// submit stores m and routes it; the returned channel reports once it is
+// durable. The order of submit calls is the delivery order.
+func (ex *exchange) submit(m *Message) (<-chan error, error) {
+	st, err := newStored(m, ex.b.cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	result := make(chan error, 1)
+	ex.mu.Lock()
+	if m.AckRequired {
+		if who := ex.pendingID(m); who != "" {
+			ex.mu.Unlock()
+			return nil, fmt.Errorf("%w: agent %s has not acknowledged an earlier message with id %q", ErrConflict, who, m.ID)
+		}
+	}
+	done, err := ex.write(&record{Kind: "m", Msg: m, Time: st.recv.UnixMilli(), raw: st.raw})
+	if err != nil {
+		ex.mu.Unlock()
+		return nil, err
+	}
+	recips := ex.applyMessage(st)
+	ex.commit(done, func(err error) {
+		if err != nil {
+			st.failed.Store(true)
+			ex.b.cfg.Logger.Error("mailbus: journal write failed", "exchange", ex.id, "err", err)
+			err = fmt.Errorf("mailbus: store message: %w", err)
+		}
+		// Inboxes first, so a sender that reads one after its ack sees
+		// the message; the sender is told before the subscribers are
+		// woken, because waking a thousand takes longer.
+		for _, r := range recips {
+			r.a.mu.Lock()
+			if r.seq > r.a.durable {
+				r.a.durable = r.seq
+			}
+			for _, s := range r.a.sessions {
+				ex.wakeLater(s)
+			}
+			r.a.mu.Unlock()
+		}
+		result <- err
+	})
+	snap := ex.wantSnapshot()
+	ex.mu.Unlock()
+	if snap {
+		go ex.snapshot()
+	}
+	return result, nil
+}
+
+func newStored(m *Message, recv time.Time) (*stored, error) {
+	if m.Timestamp.Year() < 0 || m.Timestamp.Year() > 9999 {
+		return nil, fmt.Errorf("%w: timestamp year outside 0..9999", ErrInvalid)
+	}
+	return &stored{msg: *m, raw: m.appendJSON(nil), recv: recv}, nil
+}
+
+// pendingID returns a recipient of m that still has to acknowledge a
+// message with m's id, or "". Caller holds ex.mu.
+func (ex *exchange) pendingID(m *Message) string {
+	check := func(a *agent) bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		seq, ok := a.pending[m.ID]
+		if !ok {
+			return false
+		}
+		_, ack := a.at(seq)
+		return ack != nil && ack.ackedAt.IsZero()
+	}
+	if m.To != "" {
+		if a := ex.agents[m.To]; a != nil && check(a) {
+			return a.id
+		}
+		return ""
+	}
+	for _, a := range ex.subscribers(m.Type) {
+		if a.id != m.From && check(a) {
+			return a.id
+		}
+	}
+	return ""
+}
+
+type recipient struct {
+	a   *agent
+	seq uint64
+}
+
+// applyMessage puts st in its recipients' inboxes. It is the same code for
+// live traffic and journal replay, so replay assigns the same seqs. Caller
+// holds ex.mu.
+func (ex *exchange) applyMessage(st *stored) []recipient {
+	m := &st.msg
+	num := ex.msgs.add(st)
+	if m.To != "" {
+		a := ex.agent(m.To)
+		ex.msgs.ref(num, 1)
+		return []recipient{{a, ex.deliver(a, num, st)}}
+	}
+	subs := ex.subscribers(m.Type)
+	out := make([]recipient, 0, len(subs))
+	for _, a := range subs {
+		if a.id != m.From {
+			out = append(out, recipient{a, ex.deliver(a, num, st)})
+		}
+	}
+	ex.msgs.ref(num, len(out))
+	return out
+}
+
+// subscribers returns the agents whose subscriptions match typ. Caller
+// holds ex.mu. Matching every agent's patterns on every broadcast was a
+// third of the time a broadcast held ex.mu; the result is kept per type
+// until a subscription changes (setSubs).
+func (ex *exchange) subscribers(typ string) []*agent {
+	if as, ok := ex.routes[typ]; ok {
+		return as
+	}
+	var as []*agent
+	for _, a := range ex.agents {
+		if !a.subsSet || matchAny(a.subs, typ) {
+			as = append(as, a)
+		}
+	}
+	// Types are chosen by clients: bound what they can make us keep.
+	if ex.routes == nil || len(ex.routes) >= maxRoutes {
+		ex.routes = map[string][]*agent{}
+	}
+	ex.routes[typ] = as
+	return as
+}
+
+// maxRoutes bounds exchange.routes.
+const maxRoutes = 256
+
+// setSubs replaces a's subscriptions. Caller holds ex.mu.
+func (ex *exchange) setSubs(a *agent, subs []string) {
+	a.subs, a.subsSet = subs, true
+	ex.routes = nil
+}
+
+func matchAny(patterns []string, t string) bool {
+	for _, p := range patterns {
+		if Match(p, t) {
+			return true
+		}
+	}
+	return false
+}
+
+func (ex *exchange) changeSubs(ctx context.Context, agentID string, patterns []string, op subOp) error {
+	result := make(chan error, 1)
+	ex.mu.Lock()
+	a := ex.join(agentID)
+	var next []string
+	switch op {
+	case subSet:
+		next = slices.Clone(patterns)
+	case subAdd:
+		next = append(slices.Clone(a.subs), patterns...)
+	case subRemove:
+		next = slices.DeleteFunc(slices.Clone(a.subs), func(s string) bool { return slices.Contains(patterns, s) })
+	}
+	slices.Sort(next)
+	next = slices.Compact(next)
+	if len(next) > maxSubscriptions {
+		ex.mu.Unlock()
+		return fmt.Errorf("%w: more than %d subscriptions", ErrInvalid, maxSubscriptions)
+	}
+	if a.subsSet && slices.Equal(next, a.subs) {
+		ex.mu.Unlock()
+		return nil
+	}
+	done, err := ex.write(&record{Kind: "s", Agent: agentID, Types: next})
+	if err != nil {
+		ex.mu.Unlock()
+		return err
+	}
+	ex.setSubs(a, next)
+	ex.commit(done, func(err error) {
+		if err != nil {
+			err = fmt.Errorf("mailbus: store subscriptions: %w", err)
+		}
+		result <- err
+	})
+	ex.mu.Unlock()
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// saveCursor journals a's delivery cursor without waiting; losing the
+// latest value in a crash only causes redelivery, which receivers dedupe.
+func (ex *exchange) saveCursor(a *agent) {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	a.mu.Lock()
+	cur, saved := a.cursor, a.savedCur
+	a.savedCur = cur
+	a.mu.Unlock()
+	if cur <= saved || ex.closed {
+		return
+	}
+	if done, err := ex.write(&record{Kind: "c", Agent: a.id, Seq: cur}); err == nil {
+		ex.commit(done, func(error) {})
+	}
+}
+
+func (ex *exchange) heartbeat(from string, m *Message) {
+	now := ex.b.cfg.Now()
+	st, err := newStored(m, now)
+	if err != nil {
+		return
+	}
+	ex.mu.Lock()
+	a := ex.join(from)
+	a.mu.Lock()
+	a.beat = now
+	a.mu.Unlock()
+	targets := ex.subscribers(m.Type)
+	if m.To != "" {
+		targets = nil
+		if o := ex.agents[m.To]; o != nil {
+			targets = []*agent{o}
+		}
+	}
+	var live []*session
+	for _, o := range targets {
+		if o == a {
+			continue
+		}
+		o.mu.Lock()
+		for _, s := range o.sessions {
+			if len(s.live) < 1024 {
+				s.live = append(s.live, st)
+				live = append(live, s)
+			}
+		}
+		o.mu.Unlock()
+	}
+	ex.mu.Unlock()
+	notifyAll(live, nil)
+}
+
+// sweep queues redeliveries of overdue unacknowledged messages and applies
+// age retention.
+func (ex *exchange) sweep() {
+	now := ex.b.cfg.Now()
+	cutoff := now.Add(-ex.b.cfg.RetentionAge)
+	ex.mu.Lock()
+	// What the last sweep and count retention dropped, unless a snapshot
+	// is still looking messages up.
+	if !ex.snapping {
+		ex.msgs.trim()
+	}
+	agents := make([]*agent, 0, len(ex.agents))
+	for _, a := range ex.agents {
+		agents = append(agents, a)
+	}
+	ex.mu.Unlock()
+	for _, a := range agents {
+		a.mu.Lock()
+		n := 0
+		for n < len(a.ents) && a.first+uint64(n) <= a.durable && a.tab.get(a.ents[n].num()).recv.Before(cutoff) {
+			n++
+		}
+		if n > 0 {
+			a.drop(n)
+		}
+		// An overdue message goes again to every connection of the agent
+		// that was sent it: whichever handles it acknowledges for all.
+		var queued []*session
+		if len(a.sessions) > 0 && len(a.pending) > 0 {
+			for _, seq := range a.sortedPending() {
+				_, ack := a.at(seq)
+				if ack == nil || !ack.ackedAt.IsZero() || ack.due.IsZero() || !now.After(ack.due) {
+					continue
+				}
+				ack.due = time.Time{}
+				for _, s := range a.sessions {
+					if seq < s.next {
+						s.redeliver = append(s.redeliver, seq)
+						if !slices.Contains(queued, s) {
+							queued = append(queued, s)
+						}
+					}
+				}
+			}
+		}
+		a.mu.Unlock()
+		for _, s := range queued {
+			s.notify()
+		}
+	}
+}
