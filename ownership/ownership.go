@@ -222,7 +222,9 @@ func (o *Ownership) heartbeat() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), o.cfg.Heartbeat)
+		// A beat may take longer than the period on a slow store; it must
+		// not take so long that half the timeout passes unnoticed.
+		ctx, cancel := context.WithTimeout(context.Background(), o.cfg.Timeout/4)
 		err := o.beat(ctx)
 		cancel()
 		switch {
@@ -247,6 +249,12 @@ func (o *Ownership) beat(ctx context.Context) error {
 	rec.Beat++
 	data, _ := json.Marshal(rec)
 	v, err := o.cfg.Store.Update(ctx, o.cfg.Key, data, version)
+	if errors.Is(err, storage.ErrVersionMismatch) {
+		// An earlier beat may have landed although its answer was lost
+		// (a timeout, a dropped connection): then the record is still
+		// ours, at a version this process never saw.
+		rec, v, err = o.stillOurs(ctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -254,6 +262,24 @@ func (o *Ownership) beat(ctx context.Context) error {
 	o.rec, o.version = rec, v
 	o.mu.Unlock()
 	return nil
+}
+
+// stillOurs reads the record after a version mismatch: it returns the
+// record and its version when it still names this process at its epoch,
+// and ErrVersionMismatch when another process has it.
+func (o *Ownership) stillOurs(ctx context.Context) (record, string, error) {
+	obj, err := o.cfg.Store.Get(ctx, o.cfg.Key)
+	if err != nil {
+		return record{}, "", err
+	}
+	var cur record
+	if err := json.Unmarshal(obj.Data, &cur); err != nil {
+		return record{}, "", fmt.Errorf("ownership: %s is not an owner record: %w", o.cfg.Key, err)
+	}
+	if cur.Holder != o.cfg.Holder || cur.Epoch != o.epoch || cur.Released {
+		return record{}, "", storage.ErrVersionMismatch
+	}
+	return cur, obj.Version, nil
 }
 
 func (o *Ownership) fail(err error) {

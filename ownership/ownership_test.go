@@ -21,8 +21,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type gate struct {
 	storage.Store
 	mu     sync.Mutex
-	held   chan struct{} // non-nil while writes are held
-	broken atomic.Bool
+	held      chan struct{} // non-nil while writes are held
+	broken    atomic.Bool
+	loseReply atomic.Bool // the next Update lands but reports an error
+	updates   atomic.Int32
 }
 
 func (g *gate) hold() {
@@ -39,6 +41,14 @@ func (g *gate) resume() {
 }
 
 func (g *gate) Update(ctx context.Context, key string, data []byte, version string) (string, error) {
+	if g.loseReply.Load() {
+		// The write lands, but its answer never arrives.
+		g.loseReply.Store(false)
+		if _, err := g.Store.Update(ctx, key, data, version); err != nil {
+			return "", err
+		}
+		return "", errors.New("connection reset before the answer")
+	}
 	g.mu.Lock()
 	h := g.held
 	g.mu.Unlock()
@@ -48,6 +58,7 @@ func (g *gate) Update(ctx context.Context, key string, data []byte, version stri
 	if g.broken.Load() {
 		return "", errors.New("store unreachable")
 	}
+	g.updates.Add(1)
 	return g.Store.Update(ctx, key, data, version)
 }
 
@@ -143,6 +154,35 @@ func TestSilentOwnerIsReplacedAndLearnsIt(t *testing.T) {
 	}
 	a.Release(context.Background())
 	b.Release(context.Background())
+}
+
+// A heartbeat that landed although its answer was lost leaves the record
+// at a version the owner never saw; the owner must recognise it as its
+// own rather than give up.
+func TestLostReplyIsNotATakeover(t *testing.T) {
+	g := &gate{Store: storage.NewMemory()}
+	a := claim(t, config(g, "a"))
+	g.loseReply.Store(true)
+	// Wait for several more heartbeats after the lost answer.
+	deadline := time.Now().Add(10 * time.Second)
+	for g.loseReply.Load() || g.updates.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("heartbeats stopped")
+		}
+		select {
+		case <-a.Lost():
+			t.Fatalf("ownership lost after a lost reply: %v", a.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	select {
+	case <-a.Lost():
+		t.Fatalf("ownership lost after a lost reply: %v", a.Err())
+	default:
+	}
+	if err := a.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestUnreachableStoreEndsOwnership(t *testing.T) {

@@ -132,7 +132,7 @@ func startS3Child(t *testing.T, env map[string]string, addr string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "MESSD_TEST_CHILD="+t.TempDir()+"/addr", "ADDR="+addr,
-		"MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn", "MESS_OWNER_HEARTBEAT=200ms", "MESS_OWNER_TIMEOUT=2s")
+		"MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn", "MESS_OWNER_HEARTBEAT=500ms", "MESS_OWNER_TIMEOUT=5s")
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -194,7 +194,7 @@ func TestS3_StandbyTakesOverAfterKill(t *testing.T) {
 	a.Process.Signal(syscall.SIGKILL)
 	a.Wait()
 	took := waitStatus(t, "http://"+addrB+"/ready", 200, 30*time.Second)
-	t.Logf("standby ready %v after the writer was killed (timeout 2s)", took.Round(time.Millisecond))
+	t.Logf("standby ready %v after the writer was killed (timeout 5s)", took.Round(time.Millisecond))
 	tsB := &testServer{URL: "http://" + addrB}
 	for _, ref := range refs {
 		if th := tsB.thread(t, "ha", key, ref); th.Thread.Status != "pending" {
