@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // or failed, as if the store could not be reached.
 type gate struct {
 	storage.Store
-	mu     sync.Mutex
+	mu        sync.Mutex
 	held      chan struct{} // non-nil while writes are held
 	broken    atomic.Bool
 	loseReply atomic.Bool // the next Update lands but reports an error
