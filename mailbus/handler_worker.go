@@ -158,20 +158,12 @@ func (h *handler) workerRelease(w http.ResponseWriter, r *http.Request, c caller
 	if !h.sameAgent(w, req.AgentID, c, missing) {
 		return
 	}
-	l := h.cfg.Leaser(c.exchange, c.agent)
-	st, err := l.Status(r.Context(), req.File)
-	if err != nil {
+	// Token 0 is the caller's current lease (lease.Manager.Release).
+	_, err := h.cfg.Leaser(c.exchange, c.agent).Release(r.Context(), req.File, 0)
+	released := err == nil
+	if err != nil && !errors.Is(err, lease.ErrNotHeld) {
 		h.fail(w, err)
 		return
-	}
-	released := false
-	if st.IsLeased && st.AgentID == c.agent {
-		// A grant made between the two calls has a higher token, which
-		// this release does not match: it stays.
-		if released, err = l.Release(r.Context(), req.File, st.Token); err != nil {
-			h.fail(w, err)
-			return
-		}
 	}
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"released": released})
 }
