@@ -24,14 +24,17 @@ import (
 
 // wsConn is one WebSocket connection of an agent.
 type wsConn struct {
-	h       *handler
-	conn    *websocket.Conn
-	fw      frameWriter // data frames go through it
-	c       caller
-	batch   bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	pending sync.WaitGroup // replies waiting for durability
+	h      *handler
+	conn   *websocket.Conn
+	fw     frameWriter // data frames go through it
+	c      caller
+	batch  bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	// revokedc is closed when the API key that opened the connection is
+	// revoked; nil (never closed) when the Authenticator cannot tell.
+	revokedc <-chan struct{}
+	pending  sync.WaitGroup // replies waiting for durability
 
 	// Reused by flushes (one at a time, handed over under mu).
 	buf []byte
