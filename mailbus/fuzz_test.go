@@ -136,11 +136,6 @@ func FuzzFrames(f *testing.F) {
 		}
 		defer c.CloseNow()
 		c.SetReadLimit(1 << 20)
-		// Frames go out after the welcome, as every client here sends
-		// them (one written before it was seen corrupted: under investigation).
-		if _, b, err := c.Read(ctx); err != nil || !strings.Contains(string(b), `"welcome"`) {
-			t.Fatalf("first frame %q, %v; want welcome", b, err)
-		}
 		if err := c.Write(ctx, websocket.MessageText, data); err != nil {
 			t.Fatal(err)
 		}
