@@ -41,6 +41,11 @@ type Config struct {
 	// RetentionCount caps each agent's inbox; the oldest messages go first.
 	// Zero means 10000.
 	RetentionCount int
+	// RetentionBytes caps the size of each agent's inbox (the sum of its
+	// messages' sizes, a message counted in every inbox it is in though it
+	// is held once); the oldest messages go first, acknowledged or not,
+	// but the newest always stays. Zero means 64 MiB.
+	RetentionBytes int64
 	// VisibilityTimeout is how long an ackRequired message waits for its
 	// acknowledgement before it is delivered again. Zero means 30s.
 	VisibilityTimeout time.Duration
@@ -103,6 +108,9 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	if cfg.RetentionCount == 0 {
 		cfg.RetentionCount = 10000
 	}
+	if cfg.RetentionBytes == 0 {
+		cfg.RetentionBytes = 64 << 20
+	}
 	if cfg.VisibilityTimeout == 0 {
 		cfg.VisibilityTimeout = 30 * time.Second
 	}
@@ -123,6 +131,8 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("mailbus: RetentionAge %s is negative", cfg.RetentionAge)
 	case cfg.RetentionCount < 0:
 		return nil, fmt.Errorf("mailbus: RetentionCount %d is negative", cfg.RetentionCount)
+	case cfg.RetentionBytes < 0:
+		return nil, fmt.Errorf("mailbus: RetentionBytes %d is negative", cfg.RetentionBytes)
 	case cfg.VisibilityTimeout < 0:
 		return nil, fmt.Errorf("mailbus: VisibilityTimeout %s is negative", cfg.VisibilityTimeout)
 	case cfg.PresenceTimeout < 0:

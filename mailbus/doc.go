@@ -29,7 +29,7 @@
 //     is durable in every recipient's inbox. An agent that is offline
 //     receives, on its next connection and in order, every message sent to
 //     it directly and every broadcast that matched its subscriptions while
-//     it was away, within retention (age and count per inbox). Resume with
+//     it was away, within retention (age, count and bytes per inbox). Resume with
 //     since=<last Seq seen>; without since the server resumes after the last
 //     message it handed to any connection of that agent (its cursor).
 //   - An ackRequired message is redelivered (same id and Seq) after the

@@ -1,6 +1,7 @@
 package mailbus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -375,8 +376,28 @@ func newStored(m *Message, recv time.Time) (*stored, error) {
 	if m.Timestamp.Year() < 0 || m.Timestamp.Year() > 9999 {
 		return nil, fmt.Errorf("%w: timestamp year outside 0..9999", ErrInvalid)
 	}
-	return &stored{msg: *m, raw: m.appendJSON(nil), recv: recv}, nil
+	st := &stored{msg: *m, recv: recv}
+	st.raw, st.msg.Payload = encodeShared(m)
+	return st, nil
 }
+
+// encodeShared encodes m as stored (without seq or ack fields) and
+// returns the payload as a slice of that encoding: a stored message's
+// payload, up to the frame limit, is then held once, not twice.
+func encodeShared(m *Message) (raw []byte, payload json.RawMessage) {
+	raw = m.appendJSON(make([]byte, 0, len(m.Payload)+256))
+	if len(m.Payload) == 0 {
+		return raw, m.Payload
+	}
+	// The first key "payload" is the field: in a string a quote is
+	// escaped.
+	i := bytes.Index(raw, []byte(`,"payload":`)) + len(`,"payload":`)
+	return raw, raw[i : i+len(m.Payload) : i+len(m.Payload)]
+}
+
+// size is what a message counts for against Config.RetentionBytes: what it
+// holds in memory.
+func (st *stored) size() int64 { return int64(len(st.raw)) + 128 }
 
 // pendingID returns a recipient of m that still has to acknowledge a
 // message with m's id, or "". Caller holds ex.mu.

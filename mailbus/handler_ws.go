@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	json "github.com/goccy/go-json"
@@ -129,11 +130,54 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 		h.b.leave()
 		return
 	}
+	if kw, ok := h.cfg.Auth.(keyWatcher); ok {
+		key, _ := httpx.Bearer(r)
+		// Watched only now the session is open: a key revoked since
+		// Authenticate gets a closed channel, so nothing slips through.
+		var stop func()
+		ws.revokedc, stop = kw.WatchKey(c.exchange, key)
+		ws.work.Add(1)
+		go ws.watchKey(stop)
+	}
 	go func() {
 		defer h.b.leave()
 		defer conn.CloseNow()
 		ws.serve()
 	}()
+}
+
+// keyWatcher is what an Authenticator offers when it can tell that a key
+// stopped admitting its holder (mess.ExecutorAuth does): the channel is
+// closed then, and stop releases the watch.
+type keyWatcher interface {
+	WatchKey(exchangeID, key string) (revoked <-chan struct{}, stop func())
+}
+
+// errRevoked ends a connection whose API key was revoked.
+var errRevoked = errors.New("mailbus: API key revoked")
+
+// watchKey closes the connection with 1008 (policy violation) as soon as
+// its key is revoked, and releases the watch when the connection ends
+// either way.
+func (ws *wsConn) watchKey(stop func()) {
+	defer ws.work.Done()
+	defer stop()
+	select {
+	case <-ws.revokedc:
+		ws.closeWith(errRevoked)
+	case <-ws.ctx.Done():
+	}
+}
+
+// revoked reports whether the connection's key was revoked; frames read
+// after that are not acted on.
+func (ws *wsConn) revoked() bool {
+	select {
+	case <-ws.revokedc:
+		return true
+	default:
+		return false
+	}
 }
 
 // open attaches the connection to the agent's session and sends the
@@ -197,6 +241,8 @@ func (ws *wsConn) closeWith(err error) {
 		ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
 	case errors.Is(err, errReload):
 		ws.conn.Close(websocket.StatusTryAgainLater, "storage failure: reconnect")
+	case errors.Is(err, errRevoked):
+		ws.conn.Close(websocket.StatusPolicyViolation, "API key revoked")
 	default:
 		ws.conn.Close(websocket.StatusNormalClosure, "")
 	}
@@ -277,13 +323,26 @@ func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.
 	if err != nil {
 		return err
 	}
+	if ws.revoked() {
+		// watchKey is closing the connection; nothing more is done on
+		// the revoked key's behalf.
+		return nil
+	}
 	if typ != websocket.MessageText {
 		ws.replyErr(ctx, "", fmt.Errorf("%w: binary frames are not supported", ErrInvalid))
 		return nil
 	}
+	if !utf8.Valid(data) {
+		// RFC 6455 would close with 1007; an error frame keeps the
+		// connection, as for any other bad frame, and stores nothing.
+		ws.replyErr(ctx, "", fmt.Errorf("%w: frame is not valid UTF-8", ErrInvalid))
+		return nil
+	}
 	var f frame
 	if err := json.Unmarshal(data, &f); err != nil {
-		ws.reply(ctx, frame{Action: "error", Error: "malformed frame: " + err.Error(), Code: httpx.CodeMalformedJSON})
+		// The decoder's message may quote a cut multi-byte character.
+		msg := strings.ToValidUTF8("malformed frame: "+err.Error(), "\uFFFD")
+		ws.reply(ctx, frame{Action: "error", Error: msg, Code: httpx.CodeMalformedJSON})
 		return nil
 	}
 	ws.handle(ctx, f)

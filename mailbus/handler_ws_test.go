@@ -274,3 +274,37 @@ func TestNewHandler_NeedsAuth(t *testing.T) {
 		t.Errorf("NewHandler without Auth: %v, %v; want an error", h, err)
 	}
 }
+
+// Ensure frames a client writes as soon as the handshake completes, before
+// it reads anything, reach the server intact: the 101 is on the wire before
+// the connection is hijacked, so they can arrive with the hijack and must
+// not be lost or read from the middle (which showed as "unexpected rsv
+// bits" and unknown opcodes).
+func TestHandler_framesRightAfterHandshake(t *testing.T) {
+	forEachFramePath(t, func(t *testing.T) {
+		e := startEnv(t, mailbus.Config{})
+		u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http")
+		ctx := ctxT(t)
+		for i := range 100 {
+			c, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key("ex", "a")}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{`{"action":"nope"}`, `{"action":"subscribe","type":"p.x","ref":"probe"}`} {
+				if err := c.Write(ctx, websocket.MessageText, []byte(f)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for {
+				_, data, err := c.Read(ctx)
+				if err != nil {
+					t.Fatalf("connection %d ended before the probe's reply: %v", i, err)
+				}
+				if strings.Contains(string(data), `"probe"`) {
+					break
+				}
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		}
+	})
+}

@@ -48,6 +48,7 @@ type agent struct {
 	mu       sync.Mutex
 	first    uint64 // seq of ents[0]; seqs start at 1
 	ents     []entry
+	size     int64                // sum of the sizes of ents' messages
 	durable  uint64               // highest seq known durable
 	pending  map[string]uint64    // message id → seq of ackRequired entries
 	acks     map[uint64]*ackState // seq → state of ackRequired entries
@@ -96,10 +97,30 @@ func (ex *exchange) deliver(a *agent, num uint64, st *stored) uint64 {
 		a.needAck(st.msg.ID, seq, &ackState{})
 	}
 	a.ents = append(a.ents, newEntry(num, st.msg.AckRequired))
-	if over := len(a.ents) - ex.b.cfg.RetentionCount; over > 0 {
+	a.size += st.size()
+	a.retain(ex.b.cfg.RetentionCount, ex.b.cfg.RetentionBytes)
+	return seq
+}
+
+// retain drops the oldest entries until at most count are left and they
+// hold at most bytes, keeping the newest entry whatever its size. Replay
+// applies it to the same messages in the same order, so it drops the same
+// entries. Caller holds a.mu.
+func (a *agent) retain(count int, bytes int64) {
+	over := max(len(a.ents)-count, 0)
+	if a.size > bytes {
+		size := a.size
+		for i, e := range a.ents[:len(a.ents)-1] {
+			if i >= over && size <= bytes {
+				break
+			}
+			size -= a.tab.get(e.num()).size()
+			over = max(over, i+1)
+		}
+	}
+	if over > 0 {
 		a.drop(over)
 	}
-	return seq
 }
 
 // drop removes the n oldest entries. Caller holds a.mu.
@@ -113,6 +134,7 @@ func (a *agent) drop(n int) {
 			}
 			delete(a.acks, seq)
 		}
+		a.size -= a.tab.get(e.num()).size()
 		a.tab.unref(e.num())
 	}
 	a.ents = a.ents[n:]

@@ -190,6 +190,12 @@ func normalize(m *Message, from string, now time.Time) error {
 	if len(m.CorrelationID) > 256 {
 		return fmt.Errorf("%w: correlationId longer than 256 bytes", ErrInvalid)
 	}
+	// Every frame the bus sends is a text frame, which must be UTF-8
+	// (RFC 6455 section 5.6): invalid bytes are refused here, on every
+	// path in, rather than replaced or passed on.
+	if !utf8.ValidString(m.CorrelationID) || !utf8.Valid(m.Payload) {
+		return fmt.Errorf("%w: message is not valid UTF-8", ErrInvalid)
+	}
 	p := bytes.TrimSpace(m.Payload)
 	switch {
 	case len(p) == 0 || bytes.Equal(p, []byte("null")):

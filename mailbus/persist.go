@@ -110,11 +110,7 @@ func (ex *exchange) restore(ctx context.Context, st storage.Store) error {
 					break
 				}
 				if r.Kind == "m" && r.Msg != nil {
-					raw, err := json.Marshal(r.Msg)
-					if err != nil {
-						return nil, err
-					}
-					r.raw = raw
+					r.raw, r.Msg.Payload = encodeShared(r.Msg)
 				}
 				recs = append(recs, r)
 			}
@@ -184,6 +180,7 @@ func (ex *exchange) applySnapshot(s *snapshot) error {
 			}
 			ex.msgs.ref(nums[se.M], 1)
 			a.ents = append(a.ents, newEntry(nums[se.M], se.Ack))
+			a.size += msgs[se.M].size()
 		}
 	}
 	ex.lsn = s.LSN

@@ -24,14 +24,17 @@ import (
 
 // wsConn is one WebSocket connection of an agent.
 type wsConn struct {
-	h       *handler
-	conn    *websocket.Conn
-	fw      frameWriter // data frames go through it
-	c       caller
-	batch   bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	pending sync.WaitGroup // replies waiting for durability
+	h      *handler
+	conn   *websocket.Conn
+	fw     frameWriter // data frames go through it
+	c      caller
+	batch  bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	// revokedc is closed when the API key that opened the connection is
+	// revoked; nil (never closed) when the Authenticator cannot tell.
+	revokedc <-chan struct{}
+	pending  sync.WaitGroup // replies waiting for durability
 
 	// Reused by flushes (one at a time, handed over under mu).
 	buf []byte
@@ -413,11 +416,19 @@ func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		c.Close()
 		return nil, nil, err
 	}
-	var r io.Reader = c
+	br := bufio.NewReaderSize(c, connReadBuffer)
 	if n := brw.Reader.Buffered(); n > 0 {
-		// Bytes the client sent right behind the handshake.
+		// Bytes the client sent right behind the handshake: the 101 is
+		// on the wire before the hijack, so a client may already be
+		// writing frames. The library keeps what this reader has
+		// buffered and then reads the connection itself, so they must
+		// be in the buffer, not in a reader behind it.
 		b, _ := brw.Reader.Peek(n)
-		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), c)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), c), max(connReadBuffer, n))
+		if _, err := br.Peek(n); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
 	}
-	return c, bufio.NewReadWriter(bufio.NewReaderSize(r, connReadBuffer), bufio.NewWriterSize(w, connWriteBuffer)), nil
+	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(w, connWriteBuffer)), nil
 }

@@ -17,6 +17,7 @@ import (
 //
 //	MAILBUS_RETENTION_AGE       drop stored mail older than this (Go duration, default 168h)
 //	MAILBUS_RETENTION_COUNT     messages kept per agent inbox (default 10000)
+//	MAILBUS_RETENTION_BYTES     bytes of messages kept per agent inbox (default 67108864)
 //	MAILBUS_VISIBILITY_TIMEOUT  redeliver unacknowledged ackRequired mail after this (default 30s)
 //	MAILBUS_PRESENCE_TIMEOUT    an agent is offline this long after its last heartbeat (default 90s)
 //	MAILBUS_PING_INTERVAL       WebSocket ping period (default 30s)
@@ -46,6 +47,7 @@ func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator,
 	hcfg.PingInterval = env.duration("MAILBUS_PING_INTERVAL", 0, false)
 	hcfg.PongTimeout = env.duration("MAILBUS_PONG_TIMEOUT", 0, false)
 	cfg.RetentionCount = int(env.integer("MAILBUS_RETENTION_COUNT", 0, false))
+	cfg.RetentionBytes = env.integer("MAILBUS_RETENTION_BYTES", 0, false)
 	cfg.SnapshotEvery = int(env.integer("MAILBUS_SNAPSHOT_EVERY", 0, negativeDisables))
 	hcfg.MaxBodyBytes = env.integer("MAILBUS_MAX_BODY_BYTES", 0, false)
 	if env.err != nil {
