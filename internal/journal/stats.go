@@ -49,7 +49,7 @@ var (
 type histogram struct {
 	bounds  []float64
 	buckets []atomic.Uint64 // non-cumulative; the last is +Inf
-	sumNano atomic.Uint64 // sum scaled by 1e9, so integers add atomically
+	sumNano atomic.Uint64   // sum scaled by 1e9, so integers add atomically
 }
 
 func newHistogram(bounds []float64) *histogram {
