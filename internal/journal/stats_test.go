@@ -1,0 +1,62 @@
+package journal_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+func totalsOf(log string) journal.Stats {
+	for _, st := range journal.Totals() {
+		if st.Log == log {
+			return st
+		}
+	}
+	return journal.Stats{}
+}
+
+// refusingStore refuses every write.
+type refusingStore struct{ storage.Store }
+
+func (refusingStore) Create(context.Context, string, []byte) (string, error) {
+	return "", errors.New("disk on fire")
+}
+
+func TestTotals(t *testing.T) {
+	ctx := context.Background()
+	j, err := journal.New(journal.Config{Store: storage.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close(ctx)
+	for _, lines := range [][][]byte{{[]byte(`1`)}, {[]byte(`2`), []byte(`3`)}, {[]byte(`4`)}} {
+		if err := j.Append(ctx, "totalstest/p", lines...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := totalsOf("totalstest")
+	if st.Records != 4 || st.Writes != 3 || st.Failures != 0 {
+		t.Fatalf("after 3 appends of 4 lines: %+v", st)
+	}
+	if st.BatchSize.Count != 3 || st.WriteSeconds.Count != 3 || st.BatchSize.Sum != 3 {
+		t.Fatalf("histograms: batch %+v, seconds %+v", st.BatchSize, st.WriteSeconds)
+	}
+	if c := st.BatchSize.Counts; c[0] != 3 || c[len(c)-1] != 3 {
+		t.Fatalf("batches of one not in the first bucket: %v", c)
+	}
+
+	bad, err := journal.New(journal.Config{Store: refusingStore{storage.NewMemory()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close(ctx)
+	if err := bad.Append(ctx, "totalsfail/p", []byte(`1`)); err == nil {
+		t.Fatal("append to a failing store succeeded")
+	}
+	if st := totalsOf("totalsfail"); st.Failures != 1 || st.Records != 0 || st.Writes != 0 {
+		t.Fatalf("after a failed write: %+v", st)
+	}
+}
