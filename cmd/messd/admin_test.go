@@ -254,3 +254,30 @@ func TestAdmin_badInputChangesNothing(t *testing.T) {
 		}
 	}
 }
+
+// On S3 the store has no directory lock: messd admin claims the writer
+// record instead, so it refuses while a messd keeps it and works once that
+// messd has stopped.
+func TestAdmin_s3(t *testing.T) {
+	env := s3Env(t)
+	env["MESS_OWNER_HEARTBEAT"] = "500ms"
+	env["MESS_OWNER_TIMEOUT"] = "2s"
+	ts := startServer(t, withS3(env))
+	ts.register(t, "s3x", "alice")
+	code, out, stderr := admin(t, env, "owner-key", "s3x")
+	if code != 1 || out != "" || !strings.Contains(stderr, "MESS_ADMIN_TOKEN") {
+		t.Fatalf("owner-key while messd writes: %d %q %q", code, out, stderr)
+	}
+	ts.Stop()
+	code, out, stderr = admin(t, env, "owner-key", "s3x")
+	var nk struct {
+		Key string `json:"api_key"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &nk) != nil {
+		t.Fatalf("owner-key after messd stopped: %d %q %q", code, out, stderr)
+	}
+	ts = startServer(t, withS3(env))
+	if code := ts.do(t, "POST", ts.api("s3x")+"/invites", nk.Key, map[string]any{}, nil); code != http.StatusCreated {
+		t.Errorf("invite with the new owner key: %d", code)
+	}
+}
