@@ -2,6 +2,7 @@ package lease_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -64,4 +65,16 @@ func TestManager_Stats(t *testing.T) {
 	if st := m.Stats(); st.Held != 2 || st.Waiters != 0 || st.Expired != 1 {
 		t.Fatalf("carol served: %+v", st)
 	}
+}
+
+// Stats is what a metrics scrape reads: leases live now, callers waiting
+// in line, and leases that ran out.
+func ExampleManager_Stats() {
+	ctx := context.Background()
+	m, _ := lease.New(ctx, lease.Config{})
+	defer m.Close(ctx)
+	m.Acquire(ctx, "home", "alice", "src/main.go", time.Minute)
+	st := m.Stats()
+	fmt.Println(st.Held, st.Waiters, st.Expired)
+	// Output: 1 0 0
 }
