@@ -101,12 +101,13 @@ type shard struct {
 
 // Manager grants leases. It is safe for concurrent use.
 type Manager struct {
-	cfg    Config
-	seed   maphash.Seed
-	shards [numShards]shard
-	tokens atomic.Uint64 // last token issued
-	j      *journal.Journal
-	logKey string // journal partition
+	cfg     Config
+	seed    maphash.Seed
+	shards  [numShards]shard
+	tokens  atomic.Uint64 // last token issued
+	expired atomic.Uint64 // leases that ran out (Stats)
+	j       *journal.Journal
+	logKey  string // journal partition
 
 	compactMu sync.Mutex // one compaction at a time
 
@@ -249,6 +250,10 @@ func (m *Manager) tryLocked(s *shard, k key, agent string, ttl time.Duration, no
 			}
 			return e, outRenewed, prev
 		}
+		if e.holder != "" {
+			m.expired.Add(1)
+			e.holder = ""
+		}
 		if len(e.waiters) == 0 {
 			break
 		}
@@ -307,6 +312,9 @@ func (m *Manager) expire(k key) {
 		return
 	}
 	if len(e.waiters) > 0 {
+		if e.holder != "" {
+			m.expired.Add(1)
+		}
 		m.handoffLocked(e, k, now)
 	}
 }
@@ -665,6 +673,9 @@ func (m *Manager) sweepLoop() {
 			now := m.cfg.Now()
 			for k, e := range s.m {
 				if !e.live(now) && len(e.waiters) == 0 {
+					if e.holder != "" {
+						m.expired.Add(1)
+					}
 					delete(s.m, k)
 				}
 			}

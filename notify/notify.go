@@ -213,11 +213,12 @@ type Service struct {
 	failures    map[string][]Failure // exchange/executor
 	seq         int64
 	since       time.Time
-	timed       slotHeap             // see schedule.go
-	groups      map[string][]*entry  // hooks by thread and executor, in order
-	held        map[string][]*entry  // due notifications by rate-limited webhook
-	wakes       map[string]bool      // webhooks with a rate-limit slot in timed
-	nextAllowed map[string]time.Time // a chat webhook's next free slot
+	timed       slotHeap              // see schedule.go
+	groups      map[string][]*entry   // hooks by thread and executor, in order
+	held        map[string][]*entry   // due notifications by rate-limited webhook
+	wakes       map[string]bool       // webhooks with a rate-limit slot in timed
+	nextAllowed map[string]time.Time  // a chat webhook's next free slot
+	outcomes    map[outcomeKey]uint64 // attempts by channel type and result (ChannelStats)
 	swake       chan struct{}
 
 	jobs     chan []*entry

@@ -181,6 +181,7 @@ func (s *Service) deliver(batch []*entry) {
 			s.finishedLocked(e)
 			s.known[e.d.ID] = e.d.TS
 			s.sent.Add(1)
+			s.countLocked(e.d.Type, outcomeSent)
 			recs = append(recs, record{Op: "done", ID: e.d.ID, TS: now})
 			continue
 		}
@@ -192,10 +193,12 @@ func (s *Service) deliver(batch []*entry) {
 			s.finishedLocked(e)
 			s.known[e.d.ID] = e.d.TS
 			s.recordFailureLocked(e, e.attempts, e.lastErr, now)
+			s.countLocked(e.d.Type, outcomeFailed)
 			recs = append(recs, record{Op: "fail", ID: e.d.ID, TS: now, Attempts: e.attempts, Error: e.lastErr})
 			s.log.Warn("notify: delivery given up", "id", e.d.ID, "type", e.d.Type, "attempts", e.attempts, "err", e.lastErr)
 			continue
 		}
+		s.countLocked(e.d.Type, outcomeRetried)
 		wait := s.backoff(e.attempts)
 		var se statusError
 		if errors.As(err, &se) && se.retryAfter > wait {

@@ -64,6 +64,8 @@ type config struct {
 	shutdownTimeout   time.Duration
 	logLevel          slog.Level
 	pprofAddr         string
+	metricsAddr       string // "": /metrics on the API listener
+	adminToken        string // "": no /admin endpoints
 	s3                s3Settings
 	ownerHeartbeat    time.Duration
 	ownerTimeout      time.Duration
@@ -156,6 +158,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for requests in flight")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
 	pprofAddr := fs.String("pprof-addr", env("PPROF_ADDR", ""), "serve Go runtime profiles (net/http/pprof) on this address, for example 127.0.0.1:6060; off when empty (PPROF_ADDR)")
+	metricsAddr := fs.String("metrics-addr", env("METRICS_ADDR", ""), "serve Prometheus /metrics on this address instead of the API's, for example :9090 (METRICS_ADDR)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -172,6 +175,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		maxBody:           *maxBody,
 		shutdownTimeout:   *shutdown,
 		pprofAddr:         *pprofAddr,
+		metricsAddr:       *metricsAddr,
+		// Environment only, so it is never on a command line: turns on
+		// the /admin endpoints for "messd admin -url" (docs/operations.md).
+		adminToken: getenv("MESS_ADMIN_TOKEN"),
 		s3: s3Settings{endpoint: *s3Endpoint, bucket: *s3Bucket, accessKey: *s3Access, secretKey: *s3Secret,
 			region: *s3Region, prefix: *s3Prefix, useSSL: *s3SSL},
 		ownerHeartbeat:    *ownerHB,

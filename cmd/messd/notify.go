@@ -33,7 +33,7 @@ import (
 //	NOTIFY_IFTTT_URL, NOTIFY_TODOIST_URL, NOTIFY_LINEAR_URL,
 //	NOTIFY_GOOGLE_TASKS_URL, NOTIFY_GOOGLE_OAUTH_URL
 //	                             third-party API endpoints (default the public services)
-func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth notify.Authenticator, getenv func(string) string, logger *slog.Logger) (closeFn func(context.Context) error, err error) {
+func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth notify.Authenticator, getenv func(string) string, logger *slog.Logger, started **notify.Service) (closeFn func(context.Context) error, err error) {
 	cfg := notify.Config{Source: svc, Store: store, Logger: logger}
 	if cfg.Policy, err = notifyPolicy(getenv); err != nil {
 		return nil, err
@@ -75,6 +75,7 @@ func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth noti
 		return nil, errors.Join(err, n.Close(context.Background()))
 	}
 	e.Any("/api/v1/exchanges/:exchange_id/notifications/*", echo.WrapHandler(h))
+	*started = n
 	return n.Close, nil
 }
 

@@ -42,6 +42,8 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(logger)
+	met := newMetrics()
+	e.Use(met.middleware)
 	e.Use(middleware.Recover())
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		Skipper:       corsSkipper(c.corsOrigins),
@@ -51,7 +53,9 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 		ExposeHeaders: []string{"Idempotent-Replayed", "ETag", "Mcp-Session-Id"},
 	}))
 
-	health := map[string]string{"status": "ok", "service": "mess-exchange", "storage": c.storageType, "mode": "event-sourced", "role": "writer"}
+	bi := readBuildInfo()
+	health := map[string]string{"status": "ok", "service": "mess-exchange", "storage": c.storageType, "mode": "event-sourced", "role": "writer",
+		"version": bi.Version, "revision": bi.Revision, "go_version": bi.GoVersion}
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/health", func(ec echo.Context) error {
 		return ec.JSON(http.StatusOK, health)
 	})
@@ -76,8 +80,10 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/*", echo.WrapHandler(webapp.Handler())) // the web app for people; API routes are more specific
 
 	// The other services, in start order; they are closed in reverse.
+	setupAdmin(e, svc, c.adminToken, logger)
 	var leases *lease.Manager
 	var bus *mailbus.Bus
+	var outbox *notify.Service
 	mounts := []func() (func(context.Context) error, error){
 		func() (func(context.Context) error, error) {
 			return setupLease(e, store, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger, &leases)
@@ -86,13 +92,28 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 			return setupMailbus(e, store, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), leases, getenv, logger, &bus)
 		},
 		func() (func(context.Context) error, error) {
-			return setupNotify(e, store, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger)
+			return setupNotify(e, store, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger, &outbox)
 		},
 		func() (func(context.Context) error, error) { return setupMCP(e, svc, bus, leases, getenv, logger) },
 	}
 	var closers []func(context.Context) error
 	for _, mount := range mounts {
 		closeFn, err := mount()
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i](context.Background())
+			}
+			return nil, nil, err
+		}
+		closers = append(closers, closeFn)
+	}
+	met.addLeases(leases)
+	met.addBus(bus)
+	met.addNotify(outbox)
+	if c.metricsAddr == "" {
+		e.GET("/metrics", echo.WrapHandler(met.handler()))
+	} else {
+		closeFn, err := met.serve(c.metricsAddr, logger)
 		if err != nil {
 			for i := len(closers) - 1; i >= 0; i-- {
 				closers[i](context.Background())

@@ -33,6 +33,8 @@ func subcommand(args []string, getenv func(string) string, stdout, stderr io.Wri
 	case "version":
 		fmt.Fprintln(stdout, versionLine())
 		return 0, true
+	case "admin":
+		return adminMain(args[1:], getenv, stdout, stderr), true
 	}
 	return 0, false
 }
@@ -123,34 +125,48 @@ func checkHealth(ctx context.Context, target string) error {
 	return nil
 }
 
-// versionLine is the version, the commit the binary was built from when the
-// build recorded one, and the Go toolchain and platform.
-func versionLine() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "messd %s", version)
+// buildInfo is what a binary knows of its build: /health, the
+// mess_build_info metric and "messd version" report it.
+type buildInfo struct {
+	Version   string `json:"version"`
+	Revision  string `json:"revision,omitempty"` // "+modified" when built from a dirty tree
+	Time      string `json:"revision_time,omitempty"`
+	GoVersion string `json:"go_version"`
+}
+
+func readBuildInfo() buildInfo {
+	bi := buildInfo{Version: version, GoVersion: runtime.Version()}
 	if info, ok := debug.ReadBuildInfo(); ok {
-		var rev, at string
 		var dirty bool
 		for _, s := range info.Settings {
 			switch s.Key {
 			case "vcs.revision":
-				rev = s.Value
+				bi.Revision = s.Value
 			case "vcs.time":
-				at = s.Value
+				bi.Time = s.Value
 			case "vcs.modified":
 				dirty = s.Value == "true"
 			}
 		}
-		if rev != "" {
-			fmt.Fprintf(&b, " revision %s", rev)
-			if dirty {
-				b.WriteString("+modified")
-			}
-			if at != "" {
-				fmt.Fprintf(&b, " at %s", at)
-			}
+		if bi.Revision != "" && dirty {
+			bi.Revision += "+modified"
 		}
 	}
-	fmt.Fprintf(&b, " %s %s/%s", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return bi
+}
+
+// versionLine is the version, the commit the binary was built from when the
+// build recorded one, and the Go toolchain and platform.
+func versionLine() string {
+	bi := readBuildInfo()
+	var b strings.Builder
+	fmt.Fprintf(&b, "messd %s", bi.Version)
+	if bi.Revision != "" {
+		fmt.Fprintf(&b, " revision %s", bi.Revision)
+		if bi.Time != "" {
+			fmt.Fprintf(&b, " at %s", bi.Time)
+		}
+	}
+	fmt.Fprintf(&b, " %s %s/%s", bi.GoVersion, runtime.GOOS, runtime.GOARCH)
 	return b.String()
 }

@@ -64,6 +64,7 @@ const (
 type pending struct {
 	partition string
 	data      []byte // one or more complete lines; nil for a seal
+	lines     int
 	seal      bool
 	boundary  string // a seal's result, set before done is sent
 	done      chan error
@@ -215,7 +216,7 @@ func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
 		buf = append(buf, l...)
 		buf = append(buf, '\n')
 	}
-	p := &pending{partition: partition, data: buf, done: make(chan error, 1)}
+	p := &pending{partition: partition, data: buf, lines: len(lines), done: make(chan error, 1)}
 	return p, j.push(p)
 }
 
@@ -340,7 +341,14 @@ func (j *Journal) flushPart(pt *part) {
 	var items []*pending
 	flush := func() {
 		if len(items) > 0 {
+			start := time.Now()
 			err := j.write(pt, data)
+			lines := 0
+			for _, p := range items {
+				lines += p.lines
+			}
+			// Counted before anyone is told, so a caller sees its write.
+			record(pt.name, len(items), lines, time.Since(start), err)
 			for _, p := range items {
 				p.done <- err
 			}
