@@ -341,12 +341,15 @@ type thread struct {
 	RequestorID string          `json:"requestor_id"`
 	Seq         int64           `json:"seq"`
 	Messages    []threadMessage `json:"messages"`
-	History     []struct {
-		ActorID   string `json:"actor_id"`
-		Type      string `json:"type"`
-		NewStatus string `json:"new_status"`
-		Message   string `json:"message"`
-	} `json:"history"`
+	History     []historyEntry  `json:"history"`
+}
+
+type historyEntry struct {
+	ActorID   string `json:"actor_id"`
+	Type      string `json:"type"`
+	OldStatus string `json:"old_status"`
+	NewStatus string `json:"new_status"`
+	Message   string `json:"message"`
 }
 
 type threadMessage struct {

@@ -168,7 +168,9 @@ func TestStatusRules(t *testing.T) {
 		{"others cannot cancel", nil, []step{{"exec", "canceled", 403}, {"other", "cancelled", 403}}, "pending"},
 		{"terminal cannot reopen", nil, []step{{"exec", "completed", 200}, {"exec", "in_progress", 409}, {"req", "pending", 409}, {"req", "cancelled", 409}}, "completed"},
 		{"unknown status", nil, []step{{"exec", "banana", 400}}, "pending"},
-		{"decline needs a claim", nil, []step{{"exec", "declined", 409}, {"exec", "claimed", 200}, {"exec", "rejected", 200}}, "declined"},
+		{"decline a pending request", nil, []step{{"req", "declined", 403}, {"exec", "declined", 200}, {"other", "declined", 409}}, "declined"},
+		{"decline after a claim", nil, []step{{"exec", "claimed", 200}, {"other", "declined", 409}, {"exec", "rejected", 200}}, "declined"},
+		{"delegate needs a claim", nil, []step{{"exec", "delegated", 409}, {"exec", "claimed", 200}, {"exec", "delegated", 200}}, "delegated"},
 		{"executor releases claim", nil, []step{{"exec", "claimed", 200}, {"exec", "pending", 200}, {"other", "claimed", 200}}, "claimed"},
 		{"requestor answers needs_input", nil, []step{{"exec", "needs_input", 200}, {"req", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
 		{"nobody sets expired", nil, []step{{"req", "expired", 403}, {"exec", "expired", 403}}, "pending"},
@@ -209,6 +211,18 @@ func TestStatusRules(t *testing.T) {
 		last := h[len(h)-1]
 		if last.Type != "status" || last.NewStatus != "claimed" || last.Message != "on my way" || last.ActorID != "exec" {
 			t.Fatalf("history = %+v", h)
+		}
+	})
+	t.Run("declining a pending request records the decliner and reason", func(t *testing.T) {
+		ref := ts.create(t, "rules", keys["req"], map[string]any{"intent": "decline"})
+		var res map[string]any
+		if code := ts.do(t, "PATCH", ts.api("rules")+"/requests/"+ref, keys["other"], map[string]any{"status": "declined", "message": "too far"}, &res); code != 200 || res["executor_id"] != "other" {
+			t.Fatalf("decline = %d %v", code, res)
+		}
+		th := ts.thread(t, "rules", keys["req"], ref).Thread
+		last := th.History[len(th.History)-1]
+		if th.ExecutorID == nil || *th.ExecutorID != "other" || last.Type != "status" || last.OldStatus != "pending" || last.NewStatus != "declined" || last.ActorID != "other" || last.Message != "too far" {
+			t.Fatalf("thread executor %v, history %+v", th.ExecutorID, th.History)
 		}
 	})
 	t.Run("conflict names the claimant", func(t *testing.T) {
