@@ -121,6 +121,8 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 		{"POST", "/executors/{id}/keys", h.createKey},
 		{"DELETE", "/executors/{id}/keys/{key_id}", h.revokeKey},
 		{"POST", "/invites", h.createInvite},
+		{"GET", "/invites", h.listInvites},
+		{"DELETE", "/invites/{id}", h.revokeInvite},
 		{"GET", "/capabilities", h.capabilities},
 		{"GET", "/events", h.events},
 	}

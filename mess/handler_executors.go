@@ -126,6 +126,24 @@ func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor str
 	return nil
 }
 
+func (h *handler) listInvites(w http.ResponseWriter, r *http.Request, actor string) error {
+	invs, err := h.svc.ListInvites(r.Context(), r.PathValue("exchange_id"), actor)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"invites": invs})
+	return nil
+}
+
+func (h *handler) revokeInvite(w http.ResponseWriter, r *http.Request, actor string) error {
+	id := r.PathValue("id")
+	if err := h.svc.RevokeInvite(r.Context(), r.PathValue("exchange_id"), actor, id); err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"revoked": id})
+	return nil
+}
+
 func (h *handler) capabilities(w http.ResponseWriter, r *http.Request, _ string) error {
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"capabilities": h.cfg.Capabilities.Tagged(r.URL.Query().Get("tag"))})
 	return nil

@@ -79,6 +79,35 @@ func TestJoinThroughInvite(t *testing.T) {
 		t.Error("a refused join stored credentials")
 	}
 
+	// The owner sees the invite used up, and after making another (which
+	// drops those no longer usable) only the new one, without its token,
+	// and revokes it: its link no longer admits.
+	owner.open("#/inbox")
+	owner.open("#/me")
+	owner.waitText("#invites", "used 1 of 1")
+	owner.fill("#invite-uses", "5")
+	owner.click("#invite-create")
+	owner.waitJS("second invite", `(document.querySelector('#invite-link')?.value ?? `+jsString(link)+`) !== `+jsString(link))
+	link2 := eval[string](owner, `document.querySelector('#invite-link').value`)
+	owner.waitJS("the new invite listed alone", `document.querySelectorAll('#invites li[data-invite]').length === 1 && /used 0 of 5/.test(document.querySelector('#invites').textContent)`)
+	if list := eval[string](owner, `document.querySelector('#invites').textContent`); strings.Contains(list, "inv_") {
+		t.Errorf("the invite list shows a token: %q", list)
+	}
+	id2 := eval[string](owner, `document.querySelector('#invites li:last-child').dataset.invite`)
+	owner.click(`#invites button[data-revoke="` + id2 + `"]`)
+	owner.waitToast("Invite revoked.")
+	owner.waitJS("no invites left", `document.querySelectorAll('#invites li[data-invite]').length === 0`)
+	revoked := newPage(t, srv, phone)
+	revoked.run("open revoked invite", chromedp.Navigate(link2), chromedp.WaitVisible(chromedp.CSS("#join-form")))
+	revoked.fill("#join-name", "Dan Revoked")
+	revoked.click("#join-submit")
+	revoked.waitText("#join-form [role=alert]", "invalid invite")
+}
+
+// jsString quotes s as a JavaScript string literal.
+func jsString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 // testPhoto writes a w×h PNG with a gradient, as a camera photo stands in.

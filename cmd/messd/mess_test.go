@@ -918,3 +918,83 @@ func TestEventStreamReset(t *testing.T) {
 		t.Fatalf("first event = %q, want one reset event", lines)
 	}
 }
+
+// The owner lists the exchange's invites (never their tokens) and revokes
+// one: it no longer admits anyone, also after a restart.
+func TestInvitesListRevoke(t *testing.T) {
+	dir := t.TempDir()
+	opts := []serverOption{withDataDir(dir), withEnv("MESS_OPEN_REGISTRATION", "false")}
+	ts := startServer(t, opts...)
+	owner := ts.register(t, "inv", "boss")
+	type invite struct {
+		ID        string    `json:"id"`
+		Token     string    `json:"token"`
+		CreatedAt time.Time `json:"created_at"`
+		ExpiresAt time.Time `json:"expires_at"`
+		MaxUses   int       `json:"max_uses"`
+		Uses      int       `json:"uses"`
+	}
+	var a, b invite
+	ts.do(t, "POST", ts.api("inv")+"/invites", owner, map[string]any{"max_uses": 3, "expires_in": 3600}, &a)
+	ts.do(t, "POST", ts.api("inv")+"/invites", owner, map[string]any{"max_uses": 2}, &b)
+	var reg struct {
+		APIKey string `json:"api_key"`
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "friend", "invite_token": a.Token}, &reg); code != 201 {
+		t.Fatalf("register with invite = %d", code)
+	}
+
+	var raw json.RawMessage
+	if code := ts.do(t, "GET", ts.api("inv")+"/invites", owner, nil, &raw); code != 200 {
+		t.Fatalf("list invites = %d %s", code, raw)
+	}
+	if strings.Contains(string(raw), a.Token) || strings.Contains(string(raw), "token") || strings.Contains(string(raw), "hash") {
+		t.Fatalf("the invite list shows a token or its hash: %s", raw)
+	}
+	var list struct{ Invites []invite }
+	json.Unmarshal(raw, &list)
+	if len(list.Invites) != 2 || list.Invites[0].ID != a.ID || list.Invites[0].Uses != 1 || list.Invites[0].MaxUses != 3 ||
+		list.Invites[0].CreatedAt.IsZero() || !list.Invites[0].ExpiresAt.Equal(a.ExpiresAt) || list.Invites[1].ID != b.ID || list.Invites[1].Uses != 0 {
+		t.Fatalf("invites %s, want %s used once and %s unused", raw, a.ID, b.ID)
+	}
+
+	var e struct{ Error, Code string }
+	for _, c := range []struct {
+		method, path, key string
+		want              int
+		code              string
+	}{
+		{"GET", "/invites", reg.APIKey, 403, "forbidden"},
+		{"DELETE", "/invites/" + a.ID, reg.APIKey, 403, "forbidden"},
+		{"DELETE", "/invites/i_nothere", owner, 404, "not_found"},
+		{"DELETE", "/invites/" + a.ID, "", 401, "unauthorized"},
+	} {
+		if code := ts.do(t, c.method, ts.api("inv")+c.path, c.key, nil, &e); code != c.want || e.Code != c.code {
+			t.Errorf("%s %s = %d %+v, want %d %s", c.method, c.path, code, e, c.want, c.code)
+		}
+	}
+	if code := ts.do(t, "DELETE", ts.api("inv")+"/invites/"+a.ID, owner, nil, nil); code != 200 {
+		t.Fatalf("revoke = %d", code)
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "late", "invite_token": a.Token}, &e); code != 403 || e.Error != "invalid invite" {
+		t.Fatalf("register with a revoked invite = %d %+v", code, e)
+	}
+	if code := ts.do(t, "DELETE", ts.api("inv")+"/invites/"+a.ID, owner, nil, &e); code != 404 {
+		t.Fatalf("revoke twice = %d, want 404", code)
+	}
+
+	// Durable: after a restart the revoked invite is gone and the other admits.
+	ts.Stop()
+	ts = startServer(t, opts...)
+	list.Invites = nil
+	ts.do(t, "GET", ts.api("inv")+"/invites", owner, nil, &list)
+	if len(list.Invites) != 1 || list.Invites[0].ID != b.ID {
+		t.Fatalf("after restart: %+v, want only %s", list.Invites, b.ID)
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "late", "invite_token": a.Token}, nil); code != 403 {
+		t.Fatalf("revoked invite after restart = %d, want 403", code)
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "later", "invite_token": b.Token}, nil); code != 201 {
+		t.Fatalf("the other invite after restart = %d, want 201", code)
+	}
+}

@@ -60,6 +60,8 @@ export class Api {
   updateMe(change) { return this.call('PATCH', '/executors/' + encodeURIComponent(this.cred.id), change); }
   rotateKey() { return this.call('POST', `/executors/${encodeURIComponent(this.cred.id)}/keys`, {revoke_others: true}); }
   invite(maxUses, expiresIn) { return this.call('POST', '/invites', {max_uses: maxUses, expires_in: expiresIn}); }
+  invites() { return this.call('GET', '/invites').then((r) => r.invites || []); }
+  revokeInvite(id) { return this.call('DELETE', '/invites/' + encodeURIComponent(id)); }
   capabilities() { return this.call('GET', '/capabilities').then((r) => r.capabilities || []); }
   deliveries() { return this.call('GET', '/notifications/deliveries'); }
 }

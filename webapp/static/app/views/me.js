@@ -6,7 +6,6 @@ import {capIds, PRIORITIES} from '../status.js';
 import {alertNew, on, refreshMe, replaceKey, setAlert, signOut, store, unlockAudio} from '../store.js';
 import {busy, errorBox} from './common.js';
 
-const INVITES = () => 'mess.invites.' + store.cred.exchange;
 const REDACTED = '[redacted]';
 
 let installPrompt = null;
@@ -170,10 +169,6 @@ function key() {
   return section('Your key', 'me-key-h', h('p', {class: 'muted'}, 'Your key is kept on this device only.'), box, err, out, install);
 }
 
-function loadInvites() {
-  try { return JSON.parse(localStorage.getItem(INVITES())) || []; } catch { return []; }
-}
-
 function inviteLink(inv) {
   const base = location.href.split('#')[0];
   return `${base}#/join/${encodeURIComponent(store.cred.exchange)}/${encodeURIComponent(inv.token)}`;
@@ -199,8 +194,27 @@ function owner() {
   const uses = h('input', {type: 'number', id: 'invite-uses', min: 1, max: 10000, value: 1, inputmode: 'numeric'});
   const ttl = h('select', {id: 'invite-ttl'}, [['3600', '1 hour'], ['86400', '1 day'], ['604800', '7 days'], ['2592000', '30 days']].map(([v, l]) => h('option', {value: v, selected: v === '604800'}, l)));
   const out = h('div', {id: 'invite-out'});
-  const now = Date.now();
-  const kept = loadInvites().filter((i) => Date.parse(i.expires_at) > now);
+  // The exchange lists its invites without their tokens (a link is shown
+  // once, when it is made); the owner revokes those no longer wanted.
+  const invites = h('ul', {class: 'members', id: 'invites'});
+  const listErr = errorBox();
+  const loadList = () => store.api.invites().then((list) => invites.replaceChildren(...(list.length ? list.map((i) => h('li', {dataset: {invite: i.id}},
+    h('code', null, i.id), ` · used ${i.uses} of ${i.max_uses} · `,
+    Date.parse(i.expires_at) > Date.now() && i.uses < i.max_uses ? `until ${when(i.expires_at)} ` : h('span', {class: 'muted'}, 'no longer usable '),
+    h('button', {type: 'button', class: 'btn danger', dataset: {revoke: i.id}, onclick: async (e) => {
+      if (!confirm('Revoke this invite? Its link will no longer admit anyone.')) return;
+      listErr.show(null);
+      await busy(e.target.closest('li'), async () => {
+        try {
+          await store.api.revokeInvite(i.id);
+          toast('Invite revoked.');
+          await loadList();
+        } catch (e2) {
+          listErr.show(e2);
+        }
+      });
+    }}, 'Revoke'))) : [h('li', {class: 'muted'}, 'No invites.')]))).catch((e) => listErr.show(e));
+  loadList();
   const form = h('form', {class: 'form', id: 'invite-form'}, h('div', {class: 'grid2'}, field('People', uses), field('Valid for', ttl)), err,
     h('button', {type: 'submit', class: 'btn primary', id: 'invite-create'}, 'Create invite'));
   form.onsubmit = async (e) => {
@@ -209,19 +223,16 @@ function owner() {
     await busy(form, async () => {
       try {
         const inv = await store.api.invite(Number(uses.value) || 1, Number(ttl.value));
-        const list = [inv, ...loadInvites().filter((i) => Date.parse(i.expires_at) > Date.now())].slice(0, 20);
-        localStorage.setItem(INVITES(), JSON.stringify(list));
         out.replaceChildren(inviteCard(inv));
+        loadList();
         toast('Invite created.');
       } catch (e2) {
         err.show(e2);
       }
     });
   };
-  const older = kept.length ? h('details', null, h('summary', null, `Invites made on this device (${kept.length})`),
-    h('ul', {class: 'members'}, kept.map((i) => h('li', null, h('code', null, i.id), ` · ${i.max_uses} use(s) · until ${when(i.expires_at)}`)))) : null;
   return {
-    invite: section('Invite people', 'me-invite-h', h('p', {class: 'muted'}, 'They open the link or scan the code on their phone and join with their name.'), form, out, older),
+    invite: section('Invite people', 'me-invite-h', h('p', {class: 'muted'}, 'They open the link or scan the code on their phone and join with their name.'), form, out, h('h3', null, 'Invites'), listErr, invites),
     members: section('Members', 'me-members-h', members),
   };
 }
