@@ -50,7 +50,8 @@
 // # Serving it
 //
 // NewHandler serves the HTTP API of MESS protocol v1 (requests, long-polls,
-// the event stream, executors, keys, invites, the capability catalogue) as
+// the event stream, executors and "who am I" (GET /me), keys, invites (made,
+// listed and revoked by the exchange's owner), the capability catalogue) as
 // a plain net/http Handler to mount on any mux. LoadCapabilities reads the
 // catalogue it serves. Authenticator lets the module's other services
 // (lease, mailbus, notify) accept the exchange's executor keys, so one key

@@ -64,6 +64,18 @@ func (h *handler) getExecutor(w http.ResponseWriter, r *http.Request, actor stri
 	return nil
 }
 
+// whoAmI shows the caller, by its key alone, its own full profile (as
+// GET /executors/{id} does for oneself), so a client holding only a key
+// learns whose it is.
+func (h *handler) whoAmI(w http.ResponseWriter, r *http.Request, actor string) error {
+	e, err := h.svc.Executor(r.Context(), r.PathValue("exchange_id"), actor)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor_id": actor, "executor": e})
+	return nil
+}
+
 func (h *handler) updateExecutor(w http.ResponseWriter, r *http.Request, actor string) error {
 	var u ProfileUpdate
 	if err := h.decode(w, r, &u); err != nil {

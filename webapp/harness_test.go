@@ -554,10 +554,19 @@ func (p *page) fill(sel, value string) {
 // the way a phone's does when its connection drops.
 func (p *page) blockEvents() {
 	p.t.Helper()
-	p.run("block events", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, network.SetBlockedURLs, network.SetBlockedURLsParams{
-			URLPatterns: []*network.BlockPattern{{URLPattern: "*://*:*/api/v1/exchanges/*/events", Block: true}},
-		})
+	p.block("*://*:*/api/v1/exchanges/*/events")
+}
+
+// block makes the page's requests to URLs matching patterns fail, in
+// place of those blocked before.
+func (p *page) block(patterns ...string) {
+	p.t.Helper()
+	var bp []*network.BlockPattern
+	for _, s := range patterns {
+		bp = append(bp, &network.BlockPattern{URLPattern: s, Block: true})
+	}
+	p.run("block "+strings.Join(patterns, " "), chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, network.SetBlockedURLs, network.SetBlockedURLsParams{URLPatterns: bp})
 		return err
 	}))
 }

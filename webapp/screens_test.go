@@ -232,6 +232,9 @@ func TestMeSettingsKeysAndSignIn(t *testing.T) {
 		t.Error("signing out left the key stored")
 	}
 	p.click("#to-signin")
+	// The key alone signs in (GET /me names its executor); the deliveries
+	// endpoint, once the way to learn it, is out of reach.
+	p.block("*://*:*/api/v1/exchanges/*/notifications/*")
 	p.fill("#signin-key", "mess_home_00000000000000000000000000000000")
 	p.click("#signin-submit")
 	p.waitText("#signin-form [role=alert]", "nvalid API key")

@@ -847,6 +847,8 @@ func TestHeadOnGetRoutes(t *testing.T) {
 		"/api/v1/exchanges/head/requests/" + ref + "/attachments/notes.txt",
 		"/api/v1/exchanges/head/executors",
 		"/api/v1/exchanges/head/executors/a",
+		"/api/v1/exchanges/head/me",
+		"/api/v1/exchanges/head/invites",
 		"/api/v1/exchanges/head/capabilities",
 		"/api/v1/exchanges/head/events",
 	} {
@@ -996,5 +998,61 @@ func TestInvitesListRevoke(t *testing.T) {
 	}
 	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "later", "invite_token": b.Token}, nil); code != 201 {
 		t.Fatalf("the other invite after restart = %d, want 201", code)
+	}
+}
+
+// GET /me tells a key's holder who it is: its own profile, as
+// GET /executors/{id} shows it to itself, secrets redacted.
+func TestWhoAmI(t *testing.T) {
+	ts := startServer(t)
+	owner := ts.register(t, "who", "boss")
+	var reg struct {
+		APIKey string `json:"api_key"`
+	}
+	ts.do(t, "POST", ts.api("who")+"/register", "", map[string]any{
+		"executor_id": "pat", "display_name": "Pat Doe", "capabilities": []string{"drive"},
+		"notifications": []any{map[string]any{"type": "ntfy", "topic": "pat", "token": "tk-pat-secret"}},
+	}, &reg)
+	type me struct {
+		ExecutorID string `json:"executor_id"`
+		Executor   struct {
+			ID            string          `json:"id"`
+			DisplayName   string          `json:"display_name"`
+			Owner         bool            `json:"owner"`
+			Capabilities  []string        `json:"capabilities"`
+			Notifications json.RawMessage `json:"notifications"`
+			APIKeys       []struct {
+				ID string `json:"id"`
+			} `json:"api_keys"`
+		} `json:"executor"`
+	}
+	for _, c := range []struct {
+		key, id, name string
+		owner         bool
+		caps          string
+	}{
+		{owner, "boss", "boss", true, ""},
+		{reg.APIKey, "pat", "Pat Doe", false, "drive"},
+	} {
+		var m me
+		if code := ts.do(t, "GET", ts.api("who")+"/me", c.key, nil, &m); code != 200 {
+			t.Fatalf("GET /me as %s = %d", c.id, code)
+		}
+		e := m.Executor
+		if m.ExecutorID != c.id || e.ID != c.id || e.DisplayName != c.name || e.Owner != c.owner || strings.Join(e.Capabilities, ",") != c.caps || len(e.APIKeys) != 1 {
+			t.Errorf("GET /me as %s = %+v", c.id, m)
+		}
+	}
+	var raw json.RawMessage
+	ts.do(t, "GET", ts.api("who")+"/me", reg.APIKey, nil, &raw)
+	if strings.Contains(string(raw), "tk-pat-secret") || !strings.Contains(string(raw), `"token":"[redacted]"`) {
+		t.Errorf("GET /me does not redact the ntfy token: %s", raw)
+	}
+	var e struct{ Code string }
+	if code := ts.do(t, "GET", ts.api("who")+"/me", "", nil, &e); code != 401 || e.Code != "unauthorized" {
+		t.Errorf("GET /me without a key = %d %+v", code, e)
+	}
+	if code := ts.do(t, "GET", ts.api("other")+"/me", owner, nil, &e); code != 403 || e.Code != "forbidden" {
+		t.Errorf("GET /me with another exchange's key = %d %+v", code, e)
 	}
 }

@@ -55,6 +55,7 @@ export class Api {
   create(req, idemKey) { return this.call('POST', '/requests', req, {'Idempotency-Key': idemKey}); }
   update(ref, change) { return this.call('PATCH', '/requests/' + encodeURIComponent(ref), change); }
   attachment(ref, name) { return this.blob(`/requests/${encodeURIComponent(ref)}/attachments/${encodeURIComponent(name)}`); }
+  me() { return this.call('GET', '/me'); }
   executors() { return this.call('GET', '/executors').then((r) => r.executors || []); }
   executor(id) { return this.call('GET', '/executors/' + encodeURIComponent(id)).then((r) => r.executor); }
   updateMe(change) { return this.call('PATCH', '/executors/' + encodeURIComponent(this.cred.id), change); }
