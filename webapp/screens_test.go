@@ -168,6 +168,9 @@ func TestMeSettingsKeysAndSignIn(t *testing.T) {
 	p.click("#me-caps-form button[type=submit]")
 	p.waitToast("Capabilities saved")
 
+	// A test with no channel saved is refused with the server's reason.
+	p.click("#notify-test")
+	p.waitText("#me-notify [role=alert]", "no notification channels")
 	p.fill("#ntfy-topic", "pat-alerts")
 	p.run("min priority", chromedp.SetValue(chromedp.CSS("#min-priority"), "elevated"))
 	p.click(`label[for="quiet-on"]`)
@@ -209,6 +212,18 @@ func TestMeSettingsKeysAndSignIn(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Error("no notification reached the ntfy topic")
+	}
+	// Send a test: it reaches the topic now, and the app says it was sent.
+	p.click("#notify-test")
+	p.waitToast("Test notification sent.")
+	p.waitText(`#notify-test-out [data-status=sent]`, "ntfy")
+	select {
+	case got := <-srv.pushy:
+		if !strings.HasPrefix(got, "/pat-alerts ") || !strings.Contains(got, "test notification") {
+			t.Errorf("ntfy got %q, want the test", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("the test notification did not reach the ntfy topic")
 	}
 
 	p.click("#rotate-key")

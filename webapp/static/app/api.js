@@ -64,5 +64,6 @@ export class Api {
   invites() { return this.call('GET', '/invites').then((r) => r.invites || []); }
   revokeInvite(id) { return this.call('DELETE', '/invites/' + encodeURIComponent(id)); }
   capabilities() { return this.call('GET', '/capabilities').then((r) => r.capabilities || []); }
+  testNotification() { return this.call('POST', '/notifications/test'); }
   deliveries() { return this.call('GET', '/notifications/deliveries'); }
 }

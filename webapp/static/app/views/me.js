@@ -113,16 +113,34 @@ function notifications(me) {
       h('label', {class: 'check', for: qOn.id}, qOn, ' Only urgent requests during quiet hours'),
       h('div', {class: 'grid2'}, field('From', qStart), field('To', qEnd)),
       field('Time zone', tz), tzList),
-    h('p', {class: 'muted', id: 'no-test'}, 'The exchange has no endpoint that sends a test notification yet; deliveries that failed are listed below.'),
+    h('div', {class: 'row'}, h('button', {type: 'button', class: 'btn', id: 'notify-test', onclick: async (e) => {
+      err.show(null);
+      const out = form.querySelector('#notify-test-out');
+      out.replaceChildren();
+      await busy(e.target.parentElement, async () => {
+        try {
+          const res = await store.api.testNotification();
+          const chans = res.channels || [];
+          out.replaceChildren(...chans.map((c) => h('div', {class: c.status === 'sent' ? '' : 'error', dataset: {status: c.status}},
+            `${c.type}${c.destination ? ' (' + c.destination + ')' : ''}: ${c.status === 'sent' ? 'sent' : c.status === 'failed' ? 'failed' : 'not sent yet'}${c.error ? ' — ' + c.error : ''}`)));
+          toast(chans.every((c) => c.status === 'sent') ? 'Test notification sent.' : 'The test did not reach every channel.');
+          showDeliveries();
+        } catch (e2) {
+          err.show(e2);
+        }
+      });
+    }}, 'Send a test'), h('span', {class: 'muted'}, ' to the channels saved on the exchange.')),
+    h('div', {id: 'notify-test-out', role: 'status'}),
     h('div', {id: 'deliveries', class: 'muted'}),
     err,
     h('button', {type: 'submit', class: 'btn primary'}, 'Save notifications'));
-  store.api.deliveries().then((d) => {
+  const showDeliveries = () => store.api.deliveries().then((d) => {
     const el = form.querySelector('#deliveries');
     const fails = d.failures || [];
     el.replaceChildren(`${(d.pending || []).length} waiting to be sent; ${fails.length} failed recently.`,
       ...fails.slice(-3).map((f) => h('div', {class: 'error'}, `${f.channel || f.type || ''} ${f.error || f.last_error || ''}`.trim())));
   }).catch(() => {});
+  showDeliveries();
   form.onsubmit = saver(form, err, () => {
     const change = {};
     if (!locked) {
