@@ -164,7 +164,7 @@ type server struct {
 	mu    sync.Mutex
 	log   bytes.Buffer
 	ntfy  *httptest.Server
-	pushy chan string // bodies the fake ntfy server received
+	pushy chan string // "path body auth=Authorization" of what the fake ntfy server received
 	stop  func()      // ends the process; safe to call again
 }
 
@@ -179,7 +179,7 @@ func startServer(t *testing.T, env ...string) *server {
 	s.ntfy = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		select {
-		case s.pushy <- r.URL.Path + " " + string(b):
+		case s.pushy <- r.URL.Path + " " + string(b) + " auth=" + r.Header.Get("Authorization"):
 		default:
 		}
 	}))

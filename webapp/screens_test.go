@@ -259,6 +259,44 @@ func TestMeSettingsKeysAndSignIn(t *testing.T) {
 	p.waitText("header .exchange", "Pat Smith")
 }
 
+// Notification channels holding secrets are edited on Me: the exchange
+// shows them redacted and keeps the stored secrets when they come back so.
+func TestEditChannelsWithSecrets(t *testing.T) {
+	srv := startServer(t)
+	key := srv.register(t, "home", "pat", map[string]any{"notifications": []any{
+		map[string]any{"type": "slack", "webhook_url": "https://hooks.slack.com/services/T0/B0/XYZ", "enabled": false},
+		map[string]any{"type": "ntfy", "topic": "pat-old", "token": "tk_pat"},
+	}})
+	p := newPage(t, srv, desktop)
+	p.signIn("home", "pat", key)
+	p.open("#/me")
+	p.run("ntfy topic editable", chromedp.WaitVisible(chromedp.CSS("#ntfy-topic:enabled")))
+	if got := eval[string](p, `document.querySelector('#ntfy-topic').value`); got != "pat-old" {
+		t.Fatalf("topic shown %q", got)
+	}
+	p.fill("#ntfy-topic", "pat-new")
+	p.click("#me-notify button[type=submit]")
+	p.waitToast("Notifications saved")
+	var prof struct {
+		Executor struct{ Notifications []map[string]any }
+	}
+	srv.must(t, 200, "GET", srv.api("home")+"/executors/pat", key, nil, &prof)
+	if n := prof.Executor.Notifications; len(n) != 2 || n[0]["type"] != "slack" || n[0]["webhook_url"] != "[redacted]" || n[1]["topic"] != "pat-new" || n[1]["token"] != "[redacted]" {
+		t.Fatalf("channels after saving: %v", n)
+	}
+	// The stored token is still the real one: the test push carries it.
+	p.click("#notify-test")
+	p.waitToast("Test notification sent.")
+	select {
+	case got := <-srv.pushy:
+		if !strings.HasPrefix(got, "/pat-new ") || !strings.HasSuffix(got, " auth=Bearer tk_pat") {
+			t.Errorf("ntfy got %q, want the test to pat-new with the stored token", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("the test notification did not reach the ntfy topic")
+	}
+}
+
 // The shell is an installable PWA that still opens with the network gone.
 func TestOfflineShell(t *testing.T) {
 	srv := startServer(t)

@@ -1056,3 +1056,83 @@ func TestWhoAmI(t *testing.T) {
 		t.Errorf("GET /me with another exchange's key = %d %+v", code, e)
 	}
 }
+
+// A profile read with GET (secrets redacted) and sent back with PATCH keeps
+// the stored secrets; a redacted value with no stored secret at its place
+// (a new channel, or channels reordered) is refused; a new secret replaces
+// the old one.
+func TestProfileUpdateKeepsRedactedSecrets(t *testing.T) {
+	ts := startServer(t)
+	var reg struct {
+		APIKey string `json:"api_key"`
+		Error  string
+	}
+	ntfy := map[string]any{"type": "ntfy", "topic": "pat", "token": "tk_secret", "server": "https://ntfy.example.com/?auth=abc"}
+	slack := map[string]any{"type": "slack", "webhook_url": "https://hooks.slack.com/services/T0/B0/XYZ"}
+	hook := map[string]any{"type": "webhook", "url": "https://example.com/hook?key=k1", "headers": map[string]any{"X-Token": "h1"}}
+	if code := ts.do(t, "POST", ts.api("sec")+"/register", "", map[string]any{
+		"executor_id": "pat", "notifications": []any{ntfy, slack}, "hooks": map[string]any{"on_request_created": []any{hook}},
+	}, &reg); code != 201 {
+		t.Fatalf("register = %d %s", code, reg.Error)
+	}
+	key := reg.APIKey
+	type profile struct {
+		Notifications []map[string]any `json:"notifications"`
+		Hooks         map[string][]map[string]any
+	}
+	get := func() profile {
+		var res struct{ Executor profile }
+		ts.do(t, "GET", ts.api("sec")+"/executors/pat", key, nil, &res)
+		return res.Executor
+	}
+	stored := func() profile {
+		b, err := os.ReadFile(filepath.Join(ts.DataDir, "executors", "exchange=sec", "pat.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p profile
+		json.Unmarshal(b, &p)
+		return p
+	}
+	shown := get()
+	if shown.Notifications[0]["token"] != "[redacted]" || shown.Notifications[1]["webhook_url"] != "[redacted]" {
+		t.Fatalf("GET shows %+v", shown)
+	}
+	// Sent back as shown, with the topic changed.
+	shown.Notifications[0]["topic"] = "pat-2"
+	if code := ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": shown.Notifications, "hooks": shown.Hooks}, nil); code != 200 {
+		t.Fatalf("PATCH back = %d", code)
+	}
+	s := stored()
+	n0, n1, h0 := s.Notifications[0], s.Notifications[1], s.Hooks["on_request_created"][0]
+	if n0["topic"] != "pat-2" || n0["token"] != "tk_secret" || n0["server"] != ntfy["server"] || n1["webhook_url"] != slack["webhook_url"] ||
+		h0["url"] != hook["url"] || fmt.Sprint(h0["headers"]) != "map[X-Token:h1]" {
+		t.Fatalf("stored after PATCH back: %+v", s)
+	}
+
+	// Reordered: each channel keeps its own secret.
+	shown = get()
+	if code := ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": []any{shown.Notifications[1], shown.Notifications[0]}}, nil); code != 200 {
+		t.Fatalf("PATCH reordered = %d", code)
+	}
+	if s := stored(); s.Notifications[0]["webhook_url"] != slack["webhook_url"] || s.Notifications[1]["token"] != "tk_secret" {
+		t.Fatalf("stored after reordering: %+v", s.Notifications)
+	}
+	var e struct{ Error, Code string }
+	shown = get()
+	s = stored()
+	extra := append(shown.Notifications, map[string]any{"type": "ntfy", "topic": "x", "token": "[redacted]"})
+	if code := ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": extra}, &e); code != 400 || e.Code != "invalid_input" || !strings.Contains(e.Error, "no stored secret") {
+		t.Errorf("a new channel with a redacted secret = %d %+v, want 400", code, e)
+	}
+	if s2 := stored(); fmt.Sprint(s2) != fmt.Sprint(s) {
+		t.Errorf("a refused PATCH changed the profile: %+v", s2)
+	}
+	shown.Notifications[0], shown.Notifications[1] = shown.Notifications[1], shown.Notifications[0]
+
+	shown.Notifications[0]["token"] = "tk_new"
+	ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": shown.Notifications}, nil)
+	if s := stored(); s.Notifications[0]["token"] != "tk_new" || s.Notifications[1]["webhook_url"] != slack["webhook_url"] {
+		t.Errorf("after a new token: %+v", s.Notifications)
+	}
+}

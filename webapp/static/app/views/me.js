@@ -6,7 +6,6 @@ import {capIds, PRIORITIES} from '../status.js';
 import {alertNew, on, refreshMe, replaceKey, setAlert, signOut, store, unlockAudio} from '../store.js';
 import {busy, errorBox} from './common.js';
 
-const REDACTED = '[redacted]';
 
 let installPrompt = null;
 addEventListener('beforeinstallprompt', (e) => { e.preventDefault(); installPrompt = e; });
@@ -80,15 +79,10 @@ function alerts() {
     h('button', {type: 'button', class: 'btn', onclick: () => { unlockAudio(); alertNew(); }}, 'Try it'));
 }
 
-function hasRedacted(v) {
-  return JSON.stringify(v ?? null).includes(REDACTED);
-}
-
 function notifications(me) {
   const err = errorBox();
   const chans = Array.isArray(me.notifications) ? me.notifications : [];
   const ntfy = chans.find((c) => c?.type === 'ntfy') || {};
-  const others = chans.filter((c) => c !== ntfy);
   const prefs = me.preferences && typeof me.preferences === 'object' ? me.preferences : {};
   const qh = prefs.quiet_hours || {};
   const topic = h('input', {id: 'ntfy-topic', value: ntfy.topic || '', pattern: '[-_A-Za-z0-9]{1,64}', autocapitalize: 'none', spellcheck: 'false', placeholder: 'my-secret-topic'});
@@ -101,11 +95,11 @@ function notifications(me) {
   const tz = h('input', {id: 'quiet-tz', value: qh.timezone || zone, list: 'tz-list', autocapitalize: 'none', spellcheck: 'false'});
   const zones = Intl.supportedValuesOf ? Intl.supportedValuesOf('timeZone') : [zone];
   const tzList = h('datalist', {id: 'tz-list'}, zones.map((z) => h('option', {value: z})));
-  // Secrets come back redacted; saving them would overwrite the real ones.
-  const locked = hasRedacted(chans);
+  // Secrets come back redacted ("[redacted]"); sent back so, the exchange
+  // keeps the stored ones (per channel type, in order), so every channel
+  // is saved as it came.
   const form = h('form', {class: 'form', id: 'me-notify'},
-    locked ? h('p', {class: 'warn'}, 'Your notification channels hold secrets the exchange does not show; change them through the API. Quiet hours can still be changed here.') : null,
-    h('fieldset', {disabled: locked}, h('legend', null, 'ntfy push'),
+    h('fieldset', null, h('legend', null, 'ntfy push'),
       field('Topic', topic, 'Install the ntfy app and subscribe to this topic. Empty turns ntfy off.'),
       field('Server', server)),
     field('Tell me about', minP, 'Requests below this priority are not pushed.'),
@@ -143,12 +137,14 @@ function notifications(me) {
   showDeliveries();
   form.onsubmit = saver(form, err, () => {
     const change = {};
-    if (!locked) {
-      const t = topic.value.trim();
-      const n = [...others];
-      if (t) n.unshift({...ntfy, type: 'ntfy', topic: t, ...(server.value.trim() ? {server: server.value.trim()} : {}), ...(server.value.trim() ? {} : {server: undefined})});
-      change.notifications = JSON.parse(JSON.stringify(n));
+    const t = topic.value.trim();
+    const n = chans.filter((c) => c !== ntfy);
+    if (t) {
+      const c = {...ntfy, type: 'ntfy', topic: t, server: server.value.trim() || undefined};
+      const i = chans.indexOf(ntfy);
+      n.splice(i < 0 ? 0 : i, 0, c); // where it was, so nothing else moves
     }
+    change.notifications = JSON.parse(JSON.stringify(n));
     const p = {...prefs, min_priority: minP.value};
     p.quiet_hours = {enabled: qOn.checked, start: qStart.value, end: qEnd.value, timezone: tz.value.trim() || 'UTC'};
     change.preferences = p;
