@@ -259,6 +259,28 @@ func TestMeSettingsKeysAndSignIn(t *testing.T) {
 	p.waitText("header .exchange", "Pat Smith")
 }
 
+// Available lists only requests the person is able to take, known from
+// the listing alone: with single threads out of reach, a request needing a
+// capability they lack never shows.
+func TestAvailableFiltersFromTheListing(t *testing.T) {
+	srv := startServer(t)
+	agentKey := srv.register(t, "home", "agent", nil)
+	patKey := srv.register(t, "home", "pat", map[string]any{"invite_token": srv.invite(t, "home", agentKey), "capabilities": []string{"drive"}})
+	fits := srv.create(t, "home", agentKey, map[string]any{"intent": "Drive to the shop", "requires": []any{map[string]any{"drive": map[string]any{"licence": "B"}}}})
+	plain := srv.create(t, "home", agentKey, map[string]any{"intent": "Water the plants"})
+	notMine := srv.create(t, "home", agentKey, map[string]any{"intent": "Photograph the door", "requires": []string{"photo:capture"}})
+	p := newPage(t, srv, phone)
+	p.block("*://*:*/api/v1/exchanges/*/requests/*")
+	p.signIn("home", "pat", patKey)
+	p.waitJS("listed", `document.querySelector('#inbox-list').dataset.count === '2'`)
+	for _, ref := range []string{fits, plain} {
+		p.run("listed "+ref, chromedp.WaitVisible(chromedp.CSS(`#inbox-list a[data-ref="`+ref+`"]`)))
+	}
+	if eval[bool](p, `!!document.querySelector('a[data-ref="`+notMine+`"]')`) {
+		t.Error("a request needing a capability pat lacks is listed as available")
+	}
+}
+
 // Notification channels holding secrets are edited on Me: the exchange
 // shows them redacted and keeps the stored secrets when they come back so.
 func TestEditChannelsWithSecrets(t *testing.T) {

@@ -1136,3 +1136,27 @@ func TestProfileUpdateKeepsRedactedSecrets(t *testing.T) {
 		t.Errorf("after a new token: %+v", s.Notifications)
 	}
 }
+
+// A listing's summaries carry each request's requires as it was asked, so
+// a client filters by capability without fetching each thread.
+func TestListCarriesRequires(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "req", "agent")
+	photo := ts.create(t, "req", key, map[string]any{"intent": "photo", "requires": []any{"photo:capture", map[string]any{"drive": map[string]any{"licence": "B"}}}})
+	plain := ts.create(t, "req", key, map[string]any{"intent": "plain"})
+	var list struct {
+		Threads []map[string]json.RawMessage
+	}
+	if code := ts.do(t, "GET", ts.api("req")+"/requests?status=pending", key, nil, &list); code != 200 {
+		t.Fatalf("list = %d", code)
+	}
+	got := map[string]string{}
+	for _, th := range list.Threads {
+		var ref string
+		json.Unmarshal(th["ref"], &ref)
+		got[ref] = string(th["requires"])
+	}
+	if len(got) != 2 || got[photo] != `["photo:capture",{"drive":{"licence":"B"}}]` || got[plain] != "" {
+		t.Fatalf("requires in the listing: %v", got)
+	}
+}
