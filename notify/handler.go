@@ -47,7 +47,7 @@ type testResponse struct {
 // (newest last). The second sends a test notification to each of its
 // enabled channels through the outbox (Service.SendTest) and answers
 // {"executor_id", "channels": [{"type", "destination", "status", "error"}]};
-// 400 when it has no channels. Errors are {"error", "code"} in the codes
+// 400 when it has no channels, 429 while its last test is still pending. Errors are {"error", "code"} in the codes
 // of internal/httpx. It needs s and cfg.Auth.
 func NewHandler(s *Service, cfg HandlerConfig) (http.Handler, error) {
 	if s == nil || cfg.Auth == nil {
@@ -92,6 +92,9 @@ func NewHandler(s *Service, cfg HandlerConfig) (http.Handler, error) {
 			httpx.WriteJSON(w, http.StatusOK, testResponse{ExecutorID: agent, Channels: res})
 		case errors.Is(err, ErrNoChannels):
 			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "you have no notification channels: add one to your profile first")
+		case errors.Is(err, ErrTestPending):
+			w.Header().Set("Retry-After", "60")
+			httpx.WriteErrorDetails(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "your last test notification is still waiting to be sent; try again later", map[string]any{"retry_after": 60})
 		case errors.Is(err, ErrInvalidConfig):
 			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "your notification channels are not valid")
 		case errors.Is(err, mess.ErrNotFound):

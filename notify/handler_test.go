@@ -189,6 +189,21 @@ func TestNewHandler_test(t *testing.T) {
 		t.Errorf("test without a key = %d %v", code, m)
 	}
 
+	// A test whose channel answers 503 waits for its retry (an hour away
+	// here); until it is done, another test is refused.
+	busy := newReceiver(t, func(received, int) (int, string) { return 503, `{}` })
+	slow := newEnv(t, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour})
+	slow.register("w", nil, []any{map[string]any{"type": "ntfy", "topic": "w-phone", "server": busy.URL}}, nil, nil)
+	code, m = post(slow, "kw")
+	got = nil
+	json.Unmarshal(m["channels"], &got)
+	if code != 200 || len(got) != 1 || got[0].Status != "pending" || got[0].Error != "HTTP 503" {
+		t.Fatalf("test to a busy channel = %d %s", code, m["channels"])
+	}
+	if code, m := post(slow, "kw"); code != 429 || string(m["code"]) != `"rate_limited"` {
+		t.Errorf("a second test while the first is pending = %d %v", code, m)
+	}
+
 	// Loopback not allowed: the test is refused by the address policy,
 	// and the receiver hears nothing.
 	blocked := newEnv(t, notify.Config{Policy: notify.AddressPolicy{AllowLoopback: true}}) // inverted by newEnv

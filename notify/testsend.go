@@ -13,9 +13,15 @@ import (
 // no event in the exchange's log; SendTest makes it up.
 const EventTest = "notification_test"
 
-// ErrNoChannels is returned by SendTest for an executor without enabled
-// notification channels.
-var ErrNoChannels = errors.New("notify: no notification channels")
+var (
+	// ErrNoChannels is returned by SendTest for an executor without
+	// enabled notification channels.
+	ErrNoChannels = errors.New("notify: no notification channels")
+	// ErrTestPending is returned by SendTest while an earlier test of the
+	// executor is still waiting to be sent, so tests cannot pile up in
+	// the outbox.
+	ErrTestPending = errors.New("notify: a test notification is still pending")
+)
 
 // TestResult is what became of a test notification on one channel.
 type TestResult struct {
@@ -45,6 +51,12 @@ func (s *Service) SendTest(ctx context.Context, exchangeID, executorID string) (
 	}
 	now := s.cfg.Now()
 	s.mu.Lock()
+	for _, e := range s.pending {
+		if e.d.EventType == EventTest && e.d.ExchangeID == exchangeID && e.d.ExecutorID == executorID {
+			s.mu.Unlock()
+			return nil, ErrTestPending
+		}
+	}
 	s.seq++
 	tag := "test-" + strconv.FormatInt(now.UnixNano(), 36) + "-" + strconv.FormatInt(s.seq, 36)
 	s.mu.Unlock()

@@ -540,7 +540,8 @@ func (p *page) signIn(exchange, id, key string) {
 // click clicks the first visible element matching a CSS selector.
 func (p *page) click(sel string) {
 	p.t.Helper()
-	p.run("click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+	// A control a form disabled while busy takes no click: wait it out.
+	p.run("click "+sel, chromedp.WaitEnabled(chromedp.CSS(sel)), chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
 }
 
 // fill replaces the value of an input and fires its input event.
