@@ -50,7 +50,8 @@
 // # Serving it
 //
 // NewHandler serves the HTTP API of MESS protocol v1 (requests, long-polls,
-// the event stream, executors, keys, invites, the capability catalogue) as
+// the event stream, executors and "who am I" (GET /me), keys, invites (made,
+// listed and revoked by the exchange's owner), the capability catalogue) as
 // a plain net/http Handler to mount on any mux. LoadCapabilities reads the
 // catalogue it serves. Authenticator lets the module's other services
 // (lease, mailbus, notify) accept the exchange's executor keys, so one key
@@ -68,7 +69,10 @@
 //     on a pending thread (completing it, say) claims it implicitly.
 //   - Once claimed, only the claimant changes the status; others get
 //     ErrConflict naming the claimant. The claimant may release it (pending).
-//   - declined and delegated need a claim first.
+//   - Any executor but the requestor may decline a pending thread without
+//     claiming it; the decliner becomes its executor_id and the reason
+//     (the update's message) is kept in its history. Once claimed, only
+//     the claimant declines. delegated needs a claim first.
 //   - Only the requestor cancels or supersedes; it may also move a thread
 //     from needs_input or needs_confirmation back to in_progress (answering).
 //   - Only the exchange expires a thread: pending threads whose needed_by

@@ -54,7 +54,8 @@ type handler struct {
 
 // NewHandler serves the HTTP API of MESS protocol v1 for svc under
 // /api/v1/exchanges/{exchange_id}/: registration, requests (with long-polls
-// and attachments), executors, keys, invites, the capability catalogue and
+// and attachments), executors, the caller itself (GET /me), keys, invites
+// (created, listed and revoked by the owner), the capability catalogue and
 // the server-sent event stream. Every route but POST .../register needs
 // "Authorization: Bearer <api key>". HEAD is answered on every GET route.
 //
@@ -115,12 +116,15 @@ func NewHandler(svc *Service, cfg HandlerConfig) (http.Handler, error) {
 		{"GET", "/requests/{ref}", h.getRequest},
 		{"PATCH", "/requests/{ref}", h.updateRequest},
 		{"GET", "/requests/{ref}/attachments/{filename}", h.attachment},
+		{"GET", "/me", h.whoAmI},
 		{"GET", "/executors", h.listExecutors},
 		{"GET", "/executors/{id}", h.getExecutor},
 		{"PATCH", "/executors/{id}", h.updateExecutor},
 		{"POST", "/executors/{id}/keys", h.createKey},
 		{"DELETE", "/executors/{id}/keys/{key_id}", h.revokeKey},
 		{"POST", "/invites", h.createInvite},
+		{"GET", "/invites", h.listInvites},
+		{"DELETE", "/invites/{id}", h.revokeInvite},
 		{"GET", "/capabilities", h.capabilities},
 		{"GET", "/events", h.events},
 	}

@@ -64,6 +64,18 @@ func (h *handler) getExecutor(w http.ResponseWriter, r *http.Request, actor stri
 	return nil
 }
 
+// whoAmI shows the caller, by its key alone, its own full profile (as
+// GET /executors/{id} does for oneself), so a client holding only a key
+// learns whose it is.
+func (h *handler) whoAmI(w http.ResponseWriter, r *http.Request, actor string) error {
+	e, err := h.svc.Executor(r.Context(), r.PathValue("exchange_id"), actor)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"executor_id": actor, "executor": e})
+	return nil
+}
+
 func (h *handler) updateExecutor(w http.ResponseWriter, r *http.Request, actor string) error {
 	var u ProfileUpdate
 	if err := h.decode(w, r, &u); err != nil {
@@ -123,6 +135,24 @@ func (h *handler) createInvite(w http.ResponseWriter, r *http.Request, actor str
 		return err
 	}
 	httpx.WriteJSON(w, http.StatusCreated, inv)
+	return nil
+}
+
+func (h *handler) listInvites(w http.ResponseWriter, r *http.Request, actor string) error {
+	invs, err := h.svc.ListInvites(r.Context(), r.PathValue("exchange_id"), actor)
+	if err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"invites": invs})
+	return nil
+}
+
+func (h *handler) revokeInvite(w http.ResponseWriter, r *http.Request, actor string) error {
+	id := r.PathValue("id")
+	if err := h.svc.RevokeInvite(r.Context(), r.PathValue("exchange_id"), actor, id); err != nil {
+		return err
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"revoked": id})
 	return nil
 }
 

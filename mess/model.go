@@ -294,4 +294,7 @@ type Summary struct {
 	UpdatedAt   time.Time  `json:"updated_at"`
 	Seq         int64      `json:"seq"`
 	NeededBy    *time.Time `json:"needed_by,omitempty"`
+	// Requires is the request's requires as it was asked, so a client can
+	// tell from the listing which threads an executor is able to take.
+	Requires json.RawMessage `json:"requires,omitempty"`
 }

@@ -225,7 +225,10 @@ type ProfileUpdate struct {
 	Preferences   json.RawMessage `json:"preferences"`
 }
 
-// UpdateExecutor changes the caller's own profile.
+// UpdateExecutor changes the caller's own profile. Notifications and hooks
+// replace the stored ones whole, but a secret sent back as Redacted (as
+// Executor shows it) keeps its stored value; a Redacted value with nothing
+// stored at its place is ErrInvalid.
 func (s *Service) UpdateExecutor(ctx context.Context, exchangeID, actorID, executorID string, u ProfileUpdate) error {
 	if actorID != executorID {
 		return errorf(ErrForbidden, "Can only update your own profile")
@@ -233,10 +236,18 @@ func (s *Service) UpdateExecutor(ctx context.Context, exchangeID, actorID, execu
 	if u.DisplayName != nil && (len(*u.DisplayName) > 200 || *u.DisplayName == "") {
 		return errorf(ErrInvalid, "display_name must be 1 to 200 bytes")
 	}
-	if err := s.validateProfile(u.Capabilities, u.Notifications, u.Hooks, u.Preferences); err != nil {
-		return err
-	}
 	return s.changeExecutor(ctx, exchangeID, executorID, func(e *Executor) error {
+		// Secrets sent back as GET showed them (redacted) are kept.
+		var err error
+		if u.Notifications, err = keepSecrets("notifications", u.Notifications, e.Notifications); err != nil {
+			return err
+		}
+		if u.Hooks, err = keepSecrets("hooks", u.Hooks, e.Hooks); err != nil {
+			return err
+		}
+		if err := s.validateProfile(u.Capabilities, u.Notifications, u.Hooks, u.Preferences); err != nil {
+			return err
+		}
 		if u.DisplayName != nil {
 			e.DisplayName = *u.DisplayName
 		}

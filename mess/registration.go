@@ -332,3 +332,64 @@ func (s *Service) CreateInvite(ctx context.Context, exchangeID, actorID string, 
 	}
 	return Invite{ID: inv.ID, Token: token, ExpiresAt: inv.ExpiresAt, MaxUses: inv.MaxUses}, nil
 }
+
+// InviteInfo describes an issued invite without its token, which is shown
+// only once, when the invite is created.
+type InviteInfo struct {
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	MaxUses   int       `json:"max_uses"`
+	Uses      int       `json:"uses"`
+}
+
+// ownerMeta returns the exchange record if actorID owns the exchange.
+func ownerMeta(ex *exchange, actorID, doing string) (*exchangeMeta, error) {
+	ex.mu.RLock()
+	meta := ex.meta
+	ex.mu.RUnlock()
+	if meta == nil || meta.Owner != actorID {
+		return nil, errorf(ErrForbidden, "only the exchange owner may %s", doing)
+	}
+	return meta, nil
+}
+
+// ListInvites lists the exchange's invites, oldest first, including those
+// expired or used up and not yet dropped. Only its owner may.
+func (s *Service) ListInvites(ctx context.Context, exchangeID, actorID string) ([]InviteInfo, error) {
+	ex, err := s.loadExchangeForRead(exchangeID)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := ownerMeta(ex, actorID, "list invites")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]InviteInfo, 0, len(meta.Invites))
+	for _, i := range meta.Invites {
+		out = append(out, InviteInfo{ID: i.ID, CreatedAt: i.CreatedAt, ExpiresAt: i.ExpiresAt, MaxUses: i.MaxUses, Uses: i.Uses})
+	}
+	return out, nil
+}
+
+// RevokeInvite deletes an invite, so it admits nobody more. Only the
+// exchange's owner may; the change is durable when it returns.
+func (s *Service) RevokeInvite(ctx context.Context, exchangeID, actorID, inviteID string) error {
+	ex, err := s.loadExchangeForRead(exchangeID)
+	if err != nil {
+		return err
+	}
+	ex.execMu.Lock()
+	defer ex.execMu.Unlock()
+	if _, err := ownerMeta(ex, actorID, "revoke invites"); err != nil {
+		return err
+	}
+	return s.updateMeta(ctx, ex, func(m *exchangeMeta) error {
+		n := len(m.Invites)
+		m.Invites = slices.DeleteFunc(m.Invites, func(i inviteRecd) bool { return i.ID == inviteID })
+		if len(m.Invites) == n {
+			return errorf(ErrNotFound, "invite not found")
+		}
+		return nil
+	})
+}

@@ -415,6 +415,7 @@ func (s *Service) applyLocked(ex *exchange, ev *Event, p any) {
 				UpdatedAt:   ev.TS,
 				Seq:         ev.Seq,
 				NeededBy:    req.NeededBy,
+				Requires:    req.Requires,
 			},
 			Request: &req,
 		}

@@ -187,8 +187,16 @@ func decide(t *Thread, confirmedBy string, actor string, to Status) (*string, bo
 		return t.ExecutorID, from == StatusNeedsConfirmation, nil
 	case executorStatuses[to]:
 		if from == StatusPending {
-			if to == StatusDeclined || to == StatusDelegated {
+			switch {
+			case to == StatusDelegated:
 				return nil, false, errorf(ErrConflict, "claim the thread before setting %s", to).with("status", from)
+			case to == StatusDeclined && isRequestor:
+				return nil, false, errorf(ErrForbidden, "the requestor cancels its own request; only others decline it")
+			case to == StatusDeclined:
+				// Declining without a claim (MESS protocol v1): the
+				// decliner is recorded as the thread's executor.
+				a := actor
+				return &a, false, nil
 			}
 			if err := needConfirmation(t, confirmedBy == actor, to); err != nil {
 				return nil, false, err

@@ -126,9 +126,12 @@ type content struct {
 
 func notificationContent(vars map[string]any) content {
 	var c content
-	if vars["event_type"] == mess.EventThreadCreated {
+	switch vars["event_type"] {
+	case EventTest:
+		return content{Title: "MESS test notification", Body: fmt.Sprint(vars["intent"])}
+	case mess.EventThreadCreated:
 		c.Title = "New MESS request"
-	} else {
+	default:
 		c.Title = "MESS update: " + fmt.Sprint(vars["status"])
 	}
 	c.Body = fmt.Sprintf("%s\n\nRef: %s\nPriority: %s", vars["intent"], vars["ref"], vars["priority"])

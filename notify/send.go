@@ -88,6 +88,13 @@ func (s *Service) worker() {
 // vars is the template context of a delivery: the thread as it is now
 // (its external id included) and the event that caused the delivery.
 func (s *Service) vars(ctx context.Context, d *Delivery) (map[string]any, error) {
+	if d.EventType == EventTest {
+		return map[string]any{
+			"ref": "", "intent": "A test notification from the exchange " + d.ExchangeID + ": notifications reach you here.",
+			"status": "test", "priority": "normal", "exchange_id": d.ExchangeID, "event": "test", "event_type": d.EventType,
+			"event_id": d.EventID, "executor_id": d.ExecutorID, "executor_name": d.ExecutorID, "ts": d.TS.UTC().Format(time.RFC3339),
+		}, nil
+	}
 	th, err := s.src.Get(ctx, d.ExchangeID, d.Ref)
 	if err != nil {
 		if errors.Is(err, mess.ErrNotFound) {

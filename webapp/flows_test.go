@@ -78,6 +78,36 @@ func TestJoinThroughInvite(t *testing.T) {
 	if eval[string](late, `localStorage.getItem('mess.cred') || ''`) != "" {
 		t.Error("a refused join stored credentials")
 	}
+
+	// The owner sees the invite used up, and after making another (which
+	// drops those no longer usable) only the new one, without its token,
+	// and revokes it: its link no longer admits.
+	owner.open("#/inbox")
+	owner.open("#/me")
+	owner.waitText("#invites", "used 1 of 1")
+	owner.fill("#invite-uses", "5")
+	owner.click("#invite-create")
+	owner.waitJS("second invite", `(document.querySelector('#invite-link')?.value ?? `+jsString(link)+`) !== `+jsString(link))
+	link2 := eval[string](owner, `document.querySelector('#invite-link').value`)
+	owner.waitJS("the new invite listed alone", `document.querySelectorAll('#invites li[data-invite]').length === 1 && /used 0 of 5/.test(document.querySelector('#invites').textContent)`)
+	if list := eval[string](owner, `document.querySelector('#invites').textContent`); strings.Contains(list, "inv_") {
+		t.Errorf("the invite list shows a token: %q", list)
+	}
+	id2 := eval[string](owner, `document.querySelector('#invites li:last-child').dataset.invite`)
+	owner.click(`#invites button[data-revoke="` + id2 + `"]`)
+	owner.waitToast("Invite revoked.")
+	owner.waitJS("no invites left", `document.querySelectorAll('#invites li[data-invite]').length === 0`)
+	revoked := newPage(t, srv, phone)
+	revoked.run("open revoked invite", chromedp.Navigate(link2), chromedp.WaitVisible(chromedp.CSS("#join-form")))
+	revoked.fill("#join-name", "Dan Revoked")
+	revoked.click("#join-submit")
+	revoked.waitText("#join-form [role=alert]", "invalid invite")
+}
+
+// jsString quotes s as a JavaScript string literal.
+func jsString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 // testPhoto writes a w×h PNG with a gradient, as a camera photo stands in.
@@ -217,8 +247,42 @@ func TestClaimAndCompleteWithPhotoAndLocation(t *testing.T) {
 	}
 }
 
-// Decline is offered on a pending request; today's server needs a claim
-// first, so the person claims, then declines with a reason.
+// A pending request is declined without claiming it first: the decliner
+// becomes its executor, the reason is in its history, and it moves to
+// the decliner's Done tab.
+func TestDeclinePending(t *testing.T) {
+	srv := startServer(t)
+	agentKey := srv.register(t, "home", "agent", nil)
+	patKey := srv.register(t, "home", "pat", map[string]any{"invite_token": srv.invite(t, "home", agentKey)})
+	ref := srv.create(t, "home", agentKey, map[string]any{"intent": "Mow the lawn"})
+	p := newPage(t, srv, phone)
+	p.signIn("home", "pat", patKey)
+	p.open("#/t/" + ref)
+	p.run("decline offered while pending", chromedp.WaitVisible(chromedp.CSS(`button[data-action=decline]`)))
+	p.click(`button[data-action=decline]`)
+	p.fill("#f-decline", "The mower is broken")
+	p.click(`button[data-submit=decline]`)
+	p.run("declined", chromedp.WaitVisible(chromedp.CSS(`.badges [data-status=declined]`)))
+	p.run("no actions left", chromedp.WaitNotPresent(chromedp.CSS(`.actions button`)))
+	th := srv.thread(t, "home", agentKey, ref)
+	if th.Status != "declined" || th.ExecutorID == nil || *th.ExecutorID != "pat" {
+		t.Fatalf("after decline: %s by %v, want declined by pat", th.Status, th.ExecutorID)
+	}
+	var h *historyEntry
+	for i := range th.History {
+		if th.History[i].NewStatus == "declined" {
+			h = &th.History[i]
+		}
+	}
+	if h == nil || h.OldStatus != "pending" || h.ActorID != "pat" || h.Message != "The mower is broken" {
+		t.Errorf("history %+v, want pat's decline from pending with the reason", th.History)
+	}
+	p.open("#/inbox/done")
+	p.run("in Done", chromedp.WaitVisible(chromedp.CSS(`#inbox-list a[data-ref="`+ref+`"]`)))
+}
+
+// Decline after a claim: the person claims, notes progress, releases,
+// claims again, then declines with a reason.
 func TestDeclineAfterClaim(t *testing.T) {
 	srv := startServer(t)
 	agentKey := srv.register(t, "home", "agent", nil)
@@ -227,7 +291,6 @@ func TestDeclineAfterClaim(t *testing.T) {
 	p := newPage(t, srv, phone)
 	p.signIn("home", "pat", patKey)
 	p.open("#/t/" + ref)
-	p.run("decline offered while pending", chromedp.WaitVisible(chromedp.CSS(`button[data-action=decline]`)))
 	p.click(`button[data-action=claim]`)
 	p.waitText("#claimant", "You have this")
 	// A progress note, then the claim is released and taken again.

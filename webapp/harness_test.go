@@ -164,7 +164,7 @@ type server struct {
 	mu    sync.Mutex
 	log   bytes.Buffer
 	ntfy  *httptest.Server
-	pushy chan string // bodies the fake ntfy server received
+	pushy chan string // "path body auth=Authorization" of what the fake ntfy server received
 	stop  func()      // ends the process; safe to call again
 }
 
@@ -179,7 +179,7 @@ func startServer(t *testing.T, env ...string) *server {
 	s.ntfy = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		select {
-		case s.pushy <- r.URL.Path + " " + string(b):
+		case s.pushy <- r.URL.Path + " " + string(b) + " auth=" + r.Header.Get("Authorization"):
 		default:
 		}
 	}))
@@ -341,12 +341,15 @@ type thread struct {
 	RequestorID string          `json:"requestor_id"`
 	Seq         int64           `json:"seq"`
 	Messages    []threadMessage `json:"messages"`
-	History     []struct {
-		ActorID   string `json:"actor_id"`
-		Type      string `json:"type"`
-		NewStatus string `json:"new_status"`
-		Message   string `json:"message"`
-	} `json:"history"`
+	History     []historyEntry  `json:"history"`
+}
+
+type historyEntry struct {
+	ActorID   string `json:"actor_id"`
+	Type      string `json:"type"`
+	OldStatus string `json:"old_status"`
+	NewStatus string `json:"new_status"`
+	Message   string `json:"message"`
 }
 
 type threadMessage struct {
@@ -537,7 +540,8 @@ func (p *page) signIn(exchange, id, key string) {
 // click clicks the first visible element matching a CSS selector.
 func (p *page) click(sel string) {
 	p.t.Helper()
-	p.run("click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+	// A control a form disabled while busy takes no click: wait it out.
+	p.run("click "+sel, chromedp.WaitEnabled(chromedp.CSS(sel)), chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
 }
 
 // fill replaces the value of an input and fires its input event.
@@ -551,10 +555,19 @@ func (p *page) fill(sel, value string) {
 // the way a phone's does when its connection drops.
 func (p *page) blockEvents() {
 	p.t.Helper()
-	p.run("block events", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, network.SetBlockedURLs, network.SetBlockedURLsParams{
-			URLPatterns: []*network.BlockPattern{{URLPattern: "*://*:*/api/v1/exchanges/*/events", Block: true}},
-		})
+	p.block("*://*:*/api/v1/exchanges/*/events")
+}
+
+// block makes the page's requests to URLs matching patterns fail, in
+// place of those blocked before.
+func (p *page) block(patterns ...string) {
+	p.t.Helper()
+	var bp []*network.BlockPattern
+	for _, s := range patterns {
+		bp = append(bp, &network.BlockPattern{URLPattern: s, Block: true})
+	}
+	p.run("block "+strings.Join(patterns, " "), chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, network.SetBlockedURLs, network.SetBlockedURLsParams{URLPatterns: bp})
 		return err
 	}))
 }

@@ -233,6 +233,7 @@ type threadResp struct {
 		} `json:"messages"`
 		History []struct {
 			Type      string `json:"type"`
+			OldStatus string `json:"old_status"`
 			NewStatus string `json:"new_status"`
 			Message   string `json:"message"`
 			ActorID   string `json:"actor_id"`

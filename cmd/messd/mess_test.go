@@ -168,7 +168,9 @@ func TestStatusRules(t *testing.T) {
 		{"others cannot cancel", nil, []step{{"exec", "canceled", 403}, {"other", "cancelled", 403}}, "pending"},
 		{"terminal cannot reopen", nil, []step{{"exec", "completed", 200}, {"exec", "in_progress", 409}, {"req", "pending", 409}, {"req", "cancelled", 409}}, "completed"},
 		{"unknown status", nil, []step{{"exec", "banana", 400}}, "pending"},
-		{"decline needs a claim", nil, []step{{"exec", "declined", 409}, {"exec", "claimed", 200}, {"exec", "rejected", 200}}, "declined"},
+		{"decline a pending request", nil, []step{{"req", "declined", 403}, {"exec", "declined", 200}, {"other", "declined", 409}}, "declined"},
+		{"decline after a claim", nil, []step{{"exec", "claimed", 200}, {"other", "declined", 409}, {"exec", "rejected", 200}}, "declined"},
+		{"delegate needs a claim", nil, []step{{"exec", "delegated", 409}, {"exec", "claimed", 200}, {"exec", "delegated", 200}}, "delegated"},
 		{"executor releases claim", nil, []step{{"exec", "claimed", 200}, {"exec", "pending", 200}, {"other", "claimed", 200}}, "claimed"},
 		{"requestor answers needs_input", nil, []step{{"exec", "needs_input", 200}, {"req", "in_progress", 200}, {"exec", "completed", 200}}, "completed"},
 		{"nobody sets expired", nil, []step{{"req", "expired", 403}, {"exec", "expired", 403}}, "pending"},
@@ -209,6 +211,18 @@ func TestStatusRules(t *testing.T) {
 		last := h[len(h)-1]
 		if last.Type != "status" || last.NewStatus != "claimed" || last.Message != "on my way" || last.ActorID != "exec" {
 			t.Fatalf("history = %+v", h)
+		}
+	})
+	t.Run("declining a pending request records the decliner and reason", func(t *testing.T) {
+		ref := ts.create(t, "rules", keys["req"], map[string]any{"intent": "decline"})
+		var res map[string]any
+		if code := ts.do(t, "PATCH", ts.api("rules")+"/requests/"+ref, keys["other"], map[string]any{"status": "declined", "message": "too far"}, &res); code != 200 || res["executor_id"] != "other" {
+			t.Fatalf("decline = %d %v", code, res)
+		}
+		th := ts.thread(t, "rules", keys["req"], ref).Thread
+		last := th.History[len(th.History)-1]
+		if th.ExecutorID == nil || *th.ExecutorID != "other" || last.Type != "status" || last.OldStatus != "pending" || last.NewStatus != "declined" || last.ActorID != "other" || last.Message != "too far" {
+			t.Fatalf("thread executor %v, history %+v", th.ExecutorID, th.History)
 		}
 	})
 	t.Run("conflict names the claimant", func(t *testing.T) {
@@ -833,6 +847,8 @@ func TestHeadOnGetRoutes(t *testing.T) {
 		"/api/v1/exchanges/head/requests/" + ref + "/attachments/notes.txt",
 		"/api/v1/exchanges/head/executors",
 		"/api/v1/exchanges/head/executors/a",
+		"/api/v1/exchanges/head/me",
+		"/api/v1/exchanges/head/invites",
 		"/api/v1/exchanges/head/capabilities",
 		"/api/v1/exchanges/head/events",
 	} {
@@ -902,5 +918,245 @@ func TestEventStreamReset(t *testing.T) {
 	}
 	if len(lines) != 2 || lines[0] != "event: reset\n" || !strings.HasPrefix(lines[1], `data: {"reason":"events since 00gone\n`) {
 		t.Fatalf("first event = %q, want one reset event", lines)
+	}
+}
+
+// The owner lists the exchange's invites (never their tokens) and revokes
+// one: it no longer admits anyone, also after a restart.
+func TestInvitesListRevoke(t *testing.T) {
+	dir := t.TempDir()
+	opts := []serverOption{withDataDir(dir), withEnv("MESS_OPEN_REGISTRATION", "false")}
+	ts := startServer(t, opts...)
+	owner := ts.register(t, "inv", "boss")
+	type invite struct {
+		ID        string    `json:"id"`
+		Token     string    `json:"token"`
+		CreatedAt time.Time `json:"created_at"`
+		ExpiresAt time.Time `json:"expires_at"`
+		MaxUses   int       `json:"max_uses"`
+		Uses      int       `json:"uses"`
+	}
+	var a, b invite
+	ts.do(t, "POST", ts.api("inv")+"/invites", owner, map[string]any{"max_uses": 3, "expires_in": 3600}, &a)
+	ts.do(t, "POST", ts.api("inv")+"/invites", owner, map[string]any{"max_uses": 2}, &b)
+	var reg struct {
+		APIKey string `json:"api_key"`
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "friend", "invite_token": a.Token}, &reg); code != 201 {
+		t.Fatalf("register with invite = %d", code)
+	}
+
+	var raw json.RawMessage
+	if code := ts.do(t, "GET", ts.api("inv")+"/invites", owner, nil, &raw); code != 200 {
+		t.Fatalf("list invites = %d %s", code, raw)
+	}
+	if strings.Contains(string(raw), a.Token) || strings.Contains(string(raw), "token") || strings.Contains(string(raw), "hash") {
+		t.Fatalf("the invite list shows a token or its hash: %s", raw)
+	}
+	var list struct{ Invites []invite }
+	json.Unmarshal(raw, &list)
+	if len(list.Invites) != 2 || list.Invites[0].ID != a.ID || list.Invites[0].Uses != 1 || list.Invites[0].MaxUses != 3 ||
+		list.Invites[0].CreatedAt.IsZero() || !list.Invites[0].ExpiresAt.Equal(a.ExpiresAt) || list.Invites[1].ID != b.ID || list.Invites[1].Uses != 0 {
+		t.Fatalf("invites %s, want %s used once and %s unused", raw, a.ID, b.ID)
+	}
+
+	var e struct{ Error, Code string }
+	for _, c := range []struct {
+		method, path, key string
+		want              int
+		code              string
+	}{
+		{"GET", "/invites", reg.APIKey, 403, "forbidden"},
+		{"DELETE", "/invites/" + a.ID, reg.APIKey, 403, "forbidden"},
+		{"DELETE", "/invites/i_nothere", owner, 404, "not_found"},
+		{"DELETE", "/invites/" + a.ID, "", 401, "unauthorized"},
+	} {
+		if code := ts.do(t, c.method, ts.api("inv")+c.path, c.key, nil, &e); code != c.want || e.Code != c.code {
+			t.Errorf("%s %s = %d %+v, want %d %s", c.method, c.path, code, e, c.want, c.code)
+		}
+	}
+	if code := ts.do(t, "DELETE", ts.api("inv")+"/invites/"+a.ID, owner, nil, nil); code != 200 {
+		t.Fatalf("revoke = %d", code)
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "late", "invite_token": a.Token}, &e); code != 403 || e.Error != "invalid invite" {
+		t.Fatalf("register with a revoked invite = %d %+v", code, e)
+	}
+	if code := ts.do(t, "DELETE", ts.api("inv")+"/invites/"+a.ID, owner, nil, &e); code != 404 {
+		t.Fatalf("revoke twice = %d, want 404", code)
+	}
+
+	// Durable: after a restart the revoked invite is gone and the other admits.
+	ts.Stop()
+	ts = startServer(t, opts...)
+	list.Invites = nil
+	ts.do(t, "GET", ts.api("inv")+"/invites", owner, nil, &list)
+	if len(list.Invites) != 1 || list.Invites[0].ID != b.ID {
+		t.Fatalf("after restart: %+v, want only %s", list.Invites, b.ID)
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "late", "invite_token": a.Token}, nil); code != 403 {
+		t.Fatalf("revoked invite after restart = %d, want 403", code)
+	}
+	if code := ts.do(t, "POST", ts.api("inv")+"/register", "", map[string]any{"executor_id": "later", "invite_token": b.Token}, nil); code != 201 {
+		t.Fatalf("the other invite after restart = %d, want 201", code)
+	}
+}
+
+// GET /me tells a key's holder who it is: its own profile, as
+// GET /executors/{id} shows it to itself, secrets redacted.
+func TestWhoAmI(t *testing.T) {
+	ts := startServer(t)
+	owner := ts.register(t, "who", "boss")
+	var reg struct {
+		APIKey string `json:"api_key"`
+	}
+	ts.do(t, "POST", ts.api("who")+"/register", "", map[string]any{
+		"executor_id": "pat", "display_name": "Pat Doe", "capabilities": []string{"drive"},
+		"notifications": []any{map[string]any{"type": "ntfy", "topic": "pat", "token": "tk-pat-secret"}},
+	}, &reg)
+	type me struct {
+		ExecutorID string `json:"executor_id"`
+		Executor   struct {
+			ID            string          `json:"id"`
+			DisplayName   string          `json:"display_name"`
+			Owner         bool            `json:"owner"`
+			Capabilities  []string        `json:"capabilities"`
+			Notifications json.RawMessage `json:"notifications"`
+			APIKeys       []struct {
+				ID string `json:"id"`
+			} `json:"api_keys"`
+		} `json:"executor"`
+	}
+	for _, c := range []struct {
+		key, id, name string
+		owner         bool
+		caps          string
+	}{
+		{owner, "boss", "boss", true, ""},
+		{reg.APIKey, "pat", "Pat Doe", false, "drive"},
+	} {
+		var m me
+		if code := ts.do(t, "GET", ts.api("who")+"/me", c.key, nil, &m); code != 200 {
+			t.Fatalf("GET /me as %s = %d", c.id, code)
+		}
+		e := m.Executor
+		if m.ExecutorID != c.id || e.ID != c.id || e.DisplayName != c.name || e.Owner != c.owner || strings.Join(e.Capabilities, ",") != c.caps || len(e.APIKeys) != 1 {
+			t.Errorf("GET /me as %s = %+v", c.id, m)
+		}
+	}
+	var raw json.RawMessage
+	ts.do(t, "GET", ts.api("who")+"/me", reg.APIKey, nil, &raw)
+	if strings.Contains(string(raw), "tk-pat-secret") || !strings.Contains(string(raw), `"token":"[redacted]"`) {
+		t.Errorf("GET /me does not redact the ntfy token: %s", raw)
+	}
+	var e struct{ Code string }
+	if code := ts.do(t, "GET", ts.api("who")+"/me", "", nil, &e); code != 401 || e.Code != "unauthorized" {
+		t.Errorf("GET /me without a key = %d %+v", code, e)
+	}
+	if code := ts.do(t, "GET", ts.api("other")+"/me", owner, nil, &e); code != 403 || e.Code != "forbidden" {
+		t.Errorf("GET /me with another exchange's key = %d %+v", code, e)
+	}
+}
+
+// A profile read with GET (secrets redacted) and sent back with PATCH keeps
+// the stored secrets; a redacted value with no stored secret at its place
+// (a new channel, or channels reordered) is refused; a new secret replaces
+// the old one.
+func TestProfileUpdateKeepsRedactedSecrets(t *testing.T) {
+	ts := startServer(t)
+	var reg struct {
+		APIKey string `json:"api_key"`
+		Error  string
+	}
+	ntfy := map[string]any{"type": "ntfy", "topic": "pat", "token": "tk_secret", "server": "https://ntfy.example.com/?auth=abc"}
+	slack := map[string]any{"type": "slack", "webhook_url": "https://hooks.slack.com/services/T0/B0/XYZ"}
+	hook := map[string]any{"type": "webhook", "url": "https://example.com/hook?key=k1", "headers": map[string]any{"X-Token": "h1"}}
+	if code := ts.do(t, "POST", ts.api("sec")+"/register", "", map[string]any{
+		"executor_id": "pat", "notifications": []any{ntfy, slack}, "hooks": map[string]any{"on_request_created": []any{hook}},
+	}, &reg); code != 201 {
+		t.Fatalf("register = %d %s", code, reg.Error)
+	}
+	key := reg.APIKey
+	type profile struct {
+		Notifications []map[string]any `json:"notifications"`
+		Hooks         map[string][]map[string]any
+	}
+	get := func() profile {
+		var res struct{ Executor profile }
+		ts.do(t, "GET", ts.api("sec")+"/executors/pat", key, nil, &res)
+		return res.Executor
+	}
+	stored := func() profile {
+		b, err := os.ReadFile(filepath.Join(ts.DataDir, "executors", "exchange=sec", "pat.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p profile
+		json.Unmarshal(b, &p)
+		return p
+	}
+	shown := get()
+	if shown.Notifications[0]["token"] != "[redacted]" || shown.Notifications[1]["webhook_url"] != "[redacted]" {
+		t.Fatalf("GET shows %+v", shown)
+	}
+	// Sent back as shown, with the topic changed.
+	shown.Notifications[0]["topic"] = "pat-2"
+	if code := ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": shown.Notifications, "hooks": shown.Hooks}, nil); code != 200 {
+		t.Fatalf("PATCH back = %d", code)
+	}
+	s := stored()
+	n0, n1, h0 := s.Notifications[0], s.Notifications[1], s.Hooks["on_request_created"][0]
+	if n0["topic"] != "pat-2" || n0["token"] != "tk_secret" || n0["server"] != ntfy["server"] || n1["webhook_url"] != slack["webhook_url"] ||
+		h0["url"] != hook["url"] || fmt.Sprint(h0["headers"]) != "map[X-Token:h1]" {
+		t.Fatalf("stored after PATCH back: %+v", s)
+	}
+
+	// Reordered: each channel keeps its own secret.
+	shown = get()
+	if code := ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": []any{shown.Notifications[1], shown.Notifications[0]}}, nil); code != 200 {
+		t.Fatalf("PATCH reordered = %d", code)
+	}
+	if s := stored(); s.Notifications[0]["webhook_url"] != slack["webhook_url"] || s.Notifications[1]["token"] != "tk_secret" {
+		t.Fatalf("stored after reordering: %+v", s.Notifications)
+	}
+	var e struct{ Error, Code string }
+	shown = get()
+	s = stored()
+	extra := append(shown.Notifications, map[string]any{"type": "ntfy", "topic": "x", "token": "[redacted]"})
+	if code := ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": extra}, &e); code != 400 || e.Code != "invalid_input" || !strings.Contains(e.Error, "no stored secret") {
+		t.Errorf("a new channel with a redacted secret = %d %+v, want 400", code, e)
+	}
+	if s2 := stored(); fmt.Sprint(s2) != fmt.Sprint(s) {
+		t.Errorf("a refused PATCH changed the profile: %+v", s2)
+	}
+	shown.Notifications[0], shown.Notifications[1] = shown.Notifications[1], shown.Notifications[0]
+
+	shown.Notifications[0]["token"] = "tk_new"
+	ts.do(t, "PATCH", ts.api("sec")+"/executors/pat", key, map[string]any{"notifications": shown.Notifications}, nil)
+	if s := stored(); s.Notifications[0]["token"] != "tk_new" || s.Notifications[1]["webhook_url"] != slack["webhook_url"] {
+		t.Errorf("after a new token: %+v", s.Notifications)
+	}
+}
+
+// A listing's summaries carry each request's requires as it was asked, so
+// a client filters by capability without fetching each thread.
+func TestListCarriesRequires(t *testing.T) {
+	ts := startServer(t)
+	key := ts.register(t, "req", "agent")
+	photo := ts.create(t, "req", key, map[string]any{"intent": "photo", "requires": []any{"photo:capture", map[string]any{"drive": map[string]any{"licence": "B"}}}})
+	plain := ts.create(t, "req", key, map[string]any{"intent": "plain"})
+	var list struct {
+		Threads []map[string]json.RawMessage
+	}
+	if code := ts.do(t, "GET", ts.api("req")+"/requests?status=pending", key, nil, &list); code != 200 {
+		t.Fatalf("list = %d", code)
+	}
+	got := map[string]string{}
+	for _, th := range list.Threads {
+		var ref string
+		json.Unmarshal(th["ref"], &ref)
+		got[ref] = string(th["requires"])
+	}
+	if len(got) != 2 || got[photo] != `["photo:capture",{"drive":{"licence":"B"}}]` || got[plain] != "" {
+		t.Fatalf("requires in the listing: %v", got)
 	}
 }

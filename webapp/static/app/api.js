@@ -55,11 +55,15 @@ export class Api {
   create(req, idemKey) { return this.call('POST', '/requests', req, {'Idempotency-Key': idemKey}); }
   update(ref, change) { return this.call('PATCH', '/requests/' + encodeURIComponent(ref), change); }
   attachment(ref, name) { return this.blob(`/requests/${encodeURIComponent(ref)}/attachments/${encodeURIComponent(name)}`); }
+  me() { return this.call('GET', '/me'); }
   executors() { return this.call('GET', '/executors').then((r) => r.executors || []); }
   executor(id) { return this.call('GET', '/executors/' + encodeURIComponent(id)).then((r) => r.executor); }
   updateMe(change) { return this.call('PATCH', '/executors/' + encodeURIComponent(this.cred.id), change); }
   rotateKey() { return this.call('POST', `/executors/${encodeURIComponent(this.cred.id)}/keys`, {revoke_others: true}); }
   invite(maxUses, expiresIn) { return this.call('POST', '/invites', {max_uses: maxUses, expires_in: expiresIn}); }
+  invites() { return this.call('GET', '/invites').then((r) => r.invites || []); }
+  revokeInvite(id) { return this.call('DELETE', '/invites/' + encodeURIComponent(id)); }
   capabilities() { return this.call('GET', '/capabilities').then((r) => r.capabilities || []); }
+  testNotification() { return this.call('POST', '/notifications/test'); }
   deliveries() { return this.call('GET', '/notifications/deliveries'); }
 }

@@ -54,7 +54,7 @@ export function capIds(list) {
 }
 
 // matches says whether an executor with caps may take a request needing
-// requires; unknown requires (not fetched yet) count as a match.
+// requires; unknown requires (a thread not seen yet) count as a match.
 export const matches = (requires, caps) => !requires || requires.every((c) => caps.includes(c));
 
 // tabOf places a thread summary in one of the inbox tabs, or none.

@@ -105,7 +105,8 @@ function put(s) {
 
 // upsert takes a thread or summary fetched from the server.
 export function upsert(t) {
-  if (t.request?.requires !== undefined) store.requires.set(t.ref, capIds(t.request.requires));
+  // A thread's request and a listing's summary both carry requires.
+  store.requires.set(t.ref, capIds(t.request ? t.request.requires : t.requires));
   if (put(summaryOf(t))) emit(t.ref);
 }
 
@@ -134,7 +135,10 @@ async function doRelist() {
   const started = gen;
   const lists = await Promise.all([listAll('status=pending'), listAll('executor_id=' + me), listAll('requestor_id=' + me)]);
   const fresh = new Map();
-  for (const t of lists.flat()) fresh.set(t.ref, summaryOf(t));
+  for (const t of lists.flat()) {
+    fresh.set(t.ref, summaryOf(t));
+    store.requires.set(t.ref, capIds(t.requires));
+  }
   for (const [ref, old] of store.threads) {
     const f = fresh.get(ref);
     if (f ? old.seq > f.seq : (touched.get(ref) || 0) > started) fresh.set(ref, old);
@@ -143,39 +147,6 @@ async function doRelist() {
   store.loaded = true;
   performance.mark('mess-listed');
   emit();
-  prefetchRequires();
-}
-
-// prefetchRequires learns which capabilities pending threads need: the
-// listing does not carry them, the thread does.
-let fetching = false;
-async function prefetchRequires() {
-  if (fetching) return;
-  fetching = true;
-  try {
-    const todo = [...store.threads.values()].filter((t) => normStatus(t.status) === 'pending' && !store.requires.has(t.ref)).map((t) => t.ref);
-    // Listed threads are shown until their requires are known; only one
-    // that turns out not to fit changes the inbox.
-    let hidden = 0;
-    const worker = async () => {
-      while (todo.length && store.api) {
-        const ref = todo.shift();
-        try {
-          const t = await store.api.thread(ref);
-          const reqs = capIds(t.request?.requires);
-          store.requires.set(ref, reqs);
-          if (!matches(reqs, store.caps)) hidden++;
-        } catch {
-          store.requires.set(ref, null);
-        }
-        if (hidden >= 25) { hidden = 0; emit(); }
-      }
-    };
-    await Promise.all([worker(), worker(), worker(), worker()]);
-    if (hidden) emit();
-  } finally {
-    fetching = false;
-  }
 }
 
 async function fetchOne(ref) {

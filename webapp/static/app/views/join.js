@@ -84,7 +84,6 @@ export function keyExchange(key) {
 export function signin() {
   const err = errorBox();
   const key = h('input', {id: 'signin-key', name: 'key', required: true, autocomplete: 'off', autocapitalize: 'none', spellcheck: 'false', placeholder: 'mess_home_…'});
-  const idIn = h('input', {id: 'signin-id', name: 'executor_id', autocapitalize: 'none', autocomplete: 'username', spellcheck: 'false'});
   const form = h('form', {class: 'form card', id: 'signin-form', onsubmit: async (e) => {
     e.preventDefault();
     err.show(null);
@@ -94,15 +93,9 @@ export function signin() {
     await busy(form, async () => {
       try {
         const api = new Api(API_BASE, {exchange: x, key: k});
-        // The deliveries endpoint names the key's executor; without it the
-        // person says who they are, and their full profile proves it.
-        let id = idIn.value.trim();
-        if (!id) {
-          try { id = (await api.deliveries()).executor_id; } catch (e2) { if (e2.status === 401 || e2.status === 403) throw e2; }
-        }
-        if (!id) throw new Error('Enter your id as well.');
-        const me = await api.executor(id);
-        if (!Array.isArray(me.api_keys)) throw new Error(`This key does not belong to ${id}.`);
+        // GET /me names the key's executor and shows its own profile.
+        const {executor: me} = await api.me();
+        const id = me.id;
         signIn({exchange: x, id, key: k, owner: !!me.owner});
         toast(`Signed in as ${me.display_name || id}.`);
         go('#/inbox');
@@ -112,7 +105,6 @@ export function signin() {
     });
   }},
   field('API key', key, 'Find it on your other device under Me → Your key.'),
-  field('Your id (if asked)', idIn),
   err,
   h('button', {type: 'submit', class: 'btn primary wide', id: 'signin-submit'}, 'Sign in'));
   return {el: h('section', null, h('h1', null, 'Sign in with your key'), form,

@@ -6,8 +6,6 @@ import {capIds, PRIORITIES} from '../status.js';
 import {alertNew, on, refreshMe, replaceKey, setAlert, signOut, store, unlockAudio} from '../store.js';
 import {busy, errorBox} from './common.js';
 
-const INVITES = () => 'mess.invites.' + store.cred.exchange;
-const REDACTED = '[redacted]';
 
 let installPrompt = null;
 addEventListener('beforeinstallprompt', (e) => { e.preventDefault(); installPrompt = e; });
@@ -81,15 +79,10 @@ function alerts() {
     h('button', {type: 'button', class: 'btn', onclick: () => { unlockAudio(); alertNew(); }}, 'Try it'));
 }
 
-function hasRedacted(v) {
-  return JSON.stringify(v ?? null).includes(REDACTED);
-}
-
 function notifications(me) {
   const err = errorBox();
   const chans = Array.isArray(me.notifications) ? me.notifications : [];
   const ntfy = chans.find((c) => c?.type === 'ntfy') || {};
-  const others = chans.filter((c) => c !== ntfy);
   const prefs = me.preferences && typeof me.preferences === 'object' ? me.preferences : {};
   const qh = prefs.quiet_hours || {};
   const topic = h('input', {id: 'ntfy-topic', value: ntfy.topic || '', pattern: '[-_A-Za-z0-9]{1,64}', autocapitalize: 'none', spellcheck: 'false', placeholder: 'my-secret-topic'});
@@ -102,11 +95,11 @@ function notifications(me) {
   const tz = h('input', {id: 'quiet-tz', value: qh.timezone || zone, list: 'tz-list', autocapitalize: 'none', spellcheck: 'false'});
   const zones = Intl.supportedValuesOf ? Intl.supportedValuesOf('timeZone') : [zone];
   const tzList = h('datalist', {id: 'tz-list'}, zones.map((z) => h('option', {value: z})));
-  // Secrets come back redacted; saving them would overwrite the real ones.
-  const locked = hasRedacted(chans);
+  // Secrets come back redacted ("[redacted]"); sent back so, the exchange
+  // keeps the stored ones (per channel type, in order), so every channel
+  // is saved as it came.
   const form = h('form', {class: 'form', id: 'me-notify'},
-    locked ? h('p', {class: 'warn'}, 'Your notification channels hold secrets the exchange does not show; change them through the API. Quiet hours can still be changed here.') : null,
-    h('fieldset', {disabled: locked}, h('legend', null, 'ntfy push'),
+    h('fieldset', null, h('legend', null, 'ntfy push'),
       field('Topic', topic, 'Install the ntfy app and subscribe to this topic. Empty turns ntfy off.'),
       field('Server', server)),
     field('Tell me about', minP, 'Requests below this priority are not pushed.'),
@@ -114,24 +107,44 @@ function notifications(me) {
       h('label', {class: 'check', for: qOn.id}, qOn, ' Only urgent requests during quiet hours'),
       h('div', {class: 'grid2'}, field('From', qStart), field('To', qEnd)),
       field('Time zone', tz), tzList),
-    h('p', {class: 'muted', id: 'no-test'}, 'The exchange has no endpoint that sends a test notification yet; deliveries that failed are listed below.'),
+    h('div', {class: 'row'}, h('button', {type: 'button', class: 'btn', id: 'notify-test', onclick: async (e) => {
+      err.show(null);
+      const out = form.querySelector('#notify-test-out');
+      out.replaceChildren();
+      await busy(e.target.parentElement, async () => {
+        try {
+          const res = await store.api.testNotification();
+          const chans = res.channels || [];
+          out.replaceChildren(...chans.map((c) => h('div', {class: c.status === 'sent' ? '' : 'error', dataset: {status: c.status}},
+            `${c.type}${c.destination ? ' (' + c.destination + ')' : ''}: ${c.status === 'sent' ? 'sent' : c.status === 'failed' ? 'failed' : 'not sent yet'}${c.error ? ' — ' + c.error : ''}`)));
+          toast(chans.every((c) => c.status === 'sent') ? 'Test notification sent.' : 'The test did not reach every channel.');
+          showDeliveries();
+        } catch (e2) {
+          err.show(e2);
+        }
+      });
+    }}, 'Send a test'), h('span', {class: 'muted'}, ' to the channels saved on the exchange.')),
+    h('div', {id: 'notify-test-out', role: 'status'}),
     h('div', {id: 'deliveries', class: 'muted'}),
     err,
     h('button', {type: 'submit', class: 'btn primary'}, 'Save notifications'));
-  store.api.deliveries().then((d) => {
+  const showDeliveries = () => store.api.deliveries().then((d) => {
     const el = form.querySelector('#deliveries');
     const fails = d.failures || [];
     el.replaceChildren(`${(d.pending || []).length} waiting to be sent; ${fails.length} failed recently.`,
       ...fails.slice(-3).map((f) => h('div', {class: 'error'}, `${f.channel || f.type || ''} ${f.error || f.last_error || ''}`.trim())));
   }).catch(() => {});
+  showDeliveries();
   form.onsubmit = saver(form, err, () => {
     const change = {};
-    if (!locked) {
-      const t = topic.value.trim();
-      const n = [...others];
-      if (t) n.unshift({...ntfy, type: 'ntfy', topic: t, ...(server.value.trim() ? {server: server.value.trim()} : {}), ...(server.value.trim() ? {} : {server: undefined})});
-      change.notifications = JSON.parse(JSON.stringify(n));
+    const t = topic.value.trim();
+    const n = chans.filter((c) => c !== ntfy);
+    if (t) {
+      const c = {...ntfy, type: 'ntfy', topic: t, server: server.value.trim() || undefined};
+      const i = chans.indexOf(ntfy);
+      n.splice(i < 0 ? 0 : i, 0, c); // where it was, so nothing else moves
     }
+    change.notifications = JSON.parse(JSON.stringify(n));
     const p = {...prefs, min_priority: minP.value};
     p.quiet_hours = {enabled: qOn.checked, start: qStart.value, end: qEnd.value, timezone: tz.value.trim() || 'UTC'};
     change.preferences = p;
@@ -170,10 +183,6 @@ function key() {
   return section('Your key', 'me-key-h', h('p', {class: 'muted'}, 'Your key is kept on this device only.'), box, err, out, install);
 }
 
-function loadInvites() {
-  try { return JSON.parse(localStorage.getItem(INVITES())) || []; } catch { return []; }
-}
-
 function inviteLink(inv) {
   const base = location.href.split('#')[0];
   return `${base}#/join/${encodeURIComponent(store.cred.exchange)}/${encodeURIComponent(inv.token)}`;
@@ -199,8 +208,27 @@ function owner() {
   const uses = h('input', {type: 'number', id: 'invite-uses', min: 1, max: 10000, value: 1, inputmode: 'numeric'});
   const ttl = h('select', {id: 'invite-ttl'}, [['3600', '1 hour'], ['86400', '1 day'], ['604800', '7 days'], ['2592000', '30 days']].map(([v, l]) => h('option', {value: v, selected: v === '604800'}, l)));
   const out = h('div', {id: 'invite-out'});
-  const now = Date.now();
-  const kept = loadInvites().filter((i) => Date.parse(i.expires_at) > now);
+  // The exchange lists its invites without their tokens (a link is shown
+  // once, when it is made); the owner revokes those no longer wanted.
+  const invites = h('ul', {class: 'members', id: 'invites'});
+  const listErr = errorBox();
+  const loadList = () => store.api.invites().then((list) => invites.replaceChildren(...(list.length ? list.map((i) => h('li', {dataset: {invite: i.id}},
+    h('code', null, i.id), ` · used ${i.uses} of ${i.max_uses} · `,
+    Date.parse(i.expires_at) > Date.now() && i.uses < i.max_uses ? `until ${when(i.expires_at)} ` : h('span', {class: 'muted'}, 'no longer usable '),
+    h('button', {type: 'button', class: 'btn danger', dataset: {revoke: i.id}, onclick: async (e) => {
+      if (!confirm('Revoke this invite? Its link will no longer admit anyone.')) return;
+      listErr.show(null);
+      await busy(e.target.closest('li'), async () => {
+        try {
+          await store.api.revokeInvite(i.id);
+          toast('Invite revoked.');
+          await loadList();
+        } catch (e2) {
+          listErr.show(e2);
+        }
+      });
+    }}, 'Revoke'))) : [h('li', {class: 'muted'}, 'No invites.')]))).catch((e) => listErr.show(e));
+  loadList();
   const form = h('form', {class: 'form', id: 'invite-form'}, h('div', {class: 'grid2'}, field('People', uses), field('Valid for', ttl)), err,
     h('button', {type: 'submit', class: 'btn primary', id: 'invite-create'}, 'Create invite'));
   form.onsubmit = async (e) => {
@@ -209,19 +237,16 @@ function owner() {
     await busy(form, async () => {
       try {
         const inv = await store.api.invite(Number(uses.value) || 1, Number(ttl.value));
-        const list = [inv, ...loadInvites().filter((i) => Date.parse(i.expires_at) > Date.now())].slice(0, 20);
-        localStorage.setItem(INVITES(), JSON.stringify(list));
         out.replaceChildren(inviteCard(inv));
+        loadList();
         toast('Invite created.');
       } catch (e2) {
         err.show(e2);
       }
     });
   };
-  const older = kept.length ? h('details', null, h('summary', null, `Invites made on this device (${kept.length})`),
-    h('ul', {class: 'members'}, kept.map((i) => h('li', null, h('code', null, i.id), ` · ${i.max_uses} use(s) · until ${when(i.expires_at)}`)))) : null;
   return {
-    invite: section('Invite people', 'me-invite-h', h('p', {class: 'muted'}, 'They open the link or scan the code on their phone and join with their name.'), form, out, older),
+    invite: section('Invite people', 'me-invite-h', h('p', {class: 'muted'}, 'They open the link or scan the code on their phone and join with their name.'), form, out, h('h3', null, 'Invites'), listErr, invites),
     members: section('Members', 'me-members-h', members),
   };
 }
