@@ -16,7 +16,8 @@ import (
 
 // setupNotify delivers notifications and hooks for svc's events through a
 // durable outbox in store, and serves each executor its delivery state at
-// GET /api/v1/exchanges/:exchange_id/notifications/deliveries. Settings:
+// GET /api/v1/exchanges/:exchange_id/notifications/deliveries, and sends a test
+// to the caller's channels at POST .../notifications/test. Settings:
 //
 //	NOTIFY_ALLOW_LOOPBACK        allow deliveries to 127.0.0.0/8 and ::1 (default false)
 //	NOTIFY_ALLOW_PRIVATE         allow private, link-local and metadata addresses (default false)
