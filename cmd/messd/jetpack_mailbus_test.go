@@ -15,7 +15,7 @@ import (
 )
 
 // These tests speak to messd exactly as Jetpack's two mail clients do
-// (cf-mail-adapter 0.1.0; /work/shared/reference/jetpack-clients.md):
+// (cf-mail-adapter 0.1.0), as the reference description of their wire behaviour gives it:
 // HttpMailBus against the worker API (/api/mail/...), and CloudflareMailBus
 // through the stand-in that maps https://mailbox/X to the exchange's mailbus
 // API. Bodies are written byte for byte as those clients write them.
