@@ -49,10 +49,9 @@ func parseURI(uri string) (kind resourceKind, exchange, name string, ok bool) {
 // body, so a client can tell forbidden from not found.
 func resourceError(te *ToolError) error {
 	data, _ := json.Marshal(map[string]string{"error": te.Message, "code": te.Code})
+	// MCP answers an unknown resource with invalid params (the spec's
+	// former resource-not-found code is deprecated); data says which.
 	code := int64(jsonrpc.CodeInvalidParams)
-	if te.Status == http.StatusNotFound {
-		code = mcp.CodeResourceNotFound
-	}
 	if te.Status >= 500 {
 		code = jsonrpc.CodeInternalError
 	}

@@ -53,8 +53,6 @@ const (
 	classReserved
 )
 
-var classNames = [...]string{classLoopback: "loopback", classPrivate: "private", classReserved: "reserved"}
-
 type classifiedPrefix struct {
 	p     netip.Prefix
 	class addrClass
