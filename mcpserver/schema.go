@@ -15,6 +15,7 @@ import (
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/mess"
 )
 
@@ -153,7 +154,7 @@ func argumentError(err error) string {
 		if name == "" {
 			return "arguments must be a JSON object"
 		}
-		return fmt.Sprintf("argument %s must be %s, not %s", name, jsonType(te.Type), te.Value)
+		return "argument " + httpx.TypeErrorMessage(te)
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		return "unknown argument " + name
@@ -162,29 +163,6 @@ func argumentError(err error) string {
 		return "times must be RFC 3339, such as 2025-02-01T15:04:05Z"
 	}
 	return "arguments are not valid JSON"
-}
-
-// jsonType names the JSON type a Go type is decoded from.
-func jsonType(t reflect.Type) string {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch t.Kind() {
-	case reflect.String:
-		return "a string"
-	case reflect.Bool:
-		return "true or false"
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "an integer"
-	case reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Slice, reflect.Array:
-		return "an array"
-	case reflect.Map, reflect.Struct:
-		return "an object"
-	}
-	return "another type"
 }
 
 // annotations says what a tool does to its world, for clients that ask
