@@ -310,8 +310,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	var lost <-chan struct{}
 	if c.storageType == "s3" {
 		if owner, err = claimWriter(ctx, store, ln.Addr().String(), c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
+			if ctx.Err() != nil {
+				return nil // told to stop while a standby: nothing to shut down
+			}
 			return err
 		}
+		// Released after the last write on the way out (below), or here
+		// when start-up fails, so the heartbeat never outlives run.
+		defer func() {
+			if owner != nil {
+				if rerr := owner.Release(context.Background()); rerr != nil {
+					logger.Warn("release the owner record", "err", rerr)
+				}
+			}
+		}()
 		lost = owner.Lost()
 		logger.Info("writing the store", "epoch", owner.Epoch())
 	}
@@ -389,6 +401,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		if rerr := owner.Release(sctx); rerr != nil {
 			logger.Warn("release the owner record", "err", rerr)
 		}
+		owner = nil
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

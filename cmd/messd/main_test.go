@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +29,10 @@ func TestMain(m *testing.M) {
 			addr := <-ready
 			os.WriteFile(os.Getenv("MESSD_TEST_CHILD"), []byte(addr), 0o644)
 		}()
-		if err := run(context.Background(), os.Args[1:], os.Getenv, os.Stderr, ready); err != nil {
+		// Signals end it as they end messd's main.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr, ready); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

@@ -232,3 +232,28 @@ func TestS3_PausedWriterStepsDown(t *testing.T) {
 	key := tsB.register(t, "paused", "alice")
 	tsB.create(t, "paused", key, map[string]any{"intent": "served by the new writer"})
 }
+
+// A standby told to stop while it waits exits cleanly, and the writer
+// keeps serving.
+func TestS3_StandbyStopsCleanly(t *testing.T) {
+	env := s3Env(t)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	startS3Child(t, env, addrA)
+	waitStatus(t, "http://"+addrA+"/ready", 200, 30*time.Second)
+	b := startS3Child(t, env, addrB)
+	waitStatus(t, "http://"+addrB+"/health", 200, 30*time.Second)
+	b.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- b.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("standby stopped with %v, want exit 0", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("standby did not stop")
+	}
+	if code := statusOf("http://" + addrA + "/ready"); code != 200 {
+		t.Fatalf("writer /ready = %d after the standby stopped", code)
+	}
+}
