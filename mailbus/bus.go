@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/journal"
@@ -76,6 +77,10 @@ type Bus struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	conns  sync.WaitGroup // live WebSocket handlers and local clients
+
+	// delivered and redelivered count messages handed to sessions since
+	// start (Stats); take adds once per batch, not per message.
+	delivered, redelivered atomic.Uint64
 }
 
 // enter registers a connection that Close must wait for; it fails once the

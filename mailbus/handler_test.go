@@ -326,6 +326,9 @@ func TestHandler_AckRedelivery(t *testing.T) {
 		if again.ID != sent.ID || again.Seq != first.Seq {
 			t.Fatalf("redelivery %+v", again)
 		}
+		if st := e.bus.Stats(); st.Delivered != 2 || st.Redelivered != 1 {
+			t.Errorf("stats after one redelivery: %+v, want 2 delivered, 1 again", st)
+		}
 		r.send(map[string]any{"action": "ack", "messageId": sent.ID, "ref": "k"})
 		if f := r.frame(); f.Action != "acked" || f.MessageID != sent.ID {
 			t.Fatalf("got %+v", f)

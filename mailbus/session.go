@@ -176,6 +176,13 @@ func (s *session) take(n int, out []delivery) (_ []delivery, more bool) {
 	if s.detached {
 		return out, false
 	}
+	before := len(out)
+	defer func() {
+		if added := len(out) - before; added > 0 {
+			s.ex.b.delivered.Add(uint64(added))
+		}
+	}()
+	redone := 0
 	for len(s.redeliver) > 0 && len(out) < n {
 		seq := s.redeliver[0]
 		s.redeliver = s.redeliver[1:]
@@ -185,6 +192,10 @@ func (s *session) take(n int, out []delivery) (_ []delivery, more bool) {
 		}
 		ack.due = now.Add(vis)
 		out = append(out, delivery{seq: seq, st: st})
+		redone++
+	}
+	if redone > 0 {
+		s.ex.b.redelivered.Add(uint64(redone))
 	}
 	for len(s.live) > 0 && len(out) < n {
 		out = append(out, delivery{st: s.live[0]})

@@ -18,6 +18,11 @@ type Stats struct {
 	// Redeliveries counts overdue ackRequired messages queued to be sent
 	// again.
 	Redeliveries int
+	// Delivered counts messages (live, stored and redelivered) handed to
+	// sessions since the bus started; one message to N sessions counts N.
+	Delivered uint64
+	// Redelivered counts the redeliveries among them.
+	Redelivered uint64
 }
 
 // Stats walks the loaded exchanges, taking each lock briefly: a scrape
@@ -29,7 +34,7 @@ func (b *Bus) Stats() Stats {
 		exs = append(exs, ex)
 	}
 	b.mu.Unlock()
-	var st Stats
+	st := Stats{Delivered: b.delivered.Load(), Redelivered: b.redelivered.Load()}
 	st.Exchanges = len(exs)
 	for _, ex := range exs {
 		ex.mu.Lock()

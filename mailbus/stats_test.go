@@ -33,7 +33,7 @@ func TestBus_Stats(t *testing.T) {
 	// Once connected, bob's inbox is handed to his session.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		st := bus.Stats()
-		if st.Connections == 1 && st.InboxDepth == 0 {
+		if st.Connections == 1 && st.InboxDepth == 0 && st.Delivered == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -43,7 +43,7 @@ func TestBus_Stats(t *testing.T) {
 	if err := bob.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st := bus.Stats(); st.Connections != 0 {
-		t.Fatalf("bob gone: %+v", st)
+	if st := bus.Stats(); st.Connections != 0 || st.Delivered != 2 || st.Redelivered != 0 {
+		t.Fatalf("bob gone: %+v, want 2 delivered, none again", st)
 	}
 }

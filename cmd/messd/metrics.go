@@ -191,13 +191,17 @@ func (m *metrics) addBus(b *mailbus.Bus) {
 	depth := desc("mess_mailbus_inbox_depth", "Durable inbox messages not yet handed to a session, over every agent.")
 	unacked := desc("mess_mailbus_awaiting_ack", "Delivered ackRequired messages not yet acknowledged.")
 	redeliver := desc("mess_mailbus_redeliveries_queued", "Overdue ackRequired messages queued to be sent again.")
-	m.reg.MustRegister(collectFunc{descs: []*prometheus.Desc{conns, agents, depth, unacked, redeliver}, collect: func(ch chan<- prometheus.Metric) {
+	delivered := desc("mess_mailbus_deliveries_total", "Messages handed to sessions since start; one message to N sessions counts N.")
+	redelivered := desc("mess_mailbus_redeliveries_total", "Unacknowledged ackRequired messages sent again since start.")
+	m.reg.MustRegister(collectFunc{descs: []*prometheus.Desc{conns, agents, depth, unacked, redeliver, delivered, redelivered}, collect: func(ch chan<- prometheus.Metric) {
 		st := b.Stats()
 		ch <- prometheus.MustNewConstMetric(conns, prometheus.GaugeValue, float64(st.Connections))
 		ch <- prometheus.MustNewConstMetric(agents, prometheus.GaugeValue, float64(st.Agents))
 		ch <- prometheus.MustNewConstMetric(depth, prometheus.GaugeValue, float64(st.InboxDepth))
 		ch <- prometheus.MustNewConstMetric(unacked, prometheus.GaugeValue, float64(st.AwaitingAck))
 		ch <- prometheus.MustNewConstMetric(redeliver, prometheus.GaugeValue, float64(st.Redeliveries))
+		ch <- prometheus.MustNewConstMetric(delivered, prometheus.CounterValue, float64(st.Delivered))
+		ch <- prometheus.MustNewConstMetric(redelivered, prometheus.CounterValue, float64(st.Redelivered))
 	}})
 }
 

@@ -119,7 +119,7 @@ func TestMetrics_workload(t *testing.T) {
 	if got := value(after, "mess_leases_held", nil); got != 1 {
 		t.Errorf("mess_leases_held = %v, want 1", got)
 	}
-	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "mess_build_info", "mess_mailbus_connections", "mess_notify_queued", "mess_lease_waiters", "mess_open_streams"} {
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "mess_build_info", "mess_mailbus_connections", "mess_mailbus_deliveries_total", "mess_notify_queued", "mess_lease_waiters", "mess_open_streams"} {
 		if after[name] == nil {
 			t.Errorf("%s missing", name)
 		}
