@@ -78,7 +78,9 @@ func (s *handoff) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/health":
 		// Alive, so a supervisor leaves it running.
-		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok", "service": "mess-exchange", "storage": s.storage, "role": role})
+		bi := readBuildInfo()
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok", "service": "mess-exchange", "storage": s.storage, "role": role,
+			"version": bi.Version, "revision": bi.Revision, "go_version": bi.GoVersion})
 	default:
 		w.Header().Set("Retry-After", "5")
 		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "this messd is not serving yet ("+role+")")

@@ -181,6 +181,10 @@ func TestS3_StandbyTakesOverAfterKill(t *testing.T) {
 	if code := statusOf("http://" + addrB + "/ready"); code != 503 {
 		t.Fatalf("standby /ready = %d, want 503", code)
 	}
+	var health map[string]string
+	if code := (&testServer{URL: "http://" + addrB}).do(t, "GET", "http://"+addrB+"/health", "", nil, &health); code != 200 || health["role"] != "standby" || health["version"] == "" || health["storage"] != "s3" {
+		t.Fatalf("standby /health: %d %v", code, health)
+	}
 	tsA := &testServer{URL: "http://" + addrA}
 	key := tsA.register(t, "ha", "alice")
 	var refs []string
