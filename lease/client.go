@@ -186,16 +186,13 @@ func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.
 	return resp.grant(), nil
 }
 
-// Release gives up the client's lease on name and reports true, as
-// Manager.Release does: a token of 0 releases the agent's current lease,
-// a non-zero one must be the current grant's. A refusal is an error
-// matching ErrNotHeld or ErrStaleToken.
-func (c *Client) Release(ctx context.Context, name string, token uint64) (released bool, err error) {
+// Release gives up the client's lease on name, as Manager.Release does: a
+// token of 0 releases the agent's current lease, a non-zero one must be
+// the current grant's. A refusal is an error matching ErrNotHeld or
+// ErrStaleToken.
+func (c *Client) Release(ctx context.Context, name string, token uint64) error {
 	var resp releaseResponse
-	if err := c.do(ctx, http.MethodPost, "release", releaseRequest{File: name, Token: token}, &resp); err != nil {
-		return false, err
-	}
-	return resp.Released, nil
+	return c.do(ctx, http.MethodPost, "release", releaseRequest{File: name, Token: token}, &resp)
 }
 
 // Status reports the lease on name.

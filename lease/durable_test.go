@@ -36,8 +36,8 @@ func TestManager_restart(t *testing.T) {
 				t.Fatal(err)
 			}
 			rel := MustAcquire(t, m1, "bob", "released", 20*time.Second)
-			if ok, err := m1.Release(ctx, "x1", "bob", "released", rel.Token); !ok || err != nil {
-				t.Fatalf("release: %v %v", ok, err)
+			if err := m1.Release(ctx, "x1", "bob", "released", rel.Token); err != nil {
+				t.Fatalf("release: %v", err)
 			}
 			short := MustAcquire(t, m1, "bob", "short", time.Second)
 			var maxToken uint64
@@ -124,7 +124,7 @@ func TestManager_restart_tokens(t *testing.T) {
 				t.Fatalf("round %d: token %d after %d", i, g.Token, last)
 			}
 			last = g.Token
-			if ok, _ := m.Release(ctx, "x1", "a", "f", g.Token); !ok {
+			if err := m.Release(ctx, "x1", "a", "f", g.Token); err != nil {
 				t.Fatal("release failed")
 			}
 		}
@@ -195,7 +195,7 @@ func TestManager_Compact(t *testing.T) {
 		grants = append(grants, MustAcquire(t, m1, "alice", fmt.Sprintf("f%d", i), time.Minute))
 	}
 	for _, g := range grants[10:] {
-		if ok, _ := m1.Release(ctx, "x1", "alice", g.Name, g.Token); !ok {
+		if err := m1.Release(ctx, "x1", "alice", g.Name, g.Token); err != nil {
 			t.Fatal("release failed")
 		}
 	}
@@ -258,9 +258,8 @@ func TestManager_restart_underLoad(t *testing.T) {
 				}
 				mu.Unlock()
 				if i%3 != 0 {
-					ok, err := m1.Release(ctx, "x1", agent, name, g.Token)
-					if err != nil || !ok {
-						t.Error("release", ok, err)
+					if err := m1.Release(ctx, "x1", agent, name, g.Token); err != nil {
+						t.Error("release", err)
 						return
 					}
 					mu.Lock()

@@ -26,8 +26,8 @@ func Example() {
 		fmt.Println("bob refused, held by", held.Holder)
 	}
 
-	released, _ := m.Release(ctx, "ex1", "alice", "src/main.go", g.Token)
-	fmt.Println("released:", released)
+	err = m.Release(ctx, "ex1", "alice", "src/main.go", g.Token)
+	fmt.Println("released:", err == nil)
 
 	g2, _ := m.Acquire(ctx, "ex1", "bob", "src/main.go", 30*time.Second)
 	fmt.Println(g2.Holder, g2.Token > g.Token)
@@ -67,13 +67,13 @@ func ExampleManager_Release() {
 	defer m.Close(ctx)
 
 	m.Acquire(ctx, "ex1", "alice", "a.txt", time.Minute)
-	_, err := m.Release(ctx, "ex1", "bob", "a.txt", 0)
+	err := m.Release(ctx, "ex1", "bob", "a.txt", 0)
 	fmt.Println(errors.Is(err, lease.ErrNotHeld))
-	ok, err := m.Release(ctx, "ex1", "alice", "a.txt", 0)
-	fmt.Println(ok, err)
+	err = m.Release(ctx, "ex1", "alice", "a.txt", 0)
+	fmt.Println(err)
 	// Output:
 	// true
-	// true <nil>
+	// <nil>
 }
 
 func ExampleManager_Status() {

@@ -301,11 +301,10 @@ func (h *handler) release(w http.ResponseWriter, r *http.Request, x, agent strin
 	if req.AgentID != "" && req.AgentID != agent {
 		return ErrForbidden
 	}
-	ok, err := h.m.Release(r.Context(), x, agent, req.File, req.Token)
-	if err != nil {
+	if err := h.m.Release(r.Context(), x, agent, req.File, req.Token); err != nil {
 		return err
 	}
-	httpx.WriteJSON(w, http.StatusOK, releaseResponse{Released: ok})
+	httpx.WriteJSON(w, http.StatusOK, releaseResponse{Released: true})
 	return nil
 }
 

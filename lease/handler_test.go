@@ -118,10 +118,10 @@ func TestHandler_releaseWithoutToken(t *testing.T) {
 	if status != http.StatusConflict || body["code"] != "stale_token" {
 		t.Fatalf("release with a wrong token = %d %v, want 409 stale_token", status, body)
 	}
-	if _, err := bob.Release(ctx, "f", 0); !errors.Is(err, lease.ErrNotHeld) {
+	if err := bob.Release(ctx, "f", 0); !errors.Is(err, lease.ErrNotHeld) {
 		t.Fatalf("client release by a non-holder: %v, want ErrNotHeld", err)
 	}
-	if _, err := alice.Release(ctx, "f", g.Token+1); !errors.Is(err, lease.ErrStaleToken) {
+	if err := alice.Release(ctx, "f", g.Token+1); !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("client release with a wrong token: %v, want ErrStaleToken", err)
 	}
 
@@ -146,8 +146,8 @@ func TestHandler_releaseWithoutToken(t *testing.T) {
 	if err := <-waited; err != nil || bg.Holder != "bob" || bg.Token <= g.Token {
 		t.Fatalf("bob's queued acquire = %+v, %v", bg, err)
 	}
-	if ok, err := bob.Release(ctx, "f", 0); !ok || err != nil {
-		t.Fatalf("client token-less release by the holder = %v, %v", ok, err)
+	if err := bob.Release(ctx, "f", 0); err != nil {
+		t.Fatalf("client token-less release by the holder = %v", err)
 	}
 }
 
@@ -182,11 +182,11 @@ func TestClient_lifecycle(t *testing.T) {
 	if ls, err := bob.List(ctx, "alice"); err != nil || len(ls) != 1 || ls[0].Token != g.Token {
 		t.Fatalf("list = %+v, %v", ls, err)
 	}
-	if ok, err := bob.Release(ctx, "src/a.go", g.Token); ok || !errors.Is(err, lease.ErrNotHeld) {
-		t.Fatalf("release by bob = %v, %v", ok, err)
+	if err := bob.Release(ctx, "src/a.go", g.Token); !errors.Is(err, lease.ErrNotHeld) {
+		t.Fatalf("release by bob = %v", err)
 	}
-	if ok, err := alice.Release(ctx, "src/a.go", g.Token); !ok || err != nil {
-		t.Fatalf("release by alice = %v, %v", ok, err)
+	if err := alice.Release(ctx, "src/a.go", g.Token); err != nil {
+		t.Fatalf("release by alice = %v", err)
 	}
 	if st, err := bob.Status(ctx, "src/a.go"); err != nil || st != (lease.Status{}) {
 		t.Fatalf("status after release = %+v, %v", st, err)
@@ -213,8 +213,8 @@ func TestClient_staleAfterExpiry(t *testing.T) {
 	if _, err := alice.Renew(ctx, "f", g.Token, time.Second); !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("renew with stale token: %v", err)
 	}
-	if ok, err := alice.Release(ctx, "f", g.Token); ok || !errors.Is(err, lease.ErrStaleToken) {
-		t.Fatalf("release with stale token = %v, %v", ok, err)
+	if err := alice.Release(ctx, "f", g.Token); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("release with stale token = %v", err)
 	}
 }
 

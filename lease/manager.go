@@ -496,7 +496,7 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 	return m.commitGrant(ctx, k, g, outRenewed, prev, now)
 }
 
-// Release gives up agentID's lease on name and reports true. A token of
+// Release gives up agentID's lease on name. A token of
 // 0 means the caller's current lease, whatever its token: the caller is
 // identified by its agent id (over HTTP, by its API key), which is all a
 // mail bus client sends when it releases. A non-zero token must be the
@@ -504,16 +504,16 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 // cannot release the newer grant by mistake. Nothing is released when the
 // token is not current (ErrStaleToken) or when the caller holds no live
 // lease on name (ErrNotHeld: free, expired or someone else's).
-func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string, token uint64) (bool, error) {
+func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string, token uint64) error {
 	if agentID == "" {
-		return false, fmt.Errorf("%w: empty agent id", ErrInvalidID)
+		return fmt.Errorf("%w: empty agent id", ErrInvalidID)
 	}
 	k, err := validate(exchangeID, agentID, name)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if !m.enter() {
-		return false, ErrClosed
+		return ErrClosed
 	}
 	defer m.leave()
 	s := m.shard(k)
@@ -522,7 +522,7 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 	e := s.m[k]
 	if err := checkHeld(e, k, agentID, token, now); err != nil {
 		s.mu.Unlock()
-		return false, err
+		return err
 	}
 	token = e.token
 	m.freeLocked(s, e, k, now)
@@ -530,9 +530,9 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 	if err := m.log(ctx, releaseRecord(k, token)); err != nil {
 		// The lease is already free in memory; after a crash it could come
 		// back until its deadline, which is safe (it only ever blocks).
-		return false, fmt.Errorf("lease: record release of %q: %w", k.n, err)
+		return fmt.Errorf("lease: record release of %q: %w", k.n, err)
 	}
-	return true, nil
+	return nil
 }
 
 // checkHeld says why agent does not hold e (under token, if not 0) now, if

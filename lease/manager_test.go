@@ -198,8 +198,8 @@ func TestManager_Renew(t *testing.T) {
 	if _, err := m.Renew(ctx, "x1", "alice", "f", a.Token, time.Second); !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("renew with stale token: %v, want ErrStaleToken", err)
 	}
-	if ok, err := m.Release(ctx, "x1", "alice", "f", a.Token); ok || !errors.Is(err, lease.ErrStaleToken) {
-		t.Fatalf("release with stale token = %v, %v; want ErrStaleToken", ok, err)
+	if err := m.Release(ctx, "x1", "alice", "f", a.Token); !errors.Is(err, lease.ErrStaleToken) {
+		t.Fatalf("release with stale token = %v; want ErrStaleToken", err)
 	}
 	if st, _ := m.Status(ctx, "x1", "f"); st.AgentID != "bob" || st.Token != b.Token {
 		t.Fatalf("status = %+v, want bob's lease", st)
@@ -226,16 +226,15 @@ func TestManager_Release(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := m.Release(ctx, "x1", tt.agent, "f", tt.token)
-			if got != (tt.want == nil) || !errors.Is(err, tt.want) {
-				t.Fatalf("Release = %v, %v; want %v", got, err, tt.want)
+			if err := m.Release(ctx, "x1", tt.agent, "f", tt.token); !errors.Is(err, tt.want) {
+				t.Fatalf("Release = %v; want %v", err, tt.want)
 			}
 		})
 	}
 	// Ensure the holder releases its current lease without a token.
 	MustAcquire(t, m, "alice", "f", 10*time.Second)
-	if ok, err := m.Release(ctx, "x1", "alice", "f", 0); !ok || err != nil {
-		t.Fatalf("token-less release by the holder = %v, %v", ok, err)
+	if err := m.Release(ctx, "x1", "alice", "f", 0); err != nil {
+		t.Fatalf("token-less release by the holder = %v", err)
 	}
 	if st, _ := m.Status(ctx, "x1", "f"); st.IsLeased {
 		t.Fatalf("status after token-less release = %+v", st)
@@ -245,8 +244,8 @@ func TestManager_Release(t *testing.T) {
 	b := MustAcquire(t, m, "bob", "f", time.Second)
 	clk.Advance(time.Second)
 	for _, tok := range []uint64{b.Token, 0} {
-		if got, err := m.Release(ctx, "x1", "bob", "f", tok); got || !errors.Is(err, lease.ErrNotHeld) {
-			t.Fatalf("release of an expired lease (token %d) = %v, %v", tok, got, err)
+		if err := m.Release(ctx, "x1", "bob", "f", tok); !errors.Is(err, lease.ErrNotHeld) {
+			t.Fatalf("release of an expired lease (token %d) = %v", tok, err)
 		}
 	}
 }
@@ -326,7 +325,7 @@ func TestManager_AcquireWait(t *testing.T) {
 	queued(2)
 
 	// Ensure release hands the lease to the first waiter only.
-	if ok, _ := m.Release(ctx, "x1", "alice", "f", a.Token); !ok {
+	if err := m.Release(ctx, "x1", "alice", "f", a.Token); err != nil {
 		t.Fatal("release failed")
 	}
 	r := <-bob
@@ -341,7 +340,7 @@ func TestManager_AcquireWait(t *testing.T) {
 	if _, err := m.Acquire(ctx, "x1", "dave", "f", time.Second); !errors.Is(err, lease.ErrHeld) {
 		t.Fatalf("dave jumped the queue: %v", err)
 	}
-	if ok, _ := m.Release(ctx, "x1", "bob", "f", r.g.Token); !ok {
+	if err := m.Release(ctx, "x1", "bob", "f", r.g.Token); err != nil {
 		t.Fatal("bob release failed")
 	}
 	if c := <-carol; c.err != nil || c.g.Holder != "carol" || c.g.Token <= r.g.Token {
@@ -429,15 +428,15 @@ func TestManager_AcquireWait_fifo(t *testing.T) {
 				return
 			}
 			order <- agent
-			if ok, err := m.Release(ctx, "x1", agent, "f", w.Token); !ok || err != nil {
-				t.Error("release", ok, err)
+			if err := m.Release(ctx, "x1", agent, "f", w.Token); err != nil {
+				t.Error("release", err)
 			}
 		})
 		for m.Waiters("x1", "f") != i+1 {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	if ok, _ := m.Release(ctx, "x1", "holder", "f", g.Token); !ok {
+	if err := m.Release(ctx, "x1", "holder", "f", g.Token); err != nil {
 		t.Fatal("release failed")
 	}
 	wg.Wait()

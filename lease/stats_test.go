@@ -58,7 +58,7 @@ func TestManager_Stats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Release(ctx, "x", "alice", "b", g.Token); err != nil {
+	if err := m.Release(ctx, "x", "alice", "b", g.Token); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()

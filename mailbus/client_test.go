@@ -314,10 +314,10 @@ type flakyLeaser struct {
 	failed bool
 }
 
-func (f *flakyLeaser) Release(ctx context.Context, name string, token uint64) (bool, error) {
+func (f *flakyLeaser) Release(ctx context.Context, name string, token uint64) error {
 	if !f.failed {
 		f.failed = true
-		return false, errors.New("connection reset")
+		return errors.New("connection reset")
 	}
 	return f.Leaser.Release(ctx, name, token)
 }

@@ -159,7 +159,7 @@ func (h *handler) workerRelease(w http.ResponseWriter, r *http.Request, c caller
 		return
 	}
 	// Token 0 is the caller's current lease (lease.Manager.Release).
-	_, err := h.cfg.Leaser(c.exchange, c.agent).Release(r.Context(), req.File, 0)
+	err := h.cfg.Leaser(c.exchange, c.agent).Release(r.Context(), req.File, 0)
 	released := err == nil
 	if err != nil && !errors.Is(err, lease.ErrNotHeld) {
 		h.fail(w, err)

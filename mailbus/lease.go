@@ -19,7 +19,7 @@ type LeaseStatus = lease.Status
 // *lease.Manager with ManagerLeaser.
 type Leaser interface {
 	Acquire(ctx context.Context, name string, ttl time.Duration) (lease.Grant, error)
-	Release(ctx context.Context, name string, token uint64) (bool, error)
+	Release(ctx context.Context, name string, token uint64) error
 	Status(ctx context.Context, name string) (lease.Status, error)
 }
 
@@ -42,7 +42,7 @@ func (l managerLeaser) Acquire(ctx context.Context, name string, ttl time.Durati
 	return l.m.Acquire(ctx, l.exchange, l.agent, name, ttl)
 }
 
-func (l managerLeaser) Release(ctx context.Context, name string, token uint64) (bool, error) {
+func (l managerLeaser) Release(ctx context.Context, name string, token uint64) error {
 	return l.m.Release(ctx, l.exchange, l.agent, name, token)
 }
 
@@ -85,7 +85,7 @@ func (ls *leases) release(ctx context.Context, file string) error {
 	if !ok {
 		return fmt.Errorf("%w: no lease on %s acquired through this bus", ErrNotFound, file)
 	}
-	released, err := ls.l.Release(ctx, file, tok)
+	err := ls.l.Release(ctx, file, tok)
 	gone := errors.Is(err, lease.ErrNotHeld) || errors.Is(err, lease.ErrStaleToken)
 	if err != nil && !gone {
 		// The token stays, so that the release can be retried.
@@ -98,9 +98,6 @@ func (ls *leases) release(ctx context.Context, file string) error {
 	ls.mu.Unlock()
 	if gone {
 		return fmt.Errorf("mailbus: release lease %s: %w (it expired or passed to another agent first)", file, err)
-	}
-	if !released {
-		return fmt.Errorf("mailbus: release lease %s: %w (it expired or passed to another agent first)", file, lease.ErrNotHeld)
 	}
 	return nil
 }

@@ -138,8 +138,8 @@ func (s *Server) addLeaseTools() {
 		Description: "Give up a lease you hold as soon as you are done, so the next agent may take it."},
 		func(sc *jsonschema.Schema) { prop(sc, "file").MinLength = ptr(1) },
 		func(ctx context.Context, c caller, in releaseInput) (releaseOutput, error) {
-			ok, err := m.Release(ctx, c.exchange, c.agent, in.File, in.Token)
-			return releaseOutput{Released: ok}, err
+			err := m.Release(ctx, c.exchange, c.agent, in.File, in.Token)
+			return releaseOutput{Released: err == nil}, err
 		})
 
 	tool(s, &mcp.Tool{Name: "lease_status", Annotations: annotations("Who holds a lease", true, true),

@@ -60,11 +60,11 @@ func TestLease_lifecycle(t *testing.T) {
 	if ls, err := bob.List(ctx, "alice"); err != nil || len(ls) != 1 {
 		t.Fatalf("list = %+v, %v", ls, err)
 	}
-	if ok, err := bob.Release(ctx, "src/main.go", g.Token); ok || !errors.Is(err, lease.ErrNotHeld) {
-		t.Fatalf("release by bob = %v, %v", ok, err)
+	if err := bob.Release(ctx, "src/main.go", g.Token); !errors.Is(err, lease.ErrNotHeld) {
+		t.Fatalf("release by bob = %v", err)
 	}
-	if ok, err := alice.Release(ctx, "src/main.go", g.Token); !ok || err != nil {
-		t.Fatalf("release by alice = %v, %v", ok, err)
+	if err := alice.Release(ctx, "src/main.go", g.Token); err != nil {
+		t.Fatalf("release by alice = %v", err)
 	}
 	if st, _ := bob.Status(ctx, "src/main.go"); st.IsLeased {
 		t.Fatalf("still leased after release: %+v", st)
@@ -123,7 +123,7 @@ func TestLease_expiry(t *testing.T) {
 	if _, err := alice.Renew(ctx, "f", g.Token, time.Second); !errors.Is(err, lease.ErrStaleToken) {
 		t.Fatalf("renew with stale token: %v", err)
 	}
-	if ok, _ := alice.Release(ctx, "f", g.Token); ok {
+	if err := alice.Release(ctx, "f", g.Token); err == nil {
 		t.Fatal("released with a stale token")
 	}
 	if _, err := alice.Acquire(ctx, "f", time.Hour+time.Millisecond); !errors.Is(err, lease.ErrInvalidTTL) {
@@ -167,8 +167,8 @@ func leaseRound(t *testing.T, alice, bob *lease.Client) leaseSnapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := bob.Release(ctx, "released", gone.Token); !ok || err != nil {
-		t.Fatalf("release: %v %v", ok, err)
+	if err := bob.Release(ctx, "released", gone.Token); err != nil {
+		t.Fatalf("release: %v", err)
 	}
 	s.grants = []lease.Grant{held, renewed}
 	s.max = max(held.Token, renewed.Token, gone.Token)

@@ -143,7 +143,7 @@ func run() error {
 			bobDone <- err
 			return
 		}
-		_, err = bob.Release(ctx, name, gb.Token)
+		err = bob.Release(ctx, name, gb.Token)
 		bobDone <- err
 	}()
 
