@@ -109,23 +109,7 @@ func TestInput_unknownLastEventID(t *testing.T) {
 		t.Cleanup(func() { resp.Body.Close() })
 		return bufio.NewReader(resp.Body)
 	}
-	next := func(r *bufio.Reader) (id, typ string) {
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("stream ended: %v", err)
-			}
-			line = strings.TrimSuffix(line, "\n")
-			switch {
-			case strings.HasPrefix(line, "id: "):
-				id = line[4:]
-			case strings.HasPrefix(line, "event: "):
-				typ = line[7:]
-			case line == "" && typ != "":
-				return id, typ
-			}
-		}
-	}
+	next := func(r *bufio.Reader) (id, typ string) { return nextEvent(t, r) }
 	ts.create(t, "le", key, map[string]any{"intent": "x"})
 	if _, typ := next(open("ZZZZZZZZZZZZZZZZZZZZZZZZZZ")); typ != "reset" {
 		t.Fatalf("future Last-Event-ID: first event %q, want reset", typ)

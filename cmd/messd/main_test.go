@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -253,4 +254,25 @@ func (ts *testServer) thread(t testing.TB, exchange, key, ref string) threadResp
 		t.Fatalf("get %s: %d", ref, code)
 	}
 	return tr
+}
+
+// nextEvent reads a server-sent event stream up to the end of the next
+// event and returns its id and type.
+func nextEvent(t testing.TB, r *bufio.Reader) (id, typ string) {
+	t.Helper()
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended: %v", err)
+		}
+		line = strings.TrimSuffix(line, "\n")
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			id = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			typ = line[7:]
+		case line == "" && typ != "":
+			return id, typ
+		}
+	}
 }

@@ -607,23 +607,7 @@ func TestEventStream(t *testing.T) {
 		}
 		return bufio.NewReader(resp.Body), func() { resp.Body.Close() }
 	}
-	next := func(r *bufio.Reader) (id, typ string) {
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("stream ended: %v", err)
-			}
-			line = strings.TrimRight(line, "\n")
-			switch {
-			case strings.HasPrefix(line, "id: "):
-				id = line[4:]
-			case strings.HasPrefix(line, "event: "):
-				typ = line[7:]
-			case line == "" && typ != "":
-				return id, typ
-			}
-		}
-	}
+	next := func(r *bufio.Reader) (id, typ string) { return nextEvent(t, r) }
 	r, closeStream := open("")
 	ref := ts.create(t, "sse", key, map[string]any{"intent": "stream me"})
 	id1, typ1 := next(r)
