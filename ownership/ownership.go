@@ -10,11 +10,15 @@
 // racing for it exactly one wins, on any storage.Store that honours them
 // (check with storage.VerifyConditionalWrites).
 //
-// What this does not do by itself: a writer paused for longer than the
-// timeout (SIGSTOP, a VM freeze) learns it was replaced only at its next
-// heartbeat, and writes it had in flight when it was paused may still land
-// after the takeover. The owner should stop serving as soon as Lost is
-// closed; fencing the logs themselves closes the remaining window.
+// An Ownership is the storage.Fence the services write under: Valid says
+// whether this process may still acknowledge anything, judged on its own
+// monotonic clock so that it ends before any standby can declare it dead;
+// Claim and Confirm keep one owner record per exchange
+// (owners/exchanges/{id}.json) at this owner's epoch, so that exchanges
+// can later be spread over several processes; and the journals fence
+// every log with the epoch (internal/journal). A writer paused past the
+// timeout (SIGSTOP, a VM freeze) therefore acknowledges nothing once it
+// wakes, and a write it had in flight meets the new owner's fence.
 package ownership
 
 import (
@@ -24,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meatspace-exchange/mess/storage"
@@ -76,9 +81,18 @@ type Ownership struct {
 
 	lost     chan struct{}
 	lostErr  error
+	lostOnce sync.Once
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+
+	// beatAt is when the last successful heartbeat (or the claim) was
+	// sent, in nanoseconds on the monotonic clock since born.
+	born   time.Time
+	beatAt atomic.Int64
+
+	claimMu sync.Mutex
+	claimed map[string]bool // exchanges whose owner record has our epoch
 }
 
 func (c *Config) validate() error {
@@ -168,16 +182,18 @@ func Claim(ctx context.Context, cfg Config, waiting func(holder, addr string)) (
 func create(ctx context.Context, cfg Config, rec record) (*Ownership, error) {
 	rec.Holder, rec.Addr, rec.Since = cfg.Holder, cfg.Addr, time.Now().UTC()
 	data, _ := json.Marshal(rec)
+	sent := time.Now()
 	v, err := cfg.Store.Create(ctx, cfg.Key, data)
 	if err != nil {
 		return nil, err
 	}
-	return start(cfg, rec, v), nil
+	return start(cfg, rec, v, sent), nil
 }
 
 func takeOver(ctx context.Context, cfg Config, prev record, version string) (*Ownership, error) {
 	rec := record{Epoch: prev.Epoch + 1, Holder: cfg.Holder, Addr: cfg.Addr, Since: time.Now().UTC()}
 	data, _ := json.Marshal(rec)
+	sent := time.Now()
 	v, err := cfg.Store.Update(ctx, cfg.Key, data, version)
 	if err != nil {
 		return nil, err
@@ -185,12 +201,13 @@ func takeOver(ctx context.Context, cfg Config, prev record, version string) (*Ow
 	if !prev.Released && prev.Holder != cfg.Holder {
 		cfg.Logger.Warn("ownership: took over from a silent owner", "key", cfg.Key, "previous", prev.Holder, "epoch", rec.Epoch)
 	}
-	return start(cfg, rec, v), nil
+	return start(cfg, rec, v, sent), nil
 }
 
-func start(cfg Config, rec record, version string) *Ownership {
+func start(cfg Config, rec record, version string, sent time.Time) *Ownership {
 	o := &Ownership{cfg: cfg, epoch: rec.Epoch, rec: rec, version: version,
-		lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+		lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{}),
+		born: sent, claimed: map[string]bool{}}
 	go o.heartbeat()
 	return o
 }
@@ -225,11 +242,13 @@ func (o *Ownership) heartbeat() {
 		// A beat may take longer than the period on a slow store; it must
 		// not take so long that half the timeout passes unnoticed.
 		ctx, cancel := context.WithTimeout(context.Background(), o.cfg.Timeout/4)
+		sent := time.Now()
 		err := o.beat(ctx)
 		cancel()
 		switch {
 		case err == nil:
 			lastOK = time.Now()
+			o.beatAt.Store(int64(sent.Sub(o.born)))
 		case errors.Is(err, storage.ErrVersionMismatch), errors.Is(err, storage.ErrNotFound):
 			o.fail(fmt.Errorf("%w: %s was taken over by another process", ErrLost, o.cfg.Key))
 			return
@@ -283,11 +302,14 @@ func (o *Ownership) stillOurs(ctx context.Context) (record, string, error) {
 }
 
 func (o *Ownership) fail(err error) {
-	o.mu.Lock()
-	o.lostErr = err
-	o.mu.Unlock()
-	o.cfg.Logger.Error("ownership lost", "key", o.cfg.Key, "err", err)
-	close(o.lost)
+	o.lostOnce.Do(func() {
+		o.mu.Lock()
+		o.lostErr = err
+		o.mu.Unlock()
+		o.cfg.Logger.Error("ownership lost", "key", o.cfg.Key, "err", err)
+		close(o.lost)
+		o.stopOnce.Do(func() { close(o.stop) })
+	})
 }
 
 // Release stops the heartbeat and marks the record released, so a standby
@@ -309,3 +331,133 @@ func (o *Ownership) Release(ctx context.Context) error {
 	_, err := o.cfg.Store.Update(ctx, o.cfg.Key, data, version)
 	return err
 }
+
+// lease is how long after a heartbeat was sent this process may still act
+// as the owner. A standby counts Timeout from when it saw that heartbeat
+// land, which is later, on a clock that may run a little faster: allow a
+// drift of 0.1% and a margin.
+func (o *Ownership) lease() time.Duration {
+	margin := min(500*time.Millisecond, o.cfg.Timeout/10)
+	return o.cfg.Timeout - o.cfg.Timeout/1000 - margin
+}
+
+// Valid returns an error wrapping storage.ErrFenced once the ownership
+// was lost or this process could have been replaced: when no heartbeat
+// sent within the lease has succeeded. It reads only the local clock.
+func (o *Ownership) Valid() error {
+	select {
+	case <-o.lost:
+		return fmt.Errorf("%w: %w", storage.ErrFenced, o.Err())
+	default:
+	}
+	at := o.born.Add(time.Duration(o.beatAt.Load()))
+	if since := time.Since(at); since >= o.lease() {
+		return fmt.Errorf("%w: no heartbeat of %s succeeded for %v", storage.ErrFenced, o.cfg.Key, since.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// Fenced ends the ownership because a write met a newer owner's fence.
+func (o *Ownership) Fenced(err error) {
+	o.fail(fmt.Errorf("%w: %w", ErrLost, err))
+}
+
+// exchangeRecord is an exchange's owner record.
+type exchangeRecord struct {
+	Epoch  uint64    `json:"epoch"`
+	Holder string    `json:"holder"`
+	Since  time.Time `json:"since"`
+}
+
+// ExchangeKey is the key of an exchange's owner record.
+func ExchangeKey(exchange string) string { return "owners/exchanges/" + exchange + ".json" }
+
+// Claim makes this owner's epoch the exchange's: it creates the record,
+// or moves it up from an older epoch with a conditional write. Records
+// are never deleted. It returns an error wrapping storage.ErrFenced (and
+// ends the ownership) if the record names a newer epoch.
+func (o *Ownership) Claim(ctx context.Context, exchange string) error {
+	key := ExchangeKey(exchange)
+	if err := storage.ValidKey(key); err != nil {
+		return err
+	}
+	o.claimMu.Lock()
+	done := o.claimed[exchange]
+	o.claimMu.Unlock()
+	if done {
+		return o.Valid()
+	}
+	data, _ := json.Marshal(exchangeRecord{Epoch: o.epoch, Holder: o.cfg.Holder, Since: time.Now().UTC()})
+	for {
+		if err := o.Valid(); err != nil {
+			return err
+		}
+		cur, version, err := o.readExchange(ctx, key)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			_, err = o.cfg.Store.Create(ctx, key, data)
+		case err != nil:
+		case cur.Epoch > o.epoch:
+			err = fmt.Errorf("ownership: exchange %s is owned at epoch %d, after ours (%d): %w", exchange, cur.Epoch, o.epoch, storage.ErrFenced)
+			o.Fenced(err)
+			return err
+		case cur.Epoch == o.epoch:
+			if cur.Holder != o.cfg.Holder {
+				return fmt.Errorf("ownership: exchange %s is held by %s at our epoch", exchange, cur.Holder)
+			}
+		default:
+			_, err = o.cfg.Store.Update(ctx, key, data, version)
+		}
+		if errors.Is(err, storage.ErrExists) || errors.Is(err, storage.ErrVersionMismatch) {
+			continue // moved under us (or our own write's answer was lost): read again
+		}
+		if err != nil {
+			return fmt.Errorf("ownership: claim %s: %w", exchange, err)
+		}
+		o.claimMu.Lock()
+		o.claimed[exchange] = true
+		o.claimMu.Unlock()
+		return nil
+	}
+}
+
+// Confirm reads the exchange's owner record and returns an error wrapping
+// storage.ErrFenced unless it shows this owner's epoch. A service calls it
+// after an in-place update, before acknowledging it.
+func (o *Ownership) Confirm(ctx context.Context, exchange string) error {
+	if err := o.Valid(); err != nil {
+		return err
+	}
+	cur, _, err := o.readExchange(ctx, ExchangeKey(exchange))
+	if errors.Is(err, storage.ErrNotFound) {
+		if err := o.Claim(ctx, exchange); err != nil {
+			return err
+		}
+		return o.Confirm(ctx, exchange)
+	}
+	if err != nil {
+		return fmt.Errorf("ownership: confirm %s: %w", exchange, err)
+	}
+	if cur.Epoch != o.epoch || cur.Holder != o.cfg.Holder {
+		err := fmt.Errorf("ownership: exchange %s is owned at epoch %d by %s: %w", exchange, cur.Epoch, cur.Holder, storage.ErrFenced)
+		if cur.Epoch > o.epoch {
+			o.Fenced(err)
+		}
+		return err
+	}
+	return nil
+}
+
+func (o *Ownership) readExchange(ctx context.Context, key string) (exchangeRecord, string, error) {
+	obj, err := o.cfg.Store.Get(ctx, key)
+	if err != nil {
+		return exchangeRecord{}, "", err
+	}
+	var r exchangeRecord
+	if err := json.Unmarshal(obj.Data, &r); err != nil {
+		return exchangeRecord{}, "", fmt.Errorf("ownership: %s is not an owner record: %w", key, err)
+	}
+	return r, obj.Version, nil
+}
+
+var _ storage.Fence = (*Ownership)(nil)

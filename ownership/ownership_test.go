@@ -3,6 +3,7 @@ package ownership_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,6 +146,13 @@ func TestSilentOwnerIsReplacedAndLearnsIt(t *testing.T) {
 	if b.Epoch() != 2 {
 		t.Fatalf("epoch %d after takeover, want 2", b.Epoch())
 	}
+	// a's lease ended before b could declare it dead.
+	if err := a.Valid(); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("the replaced owner is still valid: %v", err)
+	}
+	if err := b.Valid(); err != nil {
+		t.Fatalf("the new owner is not valid: %v", err)
+	}
 	paused.resume() // a wakes up: its heartbeat must fail
 	lostWithin(t, a, 10*time.Second)
 	select {
@@ -246,4 +254,49 @@ func TestConfigValidation(t *testing.T) {
 			t.Errorf("Claim(%+v) succeeded", cfg)
 		}
 	}
+}
+
+// Exchange records follow the process's epoch: a new owner claims them
+// up, and the old one then fails to confirm an update and stops.
+func TestExchangeRecords(t *testing.T) {
+	ctx := context.Background()
+	mem := storage.NewMemory()
+	a := claim(t, config(mem, "a"))
+	for range 2 { // a second claim is answered from memory
+		if err := a.Claim(ctx, "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Confirm(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := claim(t, config(mem, "b"))
+	defer b.Release(ctx)
+	if err := b.Claim(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := mem.Get(ctx, ownership.ExchangeKey("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(obj.Data); !strings.Contains(got, `"epoch":2`) || !strings.Contains(got, `"holder":"b"`) {
+		t.Fatalf("record after the takeover: %s", got)
+	}
+	if err := a.Confirm(ctx, "x"); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("old owner's confirm: %v", err)
+	}
+	if err := b.Confirm(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	// An owner never moves a record back to its older epoch.
+	c := ownership.Config{Store: mem, Key: "owners/other.json", Holder: "c", Heartbeat: 20 * time.Millisecond, Timeout: 500 * time.Millisecond}
+	old := claim(t, c) // epoch 1 of another record
+	defer old.Release(ctx)
+	if err := old.Claim(ctx, "x"); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("claim at an older epoch: %v", err)
+	}
+	lostWithin(t, old, time.Second)
 }

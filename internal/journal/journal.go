@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -46,6 +47,15 @@ type Config struct {
 	SegmentBytes int
 	// Now is the clock used for object names. Zero means time.Now.
 	Now func() time.Time
+	// Fence, when set, makes every log a sequence of numbered slots that
+	// a newer owner can fence (see Open), writes Fence.Epoch on every
+	// line, and acknowledges a write only while Fence.Valid. Lines must
+	// then be JSON objects. It turns off appending in place. Set it
+	// wherever another process can reach the store.
+	Fence storage.Fence
+	// Dated puts a log's objects in day folders: {log}/{YYYY}/{MM}/{DD}/,
+	// the day (UTC) from Now when the batch is written.
+	Dated bool
 }
 
 // SegmentBytes is a good Config.SegmentBytes for a journal that appends in
@@ -92,6 +102,11 @@ type Journal struct {
 	idMu    sync.Mutex
 	lastMs  uint64              // timestamp of the last ID, under idMu
 	segs    map[string]*segment // owned by the flusher goroutine
+
+	epoch  uint64 // Fence.Epoch
+	logsMu sync.Mutex
+	logs   map[string]*logState  // fenced logs
+	lost   atomic.Pointer[error] // the fence that stopped this journal
 }
 
 // New starts a journal.
@@ -112,8 +127,11 @@ func New(cfg Config) (*Journal, error) {
 		flushed: make(chan struct{}),
 		entropy: ulid.Monotonic(rand.Reader, 0),
 		segs:    map[string]*segment{},
+		logs:    map[string]*logState{},
 	}
-	if a, ok := cfg.Store.(storage.Appender); ok && cfg.SegmentBytes > 0 {
+	if cfg.Fence != nil {
+		j.epoch = cfg.Fence.Epoch()
+	} else if a, ok := cfg.Store.(storage.Appender); ok && cfg.SegmentBytes > 0 {
 		j.app = a
 	}
 	j.wg.Add(1)
@@ -186,7 +204,7 @@ func (j *Journal) Seal(ctx context.Context, partition string) (string, error) {
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
-		return j.boundary(partition), nil
+		return j.boundary(partition)
 	}
 	select {
 	case err := <-p.done:
@@ -196,8 +214,11 @@ func (j *Journal) Seal(ctx context.Context, partition string) (string, error) {
 	}
 }
 
-func (j *Journal) boundary(partition string) string {
-	return partition + "/" + j.NewID(j.cfg.Now()).String()
+func (j *Journal) boundary(partition string) (string, error) {
+	if j.cfg.Fence != nil {
+		return j.boundarySlot(partition)
+	}
+	return partition + "/" + j.NewID(j.cfg.Now()).String(), nil
 }
 
 func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
@@ -211,10 +232,21 @@ func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
 		}
 		n += len(l) + 1
 	}
-	buf := make([]byte, 0, n)
-	for _, l := range lines {
-		buf = append(buf, l...)
-		buf = append(buf, '\n')
+	var buf []byte
+	if j.cfg.Fence != nil {
+		var err error
+		if buf, err = withEpoch(j.epoch, lines); err != nil {
+			return nil, err
+		}
+	} else {
+		buf = make([]byte, 0, n)
+		for _, l := range lines {
+			if IsControl(l) {
+				return nil, errors.New("journal: a line may not start with the _journal member")
+			}
+			buf = append(buf, l...)
+			buf = append(buf, '\n')
+		}
 	}
 	p := &pending{partition: partition, data: buf, lines: len(lines), done: make(chan error, 1)}
 	return p, j.push(p)
@@ -362,8 +394,9 @@ func (j *Journal) flushPart(pt *part) {
 				pt.seg.w.Close()
 				pt.seg = nil
 			}
-			p.boundary = j.boundary(pt.name)
-			p.done <- nil
+			var err error
+			p.boundary, err = j.boundary(pt.name)
+			p.done <- err
 			continue
 		}
 		if len(items) > 0 && len(data)+len(p.data) > j.cfg.MaxBatchBytes {
@@ -383,7 +416,17 @@ func (j *Journal) flushPart(pt *part) {
 }
 
 func (j *Journal) write(pt *part, data []byte) error {
-	newKey := func() string { return pt.name + "/" + j.NewID(j.cfg.Now()).String() + ".jsonl" }
+	if j.cfg.Fence != nil {
+		return j.writeSlot(pt.name, data)
+	}
+	newKey := func() string {
+		now := j.cfg.Now()
+		dir := pt.name
+		if j.cfg.Dated {
+			dir += "/" + now.UTC().Format(dayLayout)
+		}
+		return dir + "/" + j.NewID(now).String() + ".jsonl"
+	}
 	if j.app == nil {
 		key := newKey()
 		if _, err := j.cfg.Store.Create(context.Background(), key, data); err != nil {
@@ -482,9 +525,10 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		key string
-		v   any
-		err error
+		key     string
+		v       any
+		err     error
+		control bool // a fence or tick: nothing to apply
 	}
 	// Each listed key gets a slot; workers fill slots; the applier drains
 	// them in order. The channel of slots bounds read-ahead.
@@ -527,6 +571,10 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 					k.out <- result{key: k.key, err: err}
 					continue
 				}
+				if IsControl(obj.Data) {
+					k.out <- result{key: k.key, control: true}
+					continue
+				}
 				v, err := cfg.Decode(k.key, obj.Data)
 				k.out <- result{key: k.key, v: v, err: err}
 			}
@@ -542,6 +590,9 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 		}
 		if r.err != nil {
 			return fmt.Errorf("journal: replay %s: %w", r.key, r.err)
+		}
+		if r.control {
+			continue
 		}
 		if err := cfg.Apply(r.key, r.v); err != nil {
 			return fmt.Errorf("journal: replay %s: %w", r.key, err)

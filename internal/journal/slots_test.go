@@ -1,0 +1,376 @@
+package journal_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/faultstore"
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+// testFence is a storage.Fence whose validity a test controls.
+type testFence struct {
+	epoch   uint64
+	invalid atomic.Bool
+	mu      sync.Mutex
+	lost    []error
+}
+
+func (f *testFence) Epoch() uint64 { return f.epoch }
+func (f *testFence) Valid() error {
+	if f.invalid.Load() {
+		return fmt.Errorf("lease lapsed: %w", storage.ErrFenced)
+	}
+	return nil
+}
+func (f *testFence) Claim(context.Context, string) error   { return nil }
+func (f *testFence) Confirm(context.Context, string) error { return nil }
+func (f *testFence) Fenced(err error) {
+	f.mu.Lock()
+	f.lost = append(f.lost, err)
+	f.mu.Unlock()
+}
+func (f *testFence) lostCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.lost)
+}
+
+// clock is a settable Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func fencedJournal(t *testing.T, st storage.Store, epoch uint64, dated bool, now func() time.Time) (*journal.Journal, *testFence) {
+	t.Helper()
+	f := &testFence{epoch: epoch}
+	j, err := journal.New(journal.Config{Store: st, Fence: f, Dated: dated, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close(context.Background()) })
+	return j, f
+}
+
+func appendLine(t *testing.T, j *journal.Journal, log string, i int) error {
+	t.Helper()
+	return j.Append(context.Background(), log, fmt.Appendf(nil, `{"n":%d}`, i))
+}
+
+func audit(t *testing.T, st storage.Store, log string) journal.AuditReport {
+	t.Helper()
+	rep, err := journal.Audit(context.Background(), st, log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+func TestFenced_SlotsAndEpochs(t *testing.T) {
+	for _, dated := range []bool{false, true} {
+		t.Run(fmt.Sprint("dated=", dated), func(t *testing.T) {
+			st := storage.NewMemory()
+			clk := &clock{t: time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC)}
+			j, f := fencedJournal(t, st, 3, dated, clk.Now)
+			for i := range 3 {
+				if err := appendLine(t, j, "mail/x/log", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			clk.add(2 * time.Hour) // the next day
+			if err := appendLine(t, j, "mail/x/log", 3); err != nil {
+				t.Fatal(err)
+			}
+			var keys []string
+			for k, err := range storage.Keys(context.Background(), st, "mail/x/log/") {
+				if err != nil {
+					t.Fatal(err)
+				}
+				keys = append(keys, k)
+			}
+			want := []string{"mail/x/log/00000000000000000000.jsonl"}
+			if dated {
+				want = append(want,
+					"mail/x/log/2026/11/30/00000000000000000001.jsonl",
+					"mail/x/log/2026/11/30/00000000000000000002.jsonl",
+					"mail/x/log/2026/11/30/00000000000000000003.jsonl",
+					"mail/x/log/2026/12/01/00000000000000000004.jsonl")
+			} else {
+				for s := 1; s <= 4; s++ {
+					want = append(want, fmt.Sprintf("mail/x/log/%020d.jsonl", s))
+				}
+			}
+			if strings.Join(keys, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("keys:\n%s\nwant:\n%s", strings.Join(keys, "\n"), strings.Join(want, "\n"))
+			}
+			lines, _ := replayAll(t, st, "mail/x/log/")
+			if len(lines) != 4 || lines[0] != `{"epoch":3,"n":0}` || lines[3] != `{"epoch":3,"n":3}` {
+				t.Fatalf("replayed %q", lines)
+			}
+			rep := audit(t, st, "mail/x/log")
+			if rep.Slots != 5 || rep.Lines != 4 || rep.Fences[3] != 1 {
+				t.Fatalf("audit %+v", rep)
+			}
+			if f.lostCount() != 0 {
+				t.Fatal("lost without a takeover")
+			}
+		})
+	}
+}
+
+func TestFenced_TakeoverFencesTheOldWriter(t *testing.T) {
+	st := storage.NewMemory()
+	a, fa := fencedJournal(t, st, 1, false, nil)
+	for i := range 3 {
+		if err := appendLine(t, a, "l", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := fencedJournal(t, st, 2, false, nil)
+	if err := b.Open(context.Background(), "l", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := appendLine(t, a, "l", 99); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("old writer after the fence: %v, want ErrFenced", err)
+	}
+	if fa.lostCount() != 1 {
+		t.Fatalf("Lost called %d times", fa.lostCount())
+	}
+	if err := appendLine(t, a, "other", 1); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("a fenced journal wrote another log: %v", err)
+	}
+	if err := appendLine(t, b, "l", 3); err != nil {
+		t.Fatal(err)
+	}
+	lines, _ := replayAll(t, st, "l/")
+	if got := strings.Join(lines, " "); got != `{"epoch":1,"n":0} {"epoch":1,"n":1} {"epoch":1,"n":2} {"epoch":2,"n":3}` {
+		t.Fatalf("replayed %s", got)
+	}
+	if rep := audit(t, st, "l"); rep.Fences[1] != 1 || rep.Fences[2] != 1 {
+		t.Fatalf("audit %+v", rep)
+	}
+}
+
+// The old writer's batch lands between the new owner's listing and its
+// fence: the fence moves past it, the batch stays in the log, and the old
+// writer's next batch is refused.
+func TestFenced_WriteBetweenListingAndFence(t *testing.T) {
+	mem := storage.NewMemory()
+	fs := faultstore.New(mem)
+	a, _ := fencedJournal(t, mem, 1, false, nil)
+	if err := appendLine(t, a, "l", 0); err != nil {
+		t.Fatal(err)
+	}
+	gate := faultstore.NewGate()
+	fs.Add(&faultstore.Hook{
+		Match:  func(op faultstore.Op, key string) bool { return op == faultstore.Create },
+		Before: func(ctx context.Context, _ faultstore.Op, _ string) error { return gate.Wait(ctx) },
+		Once:   true,
+	})
+	b, _ := fencedJournal(t, fs, 2, false, nil)
+	opened := make(chan error, 1)
+	go func() { opened <- b.Open(context.Background(), "l", "") }()
+	<-gate.Reached
+	if err := appendLine(t, a, "l", 1); err != nil {
+		t.Fatalf("write before the fence: %v", err)
+	}
+	gate.Open()
+	if err := <-opened; err != nil {
+		t.Fatal(err)
+	}
+	if err := appendLine(t, a, "l", 2); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("old writer after the fence: %v", err)
+	}
+	lines, _ := replayAll(t, mem, "l/")
+	if len(lines) != 2 || lines[1] != `{"epoch":1,"n":1}` {
+		t.Fatalf("replayed %q", lines)
+	}
+	audit(t, mem, "l")
+}
+
+// A write whose reply is lost stands in the log like one made before a
+// crash; the journal carries on after it rather than taking it for a
+// fence.
+func TestFenced_LostReply(t *testing.T) {
+	mem := storage.NewMemory()
+	fs := faultstore.New(mem)
+	j, f := fencedJournal(t, fs, 1, false, nil)
+	if err := appendLine(t, j, "l", 0); err != nil {
+		t.Fatal(err)
+	}
+	fs.Add(&faultstore.Hook{
+		Match: func(op faultstore.Op, _ string) bool { return op == faultstore.Create },
+		After: func(_ context.Context, _ faultstore.Op, _ string, err error) error {
+			return errors.Join(err, errors.New("connection reset"))
+		},
+		Once: true,
+	})
+	if err := appendLine(t, j, "l", 1); err == nil {
+		t.Fatal("the lost reply was not reported")
+	}
+	if err := appendLine(t, j, "l", 2); err != nil {
+		t.Fatalf("after a lost reply: %v", err)
+	}
+	if f.lostCount() != 0 {
+		t.Fatal("a lost reply was taken for a fence")
+	}
+	lines, _ := replayAll(t, mem, "l/")
+	if len(lines) != 3 {
+		t.Fatalf("replayed %q", lines)
+	}
+	audit(t, mem, "l")
+}
+
+// A batch whose write is parked after it landed but before the writer is
+// told is still in the log ahead of a later fence.
+func TestFenced_ParkedAfterWrite(t *testing.T) {
+	mem := storage.NewMemory()
+	fs := faultstore.New(mem)
+	a, _ := fencedJournal(t, fs, 1, false, nil)
+	if err := appendLine(t, a, "l", 0); err != nil {
+		t.Fatal(err)
+	}
+	gate := faultstore.NewGate()
+	fs.Add(&faultstore.Hook{
+		Match: func(op faultstore.Op, _ string) bool { return op == faultstore.Create },
+		After: func(ctx context.Context, _ faultstore.Op, _ string, err error) error {
+			if werr := gate.Wait(ctx); werr != nil {
+				return werr
+			}
+			return err
+		},
+		Once: true,
+	})
+	done := make(chan error, 1)
+	go func() { done <- appendLine(t, a, "l", 1) }()
+	<-gate.Reached
+	b, _ := fencedJournal(t, mem, 2, false, nil)
+	if err := b.Open(context.Background(), "l", ""); err != nil {
+		t.Fatal(err)
+	}
+	gate.Open()
+	if err := <-done; err != nil {
+		t.Fatalf("a write made before the fence: %v", err)
+	}
+	lines, _ := replayAll(t, mem, "l/")
+	if len(lines) != 2 {
+		t.Fatalf("replayed %q", lines)
+	}
+	if err := appendLine(t, a, "l", 2); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("old writer after the fence: %v", err)
+	}
+}
+
+// Once the owner's lease lapsed nothing is written or acknowledged.
+func TestFenced_InvalidOwnerAcknowledgesNothing(t *testing.T) {
+	st := storage.NewMemory()
+	j, f := fencedJournal(t, st, 1, false, nil)
+	if err := appendLine(t, j, "l", 0); err != nil {
+		t.Fatal(err)
+	}
+	f.invalid.Store(true)
+	if err := appendLine(t, j, "l", 1); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("append with a lapsed lease: %v", err)
+	}
+	if lines, _ := replayAll(t, st, "l/"); len(lines) != 1 {
+		t.Fatalf("replayed %q", lines)
+	}
+}
+
+// In a dated log the old writer may have moved to the next day while the
+// new owner's clock is still on the previous one; the fence covers every
+// name the next slot may take.
+func TestFenced_DatedFenceCoversEveryName(t *testing.T) {
+	st := storage.NewMemory()
+	day := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	ca := &clock{t: day}
+	a, _ := fencedJournal(t, st, 1, true, ca.Now)
+	if err := appendLine(t, a, "ev", 0); err != nil {
+		t.Fatal(err)
+	}
+	cb := &clock{t: day.AddDate(0, 0, 9)} // far ahead: the fence announces its day
+	b, _ := fencedJournal(t, st, 2, true, cb.Now)
+	if err := b.Open(context.Background(), "ev", ""); err != nil {
+		t.Fatal(err)
+	}
+	ca.add(24 * time.Hour)
+	if err := appendLine(t, a, "ev", 1); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("old writer on the next day: %v", err)
+	}
+	if err := appendLine(t, b, "ev", 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(context.Background(), "ev/2026/12/09/00000000000000000003.jsonl"); err != nil {
+		t.Fatalf("the new owner's batch is not in its day: %v", err)
+	}
+	// Idle for a week: a tick announces the day, and the batch lands in it.
+	cb.add(7 * 24 * time.Hour)
+	if err := appendLine(t, b, "ev", 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(context.Background(), "ev/2026/12/16/00000000000000000005.jsonl"); err != nil {
+		t.Fatalf("after idling: %v", err)
+	}
+	lines, _ := replayAll(t, st, "ev/")
+	if len(lines) != 3 {
+		t.Fatalf("replayed %q", lines)
+	}
+	audit(t, st, "ev")
+}
+
+// Seal's boundary in a fenced log covers what was written, and Open from
+// it finds the end without listing the whole log.
+func TestFenced_SealAndReopen(t *testing.T) {
+	st := storage.NewMemory()
+	a, _ := fencedJournal(t, st, 1, false, nil)
+	for i := range 3 {
+		if err := appendLine(t, a, "l", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bound, err := a.Seal(context.Background(), "l")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bound != "l/00000000000000000003.jsonl" {
+		t.Fatalf("boundary %q", bound)
+	}
+	if err := appendLine(t, a, "l", 3); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := fencedJournal(t, st, 2, false, nil)
+	if err := b.Open(context.Background(), "l", bound); err != nil {
+		t.Fatal(err)
+	}
+	if err := appendLine(t, b, "l", 4); err != nil {
+		t.Fatal(err)
+	}
+	var after []string
+	err = journal.Replay(context.Background(), st, journal.ReplayConfig{
+		Prefix: "l/", After: bound,
+		Decode: func(_ string, d []byte) (any, error) { return string(d), nil },
+		Apply:  func(_ string, v any) error { after = append(after, strings.TrimSpace(v.(string))); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(after, " ") != `{"epoch":1,"n":3} {"epoch":2,"n":4}` {
+		t.Fatalf("after the boundary: %q", after)
+	}
+	audit(t, st, "l")
+}
