@@ -33,6 +33,11 @@ type Config struct {
 	// Store keeps inboxes, subscriptions and acknowledgements durable.
 	// Nil means storage.NewMemory(): nothing survives the process.
 	Store storage.Store
+	// Fence, when set, is the owner this bus writes Store under because
+	// other processes can reach it: each exchange is claimed and its log
+	// fenced before it is read, and nothing is acknowledged once Fence
+	// says this process may have been replaced (see storage.Fence).
+	Fence storage.Fence
 	// Directory, when set, is asked whether the target of a direct message
 	// exists. Nil accepts any valid agent id and keeps its mail until it
 	// connects or retention drops it.
@@ -143,7 +148,7 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	case cfg.PresenceTimeout < 0:
 		return nil, fmt.Errorf("mailbus: PresenceTimeout %s is negative", cfg.PresenceTimeout)
 	}
-	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes, Fence: cfg.Fence})
 	if err != nil {
 		return nil, fmt.Errorf("mailbus: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/lease"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // HandlerConfig configures NewHandler. Every zero field has the default
@@ -198,6 +199,10 @@ func errorStatus(err error) (int, string, string) {
 		return http.StatusConflict, httpx.CodeConflict, msg
 	case errors.Is(err, ErrClosed), errors.Is(err, lease.ErrClosed):
 		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "mail bus is shutting down"
+	case errors.Is(err, storage.ErrUnavailable):
+		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "storage is unavailable; try again"
+	case errors.Is(err, storage.ErrFenced):
+		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "this server no longer writes the mail bus; try again"
 	case errors.Is(err, errReload):
 		return http.StatusServiceUnavailable, httpx.CodeUnavailable, "mail bus is reloading after a storage failure; try again"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

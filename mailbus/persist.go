@@ -76,6 +76,16 @@ func (ex *exchange) load() {
 }
 
 func (ex *exchange) restore(ctx context.Context, st storage.Store) error {
+	if f := ex.b.cfg.Fence; f != nil {
+		// Claimed and fenced before it is read, so the read includes every
+		// write of a replaced owner, and that owner can add none after.
+		if err := f.Claim(ctx, ex.id); err != nil {
+			return err
+		}
+		if err := ex.b.j.Open(ctx, ex.partition(), ""); err != nil {
+			return err
+		}
+	}
 	var last string
 	for k, err := range storage.Keys(ctx, st, ex.snapPrefix()) {
 		if err != nil {
@@ -300,6 +310,9 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
 		obj, err := st.Get(ctx, k)
 		if err != nil {
 			return err
+		}
+		if journal.IsControl(obj.Data) {
+			continue // fences stay: they keep replaced writers out
 		}
 		lines, _ := journal.Lines(obj.Data)
 		if len(lines) == 0 {

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // HandlerConfig configures NewHandler. Every zero field has the default
@@ -221,7 +222,7 @@ func statusOf(err error) int {
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests
-	case errors.Is(err, ErrClosed),
+	case errors.Is(err, ErrClosed), errors.Is(err, storage.ErrFenced), errors.Is(err, storage.ErrUnavailable),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/storage"
 )
@@ -45,6 +47,11 @@ func (s *Service) load(ctx context.Context) error {
 		return nil
 	}); err != nil {
 		return err
+	}
+	if s.cfg.Fence != nil {
+		if err := s.fenceLogs(ctx); err != nil {
+			return err
+		}
 	}
 	type decodedLine struct {
 		ev Event
@@ -121,4 +128,31 @@ func (s *Service) eachObject(ctx context.Context, prefix string, fn func(string,
 		}
 	}
 	return nil
+}
+
+// fenceLogs claims every known exchange and fences its event log, so the
+// replay that follows sees every write a replaced owner made and that
+// owner can make no more. Exchanges are fenced in parallel.
+func (s *Service) fenceLogs(ctx context.Context) error {
+	ids := map[string]bool{}
+	for id := range s.openSet {
+		ids[id] = true
+	}
+	for id := range s.exchanges {
+		ids[id] = true
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for id := range ids {
+		g.Go(func() error {
+			if err := s.cfg.Fence.Claim(ctx, id); err != nil {
+				return fmt.Errorf("mess: claim exchange %s: %w", id, err)
+			}
+			if err := s.journal.Open(ctx, eventLog(id), ""); err != nil {
+				return fmt.Errorf("mess: fence the events of %s: %w", id, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }

@@ -297,6 +297,9 @@ func (s *Service) changeExecutorIn(ctx context.Context, ex *exchange, executorID
 	}
 	b, _ := json.MarshalIndent(next.Executor, "", "  ")
 	v, err := s.store.Update(ctx, executorKey(exchangeID, executorID), b, old.version)
+	if err == nil {
+		err = s.confirm(ctx, exchangeID)
+	}
 	if err != nil {
 		return fmt.Errorf("mess: save executor: %w", err)
 	}

@@ -116,7 +116,14 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 			s.nExchanges.Add(1)
 			m := &exchangeMeta{ID: exchangeID, Owner: r.ExecutorID, CreatedAt: now}
 			b, _ := json.Marshal(m)
-			v, err := s.store.Create(ctx, exchangeKey(exchangeID), b)
+			var v string
+			err := s.claim(ctx, exchangeID)
+			if err == nil {
+				v, err = s.store.Create(ctx, exchangeKey(exchangeID), b)
+			}
+			if err == nil {
+				err = s.confirm(ctx, exchangeID)
+			}
 			if err != nil {
 				s.nExchanges.Add(-1)
 			}
@@ -167,6 +174,9 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 	}}
 	b, _ := json.MarshalIndent(rec.Executor, "", "  ")
 	v, err := s.store.Create(ctx, executorKey(exchangeID, r.ExecutorID), b)
+	if err == nil {
+		err = s.confirm(ctx, exchangeID)
+	}
 	if errors.Is(err, storage.ErrExists) {
 		return RegisterResult{}, errorf(ErrConflict, "Executor already registered")
 	} else if err != nil {
@@ -264,6 +274,9 @@ func (s *Service) updateMeta(ctx context.Context, ex *exchange, change func(*exc
 	}
 	b, _ := json.Marshal(&m)
 	v, err := s.store.Update(ctx, exchangeKey(ex.id), b, ver)
+	if err == nil {
+		err = s.confirm(ctx, ex.id)
+	}
 	if err != nil {
 		return fmt.Errorf("mess: save exchange: %w", err)
 	}

@@ -20,6 +20,13 @@ type Config struct {
 	// Store holds the event log, executors and exchange records. Zero
 	// means storage.NewMemory(): state lasts as long as the process.
 	Store storage.Store
+	// Fence, when set, is the owner this service writes Store under
+	// because other processes can reach it: every exchange is claimed and
+	// its event log fenced before it is read, an update of an executor or
+	// exchange record is acknowledged only once the exchange's owner
+	// record still shows this owner, and nothing is acknowledged once
+	// Fence says this process may have been replaced (see storage.Fence).
+	Fence storage.Fence
 	// Now is the clock. Zero means time.Now.
 	Now func() time.Time
 	// Logger receives operational messages. Zero means slog.Default().
@@ -148,14 +155,15 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		}
 		s.allowed[id] = true
 	}
-	if err := s.load(ctx); err != nil {
-		return nil, err
-	}
-	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, Fence: cfg.Fence, Dated: true})
 	if err != nil {
 		return nil, err
 	}
 	s.journal = j
+	if err := s.load(ctx); err != nil {
+		j.Close(ctx)
+		return nil, err
+	}
 	s.bg.Add(1)
 	go s.sweep()
 	return s, nil
@@ -322,8 +330,26 @@ type thread struct {
 	Thread
 }
 
-func partition(exchangeID string, t time.Time) string {
-	return fmt.Sprintf("events/exchange=%s/%04d/%02d/%02d", exchangeID, t.Year(), t.Month(), t.Day())
+// eventLog is an exchange's event log; the journal files it in day
+// folders, events/exchange={id}/{YYYY}/{MM}/{DD}/, which DuckDB reads.
+func eventLog(exchangeID string) string { return "events/exchange=" + exchangeID }
+
+// claim makes the exchange this owner's before its records or log are
+// written or read.
+func (s *Service) claim(ctx context.Context, exchangeID string) error {
+	if s.cfg.Fence == nil {
+		return nil
+	}
+	return s.cfg.Fence.Claim(ctx, exchangeID)
+}
+
+// confirm is called after an in-place update of one of the exchange's
+// records and before it is acknowledged.
+func (s *Service) confirm(ctx context.Context, exchangeID string) error {
+	if s.cfg.Fence == nil {
+		return nil
+	}
+	return s.cfg.Fence.Confirm(ctx, exchangeID)
 }
 
 // commit makes events durable, then applies them to ex under its lock.
@@ -339,7 +365,7 @@ func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded
 	}
 	// Not cancellable: once queued the events may become durable, and state
 	// must then match the log, so a caller that goes away still waits.
-	if err := s.journal.Append(context.WithoutCancel(ctx), partition(ex.id, evs[0].TS), lines...); err != nil {
+	if err := s.journal.Append(context.WithoutCancel(ctx), eventLog(ex.id), lines...); err != nil {
 		if errors.Is(err, journal.ErrClosed) {
 			return ErrClosed
 		}

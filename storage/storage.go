@@ -18,6 +18,10 @@ var (
 	ErrVersionMismatch = errors.New("storage: version mismatch")
 	// ErrInvalidKey is returned when a key is not acceptable (see ValidKey).
 	ErrInvalidKey = errors.New("storage: invalid key")
+	// ErrUnavailable wraps failures that trying again later may cure: the
+	// store could not be reached, or kept answering busy or with server
+	// errors. Services answer them with 503.
+	ErrUnavailable = errors.New("storage: unavailable")
 )
 
 // Object is a stored value and the opaque version that identifies this

@@ -24,6 +24,7 @@ import (
 	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/ownership"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Operator endpoints, under /admin, for "messd admin -url": on only when
@@ -327,6 +328,7 @@ func adminLocal(ctx context.Context, storeArgs []string, getenv func(string) str
 	}
 	defer closeStore()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var fence storage.Fence
 	if c.storageType == "s3" {
 		// Write only as the store's one writer: a live messd keeps the
 		// claim, a crashed one loses it after its timeout.
@@ -342,8 +344,9 @@ func adminLocal(ctx context.Context, storeArgs []string, getenv func(string) str
 			return fmt.Errorf("a messd is writing this store; ask it instead: set MESS_ADMIN_TOKEN on that messd and here and pass -url (%w)", err)
 		}
 		defer owner.Release(context.WithoutCancel(ctx))
+		fence = owner
 	}
-	svc, err := mess.New(ctx, mess.Config{Store: store, Logger: quiet})
+	svc, err := mess.New(ctx, mess.Config{Store: store, Fence: fence, Logger: quiet})
 	if err != nil {
 		return err
 	}

@@ -29,8 +29,8 @@ import (
 // Besides its own API it serves the worker API of Jetpack's HttpMailBus
 // (/api/mail/...), whose requests carry only an executor key: the exchange
 // is the one the key was issued in, and leases come from leases.
-func setupMailbus(e *echo.Echo, store storage.Store, auth mailbus.Authenticator, leases *lease.Manager, getenv func(string) string, logger *slog.Logger, started **mailbus.Bus) (closeFn func(context.Context) error, err error) {
-	cfg := mailbus.Config{Store: store, Logger: logger}
+func setupMailbus(e *echo.Echo, store storage.Store, fence storage.Fence, auth mailbus.Authenticator, leases *lease.Manager, getenv func(string) string, logger *slog.Logger, started **mailbus.Bus) (closeFn func(context.Context) error, err error) {
+	cfg := mailbus.Config{Store: store, Fence: fence, Logger: logger}
 	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger, KeyExchange: mess.KeyExchange}
 	if leases != nil {
 		hcfg.Leaser = func(exchangeID, agentID string) mailbus.Leaser {

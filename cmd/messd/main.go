@@ -307,6 +307,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// On a shared store (S3) several messd may run; one writes, the others
 	// wait until it goes silent. A directory is kept by the lock above.
 	var owner *ownership.Ownership
+	var fence storage.Fence // nil unless owner is set: a nil *Ownership is not a nil Fence
 	var lost <-chan struct{}
 	if c.storageType == "s3" {
 		if owner, err = claimWriter(ctx, store, ln.Addr().String(), c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
@@ -325,6 +326,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			}
 		}()
 		lost = owner.Lost()
+		fence = owner
 		logger.Info("writing the store", "epoch", owner.Epoch())
 	}
 
@@ -336,6 +338,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	svc, err := mess.New(ctx, mess.Config{
 		ValidateProfile:    validate,
 		Store:              store,
+		Fence:              fence,
 		Logger:             logger,
 		OpenRegistration:   c.openRegistration,
 		OpenExchanges:      c.openExchanges,
@@ -352,7 +355,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	logger.Info("state rebuilt", "took", time.Since(start).Round(time.Millisecond))
 
-	e, closers, err := newServer(c, svc, caps, store, logger, getenv)
+	e, closers, err := newServer(c, svc, caps, store, fence, logger, getenv)
 	if err != nil {
 		svc.Close(context.Background())
 		return err

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
@@ -88,3 +89,22 @@ func (s *handoff) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *handoff) serve(h http.Handler) { s.h.Store(&h) }
+
+// fenceGate answers 503 once this process may have been replaced as the
+// writer, before any handler runs: it serves nothing, stale reads
+// included, that a standby may already be serving differently. /health
+// still answers, so a supervisor sees the process alive while it exits.
+func fenceGate(f storage.Fence) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if c.Path() != "/health" {
+				if err := f.Valid(); err != nil {
+					c.Response().Header().Set("Retry-After", "1")
+					httpx.WriteError(c.Response(), http.StatusServiceUnavailable, httpx.CodeUnavailable, "this server may no longer be the writer; try again")
+					return nil
+				}
+			}
+			return next(c)
+		}
+	}
+}

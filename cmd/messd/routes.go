@@ -38,13 +38,16 @@ func corsSkipper(origins []string) middleware.Skipper {
 // newServer mounts the services' handlers on echo. It returns the Close
 // functions of the services it started, to be called in reverse order at
 // shutdown.
-func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.Store, logger *slog.Logger, getenv func(string) string) (*echo.Echo, []func(context.Context) error, error) {
+func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.Store, fence storage.Fence, logger *slog.Logger, getenv func(string) string) (*echo.Echo, []func(context.Context) error, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(logger)
 	met := newMetrics()
 	e.Use(met.middleware)
 	e.Use(middleware.Recover())
+	if fence != nil {
+		e.Use(fenceGate(fence))
+	}
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		Skipper:       corsSkipper(c.corsOrigins),
 		AllowOrigins:  c.corsOrigins,
@@ -62,6 +65,9 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	// Ready only once serving: a starting process or a standby answers 503
 	// (see handoff), so a load balancer sends it nothing.
 	e.Match([]string{http.MethodGet, http.MethodHead}, "/ready", func(ec echo.Context) error {
+		if fence != nil && fence.Valid() != nil {
+			return ec.JSON(http.StatusServiceUnavailable, map[string]string{"status": "not ready", "role": "replaced"})
+		}
 		return ec.JSON(http.StatusOK, map[string]string{"status": "ready", "role": "writer"})
 	})
 	exchange, err := mess.NewHandler(svc, mess.HandlerConfig{
@@ -89,7 +95,7 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 			return setupLease(e, store, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger, &leases)
 		},
 		func() (func(context.Context) error, error) {
-			return setupMailbus(e, store, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), leases, getenv, logger, &bus)
+			return setupMailbus(e, store, fence, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), leases, getenv, logger, &bus)
 		},
 		func() (func(context.Context) error, error) {
 			return setupNotify(e, store, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger, &outbox)

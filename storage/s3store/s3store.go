@@ -347,5 +347,8 @@ func (s *Store) mapErr(key string, err error, onPrecondition error) error {
 		// Still conflicting after every retry: another writer is at it.
 		return fmt.Errorf("%w: %s: concurrent conditional write", onPrecondition, key)
 	}
+	if transient(err) {
+		return fmt.Errorf("s3store: %s: %w: %w", key, storage.ErrUnavailable, describe(err))
+	}
 	return fmt.Errorf("s3store: %s: %w", key, describe(err))
 }
