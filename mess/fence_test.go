@@ -1,0 +1,81 @@
+package mess_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/ownership"
+	"github.com/meatspace-exchange/mess/storage"
+)
+
+func own(t *testing.T, st storage.Store, holder string) *ownership.Ownership {
+	t.Helper()
+	o, err := ownership.Claim(ctx, ownership.Config{Store: st, Key: "owners/messd.json", Holder: holder,
+		Heartbeat: 50 * time.Millisecond, Timeout: time.Minute}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Release(ctx) })
+	return o
+}
+
+// A writer replaced while it still believes it owns the store (its lease
+// has not run out: the worst case) can acknowledge nothing more: its event
+// writes meet the new owner's fence and its record updates fail to
+// confirm. The new owner serves everything the old one acknowledged.
+func TestFence_ReplacedWriterAcknowledgesNothing(t *testing.T) {
+	st := storage.NewMemory()
+	oa := own(t, st, "a")
+	a, err := mess.New(ctx, mess.Config{Store: st, Fence: oa, OpenRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	mustRegister(t, a, "x", "req")
+	mustRegister(t, a, "x", "exe")
+	first, err := a.CreateRequest(ctx, "x", "req", mess.Request{Intent: "before"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Update(ctx, "x", "exe", first.Ref, mess.Update{Status: "claimed"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The standby takes over (a's record released, as after its timeout).
+	if err := oa.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ob := own(t, st, "b")
+	b, err := mess.New(ctx, mess.Config{Store: st, Fence: ob, OpenRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+
+	if _, err := a.CreateRequest(ctx, "x", "req", mess.Request{Intent: "after"}, ""); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("replaced writer's create: %v, want ErrFenced", err)
+	}
+	if err := a.UpdateExecutor(ctx, "x", "exe", "exe", mess.ProfileUpdate{DisplayName: new("late")}); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("replaced writer's profile update: %v, want ErrFenced", err)
+	}
+	th, err := b.Get(ctx, "x", first.Ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th.Status != "claimed" {
+		t.Fatalf("the new owner lost an acknowledged claim: %+v", th)
+	}
+	if _, err := b.Update(ctx, "x", "req", first.Ref, mess.Update{Status: "cancelled"}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := journal.Audit(ctx, st, "events/exchange=x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Fences[ob.Epoch()] == 0 || rep.Fences[oa.Epoch()] == 0 {
+		t.Fatalf("audit %+v: each owner should have fenced the log", rep)
+	}
+}
