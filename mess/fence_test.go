@@ -1,10 +1,14 @@
 package mess_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/meatspace-exchange/mess/internal/faultstore"
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/mess"
 	"github.com/meatspace-exchange/mess/ownership"
@@ -77,5 +81,72 @@ func TestFence_ReplacedWriterAcknowledgesNothing(t *testing.T) {
 	}
 	if rep.Fences[ob.Epoch()] == 0 || rep.Fences[oa.Epoch()] == 0 {
 		t.Fatalf("audit %+v: each owner should have fenced the log", rep)
+	}
+}
+
+// A write whose reply was lost (the store took it, then the connection
+// broke) stands in the log, like one made just before a crash. A change
+// acknowledged after it must not contradict it: here a claim that was
+// answered 503 but landed, then a rival's claim of the same request.
+func TestFence_lostReplyIsNotContradicted(t *testing.T) {
+	mem := storage.NewMemory()
+	fs := faultstore.New(mem)
+	oa := own(t, mem, "a")
+	a, err := mess.New(ctx, mess.Config{Store: fs, Fence: oa, OpenRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	mustRegister(t, a, "x", "req")
+	mustRegister(t, a, "x", "e1")
+	mustRegister(t, a, "x", "e2")
+	req, err := a.CreateRequest(ctx, "x", "req", mess.Request{Intent: "raced"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.Add(&faultstore.Hook{
+		Match: func(op faultstore.Op, key string) bool {
+			return op == faultstore.Create && strings.HasPrefix(key, "events/")
+		},
+		After: func(_ context.Context, _ faultstore.Op, _ string, err error) error {
+			return errors.Join(err, fmt.Errorf("%w: connection reset", storage.ErrUnavailable))
+		},
+		Once: true,
+	})
+	if _, err := a.Update(ctx, "x", "e1", req.Ref, mess.Update{Status: "claimed"}); err == nil {
+		t.Fatal("the lost reply was not reported")
+	}
+	// The next write finds e1's claim in the log: it is refused, and e1's
+	// claim is served from then on.
+	if _, err := a.Update(ctx, "x", "e2", req.Ref, mess.Update{Status: "claimed"}); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("e2's claim after e1's landed unseen: %v, want a 503 (storage.ErrUnavailable)", err)
+	}
+	if th, err := a.Get(ctx, "x", req.Ref); err != nil || th.ExecutorID == nil || *th.ExecutorID != "e1" {
+		t.Fatalf("after the landed claim was found: %+v, %v", th.Summary, err)
+	}
+	if _, err := a.Update(ctx, "x", "e2", req.Ref, mess.Update{Status: "claimed"}); !errors.Is(err, mess.ErrConflict) {
+		t.Fatalf("e2's claim again: %v, want ErrConflict", err)
+	}
+	if _, err := a.Update(ctx, "x", "e1", req.Ref, mess.Update{Status: "in_progress"}); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := oa.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := mess.New(ctx, mess.Config{Store: mem, Fence: own(t, mem, "b"), OpenRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	th, err := b.Get(ctx, "x", req.Ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th.ExecutorID == nil || *th.ExecutorID != "e1" || th.Status != "in_progress" {
+		t.Fatalf("after replay: %+v", th.Summary)
+	}
+	if _, err := journal.Audit(ctx, mem, "events/exchange=x", false); err != nil {
+		t.Fatal(err)
 	}
 }

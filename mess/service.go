@@ -155,7 +155,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		}
 		s.allowed[id] = true
 	}
-	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, Fence: cfg.Fence, Dated: true})
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, Fence: cfg.Fence, Dated: true, OnLanded: s.landed})
 	if err != nil {
 		return nil, err
 	}
@@ -371,6 +371,12 @@ func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded
 		}
 		return fmt.Errorf("mess: append events: %w", err)
 	}
+	s.applyDurable(ex, evs, decoded)
+	return nil
+}
+
+// applyDurable applies events that are in the log and tells the listeners.
+func (s *Service) applyDurable(ex *exchange, evs []Event, decoded []any) {
 	ex.mu.Lock()
 	for i := range evs {
 		s.applyLocked(ex, &evs[i], decoded[i])
@@ -385,7 +391,30 @@ func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded
 		}
 	}
 	s.listenMu.RUnlock()
-	return nil
+}
+
+// landed applies a batch of events whose commit failed because the
+// store's reply was lost, once the journal found it in the log after all
+// (journal.Config.OnLanded). The write that found it is refused, so no
+// change is decided from a state without these events: a claim that was
+// answered 503 but landed is never granted to someone else too.
+func (s *Service) landed(log string, data []byte) {
+	lines, _ := journal.Lines(data)
+	evs := make([]Event, 0, len(lines))
+	decoded := make([]any, 0, len(lines))
+	for _, l := range lines {
+		ev, p, err := decodeLine(l)
+		if err != nil || !ValidID(ev.ExchangeID) || eventLog(ev.ExchangeID) != log {
+			s.log.Warn("skip an unreadable event that landed late", "log", log, "err", err)
+			continue
+		}
+		evs, decoded = append(evs, ev), append(decoded, p)
+	}
+	if len(evs) == 0 {
+		return
+	}
+	s.log.Warn("events reported as failed were stored after all; applied them", "log", log, "events", len(evs))
+	s.applyDurable(s.exchange(evs[0].ExchangeID, true), evs, decoded)
 }
 
 func (s *Service) newEvent(ex *exchange, ref string, typ, actor string, seq int64, ts time.Time, payload any) (Event, error) {

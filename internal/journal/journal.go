@@ -35,6 +35,13 @@ import (
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("journal: closed")
 
+// ErrLanded refuses a write to a fenced log because an earlier batch of
+// that log, reported as failed since its reply was lost, turned out to have
+// landed (see Config.OnLanded). Nothing of the refused write was stored;
+// trying again, from a state that includes the landed batch, is safe. It
+// wraps storage.ErrUnavailable, so services answer it with 503.
+var ErrLanded = fmt.Errorf("journal: an earlier write reported as failed landed after all; try again: %w", storage.ErrUnavailable)
+
 // Config configures a Journal.
 type Config struct {
 	// Store receives the objects. Required.
@@ -56,6 +63,14 @@ type Config struct {
 	// Dated puts a log's objects in day folders: {log}/{YYYY}/{MM}/{DD}/,
 	// the day (UTC) from Now when the batch is written.
 	Dated bool
+	// OnLanded, with Fence set, is called with a batch (the object's
+	// lines, each carrying its epoch) whose Append was answered with an
+	// error because the store's reply was lost, once the journal learns at
+	// the log's next write that it landed after all. That write is refused
+	// with ErrLanded, so a service that keeps state in memory applies the
+	// batch here before it decides anything more from that state. It runs
+	// on the journal's writer and must not append to this journal.
+	OnLanded func(log string, data []byte)
 }
 
 // SegmentBytes is a good Config.SegmentBytes for a journal that appends in

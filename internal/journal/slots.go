@@ -237,8 +237,10 @@ func (j *Journal) Open(ctx context.Context, log, after string) error {
 type logState struct {
 	mu  sync.Mutex
 	pos slotPos
-	// uncertain: the last write failed without saying whether it landed.
+	// uncertain: the last write, to lostKey, failed without saying
+	// whether it landed.
 	uncertain bool
+	lostKey   string
 }
 
 func (j *Journal) logState(log string) *logState {
@@ -439,21 +441,30 @@ func (j *Journal) dayKey(log string, pos slotPos) string {
 // createSlot writes data as the log's next slot and moves ls past it. A
 // key already taken means a newer owner fenced the log, unless it holds
 // these very bytes (a retried write whose first reply was lost) or a batch
-// of ours whose write failed without saying whether it landed: that one
-// stands in the log, like a write made just before a crash, and data goes
-// in the slot after it.
+// of ours whose write failed without saying whether it landed.
+//
+// That batch is settled by the next write, which goes to the very key it
+// went to: either it takes the key, and the lost batch can never land, or
+// it finds the lost batch there. Then that batch stands in the log, like a
+// write made just before a crash, Config.OnLanded hears of it, and this
+// write is refused with ErrLanded: it was made from a state that lacked
+// the lost batch, and acknowledging it could contradict what the log now
+// says (a claim granted twice).
 func (j *Journal) createSlot(ctx context.Context, log string, ls *logState, data []byte) error {
 	for {
 		key := j.dayKey(log, ls.pos)
+		if ls.uncertain {
+			key = ls.lostKey
+		}
 		_, err := j.cfg.Store.Create(ctx, key, data)
 		if err != nil && !errors.Is(err, storage.ErrExists) {
-			ls.uncertain = true
+			ls.uncertain, ls.lostKey = true, key
 			return fmt.Errorf("journal: write %s: %w", key, err)
 		}
 		if err != nil {
 			cur, gerr := j.cfg.Store.Get(ctx, key)
 			if gerr != nil {
-				ls.uncertain = true
+				ls.uncertain, ls.lostKey = true, key
 				return fmt.Errorf("journal: write %s: %w", key, gerr)
 			}
 			if !bytes.Equal(cur.Data, data) {
@@ -464,15 +475,21 @@ func (j *Journal) createSlot(ctx context.Context, log string, ls *logState, data
 				if err != nil {
 					return err
 				}
-				ls.pos, ls.uncertain = p, false
-				continue
+				ls.pos, ls.uncertain, ls.lostKey = p, false, ""
+				if IsControl(cur.Data) {
+					continue // a tick: nothing anyone was told about
+				}
+				if j.cfg.OnLanded != nil {
+					j.cfg.OnLanded(log, cur.Data)
+				}
+				return fmt.Errorf("journal: write %s: %w", key, ErrLanded)
 			}
 		}
 		p, err := j.posOf(ctx, log, key, data)
 		if err != nil {
 			return err
 		}
-		ls.pos, ls.uncertain = p, false
+		ls.pos, ls.uncertain, ls.lostKey = p, false, ""
 		return nil
 	}
 }

@@ -203,37 +203,114 @@ func TestFenced_WriteBetweenListingAndFence(t *testing.T) {
 	audit(t, mem, "l")
 }
 
-// A write whose reply is lost stands in the log like one made before a
-// crash; the journal carries on after it rather than taking it for a
-// fence.
+// A write whose reply is lost is settled by the log's next write, which
+// goes to the same key: if the lost write landed, it stands in the log like
+// one made before a crash, OnLanded hears of it and the next write is
+// refused (it was made without knowing of it); if it did not, the next
+// write takes its place. Neither is taken for a fence.
 func TestFenced_LostReply(t *testing.T) {
+	tests := []struct {
+		name   string
+		landed bool
+		want   []string // replayed
+	}{
+		{"Landed", true, []string{`{"epoch":1,"n":0}`, `{"epoch":1,"n":1}`, `{"epoch":1,"n":3}`}},
+		{"NotLanded", false, []string{`{"epoch":1,"n":0}`, `{"epoch":1,"n":2}`, `{"epoch":1,"n":3}`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := storage.NewMemory()
+			fs := faultstore.New(mem)
+			var mu sync.Mutex
+			var landed []string
+			f := &testFence{epoch: 1}
+			j, err := journal.New(journal.Config{Store: fs, Fence: f, OnLanded: func(log string, data []byte) {
+				mu.Lock()
+				landed = append(landed, log+" "+string(data))
+				mu.Unlock()
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j.Close(context.Background())
+			if err := appendLine(t, j, "l", 0); err != nil {
+				t.Fatal(err)
+			}
+			reset := errors.New("connection reset")
+			h := &faultstore.Hook{Match: func(op faultstore.Op, _ string) bool { return op == faultstore.Create }, Once: true}
+			if tt.landed {
+				h.After = func(context.Context, faultstore.Op, string, error) error { return reset }
+			} else {
+				h.Before = func(context.Context, faultstore.Op, string) error { return reset }
+			}
+			fs.Add(h)
+			if err := appendLine(t, j, "l", 1); !errors.Is(err, reset) {
+				t.Fatalf("the lost reply was reported as %v", err)
+			}
+			err = appendLine(t, j, "l", 2)
+			switch {
+			case tt.landed && !errors.Is(err, journal.ErrLanded):
+				t.Fatalf("the write after a lost one that landed: %v, want ErrLanded", err)
+			case tt.landed && !errors.Is(err, storage.ErrUnavailable):
+				t.Fatalf("ErrLanded is not ErrUnavailable: %v", err)
+			case !tt.landed && err != nil:
+				t.Fatalf("the write after a lost one that did not land: %v", err)
+			}
+			if err := appendLine(t, j, "l", 3); err != nil {
+				t.Fatalf("after the lost write was settled: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if want := "l " + `{"epoch":1,"n":1}` + "\n"; tt.landed && (len(landed) != 1 || landed[0] != want) {
+				t.Fatalf("OnLanded heard %q, want %q", landed, want)
+			} else if !tt.landed && len(landed) != 0 {
+				t.Fatalf("OnLanded heard %q of a write that never landed", landed)
+			}
+			if f.lostCount() != 0 {
+				t.Fatal("a lost reply was taken for a fence")
+			}
+			lines, _ := replayAll(t, mem, "l/")
+			if strings.Join(lines, " ") != strings.Join(tt.want, " ") {
+				t.Fatalf("replayed %q, want %q", lines, tt.want)
+			}
+			audit(t, mem, "l")
+		})
+	}
+}
+
+// A lost write is settled at its own key even when the day changed
+// since: the next write must not take the same slot under the new day's
+// name, which would put two batches in one slot.
+func TestFenced_LostReplyAcrossMidnight(t *testing.T) {
 	mem := storage.NewMemory()
 	fs := faultstore.New(mem)
-	j, f := fencedJournal(t, fs, 1, false, nil)
-	if err := appendLine(t, j, "l", 0); err != nil {
+	c := &clock{t: time.Date(2026, 11, 30, 23, 59, 0, 0, time.UTC)}
+	j, _ := fencedJournal(t, fs, 1, true, c.Now)
+	if err := appendLine(t, j, "ev", 0); err != nil {
 		t.Fatal(err)
 	}
 	fs.Add(&faultstore.Hook{
 		Match: func(op faultstore.Op, _ string) bool { return op == faultstore.Create },
-		After: func(_ context.Context, _ faultstore.Op, _ string, err error) error {
-			return errors.Join(err, errors.New("connection reset"))
-		},
-		Once: true,
+		After: func(context.Context, faultstore.Op, string, error) error { return errors.New("connection reset") },
+		Once:  true,
 	})
-	if err := appendLine(t, j, "l", 1); err == nil {
+	if err := appendLine(t, j, "ev", 1); err == nil {
 		t.Fatal("the lost reply was not reported")
 	}
-	if err := appendLine(t, j, "l", 2); err != nil {
-		t.Fatalf("after a lost reply: %v", err)
+	c.add(2 * time.Minute)
+	if err := appendLine(t, j, "ev", 2); !errors.Is(err, journal.ErrLanded) {
+		t.Fatalf("the write after a lost one that landed: %v, want ErrLanded", err)
 	}
-	if f.lostCount() != 0 {
-		t.Fatal("a lost reply was taken for a fence")
+	if err := appendLine(t, j, "ev", 3); err != nil {
+		t.Fatal(err)
 	}
-	lines, _ := replayAll(t, mem, "l/")
-	if len(lines) != 3 {
+	if _, err := mem.Get(context.Background(), "ev/2026/12/01/00000000000000000003.jsonl"); err != nil {
+		t.Fatalf("the batch after the settled one is not in the new day: %v", err)
+	}
+	if lines, _ := replayAll(t, mem, "ev/"); len(lines) != 3 {
 		t.Fatalf("replayed %q", lines)
 	}
-	audit(t, mem, "l")
+	audit(t, mem, "ev")
 }
 
 // A batch whose write is parked after it landed but before the writer is
