@@ -150,3 +150,70 @@ func TestFence_lostReplyIsNotContradicted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Records updated in place are not fenced by the store: a replaced writer
+// that wakes may still update one (it is then told ErrFenced, and
+// acknowledges nothing). The new owner's own updates of that record must
+// go on working, and land.
+func TestFence_replacedWritersLateUpdateOfARecord(t *testing.T) {
+	st := storage.NewMemory()
+	oa := own(t, st, "a")
+	a, err := mess.New(ctx, mess.Config{Store: st, Fence: oa, OpenRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	mustRegister(t, a, "x", "boss")
+	mustRegister(t, a, "x", "exe")
+	if err := oa.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := mess.New(ctx, mess.Config{Store: st, Fence: own(t, st, "b"), OpenRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	if err := a.UpdateExecutor(ctx, "x", "exe", "exe", mess.ProfileUpdate{DisplayName: new("late")}); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("replaced writer's profile update: %v, want ErrFenced", err)
+	}
+	if _, err := a.CreateInvite(ctx, "x", "boss", mess.InviteOptions{}); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("replaced writer's invite: %v, want ErrFenced", err)
+	}
+
+	// The new owner finds the records changed behind it: it may refuse
+	// its first try (503), and the next works.
+	update := func() error {
+		return b.UpdateExecutor(ctx, "x", "exe", "exe", mess.ProfileUpdate{DisplayName: new("current")})
+	}
+	if err := update(); errors.Is(err, storage.ErrUnavailable) {
+		err = update()
+	} else if err != nil {
+		t.Fatalf("the new owner's profile update: %v", err)
+	}
+	invite := func() (mess.Invite, error) { return b.CreateInvite(ctx, "x", "boss", mess.InviteOptions{}) }
+	inv, err := invite()
+	if errors.Is(err, storage.ErrUnavailable) {
+		inv, err = invite()
+	}
+	if err != nil {
+		t.Fatalf("the new owner's invite: %v", err)
+	}
+	if _, err := b.Register(ctx, "x", mess.Registration{ExecutorID: "guest", InviteToken: inv.Token}); err != nil {
+		t.Fatalf("register with the new owner's invite: %v", err)
+	}
+	if e, err := b.Executor(ctx, "x", "exe"); err != nil || e.DisplayName != "current" {
+		t.Fatalf("the new owner serves %+v, %v", e, err)
+	}
+	// A writer that knows it may have been replaced writes nothing.
+	before, err := st.Get(ctx, "executors/exchange=x/exe.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oa.Fenced(storage.ErrFenced)
+	if err := a.UpdateExecutor(ctx, "x", "exe", "exe", mess.ProfileUpdate{DisplayName: new("later")}); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("lost writer's profile update: %v, want ErrFenced", err)
+	}
+	if after, err := st.Get(ctx, "executors/exchange=x/exe.json"); err != nil || after.Version != before.Version {
+		t.Fatalf("a writer that lost its ownership changed the record: %v", err)
+	}
+}

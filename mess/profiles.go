@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Executor is an executor's profile as stored in
@@ -296,7 +297,13 @@ func (s *Service) changeExecutorIn(ctx context.Context, ex *exchange, executorID
 		return err
 	}
 	b, _ := json.MarshalIndent(next.Executor, "", "  ")
+	if err := s.mayUpdate(); err != nil {
+		return fmt.Errorf("mess: save executor: %w", err)
+	}
 	v, err := s.store.Update(ctx, executorKey(exchangeID, executorID), b, old.version)
+	if errors.Is(err, storage.ErrVersionMismatch) {
+		err = s.reloadExecutor(ctx, ex, old)
+	}
 	if err == nil {
 		err = s.confirm(ctx, exchangeID)
 	}
@@ -313,6 +320,27 @@ func (s *Service) changeExecutorIn(ctx context.Context, ex *exchange, executorID
 		s.logExecutorEvent(ctx, ex, EventExecutorUpdated, next)
 	}
 	return nil
+}
+
+// reloadExecutor puts the stored profile of old's executor in its place
+// after an update found the record changed by another process, and
+// returns errChangedBehind.
+func (s *Service) reloadExecutor(ctx context.Context, ex *exchange, old *executorRec) error {
+	obj, err := s.store.Get(ctx, executorKey(ex.id, old.ID))
+	if err != nil {
+		return err
+	}
+	var e Executor
+	if err := json.Unmarshal(obj.Data, &e); err != nil || e.ID != old.ID {
+		return fmt.Errorf("unreadable executor record: %v", err)
+	}
+	rec := &executorRec{Executor: e, version: obj.Version, caps: capabilityIDs(e.Capabilities)}
+	rec.lastSeen.Store(old.lastSeen.Load())
+	ex.mu.Lock()
+	ex.executors[old.ID] = rec
+	ex.mu.Unlock()
+	s.reindexKeys(ex.id, old, rec)
+	return errChangedBehind
 }
 
 // flushLastSeen writes last_seen of executors seen since their profile was

@@ -173,6 +173,9 @@ func (s *Service) Register(ctx context.Context, exchangeID string, r Registratio
 		APIKeys:       []APIKey{{ID: "k_" + randomHex(6), Hash: hex.EncodeToString(h[:]), CreatedAt: now}},
 	}}
 	b, _ := json.MarshalIndent(rec.Executor, "", "  ")
+	if err := s.mayUpdate(); err != nil {
+		return RegisterResult{}, fmt.Errorf("mess: save executor: %w", err)
+	}
 	v, err := s.store.Create(ctx, executorKey(exchangeID, r.ExecutorID), b)
 	if err == nil {
 		err = s.confirm(ctx, exchangeID)
@@ -273,7 +276,23 @@ func (s *Service) updateMeta(ctx context.Context, ex *exchange, change func(*exc
 		return err
 	}
 	b, _ := json.Marshal(&m)
+	if err := s.mayUpdate(); err != nil {
+		return fmt.Errorf("mess: save exchange: %w", err)
+	}
 	v, err := s.store.Update(ctx, exchangeKey(ex.id), b, ver)
+	if errors.Is(err, storage.ErrVersionMismatch) {
+		// Changed by a replaced writer (see errChangedBehind).
+		var obj storage.Object
+		if obj, err = s.store.Get(ctx, exchangeKey(ex.id)); err == nil {
+			var m exchangeMeta
+			if err = json.Unmarshal(obj.Data, &m); err == nil {
+				ex.mu.Lock()
+				ex.meta, ex.metaVersion = &m, obj.Version
+				ex.mu.Unlock()
+				err = errChangedBehind
+			}
+		}
+	}
 	if err == nil {
 		err = s.confirm(ctx, ex.id)
 	}

@@ -352,6 +352,22 @@ func (s *Service) confirm(ctx context.Context, exchangeID string) error {
 	return s.cfg.Fence.Confirm(ctx, exchangeID)
 }
 
+// mayUpdate is called before a record is created or updated in place
+// (executor profiles, exchange records). The store does not fence those,
+// so a process that may have been replaced writes none: its change could
+// land after the new owner loaded the record.
+func (s *Service) mayUpdate() error {
+	if s.cfg.Fence == nil {
+		return nil
+	}
+	return s.cfg.Fence.Valid()
+}
+
+// errChangedBehind answers an in-place update that found its record
+// changed by another process: a replaced writer's late, unacknowledged
+// write. The record was reloaded; the next try works on it.
+var errChangedBehind = fmt.Errorf("the record was changed by a replaced writer; reloaded it, try again: %w", storage.ErrUnavailable)
+
 // commit makes events durable, then applies them to ex under its lock.
 // The caller holds the thread's mutex when the events touch a thread.
 func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded []any) error {

@@ -821,6 +821,41 @@ func (w *burst) waitProgress(n, received int64, within time.Duration, what strin
 		what, within, w.nCreated.Load()-c0, w.nDecided.Load()-d0, w.nSent.Load()-s0, w.nReceived.Load()-r0)
 }
 
+// renameAll has every agent change its display name on n. The records
+// are updated in place, outside the fenced logs: a writer that was
+// replaced must not have changed them behind n's back. A 503 is tried
+// again (n may find a record changed and reload it).
+func (w *burst) renameAll(n *node, name string) {
+	w.t.Helper()
+	for agent := range w.keys {
+		for try := 0; ; try++ {
+			a := w.doAt(n, "PATCH", w.api("/executors/"+agent), agent, map[string]any{"display_name": name})
+			if a.ok() {
+				break
+			}
+			if a.status != http.StatusServiceUnavailable || try == 3 {
+				w.t.Fatalf("rename %s on %s: %d %s", agent, n.name, a.status, a.body)
+			}
+		}
+	}
+}
+
+// checkNames fails unless n serves name as every agent's display name.
+func (w *burst) checkNames(n *node, name string) {
+	w.t.Helper()
+	for agent := range w.keys {
+		var res struct {
+			Executor struct {
+				DisplayName string `json:"display_name"`
+			} `json:"executor"`
+		}
+		getOK(w.t, w.hc, n, w.api("/executors/"+agent), w.keys[agent], &res)
+		if res.Executor.DisplayName != name {
+			w.t.Errorf("%s serves %s's name as %q, want %q", n.name, agent, res.Executor.DisplayName, name)
+		}
+	}
+}
+
 // served is what a node serves of the exchange: every request and the
 // receiver's inbox.
 type served struct {
@@ -1191,6 +1226,7 @@ func TestNemesis_pausedWriter(t *testing.T) {
 	if err := a.waitExit(t, 20*time.Second); err == nil {
 		t.Error("the replaced writer exited 0")
 	}
+	w.renameAll(b, "renamed by B")
 
 	w.waitProgress(10, 1, 30*time.Second, "after the old writer left")
 	w.stop()
@@ -1211,6 +1247,7 @@ func TestNemesis_pausedWriter(t *testing.T) {
 		t.Logf("a request to %s went unanswered: the replay may serve more than was read from it", b.name)
 	}
 	sameServed(t, atB, atC, exact)
+	w.checkNames(c, "renamed by B")
 	w.check(atC)
 	st := bucketStore(t, s3)
 	auditLogs(t, st, 1, 2, 3)
