@@ -207,7 +207,7 @@ func migrateMain(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	if err := m.run(ctx, stdout, stderr); err != nil {
 		if ctx.Err() != nil {
-			err = errors.New("interrupted: the target holds part of the source; run the same command again to finish")
+			err = errors.New("interrupted: what was copied stays, and the same command again finishes the copy")
 		}
 		fmt.Fprintln(stderr, "messd migrate:", err)
 		return 1
