@@ -332,6 +332,20 @@ func TestMigrate_refusesStoresInUse(t *testing.T) {
 		// The messd kept its claim and still serves.
 		ts.register(t, migEx, "bob")
 	})
+	t.Run("target bucket", func(t *testing.T) {
+		env := s3Env(t)
+		env["MESS_OWNER_HEARTBEAT"], env["MESS_OWNER_TIMEOUT"] = "200ms", "1s"
+		ts := startServer(t, withS3(env))
+		ts.register(t, migEx, "alice")
+		src := t.TempDir()
+		startServer(t, withDataDir(src)).Stop()
+		code, out, errOut := migrate(t, env, "-from", "dir:"+src, "-to", "s3", "-force")
+		if code != 1 || out != "" || !strings.Contains(errOut, "the target's writer is") ||
+			!strings.Contains(errOut, "the target s3:"+env["S3_BUCKET"]+"/ is in use by a running messd") {
+			t.Fatalf("%d %q %q", code, out, errOut)
+		}
+		ts.register(t, migEx, "bob")
+	})
 }
 
 // storeKeys lists every key of the directory store at dir.
@@ -563,6 +577,30 @@ func TestCopier(t *testing.T) {
 		}
 		if !reflect.DeepEqual(dump(t, mem), copied(source)) {
 			t.Fatal("the finished copy differs from the source")
+		}
+	})
+
+	t.Run("other data is refused, or kept with force", func(t *testing.T) {
+		src, dst := storage.NewMemory(), storage.NewMemory()
+		fill(t, src, source)
+		theirs := map[string]string{"exchanges/other.json": "theirs", "owners/messd.json": "their owner"}
+		fill(t, dst, theirs)
+		c := copier{src: src, dst: dst, workers: 4, logf: quiet, every: time.Hour}
+		if _, err := c.run(ctx); !errors.Is(err, errTargetHoldsData) {
+			t.Fatalf("without force: %v", err)
+		}
+		if got := dump(t, dst); !reflect.DeepEqual(got, theirs) {
+			t.Fatalf("a refused copy changed the target: %v", got)
+		}
+		c.force = true
+		res, err := c.run(ctx)
+		if err != nil || res.foreign != 1 || res.copied != res.objects {
+			t.Fatalf("with force: %+v %v", res, err)
+		}
+		want := copied(source)
+		maps.Copy(want, theirs)
+		if got := dump(t, dst); !reflect.DeepEqual(got, want) {
+			t.Fatal("with force the target is not the source plus its own objects")
 		}
 	})
 
