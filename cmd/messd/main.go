@@ -139,13 +139,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	addr := fs.String("addr", env("ADDR", ""), "listen address host:port; overrides -port (ADDR)")
 	storageType := fs.String("storage-type", env("STORAGE_TYPE", "filesystem"), "storage backend: filesystem or s3 (STORAGE_TYPE)")
 	storagePath := fs.String("storage-path", env("STORAGE_PATH", "./data"), "data directory for the filesystem backend (STORAGE_PATH)")
-	s3Endpoint := fs.String("s3-endpoint", env("S3_ENDPOINT", ""), "S3 API host:port, or a URL (S3_ENDPOINT)")
-	s3Bucket := fs.String("s3-bucket", env("S3_BUCKET", ""), "bucket, which must exist (S3_BUCKET)")
-	s3Access := fs.String("s3-access-key", env("S3_ACCESS_KEY", ""), "access key (S3_ACCESS_KEY)")
-	s3Secret := fs.String("s3-secret-key", env("S3_SECRET_KEY", ""), "secret key (S3_SECRET_KEY)")
-	s3Region := fs.String("s3-region", env("S3_REGION", ""), "bucket region (S3_REGION)")
-	s3Prefix := fs.String("s3-prefix", env("S3_PREFIX", ""), "key prefix inside the bucket (S3_PREFIX)")
-	s3SSL := fs.Bool("s3-use-ssl", useSSL, "use HTTPS to reach S3 (S3_USE_SSL=true)")
+	s3 := s3Flags(fs, env, useSSL)
 	ownerHB := fs.Duration("owner-heartbeat", heartbeat, "how often the writer renews its owner record on S3 (MESS_OWNER_HEARTBEAT)")
 	ownerTO := fs.Duration("owner-timeout", ownerTimeout, "how long a standby waits for a silent writer before taking over (MESS_OWNER_TIMEOUT)")
 	capDir := fs.String("capabilities-dir", env("CAPABILITIES_DIR", "./capabilities"), "directory of capability YAML files (CAPABILITIES_DIR)")
@@ -178,9 +172,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		metricsAddr:       *metricsAddr,
 		// Environment only, so it is never on a command line: turns on
 		// the /admin endpoints for "messd admin -url" (docs/operations.md).
-		adminToken: getenv("MESS_ADMIN_TOKEN"),
-		s3: s3Settings{endpoint: *s3Endpoint, bucket: *s3Bucket, accessKey: *s3Access, secretKey: *s3Secret,
-			region: *s3Region, prefix: *s3Prefix, useSSL: *s3SSL},
+		adminToken:        getenv("MESS_ADMIN_TOKEN"),
+		s3:                *s3,
 		ownerHeartbeat:    *ownerHB,
 		ownerTimeout:      *ownerTO,
 		readHeaderTimeout: limits.readHeaderTimeout,
@@ -218,6 +211,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return config{}, fmt.Errorf("invalid log level %q", *level)
 	}
 	return c, nil
+}
+
+// s3Flags defines the S3 settings' flags on fs, each defaulting to its
+// variable; the result is filled in when fs is parsed. messd and
+// "messd migrate" share them.
+func s3Flags(fs *flag.FlagSet, env func(k, def string) string, useSSL bool) *s3Settings {
+	s := new(s3Settings)
+	fs.StringVar(&s.endpoint, "s3-endpoint", env("S3_ENDPOINT", ""), "S3 API host:port, or a URL (S3_ENDPOINT)")
+	fs.StringVar(&s.bucket, "s3-bucket", env("S3_BUCKET", ""), "bucket, which must exist (S3_BUCKET)")
+	fs.StringVar(&s.accessKey, "s3-access-key", env("S3_ACCESS_KEY", ""), "access key (S3_ACCESS_KEY)")
+	fs.StringVar(&s.secretKey, "s3-secret-key", env("S3_SECRET_KEY", ""), "secret key (S3_SECRET_KEY)")
+	fs.StringVar(&s.region, "s3-region", env("S3_REGION", ""), "bucket region (S3_REGION)")
+	fs.StringVar(&s.prefix, "s3-prefix", env("S3_PREFIX", ""), "key prefix inside the bucket (S3_PREFIX)")
+	fs.BoolVar(&s.useSSL, "s3-use-ssl", useSSL, "use HTTPS to reach S3 (S3_USE_SSL=true)")
+	return s
 }
 
 func splitList(s string) []string {
