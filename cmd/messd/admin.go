@@ -331,7 +331,7 @@ func adminLocal(ctx context.Context, storeArgs []string, getenv func(string) str
 	if c.storageType == "s3" {
 		// Write only as the store's one writer: a live messd keeps the
 		// claim, a crashed one loses it after its timeout.
-		owner, err := claimIdle(ctx, store, "messd admin", "the store", c.ownerHeartbeat, c.ownerTimeout, stderr)
+		owner, err := claimIdle(ctx, store, "messd admin", "the store", c.ownerHeartbeat, c.ownerTimeout, 0, stderr)
 		if err != nil {
 			return fmt.Errorf("a messd is writing this store; ask it instead: set MESS_ADMIN_TOKEN on that messd and here and pass -url (%w)", err)
 		}

@@ -222,12 +222,12 @@ func (m migrateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		defer mu.Unlock()
 		fmt.Fprintf(stderr, "messd migrate: "+format+"\n", args...)
 	}
-	src, closeSrc, err := m.open(ctx, m.from, "source", stderr)
+	src, closeSrc, err := m.open(ctx, m.from, "source", 0, stderr)
 	if err != nil {
 		return err
 	}
 	defer closeSrc()
-	dst, closeDst, err := m.open(ctx, m.to, "target", stderr)
+	dst, closeDst, err := m.open(ctx, m.to, "target", src.epoch(), stderr)
 	if err != nil {
 		return err
 	}
@@ -266,9 +266,21 @@ type opened struct {
 	owner *ownership.Ownership // S3 only
 }
 
+// epoch is the source's owner epoch, above every epoch in its logs; 0 for
+// a directory, whose logs carry none.
+func (o opened) epoch() uint64 {
+	if o.owner == nil {
+		return 0
+	}
+	return o.owner.Epoch()
+}
+
 // open opens one side as messd would and keeps messd out of it while the
 // migration runs: the directory's lock, or on S3 the owner record.
-func (m migrateCmd) open(ctx context.Context, s storeSpec, role string, stderr io.Writer) (opened, func(), error) {
+// minEpoch is the lowest epoch the target's owner record may take: the
+// source's (the lines copied carry epochs up to it), so the next messd on
+// the target fences the logs above every epoch in them.
+func (m migrateCmd) open(ctx context.Context, s storeSpec, role string, minEpoch uint64, stderr io.Writer) (opened, func(), error) {
 	o := opened{role: role}
 	if s.dir != "" {
 		if role == "source" {
@@ -291,7 +303,7 @@ func (m migrateCmd) open(ctx context.Context, s storeSpec, role string, stderr i
 	if err != nil {
 		return o, nil, fmt.Errorf("the %s %s: %w", role, s.name, err)
 	}
-	owner, err := claimIdle(ctx, st, "messd migrate", "the "+role, m.heartbeat, m.timeout, stderr)
+	owner, err := claimIdle(ctx, st, "messd migrate", "the "+role, m.heartbeat, m.timeout, minEpoch, stderr)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:

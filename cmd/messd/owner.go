@@ -115,12 +115,12 @@ func fenceGate(f storage.Fence) echo.MiddlewareFunc {
 // timeout for the record to stop changing, saying so on stderr, and gives
 // up while a writer still heartbeats: a live messd keeps the store, one
 // that crashed loses it. The caller releases the claim when done.
-func claimIdle(ctx context.Context, store storage.Store, command, what string, heartbeat, timeout time.Duration, stderr io.Writer) (*ownership.Ownership, error) {
+func claimIdle(ctx context.Context, store storage.Store, command, what string, heartbeat, timeout time.Duration, minEpoch uint64, stderr io.Writer) (*ownership.Ownership, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout+2*heartbeat)
 	defer cancel()
 	return ownership.Claim(ctx, ownership.Config{
 		Store: store, Key: ownerKey, Holder: holderID() + " (" + command + ")",
-		Heartbeat: heartbeat, Timeout: timeout, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Heartbeat: heartbeat, Timeout: timeout, MinEpoch: minEpoch, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, func(holder, addr string) {
 		fmt.Fprintf(stderr, "%s: %s's writer is %s at %s; waiting up to %s for it to go silent\n", command, what, holder, addr, timeout)
 	})
