@@ -312,20 +312,57 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	go func() { errc <- srv.Serve(ln) }()
 	defer srv.Close()
 
-	// On a shared store (S3) several messd may run; one writes, the others
-	// wait until it goes silent. A directory is kept by the lock above.
+	if c.pprofAddr != "" {
+		stopProf, err := servePprof(c.pprofAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopProf()
+	}
+	for {
+		drain := func(ctx context.Context) {
+			cancelBase()
+			if serr := srv.Shutdown(ctx); serr != nil {
+				logger.Warn("http shutdown", "err", serr)
+			}
+		}
+		replaced, err := serveTerm(ctx, c, store, caps, ln.Addr().String(), front, errc, drain, logger, getenv, ready)
+		ready = nil // announced once
+		if !replaced || ctx.Err() != nil {
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			return err
+		}
+		// Another messd writes the store now: wait to take over again.
+		logger.Warn("replaced as the writer; waiting as a standby", "err", err)
+	}
+}
+
+// serveTerm is one term of this process as the store's writer: on a
+// shared store (S3), where several messd may run and one writes while the
+// others wait until it goes silent, it first claims the owner record (a
+// directory is kept by its lock instead). It builds the services, serves
+// them until ctx ends, the server fails, or another messd takes over
+// (replaced), and closes them. On the way out it drains the HTTP server
+// (drain) before closing the services. A replaced writer answers nothing
+// more: its requests in flight are cancelled, its WebSockets closed with a
+// try-again code, and the listener stays up for the next term.
+func serveTerm(ctx context.Context, c config, store storage.Store, caps mess.Catalogue, addr string, front *handoff,
+	errc <-chan error, drain func(context.Context), logger *slog.Logger, getenv func(string) string, ready chan<- string) (replaced bool, err error) {
 	var owner *ownership.Ownership
 	var fence storage.Fence // nil unless owner is set: a nil *Ownership is not a nil Fence
 	var lost <-chan struct{}
 	if c.storageType == "s3" {
-		if owner, err = claimWriter(ctx, store, ln.Addr().String(), c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
+
+		if owner, err = claimWriter(ctx, store, addr, c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
 			if ctx.Err() != nil {
-				return nil // told to stop while a standby: nothing to shut down
+				return false, nil // told to stop while a standby: nothing to shut down
 			}
-			return err
+			return false, err
 		}
 		// Released after the last write on the way out (below), or here
-		// when start-up fails, so the heartbeat never outlives run.
+		// when start-up fails, so the heartbeat never outlives the term.
 		defer func() {
 			if owner != nil {
 				if rerr := owner.Release(context.Background()); rerr != nil {
@@ -335,12 +372,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}()
 		lost = owner.Lost()
 		fence = owner
+		front.role.Store("starting")
 		logger.Info("writing the store", "epoch", owner.Epoch())
 	}
 
 	validate, err := profileValidator(getenv)
 	if err != nil {
-		return err
+		return false, err
 	}
 	start := time.Now()
 	svc, err := mess.New(ctx, mess.Config{
@@ -359,65 +397,58 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		EventBufferBytes:   c.eventBufferBytes,
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	logger.Info("state rebuilt", "took", time.Since(start).Round(time.Millisecond))
 
 	e, closers, err := newServer(c, svc, caps, store, fence, logger, getenv)
 	if err != nil {
 		svc.Close(context.Background())
-		return err
+		return false, err
 	}
-	front.serve(e)
-	logger.Info("messd listening", "addr", ln.Addr().String(), "storage", c.storageType, "path", c.storagePath)
+	// Requests of this term end with it, even those that wait (long-polls,
+	// event streams).
+	tm := newTerm(e)
+	defer tm.end()
+	front.serve(tm)
+	logger.Info("messd listening", "addr", addr, "storage", c.storageType, "path", c.storagePath)
 	if ready != nil {
-		ready <- ln.Addr().String()
-	}
-	if c.pprofAddr != "" {
-		stopProf, err := servePprof(c.pprofAddr, logger)
-		if err != nil {
-			ln.Close()
-			svc.Close(context.Background())
-			return err
-		}
-		defer stopProf()
+		ready <- addr
 	}
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
 	case <-lost:
-		// Another messd took over: acknowledge nothing more. Closing the
-		// connections, rather than draining them, keeps requests in
-		// flight from being answered 2xx.
-		err = owner.Err()
-		srv.Close()
+		// Another messd took over: acknowledge nothing more. The fence
+		// already refuses every request; end those still in flight.
+		err, replaced = owner.Err(), true
+		front.stop()
+		tm.end()
 	}
-	logger.Info("shutting down")
+	logger.Info("closing the services")
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
-	cancelBase()
-	if serr := srv.Shutdown(sctx); serr != nil {
-		logger.Warn("http shutdown", "err", serr)
+	if !replaced {
+		tm.end()
+		drain(sctx)
 	}
 	for i := len(closers) - 1; i >= 0; i-- {
 		if cerr := closers[i](sctx); cerr != nil {
 			logger.Warn("close service", "err", cerr)
 		}
 	}
+	tm.wait(sctx)
 	if cerr := svc.Close(sctx); cerr != nil {
 		logger.Warn("close exchange", "err", cerr)
 	}
-	if owner != nil {
+	if owner != nil && !replaced {
 		// After the last write: a standby may take over at once.
 		if rerr := owner.Release(sctx); rerr != nil {
 			logger.Warn("release the owner record", "err", rerr)
 		}
 		owner = nil
 	}
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	return replaced, err
 }
 
 // servePprof serves the runtime profiles on their own listener, apart from

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,6 +91,72 @@ func (s *handoff) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *handoff) serve(h http.Handler) { s.h.Store(&h) }
+
+// stop goes back to answering as a standby.
+func (s *handoff) stop() {
+	s.role.Store("standby")
+	s.h.Store(nil)
+}
+
+// term serves one writer term's handler: its requests are cancelled when
+// the term ends, and wait tells when the last one returned.
+type term struct {
+	h      http.Handler
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	n      int
+	idle   chan struct{} // closed when n drops to 0 after the end
+}
+
+func newTerm(h http.Handler) *term {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &term{h: h, ctx: ctx, cancel: cancel, idle: make(chan struct{})}
+}
+
+func (t *term) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.n--
+		if t.n == 0 && t.ctx.Err() != nil {
+			select {
+			case <-t.idle:
+			default:
+				close(t.idle)
+			}
+		}
+		t.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(t.ctx, cancel)()
+	t.h.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// end cancels every request of the term.
+func (t *term) end() {
+	t.cancel()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		select {
+		case <-t.idle:
+		default:
+			close(t.idle)
+		}
+	}
+}
+
+// wait returns when the term's requests have returned, or ctx ends.
+func (t *term) wait(ctx context.Context) {
+	select {
+	case <-t.idle:
+	case <-ctx.Done():
+	}
+}
 
 // fenceGate answers 503 once this process may have been replaced as the
 // writer, before any handler runs: it serves nothing, stale reads
