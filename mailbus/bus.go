@@ -162,6 +162,10 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	return b, nil
 }
 
+// replaced reports whether another process may have taken over the store
+// this bus writes.
+func (b *Bus) replaced() bool { return b.cfg.Fence != nil && b.cfg.Fence.Valid() != nil }
+
 // Close stops the bus: new calls fail with ErrClosed, every connection is
 // closed (WebSocket clients get StatusGoingAway), accepted writes are made
 // durable, and background work stops. It is idempotent.

@@ -237,6 +237,8 @@ func (ws *wsConn) closeWith(err error) {
 	// No data frame may follow the close frame.
 	ws.fw.end()
 	switch {
+	case errors.Is(err, ErrClosed) && ws.h.b.replaced():
+		ws.conn.Close(websocket.StatusTryAgainLater, "this server no longer writes the mail bus: reconnect")
 	case errors.Is(err, ErrClosed):
 		ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
 	case errors.Is(err, errReload):

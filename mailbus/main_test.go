@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"go.uber.org/goleak"
 
+	"github.com/meatspace-exchange/mess/internal/backends"
 	"github.com/meatspace-exchange/mess/mailbus"
 	"github.com/meatspace-exchange/mess/storage"
 )
@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 		serveChild(dir)
 		return
 	}
-	goleak.VerifyTestMain(m)
+	backends.Main(m)
 }
 
 // keyAuth accepts keys "key-<exchange>-<agent>".

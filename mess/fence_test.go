@@ -2,12 +2,14 @@ package mess_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meatspace-exchange/mess/internal/backends"
 	"github.com/meatspace-exchange/mess/internal/faultstore"
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/mess"
@@ -31,7 +33,11 @@ func own(t *testing.T, st storage.Store, holder string) *ownership.Ownership {
 // writes meet the new owner's fence and its record updates fail to
 // confirm. The new owner serves everything the old one acknowledged.
 func TestFence_ReplacedWriterAcknowledgesNothing(t *testing.T) {
-	st := storage.NewMemory()
+	backends.Each(t, testReplacedWriter)
+}
+
+func testReplacedWriter(t *testing.T, open backends.Opener) {
+	st := open(t)
 	oa := own(t, st, "a")
 	a, err := mess.New(ctx, mess.Config{Store: st, Fence: oa, OpenRegistration: true})
 	if err != nil {
@@ -82,6 +88,76 @@ func TestFence_ReplacedWriterAcknowledgesNothing(t *testing.T) {
 	if rep.Fences[ob.Epoch()] == 0 || rep.Fences[oa.Epoch()] == 0 {
 		t.Fatalf("audit %+v: each owner should have fenced the log", rep)
 	}
+}
+
+// A restart on either backend rebuilds exactly the state that was served,
+// and on a shared store every event log passes the fencing audit.
+func TestBackends_Rebuild(t *testing.T) {
+	backends.Each(t, func(t *testing.T, open backends.Opener) {
+		st := open(t)
+		oa := own(t, st, "a")
+		s, err := mess.New(ctx, mess.Config{Store: st, Fence: oa, OpenRegistration: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustRegister(t, s, "home", "agent")
+		mustRegister(t, s, "home", "human")
+		var refs []string
+		for i := range 20 {
+			res, err := s.CreateRequest(ctx, "home", "agent", mess.Request{Intent: fmt.Sprint("job ", i)}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			refs = append(refs, res.Ref)
+		}
+		for i, ref := range refs[:8] {
+			if _, err := s.Update(ctx, "home", "human", ref, mess.Update{Status: "claimed"}); err != nil {
+				t.Fatal(err)
+			}
+			if i%2 == 0 {
+				if _, err := s.Update(ctx, "home", "human", ref, mess.Update{Status: "completed", Mess: json.RawMessage(`[{"response":{"content":["done"]}}]`)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		before, err := s.List(ctx, "home", mess.ListOptions{Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := oa.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+
+		st2 := open(t) // as a new process sees it
+		ob := own(t, st2, "b")
+		s2, err := mess.New(ctx, mess.Config{Store: st2, Fence: ob})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s2.Close(ctx)
+		after, err := s2.List(ctx, "home", mess.ListOptions{Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b1, _ := json.Marshal(before.Threads)
+		b2, _ := json.Marshal(after.Threads)
+		if string(b1) != string(b2) {
+			t.Fatalf("listing differs after rebuild:\n%s\n%s", b1, b2)
+		}
+		if _, err := s2.CreateRequest(ctx, "home", "agent", mess.Request{Intent: "after"}, ""); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := journal.Audit(ctx, st2, "events/exchange=home", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Lines < 20+8+4+1 {
+			t.Fatalf("audit %+v: events missing", rep)
+		}
+	})
 }
 
 // A write whose reply was lost (the store took it, then the connection

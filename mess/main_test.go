@@ -3,7 +3,7 @@ package mess_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/meatspace-exchange/mess/internal/backends"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { backends.Main(m) }

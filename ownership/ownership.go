@@ -55,6 +55,10 @@ type Config struct {
 	// Timeout is how long the record must stay unchanged before a standby
 	// takes over. It must be well above Heartbeat; zero means 10s.
 	Timeout time.Duration
+	// MinEpoch, when set, is the lowest epoch this claim may take: a store
+	// whose logs were copied from another (messd migrate) must continue
+	// above the epochs written in them.
+	MinEpoch uint64
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -138,7 +142,7 @@ func Claim(ctx context.Context, cfg Config, waiting func(holder, addr string)) (
 		obj, err := cfg.Store.Get(ctx, cfg.Key)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
-			o, err := create(ctx, cfg, record{Epoch: 1})
+			o, err := create(ctx, cfg, record{Epoch: max(1, cfg.MinEpoch)})
 			if err == nil || !errors.Is(err, storage.ErrExists) {
 				return o, err
 			}
@@ -191,7 +195,7 @@ func create(ctx context.Context, cfg Config, rec record) (*Ownership, error) {
 }
 
 func takeOver(ctx context.Context, cfg Config, prev record, version string) (*Ownership, error) {
-	rec := record{Epoch: prev.Epoch + 1, Holder: cfg.Holder, Addr: cfg.Addr, Since: time.Now().UTC()}
+	rec := record{Epoch: max(prev.Epoch+1, cfg.MinEpoch), Holder: cfg.Holder, Addr: cfg.Addr, Since: time.Now().UTC()}
 	data, _ := json.Marshal(rec)
 	sent := time.Now()
 	v, err := cfg.Store.Update(ctx, cfg.Key, data, version)

@@ -300,3 +300,32 @@ func TestExchangeRecords(t *testing.T) {
 	}
 	lostWithin(t, old, time.Second)
 }
+
+// MinEpoch lifts a new record, and a takeover, to at least that epoch.
+func TestMinEpoch(t *testing.T) {
+	ctx := context.Background()
+	mem := storage.NewMemory()
+	cfg := config(mem, "a")
+	cfg.MinEpoch = 7
+	a := claim(t, cfg)
+	if a.Epoch() != 7 {
+		t.Fatalf("new record at epoch %d, want 7", a.Epoch())
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := claim(t, config(mem, "b"))
+	if b.Epoch() != 8 {
+		t.Fatalf("takeover at epoch %d, want 8", b.Epoch())
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg = config(mem, "c")
+	cfg.MinEpoch = 20
+	c := claim(t, cfg)
+	defer c.Release(ctx)
+	if c.Epoch() != 20 {
+		t.Fatalf("takeover at epoch %d, want 20", c.Epoch())
+	}
+}

@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d := fs.Duration("d", 10*time.Second, "how long to run")
 	n := fs.Int("n", 0, "scenario size (0: the scenario's default)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file")
+	spawnOn := fs.String("spawn", "", "build and start messd for the run on a fresh backend, fs or minio, instead of using -url")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,15 +96,24 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	switch *scenario {
+	case "takeover":
+		return benchTakeover(ctx, *spawnOn, options{Concurrency: *c, Duration: *d, N: *n, Out: out})
+	case "s3-floor":
+		return benchS3Floor(ctx, options{Concurrency: *c, Duration: *d, N: *n, Out: out})
+	}
 	fn, ok := scenarios[*scenario]
 	if !ok {
-		return fmt.Errorf("unknown scenario %q (have %s)", *scenario, strings.Join(names, ", "))
+		return fmt.Errorf("unknown scenario %q (have %s, s3-floor, takeover)", *scenario, strings.Join(names, ", "))
 	}
 	if err := checkLoopback(*url); err != nil {
 		return err
 	}
 	o := options{URL: strings.TrimRight(*url, "/"), Exchange: "bench-" + randHex(4), Concurrency: *c, Duration: *d, N: *n, Out: out}
 	fmt.Fprintf(out, "scenario %s: exchange %s, %d clients, %s\n", *scenario, o.Exchange, o.Concurrency, o.Duration)
+	if *spawnOn != "" {
+		return runSpawned(ctx, *spawnOn, o, fn)
+	}
 	return fn(ctx, o)
 }
 

@@ -23,7 +23,6 @@ import (
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/mess"
-	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
@@ -332,14 +331,7 @@ func adminLocal(ctx context.Context, storeArgs []string, getenv func(string) str
 	if c.storageType == "s3" {
 		// Write only as the store's one writer: a live messd keeps the
 		// claim, a crashed one loses it after its timeout.
-		cctx, cancel := context.WithTimeout(ctx, c.ownerTimeout+2*c.ownerHeartbeat)
-		owner, err := ownership.Claim(cctx, ownership.Config{
-			Store: store, Key: ownerKey, Holder: holderID() + " (messd admin)",
-			Heartbeat: c.ownerHeartbeat, Timeout: c.ownerTimeout, Logger: quiet,
-		}, func(holder, addr string) {
-			fmt.Fprintf(stderr, "messd admin: the store's writer is %s at %s; waiting up to %s for it to go silent\n", holder, addr, c.ownerTimeout)
-		})
-		cancel()
+		owner, err := claimIdle(ctx, store, "messd admin", "the store", c.ownerHeartbeat, c.ownerTimeout, 0, stderr)
 		if err != nil {
 			return fmt.Errorf("a messd is writing this store; ask it instead: set MESS_ADMIN_TOKEN on that messd and here and pass -url (%w)", err)
 		}

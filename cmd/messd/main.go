@@ -139,13 +139,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	addr := fs.String("addr", env("ADDR", ""), "listen address host:port; overrides -port (ADDR)")
 	storageType := fs.String("storage-type", env("STORAGE_TYPE", "filesystem"), "storage backend: filesystem or s3 (STORAGE_TYPE)")
 	storagePath := fs.String("storage-path", env("STORAGE_PATH", "./data"), "data directory for the filesystem backend (STORAGE_PATH)")
-	s3Endpoint := fs.String("s3-endpoint", env("S3_ENDPOINT", ""), "S3 API host:port, or a URL (S3_ENDPOINT)")
-	s3Bucket := fs.String("s3-bucket", env("S3_BUCKET", ""), "bucket, which must exist (S3_BUCKET)")
-	s3Access := fs.String("s3-access-key", env("S3_ACCESS_KEY", ""), "access key (S3_ACCESS_KEY)")
-	s3Secret := fs.String("s3-secret-key", env("S3_SECRET_KEY", ""), "secret key (S3_SECRET_KEY)")
-	s3Region := fs.String("s3-region", env("S3_REGION", ""), "bucket region (S3_REGION)")
-	s3Prefix := fs.String("s3-prefix", env("S3_PREFIX", ""), "key prefix inside the bucket (S3_PREFIX)")
-	s3SSL := fs.Bool("s3-use-ssl", useSSL, "use HTTPS to reach S3 (S3_USE_SSL=true)")
+	s3 := s3Flags(fs, env, useSSL)
 	ownerHB := fs.Duration("owner-heartbeat", heartbeat, "how often the writer renews its owner record on S3 (MESS_OWNER_HEARTBEAT)")
 	ownerTO := fs.Duration("owner-timeout", ownerTimeout, "how long a standby waits for a silent writer before taking over (MESS_OWNER_TIMEOUT)")
 	capDir := fs.String("capabilities-dir", env("CAPABILITIES_DIR", "./capabilities"), "directory of capability YAML files (CAPABILITIES_DIR)")
@@ -178,9 +172,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		metricsAddr:       *metricsAddr,
 		// Environment only, so it is never on a command line: turns on
 		// the /admin endpoints for "messd admin -url" (docs/operations.md).
-		adminToken: getenv("MESS_ADMIN_TOKEN"),
-		s3: s3Settings{endpoint: *s3Endpoint, bucket: *s3Bucket, accessKey: *s3Access, secretKey: *s3Secret,
-			region: *s3Region, prefix: *s3Prefix, useSSL: *s3SSL},
+		adminToken:        getenv("MESS_ADMIN_TOKEN"),
+		s3:                *s3,
 		ownerHeartbeat:    *ownerHB,
 		ownerTimeout:      *ownerTO,
 		readHeaderTimeout: limits.readHeaderTimeout,
@@ -218,6 +211,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return config{}, fmt.Errorf("invalid log level %q", *level)
 	}
 	return c, nil
+}
+
+// s3Flags defines the S3 settings' flags on fs, each defaulting to its
+// variable; the result is filled in when fs is parsed. messd and
+// "messd migrate" share them.
+func s3Flags(fs *flag.FlagSet, env func(k, def string) string, useSSL bool) *s3Settings {
+	s := new(s3Settings)
+	fs.StringVar(&s.endpoint, "s3-endpoint", env("S3_ENDPOINT", ""), "S3 API host:port, or a URL (S3_ENDPOINT)")
+	fs.StringVar(&s.bucket, "s3-bucket", env("S3_BUCKET", ""), "bucket, which must exist (S3_BUCKET)")
+	fs.StringVar(&s.accessKey, "s3-access-key", env("S3_ACCESS_KEY", ""), "access key (S3_ACCESS_KEY)")
+	fs.StringVar(&s.secretKey, "s3-secret-key", env("S3_SECRET_KEY", ""), "secret key (S3_SECRET_KEY)")
+	fs.StringVar(&s.region, "s3-region", env("S3_REGION", ""), "bucket region (S3_REGION)")
+	fs.StringVar(&s.prefix, "s3-prefix", env("S3_PREFIX", ""), "key prefix inside the bucket (S3_PREFIX)")
+	fs.BoolVar(&s.useSSL, "s3-use-ssl", useSSL, "use HTTPS to reach S3 (S3_USE_SSL=true)")
+	return s
 }
 
 func splitList(s string) []string {
@@ -304,20 +312,57 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	go func() { errc <- srv.Serve(ln) }()
 	defer srv.Close()
 
-	// On a shared store (S3) several messd may run; one writes, the others
-	// wait until it goes silent. A directory is kept by the lock above.
+	if c.pprofAddr != "" {
+		stopProf, err := servePprof(c.pprofAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopProf()
+	}
+	for {
+		drain := func(ctx context.Context) {
+			cancelBase()
+			if serr := srv.Shutdown(ctx); serr != nil {
+				logger.Warn("http shutdown", "err", serr)
+			}
+		}
+		replaced, err := serveTerm(ctx, c, store, caps, ln.Addr().String(), front, errc, drain, logger, getenv, ready)
+		ready = nil // announced once
+		if !replaced || ctx.Err() != nil {
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			return err
+		}
+		// Another messd writes the store now: wait to take over again.
+		logger.Warn("replaced as the writer; waiting as a standby", "err", err)
+	}
+}
+
+// serveTerm is one term of this process as the store's writer: on a
+// shared store (S3), where several messd may run and one writes while the
+// others wait until it goes silent, it first claims the owner record (a
+// directory is kept by its lock instead). It builds the services, serves
+// them until ctx ends, the server fails, or another messd takes over
+// (replaced), and closes them. On the way out it drains the HTTP server
+// (drain) before closing the services. A replaced writer answers nothing
+// more: its requests in flight are cancelled, its WebSockets closed with a
+// try-again code, and the listener stays up for the next term.
+func serveTerm(ctx context.Context, c config, store storage.Store, caps mess.Catalogue, addr string, front *handoff,
+	errc <-chan error, drain func(context.Context), logger *slog.Logger, getenv func(string) string, ready chan<- string) (replaced bool, err error) {
 	var owner *ownership.Ownership
 	var fence storage.Fence // nil unless owner is set: a nil *Ownership is not a nil Fence
 	var lost <-chan struct{}
 	if c.storageType == "s3" {
-		if owner, err = claimWriter(ctx, store, ln.Addr().String(), c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
+
+		if owner, err = claimWriter(ctx, store, addr, c.ownerHeartbeat, c.ownerTimeout, &front.role, logger); err != nil {
 			if ctx.Err() != nil {
-				return nil // told to stop while a standby: nothing to shut down
+				return false, nil // told to stop while a standby: nothing to shut down
 			}
-			return err
+			return false, err
 		}
 		// Released after the last write on the way out (below), or here
-		// when start-up fails, so the heartbeat never outlives run.
+		// when start-up fails, so the heartbeat never outlives the term.
 		defer func() {
 			if owner != nil {
 				if rerr := owner.Release(context.Background()); rerr != nil {
@@ -327,12 +372,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}()
 		lost = owner.Lost()
 		fence = owner
+		front.role.Store("starting")
 		logger.Info("writing the store", "epoch", owner.Epoch())
 	}
 
 	validate, err := profileValidator(getenv)
 	if err != nil {
-		return err
+		return false, err
 	}
 	start := time.Now()
 	svc, err := mess.New(ctx, mess.Config{
@@ -351,65 +397,58 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		EventBufferBytes:   c.eventBufferBytes,
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	logger.Info("state rebuilt", "took", time.Since(start).Round(time.Millisecond))
 
 	e, closers, err := newServer(c, svc, caps, store, fence, logger, getenv)
 	if err != nil {
 		svc.Close(context.Background())
-		return err
+		return false, err
 	}
-	front.serve(e)
-	logger.Info("messd listening", "addr", ln.Addr().String(), "storage", c.storageType, "path", c.storagePath)
+	// Requests of this term end with it, even those that wait (long-polls,
+	// event streams).
+	tm := newTerm(e)
+	defer tm.end()
+	front.serve(tm)
+	logger.Info("messd listening", "addr", addr, "storage", c.storageType, "path", c.storagePath)
 	if ready != nil {
-		ready <- ln.Addr().String()
-	}
-	if c.pprofAddr != "" {
-		stopProf, err := servePprof(c.pprofAddr, logger)
-		if err != nil {
-			ln.Close()
-			svc.Close(context.Background())
-			return err
-		}
-		defer stopProf()
+		ready <- addr
 	}
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
 	case <-lost:
-		// Another messd took over: acknowledge nothing more. Closing the
-		// connections, rather than draining them, keeps requests in
-		// flight from being answered 2xx.
-		err = owner.Err()
-		srv.Close()
+		// Another messd took over: acknowledge nothing more. The fence
+		// already refuses every request; end those still in flight.
+		err, replaced = owner.Err(), true
+		front.stop()
+		tm.end()
 	}
-	logger.Info("shutting down")
+	logger.Info("closing the services")
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
-	cancelBase()
-	if serr := srv.Shutdown(sctx); serr != nil {
-		logger.Warn("http shutdown", "err", serr)
+	if !replaced {
+		tm.end()
+		drain(sctx)
 	}
 	for i := len(closers) - 1; i >= 0; i-- {
 		if cerr := closers[i](sctx); cerr != nil {
 			logger.Warn("close service", "err", cerr)
 		}
 	}
+	tm.wait(sctx)
 	if cerr := svc.Close(sctx); cerr != nil {
 		logger.Warn("close exchange", "err", cerr)
 	}
-	if owner != nil {
+	if owner != nil && !replaced {
 		// After the last write: a standby may take over at once.
 		if rerr := owner.Release(sctx); rerr != nil {
 			logger.Warn("release the owner record", "err", rerr)
 		}
 		owner = nil
 	}
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	return replaced, err
 }
 
 // servePprof serves the runtime profiles on their own listener, apart from

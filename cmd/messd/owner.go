@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,6 +92,72 @@ func (s *handoff) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *handoff) serve(h http.Handler) { s.h.Store(&h) }
 
+// stop goes back to answering as a standby.
+func (s *handoff) stop() {
+	s.role.Store("standby")
+	s.h.Store(nil)
+}
+
+// term serves one writer term's handler: its requests are cancelled when
+// the term ends, and wait tells when the last one returned.
+type term struct {
+	h      http.Handler
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	n      int
+	idle   chan struct{} // closed when n drops to 0 after the end
+}
+
+func newTerm(h http.Handler) *term {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &term{h: h, ctx: ctx, cancel: cancel, idle: make(chan struct{})}
+}
+
+func (t *term) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.n--
+		if t.n == 0 && t.ctx.Err() != nil {
+			select {
+			case <-t.idle:
+			default:
+				close(t.idle)
+			}
+		}
+		t.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(t.ctx, cancel)()
+	t.h.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// end cancels every request of the term.
+func (t *term) end() {
+	t.cancel()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		select {
+		case <-t.idle:
+		default:
+			close(t.idle)
+		}
+	}
+}
+
+// wait returns when the term's requests have returned, or ctx ends.
+func (t *term) wait(ctx context.Context) {
+	select {
+	case <-t.idle:
+	case <-ctx.Done():
+	}
+}
+
 // fenceGate answers 503 once this process may have been replaced as the
 // writer, before any handler runs: it serves nothing, stale reads
 // included, that a standby may already be serving differently. /health
@@ -107,4 +175,20 @@ func fenceGate(f storage.Fence) echo.MiddlewareFunc {
 			return next(c)
 		}
 	}
+}
+
+// claimIdle takes the owner record of an S3 store for a command that must
+// not write beside a messd ("messd admin", "messd migrate"). It waits one
+// timeout for the record to stop changing, saying so on stderr, and gives
+// up while a writer still heartbeats: a live messd keeps the store, one
+// that crashed loses it. The caller releases the claim when done.
+func claimIdle(ctx context.Context, store storage.Store, command, what string, heartbeat, timeout time.Duration, minEpoch uint64, stderr io.Writer) (*ownership.Ownership, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout+2*heartbeat)
+	defer cancel()
+	return ownership.Claim(ctx, ownership.Config{
+		Store: store, Key: ownerKey, Holder: holderID() + " (" + command + ")",
+		Heartbeat: heartbeat, Timeout: timeout, MinEpoch: minEpoch, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, func(holder, addr string) {
+		fmt.Fprintf(stderr, "%s: %s's writer is %s at %s; waiting up to %s for it to go silent\n", command, what, holder, addr, timeout)
+	})
 }

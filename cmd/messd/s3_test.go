@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -144,6 +145,29 @@ func startS3Child(t *testing.T, env map[string]string, addr string) *exec.Cmd {
 	return cmd
 }
 
+// waitRole waits until url (a /health) names role.
+func waitRole(t *testing.T, url, role string, within time.Duration) {
+	t.Helper()
+	c := http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(within)
+	for {
+		if resp, err := c.Get(url); err == nil {
+			var h struct {
+				Role string `json:"role"`
+			}
+			json.NewDecoder(resp.Body).Decode(&h)
+			resp.Body.Close()
+			if h.Role == role {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never said role %q", url, role)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // statusOf GETs url and returns the status, 0 when nothing answers.
 func statusOf(url string) int {
 	c := http.Client{Timeout: 2 * time.Second}
@@ -219,18 +243,23 @@ func TestS3_PausedWriterStepsDown(t *testing.T) {
 	startS3Child(t, env, addrB)
 	waitStatus(t, "http://"+addrB+"/health", 200, 30*time.Second)
 
+	tsA := &testServer{URL: "http://" + addrA}
+	keyA := tsA.register(t, "paused", "early")
 	a.Process.Signal(syscall.SIGSTOP)
 	waitStatus(t, "http://"+addrB+"/ready", 200, 30*time.Second)
 	a.Process.Signal(syscall.SIGCONT)
-	exited := make(chan error, 1)
-	go func() { exited <- a.Wait() }()
-	select {
-	case err := <-exited:
-		if err == nil {
-			t.Fatal("the replaced writer exited 0")
+	// The replaced writer serves nothing more and waits as a standby.
+	waitRole(t, "http://"+addrA+"/health", "standby", 20*time.Second)
+	if code := statusOf("http://" + addrA + "/ready"); code != http.StatusServiceUnavailable {
+		t.Fatalf("replaced writer /ready = %d", code)
+	}
+	req, _ := http.NewRequest("GET", tsA.URL+"/api/v1/exchanges/paused/requests", nil)
+	req.Header.Set("Authorization", "Bearer "+keyA)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("replaced writer answered %d", resp.StatusCode)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the replaced writer kept running")
 	}
 	tsB := &testServer{URL: "http://" + addrB}
 	key := tsB.register(t, "paused", "alice")

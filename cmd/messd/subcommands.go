@@ -20,9 +20,10 @@ import (
 // it with -ldflags "-X main.version=...".
 var version = "dev"
 
-// subcommand runs the helper commands that the container image needs without
-// a shell or curl in it: "messd healthcheck" and "messd version". ok is false
-// when args name none of them, so messd serves as usual.
+// subcommand runs the helper commands: "messd healthcheck" and "messd
+// version", which the container image needs without a shell or curl in it,
+// "messd admin" and "messd migrate". ok is false when args name none of
+// them, so messd serves as usual.
 func subcommand(args []string, getenv func(string) string, stdout, stderr io.Writer) (code int, ok bool) {
 	if len(args) == 0 {
 		return 0, false
@@ -35,6 +36,8 @@ func subcommand(args []string, getenv func(string) string, stdout, stderr io.Wri
 		return 0, true
 	case "admin":
 		return adminMain(args[1:], getenv, stdout, stderr), true
+	case "migrate":
+		return migrateMain(args[1:], getenv, stdout, stderr), true
 	}
 	return 0, false
 }

@@ -2,10 +2,12 @@ package journal
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,8 +19,11 @@ import (
 // Fenced logs.
 //
 // With Config.Fence set, a log is a sequence of contiguous numbered slots,
-// each one object written with Create: {log}/{slot:020d}.jsonl, or, for a
-// dated journal, {log}/{YYYY}/{MM}/{DD}/{slot:020d}.jsonl. One batch is in
+// each one object written with Create: {log}/s{slot:020d}.jsonl, or, for a
+// dated journal, {log}/{YYYY}/{MM}/{DD}/s{slot:020d}.jsonl. The "s" sorts
+// after the ULID names of an unfenced journal's objects, so a log moved
+// from a directory to a bucket (messd migrate) replays its old objects
+// first. One batch is in
 // flight per log at a time. Before its first write to a log a journal
 // writes a fence at the log's next free slot, carrying its epoch, and
 // fences are never deleted. A writer that was replaced (paused past the
@@ -34,8 +39,8 @@ import (
 // control object written when a log was idle for longer, announcing the
 // day of the next slot. A fence is written under every name slot n+1 may
 // have (at most three). Slot 0 of a dated log is its genesis, under the
-// log's own folder, and announces the first day. Keys therefore sort in
-// slot order.
+// log's own folder, and announces the first day. Keys in day folders
+// therefore sort in slot order.
 //
 // Control objects (fences, ticks) hold one line starting with
 // {"_journal": and Replay never hands them to Decode. Every data line
@@ -75,9 +80,9 @@ const dayLayout = "2006/01/02"
 
 func slotKey(log string, slot int64, day string) string {
 	if day == "" {
-		return fmt.Sprintf("%s/%020d.jsonl", log, slot)
+		return fmt.Sprintf("%s/s%020d.jsonl", log, slot)
 	}
-	return fmt.Sprintf("%s/%s/%020d.jsonl", log, day, slot)
+	return fmt.Sprintf("%s/%s/s%020d.jsonl", log, day, slot)
 }
 
 // parseSlotKey reads a key of log. ok is false for keys that are not
@@ -97,10 +102,11 @@ func parseSlotKey(log, key string) (slot int64, day string, ok bool) {
 			return 0, "", false
 		}
 	}
-	if len(name) != 20 {
+	digits, found := strings.CutPrefix(name, "s")
+	if !found || len(digits) != 20 {
 		return 0, "", false
 	}
-	n, err := strconv.ParseInt(name, 10, 64)
+	n, err := strconv.ParseInt(digits, 10, 64)
 	if err != nil || n < 0 {
 		return 0, "", false
 	}
@@ -264,12 +270,17 @@ func (j *Journal) fence(ctx context.Context, log, after string) (slotPos, error)
 	if _, _, ok := parseSlotKey(log, after); ok {
 		last = after
 	}
+	lastSlot := int64(-1)
+	if last != "" {
+		lastSlot, _, _ = parseSlotKey(log, last)
+	}
 	for k, err := range storage.KeysAfter(ctx, j.cfg.Store, log+"/", after) {
 		if err != nil {
 			return slotPos{}, fmt.Errorf("journal: open %s: %w", log, err)
 		}
-		if _, _, ok := parseSlotKey(log, k); ok {
-			last = k
+		// The genesis of a dated log lists after its day folders.
+		if s, _, ok := parseSlotKey(log, k); ok && (s > lastSlot || (s == lastSlot && k > last)) {
+			last, lastSlot = k, s
 		}
 	}
 	if last != "" {
@@ -507,8 +518,8 @@ type AuditReport struct {
 
 // Audit reads a fenced log whole and checks what fencing promises: slots
 // are contiguous from the first one present (with gaps allowed, a
-// compacted log may miss data slots, never fences), keys sort in slot
-// order, at most one data object per slot, every line carries an epoch,
+// compacted log may miss data slots, never fences), keys in day folders
+// sort in slot order, at most one data object per slot, every line carries an epoch,
 // epochs never decrease along the slots, and every epoch's first object
 // is its fence.
 func Audit(ctx context.Context, store storage.Store, log string, gaps bool) (AuditReport, error) {
@@ -517,14 +528,31 @@ func Audit(ctx context.Context, store storage.Store, log string, gaps bool) (Aud
 	var before, inSlot uint64 // the highest epoch of earlier slots, of this one
 	seen := map[uint64]bool{}
 	dataAt := map[int64]bool{}
+	type slotKeyed struct {
+		slot int64
+		key  string
+	}
+	var all []slotKeyed
+	var prevDated int64 = -1
 	for key, err := range storage.Keys(ctx, store, log+"/") {
 		if err != nil {
 			return rep, err
 		}
-		slot, _, ok := parseSlotKey(log, key)
+		slot, day, ok := parseSlotKey(log, key)
 		if !ok {
-			continue // a snapshot or another object beside the slots
+			continue // a snapshot, an unfenced journal's object, ...
 		}
+		if day != "" {
+			if slot < prevDated {
+				return rep, fmt.Errorf("journal: audit %s: slot %d sorts after slot %d", key, slot, prevDated)
+			}
+			prevDated = slot
+		}
+		all = append(all, slotKeyed{slot, key})
+	}
+	slices.SortStableFunc(all, func(a, b slotKeyed) int { return cmp.Compare(a.slot, b.slot) })
+	for _, sk := range all {
+		slot, key := sk.slot, sk.key
 		obj, err := store.Get(ctx, key)
 		if err != nil {
 			return rep, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,18 +104,19 @@ func TestFenced_SlotsAndEpochs(t *testing.T) {
 				}
 				keys = append(keys, k)
 			}
-			want := []string{"mail/x/log/00000000000000000000.jsonl"}
+			want := []string{"mail/x/log/s00000000000000000000.jsonl"}
 			if dated {
 				want = append(want,
-					"mail/x/log/2026/11/30/00000000000000000001.jsonl",
-					"mail/x/log/2026/11/30/00000000000000000002.jsonl",
-					"mail/x/log/2026/11/30/00000000000000000003.jsonl",
-					"mail/x/log/2026/12/01/00000000000000000004.jsonl")
+					"mail/x/log/2026/11/30/s00000000000000000001.jsonl",
+					"mail/x/log/2026/11/30/s00000000000000000002.jsonl",
+					"mail/x/log/2026/11/30/s00000000000000000003.jsonl",
+					"mail/x/log/2026/12/01/s00000000000000000004.jsonl")
 			} else {
 				for s := 1; s <= 4; s++ {
-					want = append(want, fmt.Sprintf("mail/x/log/%020d.jsonl", s))
+					want = append(want, fmt.Sprintf("mail/x/log/s%020d.jsonl", s))
 				}
 			}
+			slices.Sort(want) // a dated log's genesis lists after its day folders
 			if strings.Join(keys, "\n") != strings.Join(want, "\n") {
 				t.Fatalf("keys:\n%s\nwant:\n%s", strings.Join(keys, "\n"), strings.Join(want, "\n"))
 			}
@@ -392,7 +394,7 @@ func TestFenced_DatedFenceCoversEveryName(t *testing.T) {
 	if err := appendLine(t, b, "ev", 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Get(context.Background(), "ev/2026/12/09/00000000000000000003.jsonl"); err != nil {
+	if _, err := st.Get(context.Background(), "ev/2026/12/09/s00000000000000000003.jsonl"); err != nil {
 		t.Fatalf("the new owner's batch is not in its day: %v", err)
 	}
 	// Idle for a week: a tick announces the day, and the batch lands in it.
@@ -400,7 +402,7 @@ func TestFenced_DatedFenceCoversEveryName(t *testing.T) {
 	if err := appendLine(t, b, "ev", 3); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Get(context.Background(), "ev/2026/12/16/00000000000000000005.jsonl"); err != nil {
+	if _, err := st.Get(context.Background(), "ev/2026/12/16/s00000000000000000005.jsonl"); err != nil {
 		t.Fatalf("after idling: %v", err)
 	}
 	lines, _ := replayAll(t, st, "ev/")
@@ -424,7 +426,7 @@ func TestFenced_SealAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bound != "l/00000000000000000003.jsonl" {
+	if bound != "l/s00000000000000000003.jsonl" {
 		t.Fatalf("boundary %q", bound)
 	}
 	if err := appendLine(t, a, "l", 3); err != nil {
@@ -450,4 +452,44 @@ func TestFenced_SealAndReopen(t *testing.T) {
 		t.Fatalf("after the boundary: %q", after)
 	}
 	audit(t, st, "l")
+}
+
+// A log written by an unfenced journal (a directory's) and then by a
+// fenced one (after messd migrate moved it to a bucket) replays its old
+// objects first.
+func TestFenced_AfterUnfencedObjects(t *testing.T) {
+	for _, dated := range []bool{false, true} {
+		t.Run(fmt.Sprint("dated=", dated), func(t *testing.T) {
+			st := storage.NewMemory()
+			clk := &clock{t: time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)}
+			old, err := journal.New(journal.Config{Store: st, Dated: dated, Now: clk.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3 {
+				if err := appendLine(t, old, "l", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old.Close(context.Background())
+			j, _ := fencedJournal(t, st, 1, dated, clk.Now)
+			if err := j.Open(context.Background(), "l", ""); err != nil {
+				t.Fatal(err)
+			}
+			for i := 3; i < 6; i++ {
+				if err := appendLine(t, j, "l", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			lines, _ := replayAll(t, st, "l/")
+			var got []string
+			for _, l := range lines {
+				got = append(got, strings.TrimPrefix(l, `{"epoch":1,`))
+			}
+			if strings.Join(got, " ") != `{"n":0} {"n":1} {"n":2} "n":3} "n":4} "n":5}` {
+				t.Fatalf("replayed %q", lines)
+			}
+			audit(t, st, "l")
+		})
+	}
 }

@@ -1,0 +1,117 @@
+// Package backends runs a test against every storage backend: a directory
+// on the local filesystem and a bucket on a real MinIO server (started
+// once per test process with internal/miniotest, and stopped by Stop from
+// TestMain).
+package backends
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/meatspace-exchange/mess/internal/miniotest"
+	"github.com/meatspace-exchange/mess/storage"
+	"github.com/meatspace-exchange/mess/storage/s3store"
+)
+
+var (
+	mu     sync.Mutex
+	server *miniotest.Server
+	dir    string
+)
+
+// minio returns the process's MinIO server, starting it on first use.
+func minio() (*miniotest.Server, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if server != nil {
+		return server, nil
+	}
+	d, err := os.MkdirTemp("", "backends-minio")
+	if err != nil {
+		return nil, err
+	}
+	s, err := miniotest.Start(d)
+	if err != nil {
+		os.RemoveAll(d)
+		return nil, fmt.Errorf("start MinIO: %w", err)
+	}
+	server, dir = s, d
+	return s, nil
+}
+
+// Stop stops the MinIO server if one was started. Call it from TestMain
+// after m.Run.
+func Stop() {
+	mu.Lock()
+	defer mu.Unlock()
+	if server != nil {
+		server.Stop()
+		os.RemoveAll(dir)
+		server = nil
+	}
+}
+
+// Opener opens the backend's store; every call on one Opener returns a
+// store on the same data, as a restarted process would see it.
+type Opener func(t testing.TB) storage.Store
+
+// Each runs fn once per backend, as subtests named "fs" and "minio". fn
+// gets an Opener for a fresh, empty store.
+func Each(t *testing.T, fn func(t *testing.T, open Opener)) {
+	t.Run("fs", func(t *testing.T) { fn(t, FS(t)) })
+	t.Run("minio", func(t *testing.T) { fn(t, MinIO(t)) })
+}
+
+// FS returns an Opener of one new directory.
+func FS(t testing.TB) Opener {
+	d := t.TempDir()
+	return func(t testing.TB) storage.Store {
+		s, err := storage.NewFS(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+}
+
+// MinIO returns an Opener of one new bucket on the real MinIO server.
+func MinIO(t testing.TB) Opener {
+	srv, err := minio()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket, err := srv.NewBucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(t testing.TB) storage.Store {
+		s, err := s3store.New(context.Background(), s3store.Config{Endpoint: srv.Endpoint, Bucket: bucket,
+			AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
+// Main runs the tests, stops MinIO, and then checks that no goroutine
+// leaked (idle HTTP connections to MinIO excepted). Use it as TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	Stop()
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
