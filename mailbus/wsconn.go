@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/lease"
 )
 
 // wsConn is one WebSocket connection of an agent.
@@ -34,7 +35,8 @@ type wsConn struct {
 	// revokedc is closed when the API key that opened the connection is
 	// revoked; nil (never closed) when the Authenticator cannot tell.
 	revokedc <-chan struct{}
-	pending  sync.WaitGroup // replies waiting for durability
+	pending  sync.WaitGroup      // replies waiting for durability
+	leases   *lease.FrameSession // the reader's, started by the first lease frame
 
 	// Reused by flushes (one at a time, handed over under mu).
 	buf []byte

@@ -1,0 +1,300 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	json "github.com/goccy/go-json"
+
+	"github.com/meatspace-exchange/mess/internal/httpx"
+)
+
+// Lease frames, version 1: the lease API v1 as JSON text frames on a
+// WebSocket, either the lease service's own (GET .../leases/ws) or the mail
+// bus's. A request names its operation in "action" and carries a
+// client-chosen "ref" (1 to MaxRefLen bytes), which its answer echoes:
+//
+//	{"action":"lease.acquire","ref":"1","file":"src/a.go","ttlMs":30000,"waitMs":0}
+//	{"action":"lease.renew","ref":"2","file":"src/a.go","token":7,"ttlMs":30000}
+//	{"action":"lease.release","ref":"3","file":"src/a.go","token":7}
+//	{"action":"lease.status","ref":"4","file":"src/a.go"}
+//	{"action":"lease.cancel","ref":"1"}
+//
+// The answers carry the bodies of the HTTP API's 200 answers:
+//
+//	{"action":"lease.acquired","ref":"1","acquired":true,"file":...,"agentId":...,"token":7,"expiresAt":...,"remainingMs":...}
+//	{"action":"lease.renewed","ref":"2","renewed":true,"file":...,"agentId":...,"token":7,"expiresAt":...,"remainingMs":...}
+//	{"action":"lease.released","ref":"3","released":true}
+//	{"action":"lease.status","ref":"4","isLeased":true,"agentId":...,"expiresAt":...,"token":7,"remainingMs":...}
+//	{"action":"error","ref":"3","error":"...","code":"stale_token"}
+//
+// and an error frame holds the HTTP API's error body, code and field
+// included. Requests are pipelined: the server reads the next frame
+// without waiting for the previous one to finish, runs them concurrently,
+// and answers each once it is done (durable, for a grant, renewal or
+// release), so answers come in order of completion, not of the requests.
+// lease.cancel ends the waiting acquire with that ref (its answer is then
+// an unavailable error, unless it completed first) and is not answered
+// itself.
+
+// MaxRefLen bounds a lease frame's ref, which its answer echoes.
+const MaxRefLen = 128
+
+// maxInFlight bounds the operations one connection has running, waiting
+// acquires included; beyond it the connection's reader stops taking frames
+// until one finishes.
+const maxInFlight = 1024
+
+// frameRequest is a lease frame from a client.
+type frameRequest struct {
+	Action  string `json:"action"`
+	Ref     string `json:"ref"`
+	File    string `json:"file"`
+	TTLMs   int64  `json:"ttlMs,omitempty"`
+	WaitMs  int64  `json:"waitMs,omitempty"`
+	Token   uint64 `json:"token,omitempty"`
+	AgentID string `json:"agentId,omitempty"`
+}
+
+// frameHead is the part of every answer that says what it answers.
+type frameHead struct {
+	Action string `json:"action"`
+	Ref    string `json:"ref,omitempty"`
+}
+
+type (
+	acquireFrame struct {
+		frameHead
+		acquireResponse
+	}
+	renewFrame struct {
+		frameHead
+		renewResponse
+	}
+	releaseFrame struct {
+		frameHead
+		releaseResponse
+	}
+	statusFrame struct {
+		frameHead
+		Status
+	}
+	errorFrame struct {
+		frameHead
+		errorResponse
+	}
+)
+
+// IsFrameAction reports whether a frame's action is a lease frame's: it
+// starts with "lease.". Another protocol's connection (the mail bus's)
+// hands such frames to a FrameSession.
+func IsFrameAction(action string) bool { return strings.HasPrefix(action, "lease.") }
+
+// FrameSession serves the lease frames of one WebSocket connection, for the
+// agent the connection authenticated as. It is what NewHandler's
+// .../leases/ws endpoint runs, and what another protocol's connection (the
+// mail bus's) uses to accept lease frames too.
+type FrameSession struct {
+	m        *Manager
+	x, agent string
+	reply    func([]byte)
+	ctx      context.Context
+	cancel   context.CancelFunc
+	slots    chan struct{}
+	ops      sync.WaitGroup
+
+	mu      sync.Mutex
+	waiting map[string]context.CancelFunc // waiting acquires, by ref
+}
+
+// NewFrameSession serves lease frames for agentID in exchangeID, whom the
+// caller has authenticated. reply receives each answer, one JSON object,
+// on the goroutine that finished the operation; calls may be concurrent.
+// reply may block to push back on a client that does not read its answers:
+// the operations then stay in flight, and Handle blocks once too many are.
+func (m *Manager) NewFrameSession(exchangeID, agentID string, reply func(frame []byte)) *FrameSession {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &FrameSession{m: m, x: exchangeID, agent: agentID, reply: reply, ctx: ctx, cancel: cancel,
+		slots: make(chan struct{}, maxInFlight), waiting: map[string]context.CancelFunc{}}
+}
+
+// Handle takes one text frame. A frame that is not a valid lease request is
+// answered at once with an error frame; a valid one is started and answered
+// when it completes. Handle returns without waiting for the operation,
+// unless maxInFlight operations are running already; then it waits for
+// one to finish. Call it from one goroutine at a time (the connection's
+// reader), never after Close.
+func (s *FrameSession) Handle(frame []byte) {
+	var req frameRequest
+	if err := json.Unmarshal(frame, &req); err != nil {
+		// The decoder's message may quote a cut multi-byte character.
+		msg := strings.ToValidUTF8("malformed frame: "+err.Error(), "\uFFFD")
+		s.answerErr(salvageRef(frame), &httpx.Error{Status: http.StatusBadRequest, Code: httpx.CodeMalformedJSON, Message: msg})
+		return
+	}
+	if !utf8.Valid(frame) {
+		ref := req.Ref
+		if !utf8.ValidString(ref) || len(ref) > MaxRefLen {
+			ref = ""
+		}
+		s.answerErr(ref, invalidField("frame", "frame is not valid UTF-8"))
+		return
+	}
+	switch {
+	case req.Ref == "":
+		s.answerErr("", invalidField("ref", "ref is required"))
+		return
+	case len(req.Ref) > MaxRefLen:
+		s.answerErr("", invalidField("ref", fmt.Sprintf("ref longer than %d bytes", MaxRefLen)))
+		return
+	}
+	switch req.Action {
+	case "lease.acquire", "lease.renew", "lease.release", "lease.status":
+	case "lease.cancel":
+		s.mu.Lock()
+		cancel := s.waiting[req.Ref]
+		s.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		return
+	default:
+		s.answerErr(req.Ref, invalidField("action", fmt.Sprintf("unknown action %q", req.Action)))
+		return
+	}
+	if req.AgentID != "" && req.AgentID != s.agent && (req.Action == "lease.acquire" || req.Action == "lease.release") {
+		s.answerErr(req.Ref, ErrForbidden)
+		return
+	}
+	ctx := s.ctx
+	var done context.CancelFunc
+	if req.Action == "lease.acquire" && req.WaitMs > 0 {
+		s.mu.Lock()
+		if s.waiting[req.Ref] != nil {
+			s.mu.Unlock()
+			s.answerErr(req.Ref, invalidField("ref", "ref is taken by a waiting acquire"))
+			return
+		}
+		ctx, done = context.WithCancel(s.ctx)
+		s.waiting[req.Ref] = done
+		s.mu.Unlock()
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.ctx.Done():
+		if done != nil {
+			done()
+		}
+		return
+	}
+	s.ops.Add(1)
+	go s.run(ctx, done, req)
+}
+
+// run carries out one request and answers it.
+func (s *FrameSession) run(ctx context.Context, done context.CancelFunc, req frameRequest) {
+	defer func() {
+		<-s.slots
+		s.ops.Done()
+	}()
+	if done != nil {
+		defer func() {
+			s.mu.Lock()
+			delete(s.waiting, req.Ref)
+			s.mu.Unlock()
+			done()
+		}()
+	}
+	head := frameHead{Ref: req.Ref}
+	var out any
+	var err error
+	switch req.Action {
+	case "lease.acquire":
+		var g Grant
+		g, err = s.m.AcquireWait(ctx, s.x, s.agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
+		head.Action = "lease.acquired"
+		if he, ok := errors.AsType[*HeldError](err); ok {
+			now := s.m.cfg.Now()
+			out, err = acquireFrame{head, acquireResponse{Acquired: false, File: he.Name, AgentID: he.Holder,
+				ExpiresAt: he.ExpiresAt.UnixMilli(), RemainingMs: max(remainingMs(he.ExpiresAt.Sub(now)), 0)}}, nil
+		} else if err == nil {
+			j := toJSON(g, s.m.cfg.Now())
+			out = acquireFrame{head, acquireResponse{Acquired: true, File: j.File, AgentID: j.AgentID,
+				Token: j.Token, ExpiresAt: j.ExpiresAt, RemainingMs: j.RemainingMs}}
+		}
+	case "lease.renew":
+		var g Grant
+		g, err = s.m.Renew(ctx, s.x, s.agent, req.File, req.Token, msDuration(req.TTLMs))
+		head.Action = "lease.renewed"
+		out = renewFrame{head, renewResponse{Renewed: true, leaseJSON: toJSON(g, s.m.cfg.Now())}}
+	case "lease.release":
+		err = s.m.Release(ctx, s.x, s.agent, req.File, req.Token)
+		head.Action = "lease.released"
+		out = releaseFrame{head, releaseResponse{Released: true}}
+	default: // lease.status
+		var st Status
+		st, err = s.m.Status(ctx, s.x, req.File)
+		head.Action = "lease.status"
+		out = statusFrame{head, st}
+	}
+	if s.ctx.Err() != nil {
+		return // the connection is gone: nobody reads the answer
+	}
+	if err != nil {
+		s.answerErr(req.Ref, err)
+		return
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		s.answerErr(req.Ref, err)
+		return
+	}
+	s.reply(b)
+}
+
+// answerErr sends the error frame for err.
+func (s *FrameSession) answerErr(ref string, err error) {
+	a := errorAnswer(err)
+	if a.status == http.StatusInternalServerError {
+		s.m.cfg.Logger.Error("lease: frame failed", "exchange", s.x, "agent", s.agent, "err", err)
+	}
+	b, _ := json.Marshal(errorFrame{frameHead{Action: "error", Ref: ref}, errorResponse{Error: a.msg, Code: a.code, Field: a.field}})
+	s.reply(b)
+}
+
+// Close ends the session when its connection ends: waiting acquires stop
+// waiting, and Close returns once every operation has finished. Answers
+// not sent by then are dropped.
+func (s *FrameSession) Close() {
+	s.cancel()
+	s.ops.Wait()
+}
+
+// invalidField is a 400 invalid_input about a frame member.
+func invalidField(field, msg string) error { return &fieldError{field: field, msg: msg} }
+
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string { return e.msg }
+
+// salvageRef finds the ref of a frame that does not decode as a whole (a
+// member of the wrong type, say), so that its error frame can still be
+// matched to the request.
+func salvageRef(frame []byte) string {
+	var r struct {
+		Ref json.RawMessage `json:"ref"`
+	}
+	if json.Unmarshal(frame, &r) != nil {
+		return ""
+	}
+	var ref string
+	if json.Unmarshal(r.Ref, &ref) != nil || len(ref) > MaxRefLen || !utf8.ValidString(ref) {
+		return ""
+	}
+	return ref
+}
