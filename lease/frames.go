@@ -139,8 +139,8 @@ func (s *FrameSession) Handle(frame []byte) {
 	}
 	if !utf8.Valid(frame) {
 		ref := req.Ref
-		if !utf8.ValidString(ref) || len(ref) > MaxRefLen {
-			ref = ""
+		if strings.ContainsRune(ref, utf8.RuneError) || len(ref) > MaxRefLen {
+			ref = "" // the decoder replaced bytes of it: not the ref sent
 		}
 		s.answerErr(ref, invalidField("frame", "frame is not valid UTF-8"))
 		return
@@ -293,7 +293,7 @@ func salvageRef(frame []byte) string {
 		return ""
 	}
 	var ref string
-	if json.Unmarshal(r.Ref, &ref) != nil || len(ref) > MaxRefLen || !utf8.ValidString(ref) {
+	if json.Unmarshal(r.Ref, &ref) != nil || len(ref) > MaxRefLen || strings.ContainsRune(ref, utf8.RuneError) {
 		return ""
 	}
 	return ref

@@ -103,3 +103,64 @@ func FuzzLeaseBody(f *testing.F) {
 		stillServing(t, h)
 	})
 }
+
+// FuzzLeaseFrame throws frames at a FrameSession: every frame but a
+// cancel gets exactly one answer, a JSON object naming its action, and an
+// error answer carries a code; the session goes on serving.
+func FuzzLeaseFrame(f *testing.F) {
+	for _, seed := range []string{
+		`{"action":"lease.acquire","ref":"1","file":"f","ttlMs":1000}`,
+		`{"action":"lease.acquire","ref":"1","file":"f","ttlMs":1000,"waitMs":5}`,
+		`{"action":"lease.renew","ref":"2","file":"f","token":1,"ttlMs":1000}`,
+		`{"action":"lease.release","ref":"3","file":"f","token":0}`,
+		`{"action":"lease.status","ref":"4","file":"f"}`,
+		`{"action":"lease.cancel","ref":"1"}`,
+		`{"action":"lease.release","ref":"5","file":"f","agentId":"bob"}`,
+		`{"action":"lease.acquire","ref":"6","file":"f","ttlMs":1e300}`,
+		`{"action":"lease.acquire","ref":"7","file":5}`, `{"action":"lease.x","ref":"8"}`, `{"ref":"9"}`,
+		`{"action":"lease.status","file":"f"}`, `[]`, `null`, ``, `{`, `"x"`, "{\"action\":\"lease.status\",\"ref\":\"\xff\"}",
+	} {
+		f.Add(seed)
+	}
+	m := MustNew(f, lease.Config{MaxWait: 10 * time.Millisecond})
+	f.Fuzz(func(t *testing.T, frame string) {
+		got := make(chan []byte, 4)
+		s := m.NewFrameSession("x1", "alice", func(b []byte) { got <- b })
+		s.Handle([]byte(frame))
+		s.Handle([]byte(`{"action":"lease.status","ref":"probe","file":"probe"}`))
+		var req struct{ Action, Ref string }
+		want := 2
+		if json.Unmarshal([]byte(frame), &req) == nil && req.Action == "lease.cancel" {
+			want = 1
+		}
+		var answers [][]byte
+		for range want {
+			select {
+			case a := <-got:
+				answers = append(answers, a)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%q: %d answers %q, want %d", frame, len(answers), answers, want)
+			}
+		}
+		s.Close()
+		if len(got) > 0 {
+			t.Fatalf("%q: more than %d answers: %q then %q", frame, want, answers, <-got)
+		}
+		probed := false
+		for _, a := range answers {
+			var out map[string]any
+			if err := json.Unmarshal(a, &out); err != nil {
+				t.Fatalf("%q: answer %q is not a JSON object", frame, a)
+			}
+			if out["ref"] == "probe" && out["action"] == "lease.status" {
+				probed = true
+			}
+			if act, _ := out["action"].(string); act == "" || (act == "error" && out["code"] == "") {
+				t.Fatalf("%q: answer %q", frame, a)
+			}
+		}
+		if !probed {
+			t.Fatalf("%q: the probe after it was not answered: %q", frame, answers)
+		}
+	})
+}

@@ -25,6 +25,9 @@ const maxQueuedAnswers = 4096
 // a WebSocket of the caller's own. With batch=1, answers that are ready
 // together go out as one frame holding a JSON array of them.
 func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, x, agent string) error {
+	if isClosed(h.m.done) {
+		return ErrClosed
+	}
 	q := r.URL.Query()
 	batch := q.Get("batch") == "1" || q.Get("batch") == "true"
 	rw := &refusal{ResponseWriter: w}
