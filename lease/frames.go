@@ -267,6 +267,12 @@ func (s *FrameSession) answerErr(ref string, err error) {
 	s.reply(b)
 }
 
+// Cancel ends the waiting acquires now and drops the answers still to
+// come, for a connection about to close (its key was revoked): nothing is
+// granted on its behalf afterwards. It may be called from any goroutine;
+// Close must still follow.
+func (s *FrameSession) Cancel() { s.cancel() }
+
 // Close ends the session when its connection ends: waiting acquires stop
 // waiting, and Close returns once every operation has finished. Answers
 // not sent by then are dropped.

@@ -116,6 +116,9 @@ func (c *wsConn) watch(ctx context.Context, revoked <-chan struct{}) {
 			c.conn.Close(websocket.StatusGoingAway, "lease service shutting down")
 			return
 		case <-revoked:
+			// Waiting acquires end before the client learns of the close:
+			// nothing is granted on the revoked key's behalf afterwards.
+			c.fs.Cancel()
 			c.conn.Close(websocket.StatusPolicyViolation, "API key revoked")
 			return
 		case <-t.C:

@@ -165,6 +165,7 @@ func (ws *wsConn) watchKey(stop func()) {
 	defer stop()
 	select {
 	case <-ws.revokedc:
+		ws.cancelLeases()
 		ws.closeWith(errRevoked)
 	case <-ws.ctx.Done():
 	}

@@ -19,16 +19,18 @@ import (
 
 // leaseFrame hands a lease frame to the connection's lease session,
 // started on first use, and reports whether it took the frame. Only the
-// reader calls it, so the session needs no lock.
+// reader calls it.
 func (ws *wsConn) leaseFrame(action string, data []byte) bool {
 	m := ws.h.cfg.Leases
 	if m == nil || !lease.IsFrameAction(action) {
 		return false
 	}
-	if ws.leases == nil {
-		ws.leases = m.NewFrameSession(ws.c.exchange, ws.c.agent, ws.leaseAnswer)
+	s := ws.leases.Load()
+	if s == nil {
+		s = m.NewFrameSession(ws.c.exchange, ws.c.agent, ws.leaseAnswer)
+		ws.leases.Store(s)
 	}
-	ws.leases.Handle(data)
+	s.Handle(data)
 	return true
 }
 
@@ -37,11 +39,19 @@ func (ws *wsConn) leaseFrame(action string, data []byte) bool {
 // answers then holds up its lease operations, and the reader stops.
 func (ws *wsConn) leaseAnswer(b []byte) { ws.queueReplies([][]byte{b}) }
 
+// cancelLeases ends the connection's waiting acquires at once, when its
+// key is revoked: nothing is granted on the key's behalf afterwards.
+func (ws *wsConn) cancelLeases() {
+	if s := ws.leases.Load(); s != nil {
+		s.Cancel()
+	}
+}
+
 // closeLeases ends the lease session once the reader has stopped: waiting
 // acquires stop waiting, and the operations in flight finish.
 func (ws *wsConn) closeLeases() {
-	if ws.leases != nil {
-		ws.leases.Close()
+	if s := ws.leases.Load(); s != nil {
+		s.Close()
 	}
 }
 

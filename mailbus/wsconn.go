@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -35,8 +36,10 @@ type wsConn struct {
 	// revokedc is closed when the API key that opened the connection is
 	// revoked; nil (never closed) when the Authenticator cannot tell.
 	revokedc <-chan struct{}
-	pending  sync.WaitGroup      // replies waiting for durability
-	leases   *lease.FrameSession // the reader's, started by the first lease frame
+	pending  sync.WaitGroup // replies waiting for durability
+
+	// leases serves lease frames; started by the first one (leaseframes.go).
+	leases atomic.Pointer[lease.FrameSession]
 
 	// Reused by flushes (one at a time, handed over under mu).
 	buf []byte
