@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	json "github.com/goccy/go-json"
@@ -67,28 +68,11 @@ type frameHead struct {
 	Ref    string `json:"ref,omitempty"`
 }
 
-type (
-	acquireFrame struct {
-		frameHead
-		acquireResponse
-	}
-	renewFrame struct {
-		frameHead
-		renewResponse
-	}
-	releaseFrame struct {
-		frameHead
-		releaseResponse
-	}
-	statusFrame struct {
-		frameHead
-		Status
-	}
-	errorFrame struct {
-		frameHead
-		errorResponse
-	}
-)
+// errorFrame is an error answer.
+type errorFrame struct {
+	frameHead
+	errorResponse
+}
 
 // IsFrameAction reports whether a frame's action is a lease frame's: it
 // starts with "lease.". Another protocol's connection (the mail bus's)
@@ -105,8 +89,9 @@ type FrameSession struct {
 	reply    func([]byte)
 	ctx      context.Context
 	cancel   context.CancelFunc
-	slots    chan struct{}
-	ops      sync.WaitGroup
+	slots    chan struct{}  // a token per operation in flight
+	work     chan job       // hands a job to an idle worker
+	ops      sync.WaitGroup // workers
 
 	mu      sync.Mutex
 	waiting map[string]context.CancelFunc // waiting acquires, by ref
@@ -120,7 +105,7 @@ type FrameSession struct {
 func (m *Manager) NewFrameSession(exchangeID, agentID string, reply func(frame []byte)) *FrameSession {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &FrameSession{m: m, x: exchangeID, agent: agentID, reply: reply, ctx: ctx, cancel: cancel,
-		slots: make(chan struct{}, maxInFlight), waiting: map[string]context.CancelFunc{}}
+		slots: make(chan struct{}, maxInFlight), work: make(chan job), waiting: map[string]context.CancelFunc{}}
 }
 
 // Handle takes one text frame. A frame that is not a valid lease request is
@@ -192,64 +177,87 @@ func (s *FrameSession) Handle(frame []byte) {
 		}
 		return
 	}
-	s.ops.Add(1)
-	go s.run(ctx, done, req)
+	j := job{ctx: ctx, done: done, req: req}
+	select {
+	case s.work <- j: // an idle worker takes it
+	default:
+		s.ops.Add(1)
+		go s.worker(j)
+	}
+}
+
+// job is one request for a worker.
+type job struct {
+	ctx  context.Context
+	done context.CancelFunc // ends a waiting acquire's ctx; nil for the rest
+	req  frameRequest
+}
+
+// workerIdle is how long a worker without a job waits for the next one.
+// Workers outlive their jobs so that a busy connection does not pay for a
+// fresh goroutine, and its stack growth, per request.
+const workerIdle = time.Second
+
+// worker runs jobs until none comes for workerIdle.
+func (s *FrameSession) worker(j job) {
+	defer s.ops.Done()
+	var idle *time.Timer
+	for {
+		s.run(j)
+		if idle == nil {
+			idle = time.NewTimer(workerIdle)
+			defer idle.Stop()
+		} else {
+			idle.Reset(workerIdle)
+		}
+		select {
+		case j = <-s.work:
+		case <-idle.C:
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
 }
 
 // run carries out one request and answers it.
-func (s *FrameSession) run(ctx context.Context, done context.CancelFunc, req frameRequest) {
-	defer func() {
-		<-s.slots
-		s.ops.Done()
-	}()
-	if done != nil {
+func (s *FrameSession) run(j job) {
+	req := j.req
+	defer func() { <-s.slots }()
+	if j.done != nil {
 		defer func() {
 			s.mu.Lock()
 			delete(s.waiting, req.Ref)
 			s.mu.Unlock()
-			done()
+			j.done()
 		}()
 	}
-	head := frameHead{Ref: req.Ref}
-	var out any
+	b := make([]byte, 0, 192)
 	var err error
 	switch req.Action {
 	case "lease.acquire":
 		var g Grant
-		g, err = s.m.AcquireWait(ctx, s.x, s.agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
-		head.Action = "lease.acquired"
+		g, err = s.m.AcquireWait(j.ctx, s.x, s.agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
 		if he, ok := errors.AsType[*HeldError](err); ok {
-			now := s.m.cfg.Now()
-			out, err = acquireFrame{head, acquireResponse{Acquired: false, File: he.Name, AgentID: he.Holder,
-				ExpiresAt: he.ExpiresAt.UnixMilli(), RemainingMs: max(remainingMs(he.ExpiresAt.Sub(now)), 0)}}, nil
+			b, err = appendHeld(b, req.Ref, he, s.m.cfg.Now()), nil
 		} else if err == nil {
-			j := toJSON(g, s.m.cfg.Now())
-			out = acquireFrame{head, acquireResponse{Acquired: true, File: j.File, AgentID: j.AgentID,
-				Token: j.Token, ExpiresAt: j.ExpiresAt, RemainingMs: j.RemainingMs}}
+			b = appendGrant(b, "lease.acquired", req.Ref, `"acquired":true`, g, s.m.cfg.Now())
 		}
 	case "lease.renew":
 		var g Grant
-		g, err = s.m.Renew(ctx, s.x, s.agent, req.File, req.Token, msDuration(req.TTLMs))
-		head.Action = "lease.renewed"
-		out = renewFrame{head, renewResponse{Renewed: true, leaseJSON: toJSON(g, s.m.cfg.Now())}}
+		g, err = s.m.Renew(j.ctx, s.x, s.agent, req.File, req.Token, msDuration(req.TTLMs))
+		b = appendGrant(b, "lease.renewed", req.Ref, `"renewed":true`, g, s.m.cfg.Now())
 	case "lease.release":
-		err = s.m.Release(ctx, s.x, s.agent, req.File, req.Token)
-		head.Action = "lease.released"
-		out = releaseFrame{head, releaseResponse{Released: true}}
+		err = s.m.Release(j.ctx, s.x, s.agent, req.File, req.Token)
+		b = append(appendHead(b, "lease.released", req.Ref), `,"released":true}`...)
 	default: // lease.status
 		var st Status
-		st, err = s.m.Status(ctx, s.x, req.File)
-		head.Action = "lease.status"
-		out = statusFrame{head, st}
+		st, err = s.m.Status(j.ctx, s.x, req.File)
+		b = appendStatus(b, req.Ref, st)
 	}
 	if s.ctx.Err() != nil {
 		return // the connection is gone: nobody reads the answer
 	}
-	if err != nil {
-		s.answerErr(req.Ref, err)
-		return
-	}
-	b, err := json.Marshal(out)
 	if err != nil {
 		s.answerErr(req.Ref, err)
 		return

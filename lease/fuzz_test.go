@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meatspace-exchange/mess/lease"
 )
@@ -128,9 +129,11 @@ func FuzzLeaseFrame(f *testing.F) {
 		s := m.NewFrameSession("x1", "alice", func(b []byte) { got <- b })
 		s.Handle([]byte(frame))
 		s.Handle([]byte(`{"action":"lease.status","ref":"probe","file":"probe"}`))
+		// Only a well-formed cancel goes unanswered.
 		var req struct{ Action, Ref string }
 		want := 2
-		if json.Unmarshal([]byte(frame), &req) == nil && req.Action == "lease.cancel" {
+		if json.Unmarshal([]byte(frame), &req) == nil && req.Action == "lease.cancel" &&
+			req.Ref != "" && len(req.Ref) <= lease.MaxRefLen && utf8.ValidString(frame) {
 			want = 1
 		}
 		var answers [][]byte
@@ -161,6 +164,32 @@ func FuzzLeaseFrame(f *testing.F) {
 		}
 		if !probed {
 			t.Fatalf("%q: the probe after it was not answered: %q", frame, answers)
+		}
+	})
+}
+
+// FuzzAppendString checks the answers' hand-written string encoder against
+// encoding/json: valid JSON, decoding to what encoding/json's own encoding
+// decodes to (bytes that are not UTF-8 become U+FFFD each).
+func FuzzAppendString(f *testing.F) {
+	for _, seed := range []string{"", "src/a.go", `a"b\c`, "tab\there\nline\r", "\x00\x1f\x7f", "日本語", "\xff\xfe", "a\xe2\x82", "\u2028\u2029", "<&>"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := lease.AppendString([]byte("x"), s)
+		if got[0] != 'x' {
+			t.Fatalf("%q: prefix lost: %q", s, got)
+		}
+		var dec, want string
+		if err := json.Unmarshal(got[1:], &dec); err != nil {
+			t.Fatalf("%q encodes as %q, not a JSON string: %v", s, got[1:], err)
+		}
+		std, _ := json.Marshal(s)
+		if err := json.Unmarshal(std, &want); err != nil {
+			t.Fatal(err)
+		}
+		if dec != want {
+			t.Fatalf("%q encodes as %q, which decodes to %q; encoding/json's decodes to %q", s, got[1:], dec, want)
 		}
 	})
 }
