@@ -15,33 +15,9 @@ import (
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
 
-// Lease frames, version 1: the lease API v1 as JSON text frames on a
-// WebSocket, either the lease service's own (GET .../leases/ws) or the mail
-// bus's. A request names its operation in "action" and carries a
-// client-chosen "ref" (1 to MaxRefLen bytes), which its answer echoes:
-//
-//	{"action":"lease.acquire","ref":"1","file":"src/a.go","ttlMs":30000,"waitMs":0}
-//	{"action":"lease.renew","ref":"2","file":"src/a.go","token":7,"ttlMs":30000}
-//	{"action":"lease.release","ref":"3","file":"src/a.go","token":7}
-//	{"action":"lease.status","ref":"4","file":"src/a.go"}
-//	{"action":"lease.cancel","ref":"1"}
-//
-// The answers carry the bodies of the HTTP API's 200 answers:
-//
-//	{"action":"lease.acquired","ref":"1","acquired":true,"file":...,"agentId":...,"token":7,"expiresAt":...,"remainingMs":...}
-//	{"action":"lease.renewed","ref":"2","renewed":true,"file":...,"agentId":...,"token":7,"expiresAt":...,"remainingMs":...}
-//	{"action":"lease.released","ref":"3","released":true}
-//	{"action":"lease.status","ref":"4","isLeased":true,"agentId":...,"expiresAt":...,"token":7,"remainingMs":...}
-//	{"action":"error","ref":"3","error":"...","code":"stale_token"}
-//
-// and an error frame holds the HTTP API's error body, code and field
-// included. Requests are pipelined: the server reads the next frame
-// without waiting for the previous one to finish, runs them concurrently,
-// and answers each once it is done (durable, for a grant, renewal or
-// release), so answers come in order of completion, not of the requests.
-// lease.cancel ends the waiting acquire with that ref (its answer is then
-// an unavailable error, unless it completed first) and is not answered
-// itself.
+// Lease frames v1, the lease API as JSON text frames on a WebSocket, are
+// described in the package doc. This file is the server side
+// (FrameSession); frameclient.go is the client side.
 
 // MaxRefLen bounds a lease frame's ref, which its answer echoes.
 const MaxRefLen = 128
