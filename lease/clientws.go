@@ -7,7 +7,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -77,14 +79,82 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, *FrameClient, error
 	}
 	// Answers come in array frames of up to maxQueuedAnswers.
 	conn.SetReadLimit(16 << 20)
-	f := NewFrameClient(func(ctx context.Context, frame []byte) error {
-		// A write the caller abandons would close the connection: bound it
-		// by time instead.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		return conn.Write(wctx, websocket.MessageText, frame)
-	})
-	return conn, f, nil
+	w := &combiner{conn: conn}
+	return conn, NewFrameClient(w.send), nil
+}
+
+// combiner writes the frames of calls made at the same time together: a
+// call that finds a write under way queues its frame, and the writer sends
+// what queued meanwhile as one frame holding a JSON array, which the lease
+// WebSocket takes. Pipelining callers then cost one write, not one each,
+// and a lone caller writes at once, with no goroutine between.
+type combiner struct {
+	conn    *websocket.Conn
+	mu      sync.Mutex
+	writing bool
+	queue   [][]byte
+}
+
+func (w *combiner) send(ctx context.Context, frame []byte) error {
+	w.mu.Lock()
+	if w.writing {
+		// The writer sends it. Should that fail, the connection is closed,
+		// and the call learns it from FrameClient.Fail.
+		w.queue = append(w.queue, frame)
+		w.mu.Unlock()
+		return nil
+	}
+	w.writing = true
+	w.queue = append(w.queue, frame)
+	w.mu.Unlock()
+	// Callers woken by the same frame of answers are about to send too:
+	// let them queue first. A yield costs nothing when nobody else runs.
+	runtime.Gosched()
+	var err error
+	for {
+		w.mu.Lock()
+		q := w.queue
+		w.queue = nil
+		if len(q) == 0 {
+			w.writing = false
+			w.mu.Unlock()
+			return err
+		}
+		w.mu.Unlock()
+		if err != nil {
+			continue // dropped: the connection is closed
+		}
+		err = w.write(ctx, q)
+	}
+}
+
+// write sends q, one frame or a JSON array of them.
+func (w *combiner) write(ctx context.Context, q [][]byte) error {
+	frame := q[0]
+	if len(q) > 1 {
+		n := 1
+		for _, b := range q {
+			n += len(b) + 1
+		}
+		frame = make([]byte, 1, n)
+		frame[0] = '['
+		for i, b := range q {
+			if i > 0 {
+				frame = append(frame, ',')
+			}
+			frame = append(frame, b...)
+		}
+		frame = append(frame, ']')
+	}
+	// A write the caller abandons would close the connection: bound it by
+	// time instead.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := w.conn.Write(wctx, websocket.MessageText, frame)
+	if err != nil {
+		w.conn.CloseNow() // the reader ends, and every call waiting learns it
+	}
+	return err
 }
 
 // run reads the connection's answers, and redials it when it is lost,

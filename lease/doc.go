@@ -94,13 +94,15 @@
 //	{"action":"lease.renewed","ref":"2","renewed":true,"file":...,"agentId":...,"token":7,"expiresAt":...,"remainingMs":...}
 //	{"action":"lease.released","ref":"3","released":true}
 //	{"action":"lease.status","ref":"4","isLeased":true,"agentId":"alice","expiresAt":...,"token":7,"remainingMs":...}
-//	{"action":"error","ref":"3","error":"stale token: ...","code":"stale_token"}
+//	{"action":"error","ref":"3","error":"stale fencing token: ...","code":"stale_token"}
 //
 // Requests are pipelined: the server reads the next frame without waiting
 // for the one before, runs them concurrently (so pipelined writes share the
 // journal's group commits), and answers each once it is done, a grant,
 // renewal or release once durable: answers come in order of completion.
-// With batch=1, answers ready together share a frame as a JSON array. A
+// With batch=1, answers ready together share a frame as a JSON array; a
+// client frame on this WebSocket (not the mail bus's) may likewise hold a
+// JSON array of requests, which Client sends for calls made together. A
 // frame that is not JSON, lacks a ref or has one too long, names an unknown
 // action or is binary gets an error frame (without ref when it has no
 // usable one) and the connection stays open; a frame over

@@ -379,3 +379,19 @@ func TestClient_linearizable(t *testing.T) {
 		leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 150})
 	})
 }
+
+// Ensure calls from many goroutines sharing one connected client, whose
+// frames the client combines into arrays when they coincide, are
+// linearizable too.
+func TestClient_linearizableSharedConnection(t *testing.T) {
+	_, srv := MustServer(t, lease.Config{Store: MustFS(t, t.TempDir())})
+	var agents []leasetest.Agent
+	for i := range 4 {
+		id := fmt.Sprintf("agent%d", i)
+		c := MustClientVia(t, srv, "x1", id, viaWS)
+		for range 4 {
+			agents = append(agents, leasetest.Agent{ID: id, Target: c})
+		}
+	}
+	leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 100})
+}

@@ -2,14 +2,18 @@ package lease
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/coder/websocket"
+	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 )
@@ -89,7 +93,7 @@ func (c *wsConn) serve(revoked <-chan struct{}) {
 			c.fs.answerErr("", invalidField("frame", "binary frames are not supported"))
 			continue
 		}
-		c.fs.Handle(data)
+		c.handle(data)
 	}
 	cancel()
 	c.mu.Lock()
@@ -101,6 +105,23 @@ func (c *wsConn) serve(revoked <-chan struct{}) {
 	watch.Wait()
 	c.writers.Wait()
 	c.conn.CloseNow()
+}
+
+// handle takes a frame of requests: one request, or a JSON array of them,
+// which a client pipelining many calls sends to save a write per call.
+func (c *wsConn) handle(data []byte) {
+	if i := bytes.IndexFunc(data, func(r rune) bool { return !unicode.IsSpace(r) }); i < 0 || data[i] != '[' {
+		c.fs.Handle(data)
+		return
+	}
+	var reqs []json.RawMessage
+	if json.Unmarshal(data, &reqs) != nil {
+		c.fs.Handle(data) // answered as the malformed frame it is
+		return
+	}
+	for _, r := range reqs {
+		c.fs.Handle(r)
+	}
 }
 
 // watch pings the client, and closes the connection when the lease
@@ -165,6 +186,7 @@ func (c *wsConn) answer(b []byte) {
 func (c *wsConn) write() {
 	defer c.writers.Done()
 	for {
+		c.gather()
 		c.mu.Lock()
 		q := c.queue
 		if len(q) == 0 || c.closed {
@@ -184,6 +206,27 @@ func (c *wsConn) write() {
 			c.mu.Unlock()
 			return
 		}
+	}
+}
+
+// gather lets the operations that finished with the one that started the
+// writer (a group commit ends many at once) queue their answers too, so
+// they share a frame and a system call: it yields while the queue grows.
+// It never sleeps, so a lone answer is not delayed.
+func (c *wsConn) gather() {
+	if !c.batch {
+		return
+	}
+	prev := -1
+	for range 8 {
+		c.mu.Lock()
+		n := len(c.queue)
+		c.mu.Unlock()
+		if n == prev {
+			return
+		}
+		prev = n
+		runtime.Gosched()
 	}
 }
 

@@ -108,7 +108,8 @@ func TestWS_malformedFrames(t *testing.T) {
 		{"overlong ref", `{"action":"lease.status","ref":"` + long + `","file":"f"}`, false, "invalid_input", "ref", ""},
 		{"not UTF-8", "{\"action\":\"lease.status\",\"ref\":\"r5\",\"file\":\"\xff\"}", false, "invalid_input", "frame", "r5"},
 		{"binary frame", `{"action":"lease.status","ref":"r6","file":"f"}`, true, "invalid_input", "frame", ""},
-		{"array of requests", `[{"action":"lease.status","ref":"r7","file":"f"}]`, false, "malformed_json", "", ""},
+		{"array holding no object", `[1]`, false, "malformed_json", "", ""},
+		{"broken array", `[{"action":"lease.status","ref":"r7","file":"f"}`, false, "malformed_json", "", ""},
 		{"another agent's acquire", `{"action":"lease.acquire","ref":"r8","file":"f","ttlMs":1000,"agentId":"bob"}`, false, "forbidden", "", "r8"},
 		{"TTL out of bounds", `{"action":"lease.acquire","ref":"r9","file":"f","ttlMs":1}`, false, "invalid_input", "ttlMs", "r9"},
 		{"no TTL", `{"action":"lease.acquire","ref":"r10","file":"f"}`, false, "invalid_input", "ttlMs", "r10"},
@@ -136,6 +137,16 @@ func TestWS_malformedFrames(t *testing.T) {
 	r.send(`{"action":"lease.acquire","ref":"ok","file":"f","ttlMs":1000}`)
 	if a := r.next(); a["action"] != "lease.acquired" || a["ref"] != "ok" || a["acquired"] != true {
 		t.Fatalf("acquire after the bad frames: %v", a)
+	}
+	// A frame may hold an array of requests, each answered on its own.
+	r.send(` [{"action":"lease.status","ref":"a1","file":"f"}, {"action":"lease.status","ref":"a2"}]`)
+	got := map[string]any{}
+	for range 2 {
+		a := r.next()
+		got[a["ref"].(string)] = a["action"]
+	}
+	if got["a1"] != "lease.status" || got["a2"] != "error" {
+		t.Fatalf("answers to an array of requests: %v", got)
 	}
 	r.send(`{"action":"lease.status","ref":"big","file":"` + strings.Repeat("a", 5000) + `"}`)
 	if got := r.closeStatus(); got != websocket.StatusMessageTooBig {

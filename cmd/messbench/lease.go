@@ -23,8 +23,9 @@ import (
 //	             pair, two durable writes.
 //	lease-ws     the same pairs as lease frames on the lease WebSocket
 //	             (lease.Client after Connect). The -c clients share -n
-//	             connections, one agent each (default: a connection per
-//	             client), and pipeline their frames on them.
+//	             connections, one agent each (default 1), and pipeline
+//	             their frames on them; -n equal to -c is a connection per
+//	             client, as over HTTP.
 
 func leaseClients(ctx context.Context, o options, n int) ([]*lease.Client, []agent, error) {
 	agents, err := registerAgents(ctx, o, n)
@@ -175,8 +176,8 @@ func benchLeaseWS(ctx context.Context, o options) error { return benchPairs(ctx,
 
 func benchPairs(ctx context.Context, o options, ws bool) error {
 	n := o.Concurrency
-	if ws && o.N > 0 {
-		n = min(o.N, o.Concurrency)
+	if ws {
+		n = min(max(o.N, 1), o.Concurrency)
 	}
 	agents, err := registerAgents(ctx, o, n)
 	if err != nil {
@@ -211,9 +212,9 @@ func benchPairs(ctx context.Context, o options, ws bool) error {
 		}
 		return c.Release(ctx, name, g.Token)
 	})
-	what := "lease acquire+release pairs over HTTP (each pair two durable writes)"
+	what := fmt.Sprintf("lease acquire+release pairs over HTTP, %d clients (each pair two durable writes)", o.Concurrency)
 	if ws {
-		what = fmt.Sprintf("lease acquire+release pairs over WebSocket, %d connections (each pair two durable writes)", len(cs))
+		what = fmt.Sprintf("lease acquire+release pairs over WebSocket, %d clients on %d connections (each pair two durable writes)", o.Concurrency, len(cs))
 	}
 	rec.report(o.Out, what, elapsed)
 	return nil
