@@ -234,11 +234,16 @@ func (c *Client) Close(ctx context.Context) error {
 	if !started {
 		return err
 	}
-	if conn != nil {
-		go conn.Close(websocket.StatusNormalClosure, "")
-	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		if conn != nil {
+			conn.Close(websocket.StatusNormalClosure, "")
+		}
+		<-c.done
+	}()
 	select {
-	case <-c.done:
+	case <-closed:
 	case <-ctx.Done():
 		if conn != nil {
 			conn.CloseNow()

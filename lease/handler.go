@@ -35,7 +35,8 @@ type HandlerConfig struct {
 	// Auth authenticates every request. Required. If it also has the
 	// method WatchKey(exchangeID, key string) (<-chan struct{}, func()),
 	// as mess.ExecutorAuth does, a blocking acquire ends with 401 as soon
-	// as the key it was made with is revoked.
+	// as the key it was made with is revoked, and a lease WebSocket opened
+	// with it is closed with 1008 after its waiting acquires end.
 	Auth Authenticator
 	// MaxBodyBytes caps request bodies and frames on the lease WebSocket
 	// (a longer frame closes it with 1009). Zero means 64 KiB.
