@@ -3,10 +3,11 @@
 // files can take turns safely.
 //
 // A Manager holds the leases; NewHandler serves them over HTTP as the
-// lease API v1, under /api/v1/exchanges/{exchange_id}/leases/, and Client
-// calls that API. New(ctx, Config{}) is a working Manager that keeps its
-// leases in memory (storage.NewMemory); give it a Config.Store to keep
-// them across restarts.
+// lease API v1, under /api/v1/exchanges/{exchange_id}/leases/, and over a
+// WebSocket as lease frames (below), and Client calls that API, over the
+// WebSocket once Client.Connect has opened it. New(ctx, Config{}) is a
+// working Manager that keeps its leases in memory (storage.NewMemory);
+// give it a Config.Store to keep them across restarts.
 //
 // # Semantics
 //
@@ -58,16 +59,60 @@
 // Error answers are {"error": message, "code": code} in the module's one
 // vocabulary (internal/httpx): invalid_input (400, with a "field" member
 // naming the request member at fault: file, ttlMs, token, agentId or
-// exchange_id), malformed_json (400), unauthorized (401), forbidden
-// (403), not_found (404), method_not_allowed (405), too_large (413),
-// unavailable (503: shutting down, or the request was cancelled) and
-// internal (500). Two 409 codes are the lease API's own, because a client
-// must tell them apart: stale_token (the token is not the current
-// grant's: the lease passed on) and not_held (the caller holds no live
-// lease on the name). Client maps every answer back onto the sentinel
-// errors. A blocking acquire (waitMs) whose API key is revoked while it
+// exchange_id; in error frames also ref, action or frame),
+// malformed_json (400), unauthorized (401), forbidden (403), not_found
+// (404), method_not_allowed (405), too_large (413), unavailable (503:
+// shutting down, or the request was cancelled) and internal (500); error
+// frames carry the same codes. Two 409 codes are the lease API's own,
+// because a client must tell them apart: stale_token (the token is not
+// the current grant's: the lease passed on) and not_held (the caller holds
+// no live lease on the name). Client maps every answer, over HTTP or in a
+// frame, back onto the sentinel errors. A blocking acquire (waitMs) whose API key is revoked while it
 // waits ends at once with 401 "API key revoked", when the Authenticator
 // can watch keys (HandlerConfig.Auth).
+//
+// # Lease frames (WebSocket)
+//
+// GET .../leases/ws[?batch=1], authenticated like every lease endpoint,
+// opens a WebSocket that carries the lease API as JSON text frames, lease
+// frames v1; the mail bus WebSocket carries the same frames (mailbus
+// HandlerConfig.Leases). Requests name their operation in "action" and
+// carry a client-chosen "ref" of 1 to MaxRefLen bytes, which the answer
+// echoes:
+//
+//	{"action":"lease.acquire","ref":"1","file":"src/a.go","ttlMs":30000,"waitMs":0}
+//	{"action":"lease.renew","ref":"2","file":"src/a.go","token":7,"ttlMs":30000}
+//	{"action":"lease.release","ref":"3","file":"src/a.go","token":7}   (token 0 or absent: the caller's lease)
+//	{"action":"lease.status","ref":"4","file":"src/a.go"}
+//	{"action":"lease.cancel","ref":"1"}                                 (ends waiting acquire 1; not answered)
+//
+// Answers carry the HTTP API's answer bodies, and errors its error bodies
+// (code and field included):
+//
+//	{"action":"lease.acquired","ref":"1","acquired":true,"file":"src/a.go","agentId":"alice","token":7,"expiresAt":1763760000000,"remainingMs":30000}
+//	{"action":"lease.acquired","ref":"1","acquired":false,"file":"src/a.go","agentId":"bob","expiresAt":1763760000000,"remainingMs":12000}
+//	{"action":"lease.renewed","ref":"2","renewed":true,"file":...,"agentId":...,"token":7,"expiresAt":...,"remainingMs":...}
+//	{"action":"lease.released","ref":"3","released":true}
+//	{"action":"lease.status","ref":"4","isLeased":true,"agentId":"alice","expiresAt":...,"token":7,"remainingMs":...}
+//	{"action":"error","ref":"3","error":"stale fencing token: ...","code":"stale_token"}
+//
+// Requests are pipelined: the server reads the next frame without waiting
+// for the one before, runs them concurrently (so pipelined writes share the
+// journal's group commits), and answers each once it is done, a grant,
+// renewal or release once durable: answers come in order of completion.
+// With batch=1, answers ready together share a frame as a JSON array; a
+// client frame on this WebSocket (not the mail bus's) may likewise hold a
+// JSON array of requests, which Client sends for calls made together. A
+// frame that is not JSON, lacks a ref or has one too long, names an unknown
+// action or is binary gets an error frame (without ref when it has no
+// usable one) and the connection stays open; a frame over
+// HandlerConfig.MaxBodyBytes closes it with 1009. At most 1,024 operations
+// of a connection run at once, waiting acquires included; beyond that the
+// server stops reading its frames until one ends. Waiting acquires end with
+// their connection. The server closes the connection with 1001 when the
+// Manager closes and with 1008 when its API key is revoked, after ending
+// its waiting acquires. FrameSession runs lease frames on any connection;
+// FrameClient makes calls on one.
 //
 // # Concurrency
 //

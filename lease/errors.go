@@ -35,6 +35,10 @@ var (
 	// ErrUnauthorized is returned by an Authenticator for a missing or
 	// unknown API key (HTTP 401).
 	ErrUnauthorized = errors.New("lease: unauthorized")
+	// ErrDisconnected is returned by a call made over a lease WebSocket
+	// (FrameClient) whose connection was lost before the answer came: the
+	// server may or may not have carried it out.
+	ErrDisconnected = errors.New("lease: connection lost")
 	// ErrForbidden is returned by an Authenticator for a valid key that
 	// belongs to another exchange (HTTP 403).
 	ErrForbidden = errors.New("lease: forbidden")

@@ -41,3 +41,10 @@ func (m *Manager) Waiters(exchangeID, name string) int {
 	}
 	return 0
 }
+
+// Connected reports whether the client's calls go over its lease
+// WebSocket now.
+func (c *Client) Connected() bool { return c.fc.Load() != nil }
+
+// AppendString is the JSON string encoder of the lease frames' answers.
+var AppendString = appendString
