@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Authenticator resolves an API key to the agent it belongs to in an
@@ -213,6 +214,9 @@ func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		httpx.WriteError(w, http.StatusConflict, codeNotHeld, message(err))
 	case errors.Is(err, ErrClosed):
 		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service is shutting down")
+	case errors.Is(err, storage.ErrFenced):
+		// Another process owns the exchange now; nothing was acknowledged.
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service moved to another process; try again")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The client went away; nobody reads this.
 		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "request cancelled")
