@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/lease"
+	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
@@ -332,5 +333,84 @@ func TestManager_restart_tornTail(t *testing.T) {
 	st, err := m2.Status(context.Background(), "x1", "held")
 	if err != nil || !st.IsLeased || st.Token != g.Token {
 		t.Fatalf("after restart %+v, %v; want held with token %d", st, err, g.Token)
+	}
+}
+
+// A store written in the layout before per-exchange journals (one journal
+// under leases/log/, snapshots under leases/snap/) keeps its leases and
+// its token high-water mark, with and without a Fence. The old objects
+// stay where they are; once an exchange has a snapshot of its own, that
+// snapshot decides.
+func TestManager_oldLayout(t *testing.T) {
+	onBackends(t, func(t *testing.T, b backend) {
+		for _, fenced := range []bool{false, true} {
+			t.Run(fmt.Sprintf("fenced=%v", fenced), func(t *testing.T) { testOldLayout(t, b, fenced) })
+		}
+	})
+}
+
+func testOldLayout(t *testing.T, b backend, fenced bool) {
+	ctx := context.Background()
+	clk := newClock()
+	store := b.new(t)
+	deadline := clk.Now().Add(time.Minute).UnixMilli()
+	old := map[string]string{
+		"leases/snap/00000000000000000006.json": fmt.Sprintf(`{"next":6,"leases":[`+
+			`{"op":"g","x":"x1","n":"held","a":"alice","t":4,"e":%d,"r":60000},`+
+			`{"op":"g","x":"x1","n":"gone","a":"alice","t":5,"e":%d,"r":60000}]}`, deadline, deadline),
+		"leases/log/01HZY0000000000000000000AA.jsonl": fmt.Sprintf(`{"op":"r","x":"x1","n":"gone","t":5}`+"\n"+
+			`{"op":"g","x":"x2","n":"other","a":"bob","t":7,"e":%d,"r":60000}`+"\n", deadline),
+	}
+	for k, v := range old {
+		if _, err := store.Put(ctx, k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := lease.Config{Store: store, Now: clk.Now, CompactInterval: -1}
+	var owner *ownership.Ownership
+	if fenced {
+		owner = claimOwner(t, store, "a")
+		cfg.Fence = owner
+	}
+	m1, err := lease.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantHeld(t, m1, "x1", lease.Grant{Name: "held", Holder: "alice", Token: 4})
+	wantHeld(t, m1, "x2", lease.Grant{Name: "other", Holder: "bob", Token: 7})
+	if st, err := m1.Status(ctx, "x1", "gone"); err != nil || st.IsLeased {
+		t.Fatalf("released lease after upgrade: %+v, %v", st, err)
+	}
+	// Every exchange's tokens start above the old counter, even one the
+	// old layout never mentioned.
+	top := uint64(7)
+	for _, x := range []string{"x1", "x3"} {
+		g, err := m1.Acquire(ctx, x, "carol", "gone", time.Minute)
+		if err != nil || g.Token <= top {
+			t.Fatalf("%s: granted %+v, %v; want a token above %d", x, g, err, top)
+		}
+	}
+	if err := m1.Release(ctx, "x1", "alice", "held", 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if fenced {
+		cfg.Fence = takeOver(t, store, owner, "b")
+	}
+	m2 := MustNew(t, cfg)
+	if st, err := m2.Status(ctx, "x1", "held"); err != nil || st.IsLeased {
+		t.Fatalf("lease released after the upgrade is back: %+v, %v", st, err)
+	}
+	wantHeld(t, m2, "x2", lease.Grant{Name: "other", Holder: "bob", Token: 7})
+	if g := MustAcquire(t, m2, "dave", "held", time.Minute); g.Token <= top+1 {
+		t.Fatalf("token %d after restart, want above %d", g.Token, top+1)
+	}
+	for k := range old {
+		if _, err := store.Get(ctx, k); err != nil {
+			t.Fatalf("old object %s: %v", k, err)
+		}
 	}
 }
