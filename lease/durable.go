@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,13 +13,14 @@ import (
 	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/internal/snaplog"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Durable state is kept per exchange: a journal of records under
-// {Prefix}/exchange={id}/log/ plus, from time to time, a snapshot under
-// {Prefix}/exchange={id}/snap/ that folds the journal objects before a
-// boundary (which are then deleted). Each exchange has its own token
+// {Prefix}/exchange={id}/log/ folded from time to time into a snapshot
+// under {Prefix}/exchange={id}/snap/ (internal/snaplog), after which the
+// journal objects it covers are deleted. Each exchange has its own token
 // counter, resumed above every token its snapshot and journal hold.
 //
 // A grant record carries the wall-clock deadline and the TTL left when it
@@ -29,16 +30,11 @@ import (
 // The Manager queues a name's records under the lock that orders its
 // changes, so the journal holds them in that order: a grant before its
 // renewals and its release, a release before the next grant. Replay
-// relies on it only loosely: a grant applies when its token is above every
-// token seen for the name (or equals the live one, which is a renewal: the
-// later deadline wins because renewals never shorten), and a release
-// clears the name only if the token matches.
-//
-// A snapshot is made from the journal objects themselves, never from
-// memory: memory may hold a grant whose write is still in flight or will
-// fail, and a snapshot must say exactly what the objects it replaces said.
-// That also makes a snapshot written by an owner that has been replaced
-// (and does not know it yet) correct, merely old.
+// applies a grant when its token is above every token seen for the name
+// (or equals the live one, which is a renewal: the later deadline wins
+// because renewals never shorten), and a release only if the token
+// matches. So records seen again (a snapshot's objects left by a failed
+// deletion, a suffix of them) change nothing.
 
 // record is one journal line. The JSON names are short because every
 // grant writes one; they are the stored format, so they never change.
@@ -58,15 +54,13 @@ const (
 	opRelease = "r"
 )
 
+// snapshot is the payload of a snapshot: an exchange's live leases, or in
+// the old layout every exchange's.
 type snapshot struct {
 	// Next is above every token in the journal objects the snapshot
-	// replaced, so the exchange's counter resumes at or above it.
+	// replaced, so the counter resumes at or above it.
 	Next   uint64   `json:"next"`
 	Leases []record `json:"leases"`
-	// Boundary is the journal key the snapshot covers up to (a
-	// per-exchange snapshot only). In a fenced journal it is a slot key:
-	// replay and Open start after it, and it is never deleted.
-	Boundary string `json:"boundary,omitempty"`
 }
 
 func makeGrantRecord(k key, g Grant, now time.Time) record {
@@ -140,59 +134,52 @@ func (m *Manager) decode(key string, data []byte) []record {
 
 // exchange is the durable side of one exchange's leases.
 type exchange struct {
-	id      string
-	log     string        // journal partition
-	snapDir string        // snapshot key prefix
-	tokens  atomic.Uint64 // the last token issued in this exchange
-	ready   chan struct{} // closed once loaded, or once loading failed (err)
-	err     error
-
-	appended atomic.Uint64 // records queued, so compaction passes idle exchanges by
-
-	// Set by the load before ready is closed, then owned by compaction
-	// (Manager.compactMu).
-	folded   uint64          // appended when the last compaction sealed the journal
-	snap     snapState       // the newest snapshot this process knows of
-	controls map[string]bool // journal keys holding fences (never folded or deleted)
+	id     string
+	log    *snaplog.Log
+	part   string        // its journal partition
+	tokens atomic.Uint64 // the last token issued in this exchange
+	ready  chan struct{} // closed once loaded, or once loading failed (err)
+	err    error
 }
 
-// snapState is an exchange's newest snapshot as far as this process knows.
-type snapState struct {
-	known bool // false: read the store to find out
-	key   string
-	gen   uint64
-	sn    *snapshot // nil: there is none
+// exchangeState is what an exchange's journal says (snaplog.State).
+type exchangeState struct {
+	m  *Manager
+	x  string
+	st *replayState
 }
 
-func newExchange(prefix, id string) *exchange {
-	dir := prefix + "/exchange=" + id
-	return &exchange{id: id, log: dir + "/log", snapDir: dir + "/snap/", ready: make(chan struct{}),
-		controls: map[string]bool{}}
-}
-
-// snapKey names snapshot gen of ex. Generations count up from 1, and a
-// snapshot is written with Create, so of two processes folding the same
-// journal (an owner that was replaced and does not know it yet, and its
-// successor) only one writes each generation.
-func (ex *exchange) snapKey(gen uint64) string { return fmt.Sprintf("%s%020d.json", ex.snapDir, gen) }
-
-// isSlot reports whether key is a slot of a fenced journal log:
-// {log}/{20 digits}.jsonl.
-func isSlot(log, key string) bool {
-	name, ok := strings.CutPrefix(key, log+"/")
-	if !ok {
-		return false
-	}
-	name, ok = strings.CutSuffix(name, ".jsonl")
-	if !ok || len(name) != 20 {
-		return false
-	}
-	for i := range len(name) {
-		if name[i] < '0' || name[i] > '9' {
-			return false
+func (s *exchangeState) Apply(_ string, v any) error {
+	for _, r := range v.([]record) {
+		if r.Exchange == s.x {
+			s.st.apply(r)
 		}
 	}
-	return true
+	return nil
+}
+
+func (s *exchangeState) Snapshot() ([]byte, error) {
+	now := s.m.cfg.Now().UnixMilli()
+	sn := snapshot{Next: s.st.maxT + 1, Leases: []record{}}
+	for _, r := range s.st.live {
+		if r.Deadline > now {
+			sn.Leases = append(sn.Leases, r)
+		}
+	}
+	sort.Slice(sn.Leases, func(i, j int) bool { return sn.Leases[i].Name < sn.Leases[j].Name })
+	return json.Marshal(sn)
+}
+
+func (m *Manager) newExchange(id string) (*exchange, error) {
+	dir := m.cfg.Prefix + "/exchange=" + id
+	ex := &exchange{id: id, part: dir + "/log", ready: make(chan struct{})}
+	var err error
+	ex.log, err = snaplog.New(snaplog.Config{
+		Store: m.cfg.Store, Journal: m.j, Fence: m.cfg.Fence, Log: ex.part, Snaps: dir + "/snap/",
+		Base:   func(payload []byte) (snaplog.State, error) { return m.base(id, payload) },
+		Decode: func(key string, data []byte) (any, error) { return m.decode(key, data), nil },
+	})
+	return ex, err
 }
 
 // legacyState is what the layout before per-exchange journals left: one
@@ -339,7 +326,10 @@ func (m *Manager) exchangeIDs(ctx context.Context) ([]string, error) {
 func (m *Manager) open(ctx context.Context, x string) (*exchange, error) {
 	v, ok := m.xs.Load(x)
 	if !ok {
-		ex := newExchange(m.cfg.Prefix, x)
+		ex, err := m.newExchange(x)
+		if err != nil {
+			return nil, err
+		}
 		if v, ok = m.xs.LoadOrStore(x, ex); !ok {
 			ex.err = m.loadExchange(ctx, ex)
 			if ex.err != nil {
@@ -361,87 +351,34 @@ func (m *Manager) open(ctx context.Context, x string) (*exchange, error) {
 	return ex, nil
 }
 
-// maxLoadAttempts bounds how often a load starts again because a replaced
-// owner compacted the journal under it.
-const maxLoadAttempts = 10
-
-// loadExchange restores ex: under a Fence it claims the exchange and
-// fences its journal first, so the replay sees every write a replaced
-// owner made; then it reads the newest snapshot and the journal after it.
+// loadExchange restores ex: under a Fence it claims the exchange first,
+// and the load fences its journal before replaying it, so the replay sees
+// every write a replaced owner made.
 func (m *Manager) loadExchange(ctx context.Context, ex *exchange) error {
 	if f := m.cfg.Fence; f != nil {
 		if err := f.Claim(ctx, ex.id); err != nil {
 			return fmt.Errorf("lease: claim exchange %s: %w", ex.id, err)
 		}
 	}
-	opened := false
-	for attempt := 1; ; attempt++ {
-		snap, err := m.latestSnapshot(ctx, ex)
-		if err != nil {
-			return err
-		}
-		after := ""
-		if snap.sn != nil && isSlot(ex.log, snap.sn.Boundary) {
-			after = snap.sn.Boundary
-		}
-		if !opened {
-			if err := m.j.Open(ctx, ex.log, after); err != nil {
-				return fmt.Errorf("lease: open the journal of %s: %w", ex.id, err)
-			}
-			opened = true
-		}
-		st := m.base(ex.id, snap.sn)
-		tail := false
-		err = journal.Replay(ctx, m.cfg.Store, journal.ReplayConfig{
-			Prefix: ex.log + "/",
-			After:  after,
-			Decode: func(key string, data []byte) (any, error) { return m.decode(key, data), nil },
-			Apply: func(_ string, v any) error {
-				tail = true
-				for _, r := range v.([]record) {
-					if r.Exchange == ex.id {
-						st.apply(r)
-					}
-				}
-				return nil
-			},
-		})
-		// A replaced owner that has not noticed yet may still compact:
-		// it writes a newer snapshot before it deletes anything, so an
-		// object gone from under the replay, or a newer snapshot after
-		// it, means reading again from that snapshot.
-		if errors.Is(err, storage.ErrNotFound) && attempt < maxLoadAttempts {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("lease: replay the journal of %s: %w", ex.id, err)
-		}
-		again, err := m.latestSnapshot(ctx, ex)
-		if err != nil {
-			return err
-		}
-		if again.key != snap.key && attempt < maxLoadAttempts {
-			continue
-		}
-		if again.key != snap.key {
-			return fmt.Errorf("lease: the snapshots of %s keep changing while it loads", ex.id)
-		}
-		m.install(ex, st)
-		ex.snap = snap
-		if tail {
-			ex.appended.Store(1) // compact what the journal held
-		}
-		return nil
+	st, err := ex.log.Load(ctx)
+	if err != nil {
+		return fmt.Errorf("lease: load exchange %s: %w", ex.id, err)
 	}
+	m.install(ex, st.(*exchangeState).st)
+	return nil
 }
 
-// base is the state an exchange's journal applies to: its snapshot, or
-// without one the exchange's leases in the old layout.
-func (m *Manager) base(x string, sn *snapshot) *replayState {
+// base is the state an exchange's journal applies to: a snapshot's
+// payload, or without one the exchange's leases in the old layout.
+func (m *Manager) base(x string, payload []byte) (*exchangeState, error) {
 	st := newReplayState()
 	st.maxT = m.legacy.maxT
 	recs := m.legacy.live[x]
-	if sn != nil {
+	if payload != nil {
+		var sn snapshot
+		if err := json.Unmarshal(payload, &sn); err != nil {
+			return nil, err
+		}
 		recs = sn.Leases
 		if sn.Next > 0 {
 			st.maxT = max(st.maxT, sn.Next-1)
@@ -454,7 +391,7 @@ func (m *Manager) base(x string, sn *snapshot) *replayState {
 		st.maxAt[k] = r.Token
 		st.maxT = max(st.maxT, r.Token)
 	}
-	return st
+	return &exchangeState{m: m, x: x, st: st}, nil
 }
 
 // install puts the leases of a loaded exchange in memory.
@@ -472,38 +409,5 @@ func (m *Manager) install(ex *exchange, st *replayState) {
 		s.mu.Lock()
 		s.m[k] = &entry{ex: ex, holder: r.Holder, token: r.Token, deadline: now.Add(left)}
 		s.mu.Unlock()
-	}
-}
-
-// latestSnapshot finds ex's newest snapshot in the store.
-func (m *Manager) latestSnapshot(ctx context.Context, ex *exchange) (snapState, error) {
-	for attempt := 1; ; attempt++ {
-		last := ""
-		var gen uint64
-		for k, err := range storage.Keys(ctx, m.cfg.Store, ex.snapDir) {
-			if err != nil {
-				return snapState{}, fmt.Errorf("lease: list the snapshots of %s: %w", ex.id, err)
-			}
-			name, ok := strings.CutSuffix(k[len(ex.snapDir):], ".json")
-			n, err := strconv.ParseUint(name, 10, 64)
-			if ok && err == nil && len(name) == 20 {
-				last, gen = k, n
-			}
-		}
-		if last == "" {
-			return snapState{known: true}, nil
-		}
-		obj, err := m.cfg.Store.Get(ctx, last)
-		if errors.Is(err, storage.ErrNotFound) && attempt < maxLoadAttempts {
-			continue // replaced by a newer one meanwhile
-		}
-		if err != nil {
-			return snapState{}, fmt.Errorf("lease: read snapshot %s: %w", last, err)
-		}
-		var sn snapshot
-		if err := json.Unmarshal(obj.Data, &sn); err != nil {
-			return snapState{}, fmt.Errorf("lease: decode snapshot %s: %w", last, err)
-		}
-		return snapState{known: true, key: last, gen: gen, sn: &sn}, nil
 	}
 }

@@ -121,7 +121,7 @@ type Manager struct {
 	xs      sync.Map // exchange id → *exchange
 	legacy  legacyState
 
-	compactMu sync.Mutex // one compaction at a time
+	compactMu sync.Mutex // one compaction pass at a time
 
 	closeMu   sync.RWMutex // held shared by every operation
 	closed    bool
@@ -717,8 +717,8 @@ func (m *Manager) ReleaseAll(ctx context.Context, exchangeID, agentID string) (i
 // outcome is known: a record written after the caller gave up would
 // otherwise resurrect a grant that was rolled back.
 func (m *Manager) record(ex *exchange, lines ...[]byte) <-chan error {
-	ex.appended.Add(1)
-	written, err := m.j.AppendAsync(ex.log, lines...)
+	ex.log.Touch()
+	written, err := m.j.AppendAsync(ex.part, lines...)
 	if err != nil {
 		failed := make(chan error, 1)
 		failed <- err
