@@ -12,7 +12,9 @@ import (
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-func TestService_compactionKeepsState(t *testing.T) {
+func TestService_compactionKeepsState(t *testing.T) { onBackends(t, testCompactionKeepsState) }
+
+func testCompactionKeepsState(t *testing.T, be backend) {
 	var mu sync.Mutex
 	down := true
 	rv := newReceiver(t, func(r received, n int) (int, string) {
@@ -26,7 +28,7 @@ func TestService_compactionKeepsState(t *testing.T) {
 		}
 		return 200, `{}`
 	})
-	e := newEnv(t, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour, CompactInterval: 20 * time.Millisecond})
+	e := newEnvOn(t, be, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour, CompactInterval: 20 * time.Millisecond})
 	e.register("req", nil, nil, nil, nil)
 	e.register("ok", nil, []any{map[string]any{"type": "webhook", "url": rv.URL + "/ok"}}, nil, nil)
 	e.register("later", nil, []any{map[string]any{"type": "webhook", "url": rv.URL + "/later"}}, nil, nil)
