@@ -50,9 +50,9 @@ type Config struct {
 	// Source is the exchange whose events are delivered. Required.
 	Source Source
 	// Store holds the outbox: one journal per exchange, under
-	// notify/exchange={id}/outbox/, with its snapshots (see outbox.go).
-	// Nil means storage.NewMemory(): the outbox lasts as long as the
-	// process.
+	// notify/exchange={id}/outbox/, with its snapshots (see the package
+	// doc, Durability and fencing). Nil means storage.NewMemory(): the
+	// outbox lasts as long as the process.
 	Store storage.Store
 	// Fence, when set, is the authority this Service writes under in a
 	// store other processes can reach (a bucket with a standby beside the
