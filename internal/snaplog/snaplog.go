@@ -11,24 +11,28 @@
 // (an owner that was replaced and has not noticed, and its successor) only
 // one writes each generation, and a snapshot the replaced owner writes is
 // correct, merely old. Only after a snapshot is written are the objects it
-// covers deleted: data objects before its boundary, in key order,
-// stopping at the first failure, never a control object (a fence), never
-// the boundary object itself. A load that such a deletion disturbs (an
-// object gone from under its replay, or a newer snapshot once it is done)
-// reads again from the newer snapshot, which the deleting process wrote
-// first.
+// covers deleted: data objects before its boundary (never a control
+// object such as a fence, never the boundary object itself), in key
+// order; a failure stops the deletion, and the next compaction goes on
+// from there. A load that such a deletion disturbs (an object gone from
+// under its replay, or a newer snapshot once it is done) reads again from
+// the newer snapshot, which the deleting process wrote first. Compaction
+// streams the objects it folds (journal.Replay), so it holds no more of
+// them in memory at once than a load does.
 //
 // In a fenced journal the boundary is a slot key and a load replays only
 // the objects after it. Otherwise (one writer, objects named by time) a
 // load replays every object left, so a state's Apply must tolerate seeing
-// an object of the snapshot again after a deletion failed part way: the
-// objects left are then a suffix of the folded ones, in key order.
+// an object of the snapshot again after a deletion failed part way (or
+// the process stopped during one): the objects left are then a suffix of
+// the folded ones, in key order.
 package snaplog
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,9 +84,9 @@ type Log struct {
 	touched atomic.Uint64
 
 	mu       sync.Mutex
-	folded   uint64          // touched when the last compaction began
-	snap     snapState       // the newest snapshot known
-	controls map[string]bool // log keys holding control objects
+	folded   uint64    // touched when the last compaction began
+	snap     snapState // the newest snapshot known
+	leftover []string  // covered objects a failed deletion left, in order
 }
 
 // snapState is the newest snapshot as far as this process knows.
@@ -113,7 +117,7 @@ func New(cfg Config) (*Log, error) {
 	if !strings.HasSuffix(cfg.Snaps, "/") || storage.ValidPrefix(cfg.Snaps) != nil {
 		return nil, fmt.Errorf("snaplog: Config.Snaps %q is not a key prefix ending in /", cfg.Snaps)
 	}
-	return &Log{cfg: cfg, controls: map[string]bool{}}, nil
+	return &Log{cfg: cfg}, nil
 }
 
 // Touch records an append to the log, so that Compact folds it.
@@ -254,65 +258,53 @@ func (l *Log) Compact(ctx context.Context) error {
 	prev := l.snap
 	prevSlot := l.after(prev)
 	fenced := l.cfg.Fence != nil
-	var keys []string
-	for k, err := range storage.Keys(ctx, l.cfg.Store, l.cfg.Log+"/") {
-		if err != nil {
-			return fmt.Errorf("snaplog: list %s: %w", l.cfg.Log, err)
-		}
-		// Objects an unfenced writer left in a log now fenced (moved from
-		// a directory to a bucket, say) sort after every slot, and are
-		// folded wherever they sort.
-		if l.controls[k] || (k > bound && (!fenced || isSlot(l.cfg.Log, k))) {
-			continue
-		}
-		keys = append(keys, k)
-	}
-	datas, err := getAll(ctx, l.cfg.Store, keys)
-	if err != nil {
-		l.snap.known = false // compacted by another process meanwhile
-		return fmt.Errorf("snaplog: read %s: %w", l.cfg.Log, err)
-	}
+	// Objects an unfenced writer left in a log now fenced (moved from a
+	// directory to a bucket, say) sort after every slot, and are folded
+	// wherever they sort.
+	folds := func(k string) bool { return k <= bound || (fenced && !isSlot(l.cfg.Log, k)) }
 	st, err := l.cfg.Base(prev.payload)
 	if err != nil {
 		return fmt.Errorf("snaplog: %s: %w", prev.key, err)
 	}
-	var data []string
-	folded := false
-	for i, k := range keys {
-		if journal.IsControl(datas[i]) {
-			l.controls[k] = true
-			continue
-		}
-		data = append(data, k)
-		if prevSlot != "" && isSlot(l.cfg.Log, k) && k <= prevSlot {
-			continue // folded before: prev's boundary, or left by a failed deletion
-		}
-		v, err := l.cfg.Decode(k, datas[i])
-		if err != nil {
-			return fmt.Errorf("snaplog: decode %s: %w", k, err)
-		}
-		if err := st.Apply(k, v); err != nil {
-			return fmt.Errorf("snaplog: apply %s: %w", k, err)
-		}
-		folded = true
+	var data []string // folded data objects, in key order
+	err = journal.Replay(ctx, l.cfg.Store, journal.ReplayConfig{
+		Prefix: l.cfg.Log + "/",
+		After:  prevSlot,
+		Decode: func(k string, b []byte) (any, error) {
+			if !folds(k) {
+				return nil, nil
+			}
+			return l.cfg.Decode(k, b)
+		},
+		Apply: func(k string, v any) error {
+			if !folds(k) {
+				return nil
+			}
+			data = append(data, k)
+			return st.Apply(k, v)
+		},
+	})
+	if err != nil {
+		l.snap.known = false // compacted by another process meanwhile, perhaps
+		return fmt.Errorf("snaplog: fold %s: %w", l.cfg.Log, err)
 	}
-	boundary := prevSlot
-	if folded {
-		boundary = bound
+	var covered []string
+	if len(data) > 0 {
 		written, err := l.write(ctx, st, bound)
 		if err != nil || !written {
 			return err
 		}
-	}
-	for _, k := range data {
-		if k >= boundary && (!fenced || isSlot(l.cfg.Log, k)) {
-			continue
+		// prev's boundary is a boundary no more; it may be a fence, though.
+		if prevSlot != "" {
+			if obj, err := l.cfg.Store.Get(ctx, prevSlot); err == nil && !journal.IsControl(obj.Data) {
+				covered = append(covered, prevSlot)
+			}
 		}
-		if err := l.delete(ctx, k); err != nil {
-			return err
+		for _, k := range data {
+			if k < bound || (fenced && !isSlot(l.cfg.Log, k)) {
+				covered = append(covered, k)
+			}
 		}
-	}
-	if folded {
 		for k, err := range storage.Keys(ctx, l.cfg.Store, l.cfg.Snaps) {
 			if err != nil {
 				return fmt.Errorf("snaplog: list %s: %w", l.cfg.Snaps, err)
@@ -320,12 +312,31 @@ func (l *Log) Compact(ctx context.Context) error {
 			if k >= l.snap.key {
 				break
 			}
-			if err := l.delete(ctx, k); err != nil {
-				return err
-			}
+			covered = append(covered, k)
 		}
 	}
+	if err := l.deleteCovered(ctx, append(l.leftover, covered...)); err != nil {
+		return err
+	}
 	l.folded = touched
+	return nil
+}
+
+// deleteCovered deletes objects a written snapshot covers (never a
+// control object), in order, stopping at the first failure: the rest are
+// kept for the next compaction to try again.
+func (l *Log) deleteCovered(ctx context.Context, keys []string) error {
+	for i, k := range keys {
+		err := l.invalid()
+		if err == nil {
+			err = l.cfg.Store.Delete(ctx, k)
+		}
+		if err != nil {
+			l.leftover = slices.Clone(keys[i:])
+			return fmt.Errorf("snaplog: delete %s: %w", k, err)
+		}
+	}
+	l.leftover = nil
 	return nil
 }
 
@@ -358,19 +369,6 @@ func (l *Log) write(ctx context.Context, st State, bound string) (written bool, 
 	return true, nil
 }
 
-// delete removes an object a written snapshot covers, unless this process
-// may have been replaced: a successor copes with such deletions, but need
-// not be made to.
-func (l *Log) delete(ctx context.Context, key string) error {
-	if err := l.invalid(); err != nil {
-		return err
-	}
-	if err := l.cfg.Store.Delete(ctx, key); err != nil {
-		return fmt.Errorf("snaplog: delete %s: %w", key, err)
-	}
-	return nil
-}
-
 func (l *Log) invalid() error {
 	if l.cfg.Fence == nil {
 		return nil
@@ -395,22 +393,4 @@ func isSlot(log, key string) bool {
 		}
 	}
 	return true
-}
-
-// getAll reads keys, a few at a time.
-func getAll(ctx context.Context, store storage.Store, keys []string) ([][]byte, error) {
-	out := make([][]byte, len(keys))
-	errs := make([]error, len(keys))
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
-	for i, k := range keys {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			obj, err := store.Get(ctx, k)
-			out[i], errs[i] = obj.Data, err
-		})
-	}
-	wg.Wait()
-	return out, errors.Join(errs...)
 }
