@@ -30,7 +30,9 @@ var (
 	// missing (zero).
 	ErrInvalidToken = errors.New("lease: invalid token")
 	// ErrClosed is returned by every operation after Close. Client returns
-	// it for a 503 answer (the server is shutting down).
+	// it for a 503 answer (the server is shutting down, or another process
+	// serves the exchange now: a Manager under a Config.Fence that was
+	// replaced returns errors wrapping storage.ErrFenced).
 	ErrClosed = errors.New("lease: closed")
 	// ErrUnauthorized is returned by an Authenticator for a missing or
 	// unknown API key (HTTP 401).

@@ -10,8 +10,8 @@ const MaxNameLen = maxNameLen
 // Compact folds the journal into a snapshot now, as the background loop
 // does every Config.CompactInterval.
 func (m *Manager) Compact(ctx context.Context) error {
-	if !m.enter() {
-		return ErrClosed
+	if err := m.enter(); err != nil {
+		return err
 	}
 	defer m.leave()
 	return m.compact(ctx)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Authenticator resolves an API key to the agent it belongs to in an
@@ -255,6 +256,10 @@ func errorAnswer(err error) answer {
 		return answer{http.StatusConflict, codeStaleToken, message(err), ""}
 	case errors.Is(err, ErrNotHeld):
 		return answer{http.StatusConflict, codeNotHeld, message(err), ""}
+	case errors.Is(err, storage.ErrFenced), errors.Is(err, storage.ErrUnavailable):
+		// Another process owns the exchange now, or the store is out of
+		// reach; nothing was acknowledged.
+		return answer{http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service unavailable here; try again", ""}
 	case errors.Is(err, ErrClosed):
 		return answer{http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service is shutting down", ""}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
