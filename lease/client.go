@@ -9,7 +9,11 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/coder/websocket"
 
 	json "github.com/goccy/go-json"
 
@@ -31,11 +35,21 @@ type ClientConfig struct {
 }
 
 // Client calls the lease API v1 of one exchange as the agent that owns
-// its API key. It is safe for concurrent use.
+// its API key, over HTTP, or over the lease WebSocket once Connect has
+// opened it. It is safe for concurrent use.
 type Client struct {
 	base string // .../api/v1/exchanges/{id}/leases/
 	key  string
 	hc   *http.Client
+
+	fc atomic.Pointer[FrameClient] // the open WebSocket's; nil while there is none
+
+	mu      sync.Mutex
+	conn    *websocket.Conn
+	started bool               // Connect succeeded once
+	life    context.Context    // ended by Close
+	end     context.CancelFunc // ends life
+	done    chan struct{}      // closed when the connection's goroutine ends
 }
 
 // NewClient returns a client for the lease API described by cfg.
@@ -56,10 +70,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		t.MaxIdleConnsPerHost = 256
 		hc = &http.Client{Transport: t}
 	}
+	life, end := context.WithCancel(context.Background())
 	return &Client{
 		base: strings.TrimRight(cfg.BaseURL, "/") + "/api/v1/exchanges/" + url.PathEscape(cfg.Exchange) + "/leases/",
 		key:  cfg.APIKey,
 		hc:   hc,
+		life: life,
+		end:  end,
+		done: make(chan struct{}),
 	}, nil
 }
 
@@ -166,6 +184,14 @@ func (c *Client) Acquire(ctx context.Context, name string, ttl time.Duration) (G
 // AcquireWait is Acquire that waits on the server up to wait for a held
 // lease, in first-come-first-served order.
 func (c *Client) AcquireWait(ctx context.Context, name string, ttl, wait time.Duration) (Grant, error) {
+	if f := c.fc.Load(); f != nil {
+		g, err := f.AcquireWait(ctx, name, ttl, wait)
+		if !errors.Is(err, ErrDisconnected) {
+			return g, err
+		}
+		// Lost before the answer came. An acquire is safe to repeat: if the
+		// first one was granted, the holder's acquire returns that grant.
+	}
 	var resp acquireResponse
 	if err := c.do(ctx, http.MethodPost, "acquire", acquireRequest{File: name, TTLMs: ms(ttl), WaitMs: ms(wait)}, &resp); err != nil {
 		return Grant{}, err
@@ -179,6 +205,13 @@ func (c *Client) AcquireWait(ctx context.Context, name string, ttl, wait time.Du
 // Renew extends the lease granted with token to ttl from now (never
 // shortening it). Errors match ErrStaleToken or ErrNotHeld.
 func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.Duration) (Grant, error) {
+	if f := c.fc.Load(); f != nil {
+		g, err := f.Renew(ctx, name, token, ttl)
+		if !errors.Is(err, ErrDisconnected) {
+			return g, err
+		}
+		// A renewal is safe to repeat.
+	}
 	var resp renewResponse
 	if err := c.do(ctx, http.MethodPost, "renew", renewRequest{File: name, Token: token, TTLMs: ms(ttl)}, &resp); err != nil {
 		return Grant{}, err
@@ -189,21 +222,32 @@ func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.
 // Release gives up the client's lease on name, as Manager.Release does: a
 // token of 0 releases the agent's current lease, a non-zero one must be
 // the current grant's. A refusal is an error matching ErrNotHeld or
-// ErrStaleToken.
+// ErrStaleToken. A release sent over the WebSocket whose connection is
+// lost before the answer is not repeated, since a repeat would be refused
+// if the first went through: the error matches ErrDisconnected.
 func (c *Client) Release(ctx context.Context, name string, token uint64) error {
+	if f := c.fc.Load(); f != nil {
+		return f.Release(ctx, name, token)
+	}
 	var resp releaseResponse
 	return c.do(ctx, http.MethodPost, "release", releaseRequest{File: name, Token: token}, &resp)
 }
 
 // Status reports the lease on name.
 func (c *Client) Status(ctx context.Context, name string) (Status, error) {
+	if f := c.fc.Load(); f != nil {
+		st, err := f.Status(ctx, name)
+		if !errors.Is(err, ErrDisconnected) {
+			return st, err
+		}
+	}
 	var st Status
 	err := c.do(ctx, http.MethodPost, "status", statusRequest{File: name}, &st)
 	return st, err
 }
 
 // List returns the live leases of the exchange, only agentID's when it is
-// not empty.
+// not empty. It always goes over HTTP, as ReleaseAll does.
 func (c *Client) List(ctx context.Context, agentID string) ([]Grant, error) {
 	var resp listResponse
 	op := "list"

@@ -4,26 +4,37 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/journal"
+	"github.com/meatspace-exchange/mess/internal/snaplog"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-// Durable state is a journal of records plus, from time to time, a snapshot
-// that folds the journal objects it covers (which are then deleted).
+// Durable state is kept per exchange: a journal of records under
+// {Prefix}/exchange={id}/log/ folded from time to time into a snapshot
+// under {Prefix}/exchange={id}/snap/ (internal/snaplog), after which the
+// journal objects it covers are deleted. Each exchange has its own token
+// counter, resumed above every token its snapshot and journal hold.
 //
 // A grant record carries the wall-clock deadline and the TTL left when it
 // was written; on restart a lease gets min(deadline - now, that TTL), so a
 // restart never extends a lease, even if the wall clock stepped back.
 //
-// Replay does not depend on record order: a grant applies when its token
-// is above every token seen for the name (or equals the live one, which is
-// a renewal: the later deadline wins because renewals never shorten), and a
-// release clears the name only if the token matches, remembering it so an
-// earlier-token grant cannot come back.
+// The Manager queues a name's records under the lock that orders its
+// changes, so the journal holds them in that order: a grant before its
+// renewals and its release, a release before the next grant. Replay
+// applies a grant when its token is above every token seen for the name
+// (or equals the live one, which is a renewal: the later deadline wins
+// because renewals never shorten), and a release only if the token
+// matches. So records seen again (a snapshot's objects left by a failed
+// deletion, a suffix of them) change nothing.
 
 // record is one journal line. The JSON names are short because every
 // grant writes one; they are the stored format, so they never change.
@@ -43,10 +54,11 @@ const (
 	opRelease = "r"
 )
 
+// snapshot is the payload of a snapshot: an exchange's live leases, or in
+// the old layout every exchange's.
 type snapshot struct {
-	// Next is a token no lease in the journal objects it replaced could
-	// have reached: every token below it was issued before the snapshot
-	// was taken, so its effect is in Leases.
+	// Next is above every token in the journal objects the snapshot
+	// replaced, so the counter resumes at or above it.
 	Next   uint64   `json:"next"`
 	Leases []record `json:"leases"`
 }
@@ -68,10 +80,14 @@ func releaseRecord(k key, token uint64) []byte {
 
 // replayState rebuilds leases from a snapshot and journal records.
 type replayState struct {
-	next  uint64 // tokens below it are settled by the snapshot
+	next  uint64 // grants below it are settled by the snapshot (the legacy layout only)
 	maxT  uint64 // highest token seen anywhere
 	live  map[key]record
 	maxAt map[key]uint64 // highest token seen per name
+}
+
+func newReplayState() *replayState {
+	return &replayState{live: map[key]record{}, maxAt: map[key]uint64{}}
 }
 
 func (st *replayState) apply(r record) {
@@ -99,23 +115,102 @@ func (st *replayState) apply(r record) {
 	}
 }
 
-func (m *Manager) snapPrefix() string { return m.cfg.Prefix + "/snap/" }
-
-// load restores the state from the newest snapshot and the journal.
-func (m *Manager) load(ctx context.Context) error {
-	st := &replayState{live: map[key]record{}, maxAt: map[key]uint64{}}
-	snapKey, err := m.latestSnapshot(ctx)
-	if err != nil {
-		return err
+// decode reads the records of one journal object. A write torn by a crash
+// can leave garbage before the object's end; nothing after it in the
+// object was acknowledged.
+func (m *Manager) decode(key string, data []byte) []record {
+	lines, _ := journal.Lines(data) // a torn tail was never acknowledged
+	recs := make([]record, 0, len(lines))
+	for _, l := range lines {
+		var r record
+		if err := json.Unmarshal(l, &r); err != nil {
+			m.cfg.Logger.Warn("lease: journal object ends in a torn write", "key", key)
+			break
+		}
+		recs = append(recs, r)
 	}
-	if snapKey != "" {
-		obj, err := m.cfg.Store.Get(ctx, snapKey)
+	return recs
+}
+
+// exchange is the durable side of one exchange's leases.
+type exchange struct {
+	id     string
+	log    *snaplog.Log
+	part   string        // its journal partition
+	tokens atomic.Uint64 // the last token issued in this exchange
+	ready  chan struct{} // closed once loaded, or once loading failed (err)
+	err    error
+}
+
+// exchangeState is what an exchange's journal says (snaplog.State).
+type exchangeState struct {
+	m  *Manager
+	x  string
+	st *replayState
+}
+
+func (s *exchangeState) Apply(_ string, v any) error {
+	for _, r := range v.([]record) {
+		if r.Exchange == s.x {
+			s.st.apply(r)
+		}
+	}
+	return nil
+}
+
+func (s *exchangeState) Snapshot() ([]byte, error) {
+	now := s.m.cfg.Now().UnixMilli()
+	sn := snapshot{Next: s.st.maxT + 1, Leases: []record{}}
+	for _, r := range s.st.live {
+		if r.Deadline > now {
+			sn.Leases = append(sn.Leases, r)
+		}
+	}
+	sort.Slice(sn.Leases, func(i, j int) bool { return sn.Leases[i].Name < sn.Leases[j].Name })
+	return json.Marshal(sn)
+}
+
+func (m *Manager) newExchange(id string) (*exchange, error) {
+	dir := m.cfg.Prefix + "/exchange=" + id
+	ex := &exchange{id: id, part: dir + "/log", ready: make(chan struct{})}
+	var err error
+	ex.log, err = snaplog.New(snaplog.Config{
+		Store: m.cfg.Store, Journal: m.j, Fence: m.cfg.Fence, Log: ex.part, Snaps: dir + "/snap/",
+		Base:   func(payload []byte) (snaplog.State, error) { return m.base(id, payload) },
+		Decode: func(key string, data []byte) (any, error) { return m.decode(key, data), nil },
+	})
+	return ex, err
+}
+
+// legacyState is what the layout before per-exchange journals left: one
+// journal under {Prefix}/log/ and snapshots under {Prefix}/snap/ for
+// every exchange. It is read at every start and never written or deleted:
+// an exchange starts from its leases there until it has a snapshot of its
+// own (which then includes them), and every exchange's tokens start above
+// the highest token there, since that one counter served every exchange.
+type legacyState struct {
+	maxT uint64
+	live map[string][]record // by exchange: leases not yet expired at start
+}
+
+// loadLegacy reads the old layout as the old code did.
+func (m *Manager) loadLegacy(ctx context.Context) (legacyState, error) {
+	st := newReplayState()
+	last := ""
+	for k, err := range storage.Keys(ctx, m.cfg.Store, m.cfg.Prefix+"/snap/") {
 		if err != nil {
-			return fmt.Errorf("lease: read snapshot: %w", err)
+			return legacyState{}, fmt.Errorf("lease: list snapshots: %w", err)
+		}
+		last = k
+	}
+	if last != "" {
+		obj, err := m.cfg.Store.Get(ctx, last)
+		if err != nil {
+			return legacyState{}, fmt.Errorf("lease: read snapshot: %w", err)
 		}
 		var sn snapshot
 		if err := json.Unmarshal(obj.Data, &sn); err != nil {
-			return fmt.Errorf("lease: decode snapshot %s: %w", snapKey, err)
+			return legacyState{}, fmt.Errorf("lease: decode snapshot %s: %w", last, err)
 		}
 		for _, r := range sn.Leases {
 			k := key{r.Exchange, r.Name}
@@ -128,23 +223,9 @@ func (m *Manager) load(ctx context.Context) error {
 			st.maxT = max(st.maxT, sn.Next-1)
 		}
 	}
-	err = journal.Replay(ctx, m.cfg.Store, journal.ReplayConfig{
-		Prefix: m.logKey + "/",
-		Decode: func(key string, data []byte) (any, error) {
-			lines, _ := journal.Lines(data) // a torn tail was never acknowledged
-			recs := make([]record, 0, len(lines))
-			for _, l := range lines {
-				var r record
-				if err := json.Unmarshal(l, &r); err != nil {
-					// A write torn by a crash can leave garbage before its
-					// end; nothing after it in this object was acknowledged.
-					m.cfg.Logger.Warn("lease: journal object ends in a torn write", "key", key)
-					break
-				}
-				recs = append(recs, r)
-			}
-			return recs, nil
-		},
+	err := journal.Replay(ctx, m.cfg.Store, journal.ReplayConfig{
+		Prefix: m.cfg.Prefix + "/log/",
+		Decode: func(key string, data []byte) (any, error) { return m.decode(key, data), nil },
 		Apply: func(_ string, v any) error {
 			for _, r := range v.([]record) {
 				st.apply(r)
@@ -153,98 +234,180 @@ func (m *Manager) load(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("lease: replay: %w", err)
+		return legacyState{}, fmt.Errorf("lease: replay: %w", err)
 	}
-	m.tokens.Store(st.maxT)
+	out := legacyState{maxT: st.maxT, live: map[string][]record{}}
+	now := m.cfg.Now().UnixMilli()
+	for k, r := range st.live {
+		if r.Deadline > now && validID(k.x) == nil {
+			out.live[k.x] = append(out.live[k.x], r)
+		}
+	}
+	return out, nil
+}
+
+// loadParallel is how many exchanges load at once.
+const loadParallel = 8
+
+// load reads the old layout, then loads every exchange found in the store,
+// loadParallel at a time. Exchanges first used later load then (open).
+func (m *Manager) load(ctx context.Context) error {
+	legacy, err := m.loadLegacy(ctx)
+	if err != nil {
+		return err
+	}
+	m.legacy = legacy
+	ids, err := m.exchangeIDs(ctx)
+	if err != nil {
+		return err
+	}
+	for x := range legacy.live {
+		ids = append(ids, x)
+	}
+	sem := make(chan struct{}, loadParallel)
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, x := range ids {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			_, errs[i] = m.open(ctx, x)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// exchangeIDs lists the exchanges with objects under {Prefix}/exchange=.
+// Past the first few keys of an exchange it lists on from the next
+// exchange, so that a long journal (after a crash) costs no long listing.
+func (m *Manager) exchangeIDs(ctx context.Context) ([]string, error) {
+	prefix := m.cfg.Prefix + "/exchange="
+	var ids []string
+	after := ""
+	for {
+		skip := ""
+		n := 0
+		for k, err := range storage.KeysAfter(ctx, m.cfg.Store, prefix, after) {
+			if err != nil {
+				return nil, fmt.Errorf("lease: list exchanges: %w", err)
+			}
+			id, _, ok := strings.Cut(k[len(prefix):], "/")
+			if !ok {
+				continue
+			}
+			if len(ids) == 0 || ids[len(ids)-1] != id {
+				ids, n = append(ids, id), 0
+			}
+			if n++; n > 8 {
+				// "0" sorts right after "/", and no id byte sorts between.
+				skip = prefix + id + "0"
+				break
+			}
+		}
+		if skip == "" {
+			break
+		}
+		after = skip
+	}
+	valid := ids[:0]
+	for _, id := range ids {
+		if validID(id) == nil {
+			valid = append(valid, id)
+		} else {
+			m.cfg.Logger.Warn("lease: ignoring a folder that names no valid exchange", "id", id)
+		}
+	}
+	return valid, nil
+}
+
+// open returns exchange x, loading it on first use. A failed load is
+// forgotten, so the next call tries again.
+func (m *Manager) open(ctx context.Context, x string) (*exchange, error) {
+	v, ok := m.xs.Load(x)
+	if !ok {
+		ex, err := m.newExchange(x)
+		if err != nil {
+			return nil, err
+		}
+		if v, ok = m.xs.LoadOrStore(x, ex); !ok {
+			ex.err = m.loadExchange(ctx, ex)
+			if ex.err != nil {
+				m.xs.CompareAndDelete(x, ex)
+			}
+			close(ex.ready)
+			return ex, ex.err
+		}
+	}
+	ex := v.(*exchange)
+	select {
+	case <-ex.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if ex.err != nil {
+		return nil, ex.err
+	}
+	return ex, nil
+}
+
+// loadExchange restores ex: under a Fence it claims the exchange first,
+// and the load fences its journal before replaying it, so the replay sees
+// every write a replaced owner made.
+func (m *Manager) loadExchange(ctx context.Context, ex *exchange) error {
+	if f := m.cfg.Fence; f != nil {
+		if err := f.Claim(ctx, ex.id); err != nil {
+			return fmt.Errorf("lease: claim exchange %s: %w", ex.id, err)
+		}
+	}
+	st, err := ex.log.Load(ctx)
+	if err != nil {
+		return fmt.Errorf("lease: load exchange %s: %w", ex.id, err)
+	}
+	m.install(ex, st.(*exchangeState).st)
+	return nil
+}
+
+// base is the state an exchange's journal applies to: a snapshot's
+// payload, or without one the exchange's leases in the old layout.
+func (m *Manager) base(x string, payload []byte) (*exchangeState, error) {
+	st := newReplayState()
+	st.maxT = m.legacy.maxT
+	recs := m.legacy.live[x]
+	if payload != nil {
+		var sn snapshot
+		if err := json.Unmarshal(payload, &sn); err != nil {
+			return nil, err
+		}
+		recs = sn.Leases
+		if sn.Next > 0 {
+			st.maxT = max(st.maxT, sn.Next-1)
+		}
+	}
+	for _, r := range recs {
+		k := key{x, r.Name}
+		r.Exchange = x
+		st.live[k] = r
+		st.maxAt[k] = r.Token
+		st.maxT = max(st.maxT, r.Token)
+	}
+	return &exchangeState{m: m, x: x, st: st}, nil
+}
+
+// install puts the leases of a loaded exchange in memory.
+func (m *Manager) install(ex *exchange, st *replayState) {
+	ex.tokens.Store(st.maxT)
 	now := m.cfg.Now()
 	for k, r := range st.live {
 		// Deadline and LeftMs are both rounded down to the millisecond, so
 		// this never lands after the deadline that was granted.
 		left := min(time.UnixMilli(r.Deadline).Sub(now), time.Duration(r.LeftMs)*time.Millisecond)
-		if left <= 0 || validID(k.x) != nil || validID(r.Holder) != nil {
+		if left <= 0 || validID(r.Holder) != nil {
 			continue
 		}
 		s := m.shard(k)
-		s.m[k] = &entry{holder: r.Holder, token: r.Token, deadline: now.Add(left)}
-	}
-	return nil
-}
-
-func (m *Manager) latestSnapshot(ctx context.Context) (string, error) {
-	last := ""
-	for k, err := range storage.Keys(ctx, m.cfg.Store, m.snapPrefix()) {
-		if err != nil {
-			return "", fmt.Errorf("lease: list snapshots: %w", err)
-		}
-		last = k
-	}
-	return last, nil
-}
-
-// compact writes a snapshot of the live leases and deletes the journal
-// objects and older snapshots it replaces. It runs every
-// Config.CompactInterval and at Close.
-func (m *Manager) compact(ctx context.Context) error {
-	m.compactMu.Lock()
-	defer m.compactMu.Unlock()
-	// Order matters. The journal is sealed and the objects before the
-	// seal's boundary are listed first: every record in them was applied
-	// in memory before it was queued, so the scan below sees it, and they
-	// get no more records. The token counter is read before the scan: a token below it
-	// was issued under its shard's lock, so the scan sees that grant too.
-	bound, err := m.j.Seal(ctx, m.logKey)
-	if err != nil {
-		return fmt.Errorf("lease: seal journal: %w", err)
-	}
-	var logs, olds []string
-	for k, err := range storage.Keys(ctx, m.cfg.Store, m.logKey+"/") {
-		if err != nil {
-			return fmt.Errorf("lease: list journal: %w", err)
-		}
-		if k >= bound {
-			break
-		}
-		logs = append(logs, k)
-	}
-	for k, err := range storage.Keys(ctx, m.cfg.Store, m.snapPrefix()) {
-		if err != nil {
-			return fmt.Errorf("lease: list snapshots: %w", err)
-		}
-		olds = append(olds, k)
-	}
-	if len(logs) == 0 && len(olds) > 0 {
-		return nil
-	}
-	sn := snapshot{Next: m.tokens.Load() + 1, Leases: []record{}}
-	for i := range m.shards {
-		s := &m.shards[i]
 		s.mu.Lock()
-		now := m.cfg.Now()
-		for k, e := range s.m {
-			if e.live(now) {
-				sn.Leases = append(sn.Leases, makeGrantRecord(k, e.grant(k), now))
-			}
-		}
+		s.m[k] = &entry{ex: ex, holder: r.Holder, token: r.Token, deadline: now.Add(left)}
 		s.mu.Unlock()
 	}
-	data, err := json.Marshal(sn)
-	if err != nil {
-		return err
-	}
-	// Snapshots are named by their token high-water mark, which never goes
-	// back, so the newest sorts last whatever the wall clock does.
-	name := fmt.Sprintf("%s%020d.json", m.snapPrefix(), sn.Next)
-	if _, err := m.cfg.Store.Put(ctx, name, data); err != nil {
-		return fmt.Errorf("lease: write snapshot: %w", err)
-	}
-	var errs []error
-	for _, k := range olds {
-		if k != name {
-			errs = append(errs, m.cfg.Store.Delete(ctx, k))
-		}
-	}
-	for _, k := range logs {
-		errs = append(errs, m.cfg.Store.Delete(ctx, k))
-	}
-	return errors.Join(errs...)
 }

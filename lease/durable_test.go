@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/lease"
+	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
@@ -20,80 +21,83 @@ func TestManager_restart(t *testing.T) {
 		name  string
 		clean bool // Close (snapshot) rather than crash
 	}{{"crash", false}, {"close", true}} {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			dir := t.TempDir()
-			clk := newClock()
-			cfg := lease.Config{Store: MustFS(t, dir), Now: clk.Now, CompactInterval: -1}
-			m1, err := lease.New(context.Background(), cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			held := MustAcquire(t, m1, "alice", "held", 20*time.Second)
-			renewed := MustAcquire(t, m1, "alice", "renewed", 10*time.Second)
-			clk.Advance(2 * time.Second)
-			if renewed, err = m1.Renew(ctx, "x1", "alice", "renewed", renewed.Token, 30*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			rel := MustAcquire(t, m1, "bob", "released", 20*time.Second)
-			if err := m1.Release(ctx, "x1", "bob", "released", rel.Token); err != nil {
-				t.Fatalf("release: %v", err)
-			}
-			short := MustAcquire(t, m1, "bob", "short", time.Second)
-			var maxToken uint64
-			for _, g := range []lease.Grant{held, renewed, rel, short} {
-				maxToken = max(maxToken, g.Token)
-			}
-			if tt.clean {
-				if err := m1.Close(ctx); err != nil {
+		onBackends(t, func(t *testing.T, b backend) {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := context.Background()
+				clk := newClock()
+				cfg := lease.Config{Store: b.new(t), Now: clk.Now, CompactInterval: -1}
+				m1, err := lease.New(context.Background(), cfg)
+				if err != nil {
 					t.Fatal(err)
 				}
-			} else {
-				m1.Crash()
-			}
+				held := MustAcquire(t, m1, "alice", "held", 20*time.Second)
+				renewed := MustAcquire(t, m1, "alice", "renewed", 10*time.Second)
+				clk.Advance(2 * time.Second)
+				if renewed, err = m1.Renew(ctx, "x1", "alice", "renewed", renewed.Token, 30*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				rel := MustAcquire(t, m1, "bob", "released", 20*time.Second)
+				if err := m1.Release(ctx, "x1", "bob", "released", rel.Token); err != nil {
+					t.Fatalf("release: %v", err)
+				}
+				short := MustAcquire(t, m1, "bob", "short", time.Second)
+				var maxToken uint64
+				for _, g := range []lease.Grant{held, renewed, rel, short} {
+					maxToken = max(maxToken, g.Token)
+				}
+				if tt.clean {
+					if err := m1.Close(ctx); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					m1.Crash()
+				}
 
-			clk.Advance(3 * time.Second)
-			m2 := MustNew(t, cfg)
-			// Ensure holders and deadlines survive, never extended.
-			for _, g := range []lease.Grant{held, renewed} {
-				st, err := m2.Status(ctx, "x1", g.Name)
-				if err != nil || !st.IsLeased || st.AgentID != g.Holder || st.Token != g.Token {
-					t.Fatalf("%s after restart: %+v, %v; want held by %s with token %d", g.Name, st, err, g.Holder, g.Token)
+				clk.Advance(3 * time.Second)
+				m2 := MustNew(t, cfg)
+				// Ensure holders and deadlines survive, never extended.
+				for _, g := range []lease.Grant{held, renewed} {
+					st, err := m2.Status(ctx, "x1", g.Name)
+					if err != nil || !st.IsLeased || st.AgentID != g.Holder || st.Token != g.Token {
+						t.Fatalf("%s after restart: %+v, %v; want held by %s with token %d", g.Name, st, err, g.Holder, g.Token)
+					}
+					if st.ExpiresAt > g.ExpiresAt.UnixMilli() {
+						t.Fatalf("%s: deadline %d after restart, later than granted %d", g.Name, st.ExpiresAt, g.ExpiresAt.UnixMilli())
+					}
+					if want := g.ExpiresAt.Sub(clk.Now()).Milliseconds(); st.RemainingMs != want {
+						t.Fatalf("%s: remaining %d ms, want %d", g.Name, st.RemainingMs, want)
+					}
 				}
-				if st.ExpiresAt > g.ExpiresAt.UnixMilli() {
-					t.Fatalf("%s: deadline %d after restart, later than granted %d", g.Name, st.ExpiresAt, g.ExpiresAt.UnixMilli())
+				for _, name := range []string{"released", "short"} {
+					if st, _ := m2.Status(ctx, "x1", name); st.IsLeased {
+						t.Fatalf("%s leased after restart: %+v", name, st)
+					}
 				}
-				if want := g.ExpiresAt.Sub(clk.Now()).Milliseconds(); st.RemainingMs != want {
-					t.Fatalf("%s: remaining %d ms, want %d", g.Name, st.RemainingMs, want)
+				// Ensure alice can still renew with her token and bob cannot take it.
+				if _, err := m2.Renew(ctx, "x1", "alice", "held", held.Token, 20*time.Second); err != nil {
+					t.Fatalf("renew after restart: %v", err)
 				}
-			}
-			for _, name := range []string{"released", "short"} {
-				if st, _ := m2.Status(ctx, "x1", name); st.IsLeased {
-					t.Fatalf("%s leased after restart: %+v", name, st)
+				if _, err := m2.Acquire(ctx, "x1", "bob", "held", time.Second); !errors.Is(err, lease.ErrHeld) {
+					t.Fatalf("bob took a held lease after restart: %v", err)
 				}
-			}
-			// Ensure alice can still renew with her token and bob cannot take it.
-			if _, err := m2.Renew(ctx, "x1", "alice", "held", held.Token, 20*time.Second); err != nil {
-				t.Fatalf("renew after restart: %v", err)
-			}
-			if _, err := m2.Acquire(ctx, "x1", "bob", "held", time.Second); !errors.Is(err, lease.ErrHeld) {
-				t.Fatalf("bob took a held lease after restart: %v", err)
-			}
-			// Ensure tokens never go back.
-			g := MustAcquire(t, m2, "carol", "released", time.Second)
-			if g.Token <= maxToken {
-				t.Fatalf("token after restart %d, want > %d", g.Token, maxToken)
-			}
+				// Ensure tokens never go back.
+				g := MustAcquire(t, m2, "carol", "released", time.Second)
+				if g.Token <= maxToken {
+					t.Fatalf("token after restart %d, want > %d", g.Token, maxToken)
+				}
+			})
 		})
 	}
 }
 
 // A wall clock that steps back across a restart must not stretch a lease
 // beyond the TTL it had left when last written.
-func TestManager_restart_clockBack(t *testing.T) {
+func TestManager_restart_clockBack(t *testing.T) { onBackends(t, testRestartClockBack) }
+
+func testRestartClockBack(t *testing.T, b backend) {
 	ctx := context.Background()
 	clk := newClock()
-	cfg := lease.Config{Store: MustFS(t, t.TempDir()), Now: clk.Now, CompactInterval: -1}
+	cfg := lease.Config{Store: b.new(t), Now: clk.Now, CompactInterval: -1}
 	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -109,9 +113,11 @@ func TestManager_restart_clockBack(t *testing.T) {
 }
 
 // Restarting many times, with compaction between, must keep tokens rising.
-func TestManager_restart_tokens(t *testing.T) {
+func TestManager_restart_tokens(t *testing.T) { onBackends(t, testRestartTokens) }
+
+func testRestartTokens(t *testing.T, b backend) {
 	ctx := context.Background()
-	cfg := lease.Config{Store: MustFS(t, t.TempDir()), CompactInterval: -1}
+	cfg := lease.Config{Store: b.new(t), CompactInterval: -1}
 	var last uint64
 	for i := range 5 {
 		m, err := lease.New(context.Background(), cfg)
@@ -154,9 +160,11 @@ func (s *failingStore) Create(ctx context.Context, key string, data []byte) (str
 
 // Ensure a grant that could not be recorded is undone, so nobody holds a
 // lease a restart would forget.
-func TestManager_Acquire_writeFails(t *testing.T) {
+func TestManager_Acquire_writeFails(t *testing.T) { onBackends(t, testAcquireWriteFails) }
+
+func testAcquireWriteFails(t *testing.T, b backend) {
 	ctx := context.Background()
-	fs := &failingStore{Store: MustFS(t, t.TempDir())}
+	fs := &failingStore{Store: b.new(t)}
 	m := MustNew(t, lease.Config{Store: fs, CompactInterval: -1})
 	a := MustAcquire(t, m, "alice", "renewed", time.Minute)
 
@@ -182,9 +190,11 @@ func TestManager_Acquire_writeFails(t *testing.T) {
 
 // Ensure compaction replaces the journal objects with one snapshot that
 // restores the same state.
-func TestManager_Compact(t *testing.T) {
+func TestManager_Compact(t *testing.T) { onBackends(t, testCompact) }
+
+func testCompact(t *testing.T, b backend) {
 	ctx := context.Background()
-	store := MustFS(t, t.TempDir())
+	store := b.new(t)
 	cfg := lease.Config{Store: store, CompactInterval: -1}
 	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
@@ -202,10 +212,10 @@ func TestManager_Compact(t *testing.T) {
 	if err := m1.Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if page, err := store.List(ctx, "leases/log/", storage.ListOptions{}); err != nil || len(page.Keys) != 0 {
+	if page, err := store.List(ctx, "leases/exchange=x1/log/", storage.ListOptions{}); err != nil || len(page.Keys) != 0 {
 		t.Fatalf("journal objects left after compaction: %v, %v", page.Keys, err)
 	}
-	if page, err := store.List(ctx, "leases/snap/", storage.ListOptions{}); err != nil || len(page.Keys) != 1 {
+	if page, err := store.List(ctx, "leases/exchange=x1/snap/", storage.ListOptions{}); err != nil || len(page.Keys) != 1 {
 		t.Fatalf("snapshots = %v, %v; want one", page.Keys, err)
 	}
 	m1.Crash()
@@ -225,9 +235,11 @@ func TestManager_Compact(t *testing.T) {
 // Ensure state survives a crash while operations and compactions run
 // concurrently: every acknowledged grant that was not released is held
 // again with its token, and new tokens are higher than any acknowledged.
-func TestManager_restart_underLoad(t *testing.T) {
+func TestManager_restart_underLoad(t *testing.T) { onBackends(t, testRestartUnderLoad) }
+
+func testRestartUnderLoad(t *testing.T, b backend) {
 	ctx := context.Background()
-	cfg := lease.Config{Store: MustFS(t, t.TempDir()), CompactInterval: 3 * time.Millisecond}
+	cfg := lease.Config{Store: b.new(t), CompactInterval: 3 * time.Millisecond}
 	m1, err := lease.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +318,7 @@ func TestManager_restart_tornTail(t *testing.T) {
 	}
 	g := MustAcquire(t, m1, "alice", "held", time.Minute)
 	m1.Crash()
-	logs, _ := filepath.Glob(filepath.Join(dir, "leases", "log", "*.jsonl"))
+	logs, _ := filepath.Glob(filepath.Join(dir, "leases", "exchange=x1", "log", "*.jsonl"))
 	if len(logs) != 1 {
 		t.Fatalf("journal objects %q, want 1", logs)
 	}
@@ -321,5 +333,84 @@ func TestManager_restart_tornTail(t *testing.T) {
 	st, err := m2.Status(context.Background(), "x1", "held")
 	if err != nil || !st.IsLeased || st.Token != g.Token {
 		t.Fatalf("after restart %+v, %v; want held with token %d", st, err, g.Token)
+	}
+}
+
+// A store written in the layout before per-exchange journals (one journal
+// under leases/log/, snapshots under leases/snap/) keeps its leases and
+// its token high-water mark, with and without a Fence. The old objects
+// stay where they are; once an exchange has a snapshot of its own, that
+// snapshot decides.
+func TestManager_oldLayout(t *testing.T) {
+	onBackends(t, func(t *testing.T, b backend) {
+		for _, fenced := range []bool{false, true} {
+			t.Run(fmt.Sprintf("fenced=%v", fenced), func(t *testing.T) { testOldLayout(t, b, fenced) })
+		}
+	})
+}
+
+func testOldLayout(t *testing.T, b backend, fenced bool) {
+	ctx := context.Background()
+	clk := newClock()
+	store := b.new(t)
+	deadline := clk.Now().Add(time.Minute).UnixMilli()
+	old := map[string]string{
+		"leases/snap/00000000000000000006.json": fmt.Sprintf(`{"next":6,"leases":[`+
+			`{"op":"g","x":"x1","n":"held","a":"alice","t":4,"e":%d,"r":60000},`+
+			`{"op":"g","x":"x1","n":"gone","a":"alice","t":5,"e":%d,"r":60000}]}`, deadline, deadline),
+		"leases/log/01HZY0000000000000000000AA.jsonl": fmt.Sprintf(`{"op":"r","x":"x1","n":"gone","t":5}`+"\n"+
+			`{"op":"g","x":"x2","n":"other","a":"bob","t":7,"e":%d,"r":60000}`+"\n", deadline),
+	}
+	for k, v := range old {
+		if _, err := store.Put(ctx, k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := lease.Config{Store: store, Now: clk.Now, CompactInterval: -1}
+	var owner *ownership.Ownership
+	if fenced {
+		owner = claimOwner(t, store, "a")
+		cfg.Fence = owner
+	}
+	m1, err := lease.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantHeld(t, m1, "x1", lease.Grant{Name: "held", Holder: "alice", Token: 4})
+	wantHeld(t, m1, "x2", lease.Grant{Name: "other", Holder: "bob", Token: 7})
+	if st, err := m1.Status(ctx, "x1", "gone"); err != nil || st.IsLeased {
+		t.Fatalf("released lease after upgrade: %+v, %v", st, err)
+	}
+	// Every exchange's tokens start above the old counter, even one the
+	// old layout never mentioned.
+	top := uint64(7)
+	for _, x := range []string{"x1", "x3"} {
+		g, err := m1.Acquire(ctx, x, "carol", "gone", time.Minute)
+		if err != nil || g.Token <= top {
+			t.Fatalf("%s: granted %+v, %v; want a token above %d", x, g, err, top)
+		}
+	}
+	if err := m1.Release(ctx, "x1", "alice", "held", 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if fenced {
+		cfg.Fence = takeOver(t, store, owner, "b")
+	}
+	m2 := MustNew(t, cfg)
+	if st, err := m2.Status(ctx, "x1", "held"); err != nil || st.IsLeased {
+		t.Fatalf("lease released after the upgrade is back: %+v, %v", st, err)
+	}
+	wantHeld(t, m2, "x2", lease.Grant{Name: "other", Holder: "bob", Token: 7})
+	if g := MustAcquire(t, m2, "dave", "held", time.Minute); g.Token <= top+1 {
+		t.Fatalf("token %d after restart, want above %d", g.Token, top+1)
+	}
+	for k := range old {
+		if _, err := store.Get(ctx, k); err != nil {
+			t.Fatalf("old object %s: %v", k, err)
+		}
 	}
 }

@@ -30,11 +30,17 @@ var (
 	// missing (zero).
 	ErrInvalidToken = errors.New("lease: invalid token")
 	// ErrClosed is returned by every operation after Close. Client returns
-	// it for a 503 answer (the server is shutting down).
+	// it for a 503 answer (the server is shutting down, or another process
+	// serves the exchange now: a Manager under a Config.Fence that was
+	// replaced returns errors wrapping storage.ErrFenced).
 	ErrClosed = errors.New("lease: closed")
 	// ErrUnauthorized is returned by an Authenticator for a missing or
 	// unknown API key (HTTP 401).
 	ErrUnauthorized = errors.New("lease: unauthorized")
+	// ErrDisconnected is returned by a call made over a lease WebSocket
+	// (FrameClient) whose connection was lost before the answer came: the
+	// server may or may not have carried it out.
+	ErrDisconnected = errors.New("lease: connection lost")
 	// ErrForbidden is returned by an Authenticator for a valid key that
 	// belongs to another exchange (HTTP 403).
 	ErrForbidden = errors.New("lease: forbidden")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptest"
+	"sync"
 	"time"
 
 	"github.com/meatspace-exchange/mess/lease"
@@ -113,4 +115,42 @@ func ExampleClient() {
 	if _, err := c.Renew(ctx, g.Name, g.Token, 30*time.Second); err != nil {
 		fmt.Println("lease lost:", err) // stop writing
 	}
+}
+
+// A client opens the lease WebSocket and takes leases over it: calls from
+// many goroutines share the connection, each answered as soon as it is
+// durable, with no HTTP round trip each.
+func ExampleClient_Connect() {
+	ctx := context.Background()
+	m, _ := lease.New(ctx, lease.Config{})
+	defer m.Close(ctx)
+	h, _ := lease.NewHandler(m, lease.HandlerConfig{Auth: keys{}}) // keys: "key-<agent>" is <agent> in x1
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	c, _ := lease.NewClient(lease.ClientConfig{BaseURL: srv.URL, Exchange: "x1", APIKey: "key-alice"})
+	if err := c.Connect(ctx); err != nil {
+		fmt.Println("no WebSocket, calls go over HTTP:", err)
+	}
+	defer c.Close(ctx)
+
+	var wg sync.WaitGroup
+	tokens := make([]uint64, 3)
+	for i := range tokens {
+		wg.Go(func() {
+			g, err := c.Acquire(ctx, fmt.Sprintf("src/file%d.go", i), 30*time.Second)
+			if err != nil {
+				panic(err)
+			}
+			tokens[i] = g.Token
+		})
+	}
+	wg.Wait()
+	for i, tok := range tokens {
+		fmt.Println(c.Release(ctx, fmt.Sprintf("src/file%d.go", i), tok))
+	}
+	// Output:
+	// <nil>
+	// <nil>
+	// <nil>
 }

@@ -10,8 +10,8 @@ const MaxNameLen = maxNameLen
 // Compact folds the journal into a snapshot now, as the background loop
 // does every Config.CompactInterval.
 func (m *Manager) Compact(ctx context.Context) error {
-	if !m.enter() {
-		return ErrClosed
+	if err := m.enter(); err != nil {
+		return err
 	}
 	defer m.leave()
 	return m.compact(ctx)
@@ -41,3 +41,10 @@ func (m *Manager) Waiters(exchangeID, name string) int {
 	}
 	return 0
 }
+
+// Connected reports whether the client's calls go over its lease
+// WebSocket now.
+func (c *Client) Connected() bool { return c.fc.Load() != nil }
+
+// AppendString is the JSON string encoder of the lease frames' answers.
+var AppendString = appendString

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meatspace-exchange/mess/lease"
 )
@@ -101,5 +102,94 @@ func FuzzLeaseBody(f *testing.F) {
 		}
 		leaseCall(t, h, "POST", op, body)
 		stillServing(t, h)
+	})
+}
+
+// FuzzLeaseFrame throws frames at a FrameSession: every frame but a
+// cancel gets exactly one answer, a JSON object naming its action, and an
+// error answer carries a code; the session goes on serving.
+func FuzzLeaseFrame(f *testing.F) {
+	for _, seed := range []string{
+		`{"action":"lease.acquire","ref":"1","file":"f","ttlMs":1000}`,
+		`{"action":"lease.acquire","ref":"1","file":"f","ttlMs":1000,"waitMs":5}`,
+		`{"action":"lease.renew","ref":"2","file":"f","token":1,"ttlMs":1000}`,
+		`{"action":"lease.release","ref":"3","file":"f","token":0}`,
+		`{"action":"lease.status","ref":"4","file":"f"}`,
+		`{"action":"lease.cancel","ref":"1"}`,
+		`{"action":"lease.release","ref":"5","file":"f","agentId":"bob"}`,
+		`{"action":"lease.acquire","ref":"6","file":"f","ttlMs":1e300}`,
+		`{"action":"lease.acquire","ref":"7","file":5}`, `{"action":"lease.x","ref":"8"}`, `{"ref":"9"}`,
+		`{"action":"lease.status","file":"f"}`, `[]`, `null`, ``, `{`, `"x"`, "{\"action\":\"lease.status\",\"ref\":\"\xff\"}",
+	} {
+		f.Add(seed)
+	}
+	m := MustNew(f, lease.Config{MaxWait: 10 * time.Millisecond})
+	f.Fuzz(func(t *testing.T, frame string) {
+		got := make(chan []byte, 4)
+		s := m.NewFrameSession("x1", "alice", func(b []byte) { got <- b })
+		s.Handle([]byte(frame))
+		s.Handle([]byte(`{"action":"lease.status","ref":"probe","file":"probe"}`))
+		// Only a well-formed cancel goes unanswered.
+		var req struct{ Action, Ref string }
+		want := 2
+		if json.Unmarshal([]byte(frame), &req) == nil && req.Action == "lease.cancel" &&
+			req.Ref != "" && len(req.Ref) <= lease.MaxRefLen && utf8.ValidString(frame) {
+			want = 1
+		}
+		var answers [][]byte
+		for range want {
+			select {
+			case a := <-got:
+				answers = append(answers, a)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%q: %d answers %q, want %d", frame, len(answers), answers, want)
+			}
+		}
+		s.Close()
+		if len(got) > 0 {
+			t.Fatalf("%q: more than %d answers: %q then %q", frame, want, answers, <-got)
+		}
+		probed := false
+		for _, a := range answers {
+			var out map[string]any
+			if err := json.Unmarshal(a, &out); err != nil {
+				t.Fatalf("%q: answer %q is not a JSON object", frame, a)
+			}
+			if out["ref"] == "probe" && out["action"] == "lease.status" {
+				probed = true
+			}
+			if act, _ := out["action"].(string); act == "" || (act == "error" && out["code"] == "") {
+				t.Fatalf("%q: answer %q", frame, a)
+			}
+		}
+		if !probed {
+			t.Fatalf("%q: the probe after it was not answered: %q", frame, answers)
+		}
+	})
+}
+
+// FuzzAppendString checks the answers' hand-written string encoder against
+// encoding/json: valid JSON, decoding to what encoding/json's own encoding
+// decodes to (bytes that are not UTF-8 become U+FFFD each).
+func FuzzAppendString(f *testing.F) {
+	for _, seed := range []string{"", "src/a.go", `a"b\c`, "tab\there\nline\r", "\x00\x1f\x7f", "日本語", "\xff\xfe", "a\xe2\x82", "\u2028\u2029", "<&>"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := lease.AppendString([]byte("x"), s)
+		if got[0] != 'x' {
+			t.Fatalf("%q: prefix lost: %q", s, got)
+		}
+		var dec, want string
+		if err := json.Unmarshal(got[1:], &dec); err != nil {
+			t.Fatalf("%q encodes as %q, not a JSON string: %v", s, got[1:], err)
+		}
+		std, _ := json.Marshal(s)
+		if err := json.Unmarshal(std, &want); err != nil {
+			t.Fatal(err)
+		}
+		if dec != want {
+			t.Fatalf("%q encodes as %q, which decodes to %q; encoding/json's decodes to %q", s, got[1:], dec, want)
+		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Authenticator resolves an API key to the agent it belongs to in an
@@ -35,10 +36,17 @@ type HandlerConfig struct {
 	// Auth authenticates every request. Required. If it also has the
 	// method WatchKey(exchangeID, key string) (<-chan struct{}, func()),
 	// as mess.ExecutorAuth does, a blocking acquire ends with 401 as soon
-	// as the key it was made with is revoked.
+	// as the key it was made with is revoked, and a lease WebSocket opened
+	// with it is closed with 1008 after its waiting acquires end.
 	Auth Authenticator
-	// MaxBodyBytes caps request bodies. Zero means 64 KiB.
+	// MaxBodyBytes caps request bodies and frames on the lease WebSocket
+	// (a longer frame closes it with 1009). Zero means 64 KiB.
 	MaxBodyBytes int64
+	// PingInterval is how often the server pings each lease WebSocket; a
+	// ping unanswered for as long closes it. Zero means 30s.
+	PingInterval time.Duration
+	// WriteTimeout bounds one write to a lease WebSocket. Zero means 10s.
+	WriteTimeout time.Duration
 	// Logger receives internal errors, which clients only see as a generic
 	// 500. Nil means slog.Default().
 	Logger *slog.Logger
@@ -109,13 +117,20 @@ type handler struct {
 
 // NewHandler serves the lease API v1 for m under
 // /api/v1/exchanges/{exchange_id}/leases/: POST acquire, renew, release,
-// status and release-all, and GET list. It needs m and cfg.Auth.
+// status and release-all, GET list, and GET ws, a WebSocket carrying lease
+// frames (see FrameSession). It needs m and cfg.Auth.
 func NewHandler(m *Manager, cfg HandlerConfig) (http.Handler, error) {
 	if m == nil || cfg.Auth == nil {
 		return nil, errors.New("lease: NewHandler needs a Manager and HandlerConfig.Auth")
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -128,6 +143,7 @@ func NewHandler(m *Manager, cfg HandlerConfig) (http.Handler, error) {
 	h.route(base+"status", http.MethodPost, h.status)
 	h.route(base+"list", http.MethodGet, h.list)
 	h.route(base+"release-all", http.MethodPost, h.releaseAll)
+	h.route(base+"ws", http.MethodGet, h.serveWS)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "no such endpoint")
 	})
@@ -186,40 +202,72 @@ const (
 	codeNotHeld    = "not_held"    // 409: the caller holds no live lease on the name
 )
 
-// writeErr is the one table from errors to answers.
+// writeErr answers err over HTTP, through errorAnswer.
 func (h *handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	if he, ok := errors.AsType[*httpx.Error](err); ok {
 		httpx.Write(w, he)
 		return
 	}
-	switch {
-	case errors.Is(err, errRevoked):
+	if errors.Is(err, errRevoked) {
 		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "API key revoked")
-	case errors.Is(err, ErrUnauthorized):
-		httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key")
-	case errors.Is(err, ErrForbidden):
-		httpx.WriteError(w, http.StatusForbidden, httpx.CodeForbidden, "API key not valid for this exchange or agent")
-	case errors.Is(err, ErrInvalidName):
-		invalid(w, "file", message(err))
-	case errors.Is(err, ErrInvalidTTL):
-		invalid(w, "ttlMs", message(err))
-	case errors.Is(err, ErrInvalidID):
-		invalid(w, "agentId", message(err))
-	case errors.Is(err, ErrInvalidToken):
-		invalid(w, "token", "token is required")
-	case errors.Is(err, ErrStaleToken):
-		httpx.WriteError(w, http.StatusConflict, codeStaleToken, message(err))
-	case errors.Is(err, ErrNotHeld):
-		httpx.WriteError(w, http.StatusConflict, codeNotHeld, message(err))
-	case errors.Is(err, ErrClosed):
-		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service is shutting down")
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		// The client went away; nobody reads this.
-		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "request cancelled")
-	default:
-		h.cfg.Logger.Error("lease: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		httpx.WriteError(w, http.StatusInternalServerError, httpx.CodeInternal, "internal error")
+		return
 	}
+	a := errorAnswer(err)
+	switch {
+	case a.status == http.StatusInternalServerError:
+		h.cfg.Logger.Error("lease: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	case a.field != "":
+		invalid(w, a.field, a.msg)
+		return
+	}
+	httpx.WriteError(w, a.status, a.code, a.msg)
+}
+
+// answer is what an error becomes on the wire, over HTTP and in error
+// frames alike.
+type answer struct {
+	status    int
+	code, msg string
+	field     string // the request member an invalid_input is about
+}
+
+// errorAnswer is the one table from errors to answers.
+func errorAnswer(err error) answer {
+	if he, ok := errors.AsType[*httpx.Error](err); ok {
+		return answer{status: he.Status, code: he.Code, msg: he.Message}
+	}
+	if fe, ok := errors.AsType[*fieldError](err); ok {
+		return answer{http.StatusBadRequest, httpx.CodeInvalid, fe.msg, fe.field}
+	}
+	switch {
+	case errors.Is(err, ErrUnauthorized):
+		return answer{http.StatusUnauthorized, httpx.CodeUnauthorized, "invalid API key", ""}
+	case errors.Is(err, ErrForbidden):
+		return answer{http.StatusForbidden, httpx.CodeForbidden, "API key not valid for this exchange or agent", ""}
+	case errors.Is(err, ErrInvalidName):
+		return answer{http.StatusBadRequest, httpx.CodeInvalid, message(err), "file"}
+	case errors.Is(err, ErrInvalidTTL):
+		return answer{http.StatusBadRequest, httpx.CodeInvalid, message(err), "ttlMs"}
+	case errors.Is(err, ErrInvalidID):
+		return answer{http.StatusBadRequest, httpx.CodeInvalid, message(err), "agentId"}
+	case errors.Is(err, ErrInvalidToken):
+		return answer{http.StatusBadRequest, httpx.CodeInvalid, "token is required", "token"}
+	case errors.Is(err, ErrStaleToken):
+		return answer{http.StatusConflict, codeStaleToken, message(err), ""}
+	case errors.Is(err, ErrNotHeld):
+		return answer{http.StatusConflict, codeNotHeld, message(err), ""}
+	case errors.Is(err, storage.ErrFenced), errors.Is(err, storage.ErrUnavailable):
+		// Another process owns the exchange now, or the store is out of
+		// reach; nothing was acknowledged.
+		return answer{http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service unavailable here; try again", ""}
+	case errors.Is(err, ErrClosed):
+		return answer{http.StatusServiceUnavailable, httpx.CodeUnavailable, "lease service is shutting down", ""}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// Over HTTP the client went away and nobody reads this; a frame
+		// client reads it after cancelling a waiting acquire.
+		return answer{http.StatusServiceUnavailable, httpx.CodeUnavailable, "request cancelled", ""}
+	}
+	return answer{http.StatusInternalServerError, httpx.CodeInternal, "internal error", ""}
 }
 
 // message is err's text without the package prefix, for clients.

@@ -43,12 +43,67 @@ func MustServer(tb testing.TB, cfg lease.Config) (*lease.Manager, *httptest.Serv
 
 func MustClient(tb testing.TB, srv *httptest.Server, x, agent string) *lease.Client {
 	tb.Helper()
-	c, err := lease.NewClient(lease.ClientConfig{BaseURL: srv.URL, Exchange: x, APIKey: "key-" + agent})
+	return MustClientVia(tb, srv, x, agent, viaHTTP)
+}
+
+// transport is how a Client reaches the server in a test.
+type transport string
+
+const (
+	viaHTTP transport = "HTTP"      // one HTTP request per call
+	viaWS   transport = "WebSocket" // lease frames on the lease WebSocket (Connect)
+)
+
+var transports = []transport{viaHTTP, viaWS}
+
+// forEachTransport runs f as a subtest per transport.
+func forEachTransport(t *testing.T, f func(t *testing.T, tr transport)) {
+	for _, tr := range transports {
+		t.Run(string(tr), func(t *testing.T) { f(t, tr) })
+	}
+}
+
+// MustClientVia returns agent's client reaching srv over tr. Over the
+// WebSocket, any HTTP request other than the handshake, list and
+// release-all fails the test: the calls must really go as frames.
+func MustClientVia(tb testing.TB, srv *httptest.Server, x, agent string, tr transport) *lease.Client {
+	tb.Helper()
+	hc := &http.Client{Transport: &onlyWS{tb: tb, ws: tr == viaWS, rt: srv.Client().Transport}}
+	c, err := lease.NewClient(lease.ClientConfig{BaseURL: srv.URL, Exchange: x, APIKey: "key-" + agent, HTTPClient: hc})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(c.CloseIdleConnections)
+	if tr == viaWS {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Connect(ctx); err != nil {
+			tb.Fatalf("connect %s: %v", agent, err)
+		}
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Close(ctx); err != nil {
+			tb.Errorf("close %s: %v", agent, err)
+		}
+	})
 	return c
+}
+
+// onlyWS fails the test on lease calls made over HTTP by a client that
+// should make them as frames.
+type onlyWS struct {
+	tb testing.TB
+	ws bool
+	rt http.RoundTripper
+}
+
+func (o *onlyWS) RoundTrip(r *http.Request) (*http.Response, error) {
+	op := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+	if o.ws && op != "ws" && op != "list" && op != "release-all" {
+		o.tb.Errorf("%s %s over HTTP, with the WebSocket connected", r.Method, r.URL.Path)
+	}
+	return o.rt.RoundTrip(r)
 }
 
 // post sends body to the lease endpoint op as agent and returns the status
@@ -102,9 +157,13 @@ func TestNewClient_invalid(t *testing.T) {
 // {file, agentId}, and that the file then goes at once to the agent queued
 // for it; a token, when sent, must still be current.
 func TestHandler_releaseWithoutToken(t *testing.T) {
+	forEachTransport(t, testReleaseWithoutToken)
+}
+
+func testReleaseWithoutToken(t *testing.T, tr transport) {
 	ctx := context.Background()
 	m, srv := MustServer(t, lease.Config{})
-	alice, bob := MustClient(t, srv, "x1", "alice"), MustClient(t, srv, "x1", "bob")
+	alice, bob := MustClientVia(t, srv, "x1", "alice", tr), MustClientVia(t, srv, "x1", "bob", tr)
 	g, err := alice.Acquire(ctx, "f", time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -151,10 +210,12 @@ func TestHandler_releaseWithoutToken(t *testing.T) {
 	}
 }
 
-func TestClient_lifecycle(t *testing.T) {
+func TestClient_lifecycle(t *testing.T) { forEachTransport(t, testClientLifecycle) }
+
+func testClientLifecycle(t *testing.T, tr transport) {
 	ctx := context.Background()
 	_, srv := MustServer(t, lease.Config{Store: MustFS(t, t.TempDir())})
-	alice, bob := MustClient(t, srv, "x1", "alice"), MustClient(t, srv, "x1", "bob")
+	alice, bob := MustClientVia(t, srv, "x1", "alice", tr), MustClientVia(t, srv, "x1", "bob", tr)
 
 	g, err := alice.Acquire(ctx, "./src//a.go", 10*time.Second)
 	if err != nil || g.Name != "src/a.go" || g.Holder != "alice" || g.Token == 0 {
@@ -198,10 +259,12 @@ func TestClient_lifecycle(t *testing.T) {
 	}
 }
 
-func TestClient_staleAfterExpiry(t *testing.T) {
+func TestClient_staleAfterExpiry(t *testing.T) { forEachTransport(t, testClientStaleAfterExpiry) }
+
+func testClientStaleAfterExpiry(t *testing.T, tr transport) {
 	ctx := context.Background()
 	_, srv := MustServer(t, lease.Config{MinTTL: 10 * time.Millisecond})
-	alice, bob := MustClient(t, srv, "x1", "alice"), MustClient(t, srv, "x1", "bob")
+	alice, bob := MustClientVia(t, srv, "x1", "alice", tr), MustClientVia(t, srv, "x1", "bob", tr)
 	g, err := alice.Acquire(ctx, "f", 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -306,11 +369,29 @@ func TestManager_linearizable(t *testing.T) {
 }
 
 func TestClient_linearizable(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tr transport) {
+		_, srv := MustServer(t, lease.Config{Store: MustFS(t, t.TempDir())})
+		var agents []leasetest.Agent
+		for i := range 8 {
+			id := fmt.Sprintf("agent%d", i)
+			agents = append(agents, leasetest.Agent{ID: id, Target: MustClientVia(t, srv, "x1", id, tr)})
+		}
+		leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 150})
+	})
+}
+
+// Ensure calls from many goroutines sharing one connected client, whose
+// frames the client combines into arrays when they coincide, are
+// linearizable too.
+func TestClient_linearizableSharedConnection(t *testing.T) {
 	_, srv := MustServer(t, lease.Config{Store: MustFS(t, t.TempDir())})
 	var agents []leasetest.Agent
-	for i := range 8 {
+	for i := range 4 {
 		id := fmt.Sprintf("agent%d", i)
-		agents = append(agents, leasetest.Agent{ID: id, Target: MustClient(t, srv, "x1", id)})
+		c := MustClientVia(t, srv, "x1", id, viaWS)
+		for range 4 {
+			agents = append(agents, leasetest.Agent{ID: id, Target: c})
+		}
 	}
-	leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 150})
+	leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 100})
 }

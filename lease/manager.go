@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -30,9 +31,17 @@ type Config struct {
 	// live as long as the process (tests and examples).
 	Store storage.Store
 	// Prefix is the key prefix of the lease state in Store. Zero means
-	// "leases"; the journal goes under {Prefix}/log/ and snapshots under
-	// {Prefix}/snap/.
+	// "leases". Each exchange keeps its journal under
+	// {Prefix}/exchange={id}/log/ and its snapshots under
+	// {Prefix}/exchange={id}/snap/ (see the package doc, Durability).
 	Prefix string
+	// Fence, when set, is the authority this Manager writes under in a
+	// store other processes can reach (a bucket with a standby beside the
+	// writer): each exchange is claimed (Fence.Claim) and its journal
+	// fenced before its leases are read, and once a newer owner has taken
+	// over, every operation fails with an error wrapping storage.ErrFenced
+	// (HTTP 503). Nil means this process is the store's only writer.
+	Fence storage.Fence
 	// MinTTL and MaxTTL bound the TTL of every grant and renewal. Zero
 	// means 100ms and 1h.
 	MinTTL, MaxTTL time.Duration
@@ -55,7 +64,8 @@ type Config struct {
 }
 
 // Grant is a lease held by Holder until ExpiresAt, identified by its fencing
-// token. Tokens strictly increase per name over the service's whole life.
+// token. Tokens strictly increase per name over the service's whole life,
+// across restarts and takeovers.
 type Grant struct {
 	Name      string
 	Holder    string
@@ -78,6 +88,7 @@ const numShards = 256
 type key struct{ x, n string }
 
 type entry struct {
+	ex       *exchange
 	holder   string // "" when free
 	token    uint64
 	deadline time.Time
@@ -92,6 +103,7 @@ type waiter struct {
 	got     bool
 	token   uint64
 	expires time.Time
+	written <-chan error // the grant's journal write, queued by handoff
 }
 
 type shard struct {
@@ -104,12 +116,12 @@ type Manager struct {
 	cfg     Config
 	seed    maphash.Seed
 	shards  [numShards]shard
-	tokens  atomic.Uint64 // last token issued
 	expired atomic.Uint64 // leases that ran out (Stats)
 	j       *journal.Journal
-	logKey  string // journal partition
+	xs      sync.Map // exchange id → *exchange
+	legacy  legacyState
 
-	compactMu sync.Mutex // one compaction at a time
+	compactMu sync.Mutex // one compaction pass at a time
 
 	closeMu   sync.RWMutex // held shared by every operation
 	closed    bool
@@ -154,18 +166,18 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	m := &Manager{cfg: cfg, seed: maphash.MakeSeed(), done: make(chan struct{}), logKey: cfg.Prefix + "/log"}
+	m := &Manager{cfg: cfg, seed: maphash.MakeSeed(), done: make(chan struct{})}
 	for i := range m.shards {
 		m.shards[i].m = make(map[key]*entry)
 	}
-	if err := m.load(ctx); err != nil {
-		return nil, err
-	}
-	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes})
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, SegmentBytes: journal.SegmentBytes, Fence: cfg.Fence})
 	if err != nil {
 		return nil, err
 	}
 	m.j = j
+	if err := m.load(ctx); err != nil {
+		return nil, errors.Join(err, j.Close(context.Background()))
+	}
 	if cfg.CompactInterval > 0 {
 		m.wg.Go(m.compactLoop)
 	}
@@ -177,14 +189,22 @@ func (m *Manager) shard(k key) *shard {
 	return &m.shards[maphash.Comparable(m.seed, k)%numShards]
 }
 
-// enter admits an operation unless the manager is closed.
-func (m *Manager) enter() bool {
+// enter admits an operation unless the manager is closed or, under a
+// Fence, this process may have been replaced: then it must neither write
+// nor answer from what it holds in memory.
+func (m *Manager) enter() error {
 	m.closeMu.RLock()
 	if m.closed {
 		m.closeMu.RUnlock()
-		return false
+		return ErrClosed
 	}
-	return true
+	if m.cfg.Fence != nil {
+		if err := m.cfg.Fence.Valid(); err != nil {
+			m.closeMu.RUnlock()
+			return err
+		}
+	}
+	return nil
 }
 
 func (m *Manager) leave() { m.closeMu.RUnlock() }
@@ -233,10 +253,10 @@ const (
 
 // tryLocked grants or renews k for agent if it can; s.mu must be held. On
 // outRenewed, prev is the deadline before the renewal (for rollback).
-func (m *Manager) tryLocked(s *shard, k key, agent string, ttl time.Duration, now time.Time) (e *entry, out outcome, prev time.Time) {
+func (m *Manager) tryLocked(s *shard, ex *exchange, k key, agent string, ttl time.Duration, now time.Time) (e *entry, out outcome, prev time.Time) {
 	e = s.m[k]
 	if e == nil {
-		e = &entry{}
+		e = &entry{ex: ex}
 		s.m[k] = e
 	}
 	for {
@@ -261,20 +281,23 @@ func (m *Manager) tryLocked(s *shard, k key, agent string, ttl time.Duration, no
 		m.handoffLocked(e, k, now)
 	}
 	e.holder = agent
-	e.token = m.tokens.Add(1)
+	e.token = ex.tokens.Add(1)
 	e.deadline = now.Add(ttl)
 	return e, outGranted, time.Time{}
 }
 
-// handoffLocked gives a free or expired lease to the first waiter.
+// handoffLocked gives a free or expired lease to the first waiter and
+// queues the grant's record, so that it reaches the journal before
+// anything the new holder does with the lease.
 func (m *Manager) handoffLocked(e *entry, k key, now time.Time) {
 	w := e.waiters[0]
 	e.waiters[0] = nil
 	e.waiters = e.waiters[1:]
 	e.holder = w.agent
-	e.token = m.tokens.Add(1)
+	e.token = e.ex.tokens.Add(1)
 	e.deadline = now.Add(w.ttl)
 	w.got, w.token, w.expires = true, e.token, e.deadline
+	w.written = m.record(e.ex, grantRecord(k, e.grant(k), now))
 	close(w.granted)
 	m.armLocked(e, k, now)
 }
@@ -358,19 +381,24 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 		return Grant{}, err
 	}
 	wait = min(wait, m.cfg.MaxWait)
-	if !m.enter() {
-		return Grant{}, ErrClosed
+	if err := m.enter(); err != nil {
+		return Grant{}, err
 	}
 	defer m.leave()
+	ex, err := m.open(ctx, k.x)
+	if err != nil {
+		return Grant{}, err
+	}
 
 	s := m.shard(k)
 	s.mu.Lock()
 	now := m.cfg.Now()
-	e, out, prev := m.tryLocked(s, k, agentID, ttl, now)
+	e, out, prev := m.tryLocked(s, ex, k, agentID, ttl, now)
 	if out != outHeld {
 		g := e.grant(k)
+		written := m.record(ex, grantRecord(k, g, now))
 		s.mu.Unlock()
-		return m.commitGrant(ctx, k, g, out, prev, now)
+		return m.commitGrant(k, g, out, prev, written)
 	}
 	if wait <= 0 {
 		he := e.heldError(k)
@@ -399,11 +427,14 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 		if cause == nil {
 			g := Grant{Name: k.n, Holder: agentID, Token: w.token, ExpiresAt: w.expires}
 			s.mu.Unlock()
-			return m.commitGrant(ctx, k, g, outGranted, time.Time{}, now)
+			return m.commitGrant(k, g, outGranted, time.Time{}, w.written)
 		}
-		// The caller is gone: give the lease straight to the next in line.
-		// It was never journaled, so there is nothing to undo durably.
+		// The caller is gone: its grant is already queued for the
+		// journal, so release it there too, then give the lease straight
+		// to the next in line. A failed write of that release only ever
+		// delays others (see Release).
 		if e := s.m[k]; e != nil && e.token == w.token && e.holder == agentID {
+			_ = m.record(ex, releaseRecord(k, w.token))
 			m.freeLocked(s, e, k, now)
 		}
 		s.mu.Unlock()
@@ -421,10 +452,11 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 		if !e.live(now) && len(e.waiters) == 0 {
 			// The holder expired just as the timer fired and nobody else
 			// is queued: this waiter is first in line after all.
-			_, out, prev := m.tryLocked(s, k, agentID, ttl, now)
-			g := s.m[k].grant(k)
+			e, out, prev := m.tryLocked(s, ex, k, agentID, ttl, now)
+			g := e.grant(k)
+			written := m.record(ex, grantRecord(k, g, now))
 			s.mu.Unlock()
-			return m.commitGrant(ctx, k, g, out, prev, now)
+			return m.commitGrant(k, g, out, prev, written)
 		}
 		cause = e.heldError(k)
 	}
@@ -435,10 +467,11 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 	return Grant{}, cause
 }
 
-// commitGrant makes a grant or renewal durable, undoing it in memory if the
-// write fails so that nobody relies on a grant a restart would forget.
-func (m *Manager) commitGrant(ctx context.Context, k key, g Grant, out outcome, prev time.Time, now time.Time) (Grant, error) {
-	err := m.log(ctx, grantRecord(k, g, now))
+// commitGrant waits for the journal write of a grant or renewal, undoing
+// it in memory if the write fails so that nobody relies on a grant a
+// restart would forget.
+func (m *Manager) commitGrant(k key, g Grant, out outcome, prev time.Time, written <-chan error) (Grant, error) {
+	err := <-written
 	if err == nil {
 		return g, nil
 	}
@@ -475,10 +508,14 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 	if err := m.checkTTL(ttl); err != nil {
 		return Grant{}, err
 	}
-	if !m.enter() {
-		return Grant{}, ErrClosed
+	if err := m.enter(); err != nil {
+		return Grant{}, err
 	}
 	defer m.leave()
+	ex, err := m.open(ctx, k.x)
+	if err != nil {
+		return Grant{}, err
+	}
 	s := m.shard(k)
 	s.mu.Lock()
 	now := m.cfg.Now()
@@ -492,8 +529,9 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 		e.deadline = d
 	}
 	g := e.grant(k)
+	written := m.record(ex, grantRecord(k, g, now))
 	s.mu.Unlock()
-	return m.commitGrant(ctx, k, g, outRenewed, prev, now)
+	return m.commitGrant(k, g, outRenewed, prev, written)
 }
 
 // Release gives up agentID's lease on name. A token of
@@ -512,10 +550,14 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 	if err != nil {
 		return err
 	}
-	if !m.enter() {
-		return ErrClosed
+	if err := m.enter(); err != nil {
+		return err
 	}
 	defer m.leave()
+	ex, err := m.open(ctx, k.x)
+	if err != nil {
+		return err
+	}
 	s := m.shard(k)
 	s.mu.Lock()
 	now := m.cfg.Now()
@@ -524,10 +566,12 @@ func (m *Manager) Release(ctx context.Context, exchangeID, agentID, name string,
 		s.mu.Unlock()
 		return err
 	}
-	token = e.token
+	// Queued before freeLocked, which may hand the lease on and queue the
+	// next grant.
+	written := m.record(ex, releaseRecord(k, e.token))
 	m.freeLocked(s, e, k, now)
 	s.mu.Unlock()
-	if err := m.log(ctx, releaseRecord(k, token)); err != nil {
+	if err := <-written; err != nil {
 		// The lease is already free in memory; after a crash it could come
 		// back until its deadline, which is safe (it only ever blocks).
 		return fmt.Errorf("lease: record release of %q: %w", k.n, err)
@@ -557,10 +601,13 @@ func (m *Manager) Status(ctx context.Context, exchangeID, name string) (Status, 
 	if err != nil {
 		return Status{}, err
 	}
-	if !m.enter() {
-		return Status{}, ErrClosed
+	if err := m.enter(); err != nil {
+		return Status{}, err
 	}
 	defer m.leave()
+	if _, err := m.open(ctx, k.x); err != nil {
+		return Status{}, err
+	}
 	s := m.shard(k)
 	s.mu.Lock()
 	now := m.cfg.Now()
@@ -596,10 +643,13 @@ func (m *Manager) List(ctx context.Context, exchangeID, agentID string) ([]Grant
 			return nil, err
 		}
 	}
-	if !m.enter() {
-		return nil, ErrClosed
+	if err := m.enter(); err != nil {
+		return nil, err
 	}
 	defer m.leave()
+	if _, err := m.open(ctx, exchangeID); err != nil {
+		return nil, err
+	}
 	var out []Grant
 	for i := range m.shards {
 		s := &m.shards[i]
@@ -625,37 +675,56 @@ func (m *Manager) ReleaseAll(ctx context.Context, exchangeID, agentID string) (i
 	if err := validID(agentID); err != nil {
 		return 0, err
 	}
-	if !m.enter() {
-		return 0, ErrClosed
+	if err := m.enter(); err != nil {
+		return 0, err
 	}
 	defer m.leave()
-	var recs [][]byte
+	ex, err := m.open(ctx, exchangeID)
+	if err != nil {
+		return 0, err
+	}
+	var written []<-chan error
 	for i := range m.shards {
 		s := &m.shards[i]
 		s.mu.Lock()
 		now := m.cfg.Now()
 		for k, e := range s.m {
 			if k.x == exchangeID && e.holder == agentID && e.live(now) {
-				recs = append(recs, releaseRecord(k, e.token))
+				written = append(written, m.record(ex, releaseRecord(k, e.token)))
 				m.freeLocked(s, e, k, now)
 			}
 		}
 		s.mu.Unlock()
 	}
-	if len(recs) == 0 {
-		return 0, nil
+	var errs []error
+	for _, w := range written {
+		if err := <-w; err != nil {
+			errs = append(errs, err)
+		}
 	}
-	if err := m.log(ctx, recs...); err != nil {
-		return 0, fmt.Errorf("lease: record release of %d leases: %w", len(recs), err)
+	if len(errs) > 0 {
+		return 0, fmt.Errorf("lease: record release of %d leases: %w", len(written), errs[0])
 	}
-	return len(recs), nil
+	return len(written), nil
 }
 
-// log appends records durably. The append is not cancelled with ctx so that
-// its outcome is known: a record written after the caller gave up would
+// record queues lines for ex's journal and returns the channel that
+// receives the write's outcome. Callers hold the shard lock of the lease
+// the lines are about, so that a name's records reach the journal in the
+// order its state changed: a grant before its renewals and its release,
+// a release before the next grant. Replay and compaction rely on that.
+// The write is not cancelled with the caller's context so that its
+// outcome is known: a record written after the caller gave up would
 // otherwise resurrect a grant that was rolled back.
-func (m *Manager) log(ctx context.Context, lines ...[]byte) error {
-	return m.j.Append(context.WithoutCancel(ctx), m.logKey, lines...)
+func (m *Manager) record(ex *exchange, lines ...[]byte) <-chan error {
+	ex.log.Touch()
+	written, err := m.j.AppendAsync(ex.part, lines...)
+	if err != nil {
+		failed := make(chan error, 1)
+		failed <- err
+		return failed
+	}
+	return written
 }
 
 func (m *Manager) sweepLoop() {
@@ -700,8 +769,9 @@ func (m *Manager) compactLoop() {
 }
 
 // Close stops the manager: waiters get ErrClosed, later calls get
-// ErrClosed, queued journal writes finish, and the journal is folded into a
-// snapshot so the next start replays little. It is idempotent.
+// ErrClosed, queued journal writes finish, and each exchange's journal is
+// folded into a snapshot so the next start replays little (unless a newer
+// owner has taken over). It is idempotent.
 func (m *Manager) Close(ctx context.Context) error {
 	first := false
 	m.closeOnce.Do(func() { first = true; close(m.done) })

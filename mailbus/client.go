@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -31,8 +32,10 @@ type ClientConfig struct {
 	// HTTPClient is used for HTTP calls and the WebSocket handshake. Zero
 	// means a client with a 30s timeout on HTTP calls.
 	HTTPClient *http.Client
-	// Leaser serves the lease calls. Zero means lease.NewClient on the same
-	// server and key.
+	// Leaser serves the lease calls. Zero means lease frames on the
+	// client's WebSocket while it is connected and the server serves them,
+	// and lease.NewClient's HTTP calls on the same server and key
+	// otherwise.
 	Leaser Leaser
 	// ManualAck turns off automatic acknowledgement of ackRequired
 	// messages whose handlers all returned nil.
@@ -56,6 +59,9 @@ type Client struct {
 	base   string
 	d      *dispatcher
 	leases leases
+	// leaseFrames carries lease calls on the live connection; nil while
+	// there is none or its server serves no lease frames.
+	leaseFrames atomic.Pointer[lease.FrameClient]
 
 	mu      sync.Mutex
 	agentID string
@@ -95,7 +101,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
-		cfg.Leaser = lc
+		cfg.Leaser = busLeaser{c: c, http: lc}
 	}
 	c.leases = leases{l: cfg.Leaser}
 	c.d = newDispatcher(c.ack, cfg.OnError, cfg.ManualAck)
@@ -202,6 +208,9 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 		return nil, ErrClosed
 	}
 	c.agentID = f.AgentID
+	if f.Leases {
+		c.leaseFrames.Store(newLeaseFrames(conn))
+	}
 	if f.Next > 0 {
 		// Normally since+1. More: the first connection (the server's
 		// cursor), or retention dropped what we had not seen. Less: the
@@ -233,6 +242,9 @@ func (c *Client) run(conn *websocket.Conn) {
 	attempt := 0
 	for {
 		err := c.read(conn)
+		if f := c.leaseFrames.Swap(nil); f != nil {
+			f.Fail(err)
+		}
 		c.mu.Lock()
 		c.conn = nil
 		closed := c.closed
@@ -326,6 +338,9 @@ func (c *Client) parse(data []byte) (Message, bool) {
 		return Message{}, false
 	}
 	if m.Action != "" {
+		if c.leaseAnswer(m.Action, data) {
+			return Message{}, false
+		}
 		if m.Action == "error" {
 			c.d.onError(fmt.Errorf("mailbus: server: %s (%s)", m.Error, m.Code))
 		}
@@ -366,6 +381,11 @@ func (c *Client) Close(ctx context.Context) error {
 	conn, started := c.conn, c.started
 	c.mu.Unlock()
 	close(c.stop)
+	// Lease calls in flight get their answers first; later ones go over
+	// HTTP.
+	if f := c.leaseFrames.Swap(nil); f != nil {
+		f.Drain(ctx)
+	}
 	if conn != nil {
 		// The close handshake waits for the server's answer, up to the
 		// library's own 5 s (which CloseNow cannot cut short once it has

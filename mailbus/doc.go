@@ -51,6 +51,22 @@
 //     "messageId":id} also acknowledges id for its sender: it is how
 //     Jetpack's HttpMailBus acknowledges.
 //
+// # Lease frames
+//
+// With HandlerConfig.Leases set, an agent's WebSocket also carries lease
+// frames (lease frames v1, described in package lease):
+// {"action":"lease.acquire","ref":"1","file":"src/a.go","ttlMs":30000},
+// lease.renew, lease.release, lease.status and lease.cancel, answered with
+// lease.acquired, lease.renewed, lease.released, lease.status or an error
+// frame carrying the lease API's code (stale_token, not_held,
+// invalid_input with its field, ...). They are pipelined like publish and
+// send frames, answered in order of completion, each grant, renewal and
+// release once durable, and share the lease journal's group commits. The
+// welcome frame says "leases": true when they are served. Client sends its
+// AcquireLease, ReleaseLease and IsLeased calls as lease frames while it is
+// connected to such a server, and over the lease service's HTTP API
+// otherwise.
+//
 // # Concurrency
 //
 // Bus, Client and Local are safe for concurrent use. Within an exchange,

@@ -46,6 +46,11 @@ type HandlerConfig struct {
 	// Leaser serves /api/mail/lease for an agent, for instance
 	// ManagerLeaser. Nil leaves those routes out.
 	Leaser func(exchangeID, agentID string) Leaser
+	// Leases, when set, serves lease frames (lease.acquire, lease.renew,
+	// lease.release, lease.status, lease.cancel: see lease.FrameSession)
+	// on the WebSocket for the connection's agent, and the welcome frame
+	// says so ("leases": true). Nil answers them as unknown actions.
+	Leases *lease.Manager
 	// Logger receives unexpected errors. Nil means slog.Default().
 	Logger *slog.Logger
 }

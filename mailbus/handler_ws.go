@@ -32,6 +32,7 @@ type frame struct {
 	AgentID      string       `json:"agentId,omitempty"`
 	Next         uint64       `json:"next,omitempty"`
 	Subscription []string     `json:"subscriptions,omitempty"`
+	Leases       bool         `json:"leases,omitempty"` // welcome: lease frames are served
 	Error        string       `json:"error,omitempty"`
 	Code         string       `json:"code,omitempty"`
 }
@@ -164,6 +165,7 @@ func (ws *wsConn) watchKey(stop func()) {
 	defer stop()
 	select {
 	case <-ws.revokedc:
+		ws.cancelLeases()
 		ws.closeWith(errRevoked)
 	case <-ws.ctx.Done():
 	}
@@ -203,7 +205,7 @@ func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c call
 		s.a.mu.Lock()
 		next := s.next
 		s.a.mu.Unlock()
-		ws.reply(ctx, frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs})
+		ws.reply(ctx, frame{Action: "welcome", AgentID: c.agent, Next: next, Subscription: subs, Leases: h.cfg.Leases != nil})
 	}
 	ws.mu.Lock()
 	ws.s = s
@@ -224,6 +226,7 @@ func (ws *wsConn) serve() {
 	ws.room.Broadcast()
 	ws.ping.Stop()
 	ws.mu.Unlock()
+	ws.closeLeases()
 	// A ping in flight waits for its pong until ctx ends: without this it
 	// would hold the connection open for up to a ping interval after the
 	// peer went.
@@ -345,6 +348,9 @@ func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.
 		// The decoder's message may quote a cut multi-byte character.
 		msg := strings.ToValidUTF8("malformed frame: "+err.Error(), "\uFFFD")
 		ws.reply(ctx, frame{Action: "error", Error: msg, Code: httpx.CodeMalformedJSON})
+		return nil
+	}
+	if ws.leaseFrame(f.Action, data) {
 		return nil
 	}
 	ws.handle(ctx, f)

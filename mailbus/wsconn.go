@@ -15,11 +15,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/lease"
 )
 
 // wsConn is one WebSocket connection of an agent.
@@ -35,6 +37,9 @@ type wsConn struct {
 	// revoked; nil (never closed) when the Authenticator cannot tell.
 	revokedc <-chan struct{}
 	pending  sync.WaitGroup // replies waiting for durability
+
+	// leases serves lease frames; started by the first one (leaseframes.go).
+	leases atomic.Pointer[lease.FrameSession]
 
 	// Reused by flushes (one at a time, handed over under mu).
 	buf []byte

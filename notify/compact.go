@@ -2,20 +2,17 @@ package notify
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
+	"sync"
 	"time"
-
-	"github.com/meatspace-exchange/mess/storage"
 )
 
-const snapshotKey = "notify/snapshot.json"
-
-// snapshot is the outbox folded up to journal object LastKey.
+// snapshot is the payload of an outbox snapshot (see internal/snaplog):
+// one exchange's state, or in the old layout (notify/snapshot.json) every
+// exchange's, folded up to journal object LastKey.
 type snapshot struct {
-	LastKey  string               `json:"last_key"`
-	Since    time.Time            `json:"since"`
+	LastKey  string               `json:"last_key,omitempty"` // the old layout only
+	Since    time.Time            `json:"since,omitzero"`     // the old layout only
 	Pending  []Delivery           `json:"pending"`
 	Known    map[string]time.Time `json:"known"`
 	Marks    map[string]snapMark  `json:"marks"`
@@ -27,91 +24,40 @@ type snapMark struct {
 	TS      time.Time `json:"ts"`
 }
 
-func (s *Service) loadSnapshot(ctx context.Context) (string, error) {
-	obj, err := s.cfg.Store.Get(ctx, snapshotKey)
-	if errors.Is(err, storage.ErrNotFound) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("notify: read snapshot: %w", err)
-	}
-	var snap snapshot
-	if err := json.Unmarshal(obj.Data, &snap); err != nil {
-		return "", fmt.Errorf("notify: decode snapshot: %w", err)
-	}
-	s.since = snap.Since
-	for _, d := range snap.Pending {
-		s.addEntryLocked(d)
-	}
-	for k, v := range snap.Known {
-		s.known[k] = v
-	}
-	for x, m := range snap.Marks {
-		s.marks[x] = mark{m.EventID, m.TS}
-	}
-	for k, v := range snap.Failures {
-		s.failures[k] = v
-	}
-	return snap.LastKey, nil
-}
+// compactParallel is how many outboxes compact at once.
+const compactParallel = 8
 
-// compact folds the journal into the snapshot and deletes the objects it
-// covers. Writers hold compactMu shared across "record, then apply" (or
-// "apply, then record"), so under the exclusive lock every listed object
-// is reflected in memory; the journal is sealed first, so no listed object
-// gets more records.
+// compact folds every outbox journal written since its last compaction
+// into its next snapshot and deletes the objects that covers. Snapshots
+// are folded from the journal as stored, never from memory
+// (internal/snaplog), so writers need no lock against compaction.
 func (s *Service) compact(ctx context.Context) error {
 	s.compactMu.Lock()
-	bound, err := s.jr.Seal(ctx, outboxPartition)
-	if err != nil {
-		s.compactMu.Unlock()
-		return err
-	}
-	var keys []string
-	for k, err := range storage.Keys(ctx, s.cfg.Store, outboxPartition+"/") {
-		if err != nil {
-			s.compactMu.Unlock()
-			return err
+	defer s.compactMu.Unlock()
+	var obs []*outbox
+	s.outboxes.Range(func(_, v any) bool {
+		ob := v.(*outbox)
+		select {
+		case <-ob.ready:
+			if ob.err == nil {
+				obs = append(obs, ob)
+			}
+		default: // still loading
 		}
-		if k >= bound {
-			break // keys come in order; later ones are not sealed
-		}
-		keys = append(keys, k)
+		return true
+	})
+	sem := make(chan struct{}, compactParallel)
+	errs := make([]error, len(obs))
+	var wg sync.WaitGroup
+	for i, ob := range obs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = ob.log.Compact(ctx)
+		})
 	}
-	if len(keys) == 0 {
-		s.compactMu.Unlock()
-		return nil
-	}
-	s.mu.Lock()
-	snap := snapshot{LastKey: keys[len(keys)-1], Since: s.since, Known: make(map[string]time.Time, len(s.known)),
-		Marks: make(map[string]snapMark, len(s.marks)), Failures: make(map[string][]Failure, len(s.failures))}
-	for _, e := range s.pending {
-		snap.Pending = append(snap.Pending, e.d)
-	}
-	for k, v := range s.known {
-		snap.Known[k] = v
-	}
-	for x, m := range s.marks {
-		snap.Marks[x] = snapMark{m.eventID, m.ts}
-	}
-	for k, v := range s.failures {
-		snap.Failures[k] = v
-	}
-	s.mu.Unlock()
-	s.compactMu.Unlock()
-	data, err := json.Marshal(snap)
-	if err != nil {
-		return err
-	}
-	if _, err := s.cfg.Store.Put(ctx, snapshotKey, data); err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if err := s.cfg.Store.Delete(ctx, k); err != nil && !errors.Is(err, storage.ErrNotFound) {
-			return err
-		}
-	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (s *Service) compactor() {

@@ -12,7 +12,9 @@ import (
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-func TestService_compactionKeepsState(t *testing.T) {
+func TestService_compactionKeepsState(t *testing.T) { onBackends(t, testCompactionKeepsState) }
+
+func testCompactionKeepsState(t *testing.T, be backend) {
 	var mu sync.Mutex
 	down := true
 	rv := newReceiver(t, func(r received, n int) (int, string) {
@@ -26,7 +28,7 @@ func TestService_compactionKeepsState(t *testing.T) {
 		}
 		return 200, `{}`
 	})
-	e := newEnv(t, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour, CompactInterval: 20 * time.Millisecond})
+	e := newEnvOn(t, be, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour, CompactInterval: 20 * time.Millisecond})
 	e.register("req", nil, nil, nil, nil)
 	e.register("ok", nil, []any{map[string]any{"type": "webhook", "url": rv.URL + "/ok"}}, nil, nil)
 	e.register("later", nil, []any{map[string]any{"type": "webhook", "url": rv.URL + "/later"}}, nil, nil)
@@ -35,16 +37,16 @@ func TestService_compactionKeepsState(t *testing.T) {
 	// Wait until the journal has been folded away: only the snapshot is left.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		page, err := e.store.List(context.Background(), "notify/outbox/", storage.ListOptions{})
+		page, err := e.store.List(context.Background(), "notify/exchange="+x+"/outbox/", storage.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, serr := e.store.Get(context.Background(), "notify/snapshot.json")
-		if len(page.Keys) == 0 && serr == nil && rv.count() == 3 && len(e.n.Failures(x, "gone")) == 1 {
+		snaps, serr := e.store.List(context.Background(), "notify/exchange="+x+"/snap/", storage.ListOptions{})
+		if len(page.Keys) == 0 && serr == nil && len(snaps.Keys) == 1 && rv.count() == 3 && len(e.n.Failures(x, "gone")) == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("journal not compacted: %v, snapshot err %v, requests %d", page.Keys, serr, rv.count())
+			t.Fatalf("journal not compacted: %v, snapshots %v, %v, requests %d", page.Keys, snaps.Keys, serr, rv.count())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -41,12 +41,41 @@
 // timeout, retried with exponential backoff and jitter, and given up after
 // Config.MaxAttempts with the failure kept for the executor to see. Slack
 // and Google Chat webhooks get at most one post per interval; deliveries
-// that arrive sooner are merged into the next post, never dropped. A
+// that arrive sooner are merged into the next post, never dropped (per
+// process: two processes sharing a store each keep their own interval). A
 // restart replays the journal and derives deliveries again for recent
 // events, skipping those already recorded, so each is sent once (at least
 // once if the process dies between a send and its record). The scheduler
 // keeps pending deliveries in a heap by due time, hooks behind the hook
 // before them, so a wake costs O(log n) however many are pending.
+//
+// # Durability and fencing
+//
+// Each exchange has its own outbox journal in Config.Store, folded from
+// time to time into a snapshot (internal/snaplog):
+//
+//	notify/exchange={id}/outbox/...       the journal
+//	notify/exchange={id}/snap/{gen}.json  snapshots, gen counting up from 1
+//	notify/started.json                   when the outbox first started
+//
+// Outboxes found in the store load in parallel at start; one first used
+// later (a new exchange) loads then. An outbox written before journals
+// were kept per exchange (notify/outbox/ and notify/snapshot.json) is read
+// at every start and left in place, never written: an exchange starts
+// from its part of it until it has a snapshot of its own.
+//
+// With Config.Fence the store may be shared with a standby that takes
+// over when this process stops (package ownership). Before it reads an
+// exchange's outbox, a Service claims the exchange (Fence.Claim) and
+// writes its fence at the end of the journal, then replays it: the replay
+// sees every record of the owner it replaced, whose next record meets the
+// fence and fails. A replaced Service records and sends nothing more, and
+// its handler answers 503; a delivery it had in flight may be sent again
+// by its successor (delivery is at least once already). Snapshots are
+// folded from the journal as stored and written with Create under the
+// next generation's name, so a replaced owner that compacts before it
+// notices writes a correct, merely older snapshot, and never deletes a
+// fence or the snapshot's boundary.
 //
 // # Safety
 //
@@ -68,13 +97,16 @@
 // NewHandler serves each executor its own pending and failed deliveries.
 // Errors are {"error", "code"} in the codes every service of the module
 // uses (internal/httpx): invalid_input, unauthorized, forbidden,
-// not_found, method_not_allowed, unavailable and internal.
+// not_found, method_not_allowed, rate_limited, unavailable (503: closed,
+// another process owns the outbox now, or the request was cancelled) and
+// internal.
 //
 // # Concurrency
 //
 // A Service is safe for concurrent use. The Source's OnEvent callback only
 // appends to a queue; one goroutine derives and records deliveries, one
 // schedules them, and Config.Workers goroutines send them. Close stops all
-// of them and waits for sends in flight. Lock order: compactMu before mu;
-// qmu is never held with another.
+// of them and waits for sends in flight. Compaction reads the journal as
+// stored and takes no lock writers take; qmu and mu are never held
+// together.
 package notify

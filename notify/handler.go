@@ -9,6 +9,7 @@ import (
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
 	"github.com/meatspace-exchange/mess/mess"
+	"github.com/meatspace-exchange/mess/storage"
 )
 
 // Authenticator resolves an API key to the agent it belongs to in an
@@ -67,6 +68,10 @@ func NewHandler(s *Service, cfg HandlerConfig) (http.Handler, error) {
 		if !ok {
 			return
 		}
+		if err := s.serving(r.Context(), x); err != nil {
+			writeUnavailable(w, cfg, err)
+			return
+		}
 		resp := deliveriesResponse{ExecutorID: agent, Pending: s.PendingFor(x, agent), Failures: s.Failures(x, agent)}
 		if resp.Pending == nil {
 			resp.Pending = []Pending{}
@@ -99,17 +104,28 @@ func NewHandler(s *Service, cfg HandlerConfig) (http.Handler, error) {
 			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalid, "your notification channels are not valid")
 		case errors.Is(err, mess.ErrNotFound):
 			httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "executor not found")
-		case errors.Is(err, ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-			httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "notifications are not available now; try again")
 		default:
-			cfg.Logger.Error("notify: send a test", "err", err)
-			httpx.WriteError(w, http.StatusInternalServerError, httpx.CodeInternal, "internal error")
+			writeUnavailable(w, cfg, err)
 		}
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "not found")
 	})
 	return mux, nil
+}
+
+// writeUnavailable answers for a service that cannot serve now: 503 when
+// it is closed, another process owns the outbox, or the request was
+// cancelled; 500 otherwise.
+func writeUnavailable(w http.ResponseWriter, cfg HandlerConfig, err error) {
+	switch {
+	case errors.Is(err, ErrClosed), errors.Is(err, storage.ErrFenced),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "notifications are not available now; try again")
+	default:
+		cfg.Logger.Error("notify: request failed", "err", err)
+		httpx.WriteError(w, http.StatusInternalServerError, httpx.CodeInternal, "internal error")
+	}
 }
 
 // authenticate answers the error itself when the request's key does not

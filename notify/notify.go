@@ -49,10 +49,18 @@ type Source interface {
 type Config struct {
 	// Source is the exchange whose events are delivered. Required.
 	Source Source
-	// Store holds the outbox journal (objects under notify/outbox/) and
-	// its snapshot (notify/snapshot.json). Nil means storage.NewMemory():
-	// the outbox lasts as long as the process.
+	// Store holds the outbox: one journal per exchange, under
+	// notify/exchange={id}/outbox/, with its snapshots (see the package
+	// doc, Durability and fencing). Nil means storage.NewMemory(): the
+	// outbox lasts as long as the process.
 	Store storage.Store
+	// Fence, when set, is the authority this Service writes under in a
+	// store other processes can reach (a bucket with a standby beside the
+	// writer): each exchange is claimed (Fence.Claim) and its outbox
+	// journal fenced before it is read, and once a newer owner has taken
+	// over, nothing more is recorded or sent and the handler answers 503.
+	// Nil means this process is the store's only writer.
+	Fence storage.Fence
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Policy restricts the addresses deliveries may reach. The zero value
@@ -105,8 +113,6 @@ type Config struct {
 	// Now is the clock. Zero means time.Now.
 	Now func() time.Time
 }
-
-const outboxPartition = "notify/outbox"
 
 // Delivery is one message to one destination, recorded durably before it
 // is sent. ID (event id, executor, channel or hook and its position) is the
@@ -165,10 +171,10 @@ type Pending struct {
 
 // record is one line of the outbox journal.
 type record struct {
-	Op       string    `json:"op"` // start, add, done, fail, mark
+	Op       string    `json:"op"` // add, done, fail, mark; start in the old layout
 	ID       string    `json:"id,omitempty"`
 	D        *Delivery `json:"d,omitempty"`
-	Exchange string    `json:"x,omitempty"`
+	Exchange string    `json:"x,omitempty"` // the exchange whose outbox records it
 	EventID  string    `json:"e,omitempty"`
 	TS       time.Time `json:"ts"`
 	Attempts int       `json:"n,omitempty"`
@@ -204,9 +210,12 @@ type Service struct {
 	queue []mess.Event
 	qwake chan struct{}
 
-	compactMu sync.RWMutex
+	outboxes  sync.Map            // exchange id → *outbox
+	old       map[string]snapshot // the old layout, by exchange; read-only after New
+	compactMu sync.Mutex          // one compaction pass at a time
 
 	mu          sync.Mutex
+	running     bool // the scheduler has started
 	pending     map[string]*entry
 	known       map[string]time.Time // sent or failed delivery ids → event time
 	marks       map[string]mark
@@ -362,28 +371,28 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.src.OnEvent(s.enqueue)
 	fail := func(err error) (*Service, error) {
 		s.closed.Store(true) // the subscription stays; it drops everything
+		if s.jr != nil {
+			s.jr.Close(ctx)
+		}
 		return nil, err
 	}
-	if err := s.replay(ctx); err != nil {
-		return fail(err)
-	}
-	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now})
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, Fence: cfg.Fence})
 	if err != nil {
 		return fail(err)
 	}
 	s.jr = j
-	if s.since.IsZero() {
-		s.since = cfg.Now().UTC()
-		if err := s.appendRecords(ctx, []record{{Op: "start", TS: s.since}}); err != nil {
-			j.Close(ctx)
+	first, err := s.load(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if !first {
+		if err := s.recover(ctx); err != nil {
 			return fail(err)
 		}
-	} else if err := s.recover(ctx); err != nil {
-		j.Close(ctx)
-		return fail(err)
 	}
 	s.mu.Lock()
 	s.rebuildQueueLocked()
+	s.running = true
 	s.mu.Unlock()
 	s.wg.Add(3 + cfg.Workers)
 	go s.compactor()
@@ -419,6 +428,22 @@ func (s *Service) Close(ctx context.Context) error {
 	return s.jr.Close(ctx)
 }
 
+// serving returns why the service cannot answer for exchangeID now, if it
+// cannot: it was closed, another process owns the outbox now (an error
+// wrapping storage.ErrFenced), or the exchange's outbox did not load.
+func (s *Service) serving(ctx context.Context, exchangeID string) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if s.cfg.Fence != nil {
+		if err := s.cfg.Fence.Valid(); err != nil {
+			return err
+		}
+	}
+	_, err := s.outboxFor(ctx, exchangeID)
+	return err
+}
+
 func (s *Service) enqueue(ev mess.Event) {
 	switch ev.EventType {
 	case mess.EventThreadCreated, mess.EventStatusChanged:
@@ -444,74 +469,43 @@ func (s *Service) wakeScheduler() {
 	}
 }
 
+// appendRecords records recs, each in the outbox of its exchange, and
+// returns once they are durable.
 func (s *Service) appendRecords(ctx context.Context, recs []record) error {
-	lines := make([][]byte, len(recs))
+	byX := map[string][][]byte{}
 	for i := range recs {
 		b, err := json.Marshal(recs[i])
 		if err != nil {
 			return err
 		}
-		lines[i] = b
+		x := recs[i].Exchange
+		byX[x] = append(byX[x], b)
 	}
-	return s.jr.Append(ctx, outboxPartition, lines...)
-}
-
-func (s *Service) replay(ctx context.Context) error {
-	after, err := s.loadSnapshot(ctx)
-	if err != nil {
-		return err
+	var writes []<-chan error
+	var errs []error
+	for x, lines := range byX {
+		ob, err := s.outboxFor(ctx, x)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ob.log.Touch()
+		w, err := s.jr.AppendAsync(ob.part, lines...)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		writes = append(writes, w)
 	}
-	return journal.Replay(ctx, s.cfg.Store, journal.ReplayConfig{
-		Prefix: outboxPartition + "/",
-		After:  after,
-		Decode: func(key string, data []byte) (any, error) {
-			lines, _ := journal.Lines(data)
-			recs := make([]record, 0, len(lines))
-			for _, l := range lines {
-				var r record
-				if json.Unmarshal(l, &r) == nil {
-					recs = append(recs, r)
-				}
-			}
-			return recs, nil
-		},
-		Apply: func(key string, v any) error {
-			for _, r := range v.([]record) {
-				s.applyRecord(r)
-			}
-			return nil
-		},
-	})
-}
-
-// applyRecord folds one journal record into state (replay only).
-func (s *Service) applyRecord(r record) {
-	switch r.Op {
-	case "start":
-		if s.since.IsZero() {
-			s.since = r.TS
-		}
-	case "add":
-		if r.D != nil && s.pending[r.D.ID] == nil {
-			if _, ok := s.known[r.D.ID]; !ok {
-				s.addEntryLocked(*r.D)
-			}
-		}
-	case "done", "fail":
-		e := s.pending[r.ID]
-		if e == nil {
-			return
-		}
-		delete(s.pending, r.ID)
-		s.known[r.ID] = e.d.TS
-		if r.Op == "fail" {
-			s.recordFailureLocked(e, r.Attempts, r.Error, r.TS)
-		}
-	case "mark":
-		if m := s.marks[r.Exchange]; r.EventID > m.eventID {
-			s.marks[r.Exchange] = mark{r.EventID, r.TS}
+	for _, w := range writes {
+		select {
+		case err := <-w:
+			errs = append(errs, err)
+		case <-ctx.Done():
+			errs = append(errs, ctx.Err())
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // addEntryLocked records d as pending; a caller past replay queues it.
@@ -609,10 +603,25 @@ func (s *Service) deriver() {
 
 func (s *Service) deriveBatch(evs []mess.Event) {
 	ctx := context.Background()
+	// Each exchange's outbox is loaded first, so that deliveries it holds
+	// already are not derived again.
+	loaded := map[string]bool{}
+	for _, ev := range evs {
+		if _, seen := loaded[ev.ExchangeID]; !seen {
+			_, err := s.outboxFor(ctx, ev.ExchangeID)
+			if err != nil {
+				s.log.Error("notify: load outbox", "exchange", ev.ExchangeID, "err", err)
+			}
+			loaded[ev.ExchangeID] = err == nil
+		}
+	}
 	var recs []record
 	var adds []Delivery
 	marks := map[string]mark{}
 	for _, ev := range evs {
+		if !loaded[ev.ExchangeID] {
+			continue // derived again after a restart
+		}
 		ds, err := s.derive(ctx, ev)
 		if err != nil {
 			s.log.Error("notify: derive deliveries", "event", ev.EventID, "err", err)
@@ -626,7 +635,7 @@ func (s *Service) deriveBatch(evs []mess.Event) {
 				continue
 			}
 			d := d
-			recs = append(recs, record{Op: "add", ID: d.ID, D: &d, TS: ev.TS})
+			recs = append(recs, record{Op: "add", ID: d.ID, D: &d, Exchange: d.ExchangeID, TS: ev.TS})
 			adds = append(adds, d)
 		}
 		if m := marks[ev.ExchangeID]; ev.EventID > m.eventID {
@@ -636,12 +645,13 @@ func (s *Service) deriveBatch(evs []mess.Event) {
 	for x, m := range marks {
 		recs = append(recs, record{Op: "mark", Exchange: x, EventID: m.eventID, TS: m.ts})
 	}
-	s.compactMu.RLock()
-	defer s.compactMu.RUnlock()
+	if len(recs) == 0 {
+		return
+	}
 	if err := s.appendRecords(ctx, recs); err != nil {
 		// Not recorded: a restart derives these again from the event log.
 		s.log.Error("notify: record deliveries", "err", err)
-		if errors.Is(err, journal.ErrClosed) {
+		if errors.Is(err, journal.ErrClosed) || errors.Is(err, storage.ErrFenced) {
 			return
 		}
 	}
@@ -662,13 +672,13 @@ func (s *Service) deriveBatch(evs []mess.Event) {
 
 func (s *Service) recordFailureLocked(e *entry, attempts int, msg string, at time.Time) {
 	k := e.d.ExchangeID + "/" + e.d.ExecutorID
-	f := Failure{ID: e.d.ID, EventID: e.d.EventID, Ref: e.d.Ref, Kind: e.d.Kind, Type: e.d.Type, Hook: e.d.Hook,
-		Destination: publicDestination(e.d.Config), Attempts: attempts, Error: msg, At: at}
-	l := append(s.failures[k], f)
-	if len(l) > s.cfg.FailureHistory {
-		l = l[len(l)-s.cfg.FailureHistory:]
-	}
-	s.failures[k] = l
+	s.failures[k] = keepLast(append(s.failures[k], failureOf(e.d, attempts, msg, at)), s.cfg.FailureHistory)
+}
+
+// failureOf describes a given-up delivery, keeping no secrets.
+func failureOf(d Delivery, attempts int, msg string, at time.Time) Failure {
+	return Failure{ID: d.ID, EventID: d.EventID, Ref: d.Ref, Kind: d.Kind, Type: d.Type, Hook: d.Hook,
+		Destination: publicDestination(d.Config), Attempts: attempts, Error: msg, At: at}
 }
 
 // Failures returns the executor's recent given-up deliveries, newest last.

@@ -80,7 +80,8 @@ func (rv *receiver) count() int {
 	return len(rv.got)
 }
 
-// env is a real exchange with an outbox on a temporary directory.
+// env is a real exchange with an outbox on a temporary directory, or in
+// a MinIO bucket (newEnvOn).
 type env struct {
 	t     *testing.T
 	dir   string
@@ -88,23 +89,37 @@ type env struct {
 	svc   *mess.Service
 	n     *notify.Service
 	cfg   notify.Config
+	// reopen returns the store after a restart: the directory opened
+	// again, or the same bucket.
+	reopen func() storage.Store
 }
 
 const x = "home"
 
-func newEnv(t *testing.T, cfg notify.Config) *env {
+func newEnv(t *testing.T, cfg notify.Config) *env { return newEnvOn(t, fsBackend, cfg) }
+
+func newEnvOn(t *testing.T, b backend, cfg notify.Config) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), cfg: cfg}
+	if b.name == fsBackend.name {
+		e.reopen = func() storage.Store {
+			st, err := storage.NewFS(e.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
+	} else {
+		st := b.new(t)
+		e.reopen = func() storage.Store { return st }
+	}
 	e.open()
 	return e
 }
 
 func (e *env) open() {
 	e.t.Helper()
-	st, err := storage.NewFS(e.dir)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	st := e.reopen()
 	e.store = st
 	svc, err := mess.New(context.Background(), mess.Config{Store: st, OpenRegistration: true})
 	if err != nil {
@@ -508,6 +523,10 @@ func TestService_redirectRechecked(t *testing.T) {
 }
 
 func TestService_restartDeliversPendingOnce(t *testing.T) {
+	onBackends(t, testRestartDeliversPendingOnce)
+}
+
+func testRestartDeliversPendingOnce(t *testing.T, be backend) {
 	var mu sync.Mutex
 	down := true
 	rv := newReceiver(t, func(r received, n int) (int, string) {
@@ -518,7 +537,7 @@ func TestService_restartDeliversPendingOnce(t *testing.T) {
 		}
 		return 200, `{}`
 	})
-	e := newEnv(t, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour})
+	e := newEnvOn(t, be, notify.Config{BaseBackoff: time.Hour, MaxBackoff: time.Hour})
 	e.register("req", nil, nil, nil, nil)
 	e.register("w", nil, []any{map[string]any{"type": "webhook", "url": rv.URL}}, nil, nil)
 	e.create("req", mess.Request{Intent: "while down"})

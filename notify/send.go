@@ -141,6 +141,11 @@ func (s *Service) vars(ctx context.Context, d *Delivery) (map[string]any, error)
 }
 
 func (s *Service) deliver(batch []*entry) {
+	if s.cfg.Fence != nil && s.cfg.Fence.Valid() != nil {
+		// Another process owns the outbox now and delivers what is
+		// pending; this one sends nothing more.
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*s.cfg.Timeout)
 	defer cancel()
 	first := &batch[0].d
@@ -178,8 +183,6 @@ func (s *Service) deliver(batch []*entry) {
 	}
 	now := s.cfg.Now()
 	var recs []record
-	s.compactMu.RLock()
-	defer s.compactMu.RUnlock()
 	s.mu.Lock()
 	for _, e := range batch {
 		e.inflight = false
@@ -189,7 +192,7 @@ func (s *Service) deliver(batch []*entry) {
 			s.known[e.d.ID] = e.d.TS
 			s.sent.Add(1)
 			s.countLocked(e.d.Type, outcomeSent)
-			recs = append(recs, record{Op: "done", ID: e.d.ID, TS: now})
+			recs = append(recs, record{Op: "done", ID: e.d.ID, Exchange: e.d.ExchangeID, TS: now})
 			continue
 		}
 		e.attempts++
@@ -201,7 +204,7 @@ func (s *Service) deliver(batch []*entry) {
 			s.known[e.d.ID] = e.d.TS
 			s.recordFailureLocked(e, e.attempts, e.lastErr, now)
 			s.countLocked(e.d.Type, outcomeFailed)
-			recs = append(recs, record{Op: "fail", ID: e.d.ID, TS: now, Attempts: e.attempts, Error: e.lastErr})
+			recs = append(recs, record{Op: "fail", ID: e.d.ID, Exchange: e.d.ExchangeID, TS: now, Attempts: e.attempts, Error: e.lastErr})
 			s.log.Warn("notify: delivery given up", "id", e.d.ID, "type", e.d.Type, "attempts", e.attempts, "err", e.lastErr)
 			continue
 		}

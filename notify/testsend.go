@@ -41,6 +41,9 @@ type TestResult struct {
 // the same address policy, retries), and SendTest waits for their first
 // attempts until ctx ends or three send timeouts pass, reporting each.
 func (s *Service) SendTest(ctx context.Context, exchangeID, executorID string) ([]TestResult, error) {
+	if err := s.serving(ctx, exchangeID); err != nil {
+		return nil, err
+	}
 	p, err := s.src.DeliveryProfile(ctx, exchangeID, executorID)
 	if err != nil {
 		return nil, err
@@ -80,7 +83,7 @@ func (s *Service) SendTest(ctx context.Context, exchangeID, executorID string) (
 	}
 	recs := make([]record, len(ds))
 	for i := range ds {
-		recs[i] = record{Op: "add", ID: ds[i].ID, D: &ds[i], TS: now}
+		recs[i] = record{Op: "add", ID: ds[i].ID, D: &ds[i], Exchange: exchangeID, TS: now}
 	}
 	if err := s.enqueueDeliveries(ctx, recs, ds); err != nil {
 		return nil, err
@@ -100,8 +103,6 @@ func (s *Service) SendTest(ctx context.Context, exchangeID, executorID string) (
 }
 
 func (s *Service) enqueueDeliveries(ctx context.Context, recs []record, ds []Delivery) error {
-	s.compactMu.RLock()
-	defer s.compactMu.RUnlock()
 	if err := s.appendRecords(ctx, recs); err != nil {
 		return err
 	}

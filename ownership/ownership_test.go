@@ -261,6 +261,13 @@ func TestConfigValidation(t *testing.T) {
 func TestExchangeRecords(t *testing.T) {
 	ctx := context.Background()
 	mem := storage.NewMemory()
+	// Hand-overs here are by Release, never by timeout: a timeout far
+	// above any stall of a busy machine keeps every lease valid.
+	config := func(s storage.Store, holder string) ownership.Config {
+		cfg := config(s, holder)
+		cfg.Timeout = time.Minute
+		return cfg
+	}
 	a := claim(t, config(mem, "a"))
 	for range 2 { // a second claim is answered from memory
 		if err := a.Claim(ctx, "x"); err != nil {
@@ -292,7 +299,7 @@ func TestExchangeRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An owner never moves a record back to its older epoch.
-	c := ownership.Config{Store: mem, Key: "owners/other.json", Holder: "c", Heartbeat: 20 * time.Millisecond, Timeout: 500 * time.Millisecond}
+	c := ownership.Config{Store: mem, Key: "owners/other.json", Holder: "c", Heartbeat: 20 * time.Millisecond, Timeout: time.Minute}
 	old := claim(t, c) // epoch 1 of another record
 	defer old.Release(ctx)
 	if err := old.Claim(ctx, "x"); !errors.Is(err, storage.ErrFenced) {

@@ -18,6 +18,14 @@ import (
 //	lease-fair   -n clients (default 1000) contending for 10 files with
 //	             blocking acquires; reports grants per client (starvation
 //	             shows as a client with none) and wait percentiles.
+//	lease-pairs  each client is an agent looping acquire, then release with
+//	             the grant's token, on its own file over HTTP: one op is a
+//	             pair, two durable writes.
+//	lease-ws     the same pairs as lease frames on the lease WebSocket
+//	             (lease.Client after Connect). The -c clients share -n
+//	             connections, one agent each (default 1), and pipeline
+//	             their frames on them; -n equal to -c is a connection per
+//	             client, as over HTTP.
 
 func leaseClients(ctx context.Context, o options, n int) ([]*lease.Client, []agent, error) {
 	agents, err := registerAgents(ctx, o, n)
@@ -159,5 +167,55 @@ func benchLeaseFair(ctx context.Context, o options) error {
 	if last != nil {
 		fmt.Fprintf(o.Out, "  last error: %v\n", last)
 	}
+	return nil
+}
+
+func benchLeasePairs(ctx context.Context, o options) error { return benchPairs(ctx, o, false) }
+
+func benchLeaseWS(ctx context.Context, o options) error { return benchPairs(ctx, o, true) }
+
+func benchPairs(ctx context.Context, o options, ws bool) error {
+	n := o.Concurrency
+	if ws {
+		n = min(max(o.N, 1), o.Concurrency)
+	}
+	agents, err := registerAgents(ctx, o, n)
+	if err != nil {
+		return err
+	}
+	cs := make([]*lease.Client, len(agents))
+	for i, a := range agents {
+		cfg := lease.ClientConfig{BaseURL: o.URL, Exchange: o.Exchange, APIKey: a.Key, HTTPClient: httpClient}
+		if ws {
+			cfg.HTTPClient = nil // the handshake needs net/http's upgrade support
+		}
+		if cs[i], err = lease.NewClient(cfg); err != nil {
+			return err
+		}
+		if ws {
+			if err := cs[i].Connect(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	defer func() {
+		for _, c := range cs {
+			c.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	var rec recorder
+	elapsed := loop(ctx, o, &rec, func(ctx context.Context, w, _ int) error {
+		c, name := cs[w%len(cs)], fmt.Sprintf("src/pair-%d.go", w)
+		g, err := c.Acquire(ctx, name, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Release(ctx, name, g.Token)
+	})
+	what := fmt.Sprintf("lease acquire+release pairs over HTTP, %d clients (each pair two durable writes)", o.Concurrency)
+	if ws {
+		what = fmt.Sprintf("lease acquire+release pairs over WebSocket, %d clients on %d connections (each pair two durable writes)", o.Concurrency, len(cs))
+	}
+	rec.report(o.Out, what, elapsed)
 	return nil
 }

@@ -46,6 +46,8 @@ var scenarios = map[string]func(ctx context.Context, o options) error{
 	"lease":        benchLease,
 	"lease-status": benchLeaseStatus,
 	"lease-fair":   benchLeaseFair,
+	"lease-pairs":  benchLeasePairs,
+	"lease-ws":     benchLeaseWS,
 	"mailbus-fanout": func(ctx context.Context, o options) error {
 		return benchMailFanout(ctx, o, 0)
 	},

@@ -20,7 +20,7 @@ import (
 //	LEASE_COMPACT_INTERVAL  how often the journal is folded into a
 //	                        snapshot (default 30s; negative disables)
 //	LEASE_MAX_BODY_BYTES    request body limit in bytes (default 65536)
-func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger, started **lease.Manager) (closeFn func(context.Context) error, err error) {
+func setupLease(e *echo.Echo, store storage.Store, fence storage.Fence, auth lease.Authenticator, getenv func(string) string, logger *slog.Logger, started **lease.Manager) (closeFn func(context.Context) error, err error) {
 	env := envReader{getenv: getenv}
 	cfg := lease.Config{
 		MinTTL:          env.duration("LEASE_MIN_TTL", 0, false),
@@ -32,7 +32,7 @@ func setupLease(e *echo.Echo, store storage.Store, auth lease.Authenticator, get
 	if env.err != nil {
 		return nil, env.err
 	}
-	cfg.Store = store
+	cfg.Store, cfg.Fence = store, fence
 	cfg.Logger = logger
 	start := time.Now()
 	m, err := lease.New(context.Background(), cfg)

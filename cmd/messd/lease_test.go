@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -16,9 +17,71 @@ import (
 
 func leaseClient(t testing.TB, ts *testServer, exchange, agent string) *lease.Client {
 	t.Helper()
-	c := newLeaseClient(t, ts.URL, exchange, ts.register(t, exchange, agent), nil)
-	t.Cleanup(c.CloseIdleConnections)
+	return leaseClientVia(t, ts, exchange, agent, viaHTTP)
+}
+
+// leaseTransport is how a lease.Client reaches the server in a test.
+type leaseTransport string
+
+const (
+	viaHTTP leaseTransport = "HTTP"      // one HTTP request per call
+	viaWS   leaseTransport = "WebSocket" // lease frames on the lease WebSocket
+)
+
+// forEachLeaseTransport runs f as a subtest per transport.
+func forEachLeaseTransport(t *testing.T, f func(t *testing.T, tr leaseTransport)) {
+	for _, tr := range []leaseTransport{viaHTTP, viaWS} {
+		t.Run(string(tr), func(t *testing.T) { f(t, tr) })
+	}
+}
+
+// leaseClientVia registers agent and returns its client over tr.
+func leaseClientVia(t testing.TB, ts *testServer, exchange, agent string, tr leaseTransport) *lease.Client {
+	t.Helper()
+	return newLeaseClientVia(t, ts.URL, exchange, ts.register(t, exchange, agent), nil, tr)
+}
+
+// newLeaseClientVia is key's client over tr. Over the WebSocket, a lease
+// call made over HTTP instead fails the test.
+func newLeaseClientVia(t testing.TB, url, exchange, key string, hc *http.Client, tr leaseTransport) *lease.Client {
+	t.Helper()
+	if tr == viaWS {
+		base := http.DefaultTransport
+		if hc != nil && hc.Transport != nil {
+			base = hc.Transport
+		}
+		hc = &http.Client{Transport: framesOnly{t: t, rt: base}}
+	}
+	c := newLeaseClient(t, url, exchange, key, hc)
+	if tr == viaWS {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Connect(ctx); err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c.Close(ctx)
+	})
 	return c
+}
+
+// framesOnly fails the test on a lease call sent over HTTP; the handshake,
+// list and release-all are HTTP requests by design.
+type framesOnly struct {
+	t  testing.TB
+	rt http.RoundTripper
+}
+
+func (f framesOnly) RoundTrip(r *http.Request) (*http.Response, error) {
+	switch op := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]; op {
+	case "ws", "list", "release-all":
+	default:
+		f.t.Errorf("%s %s over HTTP with the lease WebSocket connected", r.Method, r.URL.Path)
+	}
+	return f.rt.RoundTrip(r)
 }
 
 func newLeaseClient(t testing.TB, url, exchange, key string, hc *http.Client) *lease.Client {
@@ -30,10 +93,12 @@ func newLeaseClient(t testing.TB, url, exchange, key string, hc *http.Client) *l
 	return c
 }
 
-func TestLease_lifecycle(t *testing.T) {
+func TestLease_lifecycle(t *testing.T) { forEachLeaseTransport(t, testLeaseLifecycle) }
+
+func testLeaseLifecycle(t *testing.T, tr leaseTransport) {
 	ctx := context.Background()
 	ts := startServer(t)
-	alice, bob := leaseClient(t, ts, "lx", "alice"), leaseClient(t, ts, "lx", "bob")
+	alice, bob := leaseClientVia(t, ts, "lx", "alice", tr), leaseClientVia(t, ts, "lx", "bob", tr)
 
 	g, err := alice.Acquire(ctx, "./src//main.go", 30*time.Second)
 	if err != nil || g.Holder != "alice" || g.Name != "src/main.go" || g.Token == 0 {
@@ -71,7 +136,7 @@ func TestLease_lifecycle(t *testing.T) {
 	}
 
 	// Ensure keys are checked: none, unknown, and another exchange's.
-	other := leaseClient(t, ts, "ly", "carol")
+	other := leaseClientVia(t, ts, "ly", "carol", tr)
 	keyOfLy := ts.register(t, "ly", "dave")
 	for _, tt := range []struct {
 		name, key string
@@ -88,10 +153,15 @@ func TestLease_lifecycle(t *testing.T) {
 			continue
 		}
 		c := newLeaseClient(t, ts.URL, "lx", tt.key, nil)
+		if tr == viaWS {
+			if err := c.Connect(ctx); !errors.Is(err, tt.want) {
+				t.Errorf("%s: connect: %v, want %v", tt.name, err, tt.want)
+			}
+		}
 		if _, err := c.Status(ctx, "f"); !errors.Is(err, tt.want) {
 			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
 		}
-		c.CloseIdleConnections()
+		c.Close(ctx)
 	}
 	if _, err := other.Acquire(ctx, "src/main.go", time.Second); err != nil {
 		t.Fatalf("same name in another exchange: %v", err)
@@ -100,10 +170,12 @@ func TestLease_lifecycle(t *testing.T) {
 
 // Ensure a lease is never handed over before its deadline, and the old
 // holder's token is refused once the name is granted again.
-func TestLease_expiry(t *testing.T) {
+func TestLease_expiry(t *testing.T) { forEachLeaseTransport(t, testLeaseExpiry) }
+
+func testLeaseExpiry(t *testing.T, tr leaseTransport) {
 	ctx := context.Background()
 	ts := startServer(t, withEnv("LEASE_MIN_TTL", "10ms"))
-	alice, bob := leaseClient(t, ts, "le", "alice"), leaseClient(t, ts, "le", "bob")
+	alice, bob := leaseClientVia(t, ts, "le", "alice", tr), leaseClientVia(t, ts, "le", "bob", tr)
 	g, err := alice.Acquire(ctx, "f", 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -132,13 +204,15 @@ func TestLease_expiry(t *testing.T) {
 }
 
 func TestLease_linearizable(t *testing.T) {
-	ts := startServer(t)
-	var agents []leasetest.Agent
-	for i := range 8 {
-		id := fmt.Sprintf("agent%d", i)
-		agents = append(agents, leasetest.Agent{ID: id, Target: leaseClient(t, ts, "lin", id)})
-	}
-	leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 150})
+	forEachLeaseTransport(t, func(t *testing.T, tr leaseTransport) {
+		ts := startServer(t)
+		var agents []leasetest.Agent
+		for i := range 8 {
+			id := fmt.Sprintf("agent%d", i)
+			agents = append(agents, leasetest.Agent{ID: id, Target: leaseClientVia(t, ts, "lin", id, tr)})
+		}
+		leasetest.CheckLinearizable(t, agents, leasetest.Config{Ops: 150})
+	})
 }
 
 type leaseSnapshot struct {
@@ -199,15 +273,14 @@ func checkAfterRestart(t *testing.T, before leaseSnapshot, alice, bob *lease.Cli
 	}
 }
 
-func TestLease_restart(t *testing.T) {
+func TestLease_restart(t *testing.T) { forEachLeaseTransport(t, testLeaseRestart) }
+
+func testLeaseRestart(t *testing.T, tr leaseTransport) {
 	dir := t.TempDir()
 	ts := startServer(t, withDataDir(dir))
 	aliceKey, bobKey := ts.register(t, "lr", "alice"), ts.register(t, "lr", "bob")
 	clients := func(ts *testServer) (*lease.Client, *lease.Client) {
-		a, b := newLeaseClient(t, ts.URL, "lr", aliceKey, nil), newLeaseClient(t, ts.URL, "lr", bobKey, nil)
-		t.Cleanup(a.CloseIdleConnections)
-		t.Cleanup(b.CloseIdleConnections)
-		return a, b
+		return newLeaseClientVia(t, ts.URL, "lr", aliceKey, nil, tr), newLeaseClientVia(t, ts.URL, "lr", bobKey, nil, tr)
 	}
 	a, b := clients(ts)
 	before := leaseRound(t, a, b)
@@ -218,19 +291,21 @@ func TestLease_restart(t *testing.T) {
 }
 
 // Ensure grants acknowledged before a SIGKILL survive it.
-func TestLease_crash(t *testing.T) {
+func TestLease_crash(t *testing.T) { forEachLeaseTransport(t, testLeaseCrash) }
+
+func testLeaseCrash(t *testing.T, tr leaseTransport) {
 	dir := t.TempDir()
 	start := func() (*exec.Cmd, *testServer) { return startChild(t, dir, "LEASE_COMPACT_INTERVAL=-1s") }
 	cmd, ts := start()
 	aliceKey, bobKey := ts.register(t, "lc", "alice"), ts.register(t, "lc", "bob")
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	before := leaseRound(t, newLeaseClient(t, ts.URL, "lc", aliceKey, hc), newLeaseClient(t, ts.URL, "lc", bobKey, hc))
+	before := leaseRound(t, newLeaseClientVia(t, ts.URL, "lc", aliceKey, hc, tr), newLeaseClientVia(t, ts.URL, "lc", bobKey, hc, tr))
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 
 	cmd, ts = start()
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	checkAfterRestart(t, before, newLeaseClient(t, ts.URL, "lc", aliceKey, hc), newLeaseClient(t, ts.URL, "lc", bobKey, hc))
+	checkAfterRestart(t, before, newLeaseClientVia(t, ts.URL, "lc", aliceKey, hc, tr), newLeaseClientVia(t, ts.URL, "lc", bobKey, hc, tr))
 }
 
 // BenchmarkLease_status measures status calls through the real server

@@ -28,7 +28,8 @@ import (
 //
 // Besides its own API it serves the worker API of Jetpack's HttpMailBus
 // (/api/mail/...), whose requests carry only an executor key: the exchange
-// is the one the key was issued in, and leases come from leases.
+// is the one the key was issued in, and leases come from leases, which
+// also serves lease frames on the mail bus WebSocket.
 func setupMailbus(e *echo.Echo, store storage.Store, fence storage.Fence, auth mailbus.Authenticator, leases *lease.Manager, getenv func(string) string, logger *slog.Logger, started **mailbus.Bus) (closeFn func(context.Context) error, err error) {
 	cfg := mailbus.Config{Store: store, Fence: fence, Logger: logger}
 	hcfg := mailbus.HandlerConfig{Auth: auth, Logger: logger, KeyExchange: mess.KeyExchange}
@@ -36,6 +37,7 @@ func setupMailbus(e *echo.Echo, store storage.Store, fence storage.Fence, auth m
 		hcfg.Leaser = func(exchangeID, agentID string) mailbus.Leaser {
 			return mailbus.ManagerLeaser(leases, exchangeID, agentID)
 		}
+		hcfg.Leases = leases // lease frames on the mail bus WebSocket
 	}
 	if d, ok := auth.(mailbus.Directory); ok {
 		cfg.Directory = d

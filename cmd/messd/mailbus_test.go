@@ -309,30 +309,54 @@ func TestMailbus_AckAndFrames(t *testing.T) {
 }
 
 // Ensure the bus's lease calls reach the lease service with the same key
-// and release with the token the grant returned.
+// and release with the token the grant returned: as frames on the mail bus
+// WebSocket while the client is connected, over HTTP before.
 func TestMailbus_Leases(t *testing.T) {
-	ts := startServer(t)
-	ctx := context.Background()
-	a := mailClient(t, ts, "mbl", ts.register(t, "mbl", "a"))
-	b := mailClient(t, ts, "mbl", ts.register(t, "mbl", "b"))
-	g, err := a.AcquireLease(ctx, "src/config.ts", time.Minute)
-	if err != nil || g.Token == 0 {
-		t.Fatalf("a acquire: %+v %v", g, err)
-	}
-	if _, err := b.AcquireLease(ctx, "src/config.ts", time.Minute); !errors.Is(err, lease.ErrHeld) {
-		t.Fatalf("b acquire of a held lease: %v, want lease.ErrHeld", err)
-	}
-	st, err := b.IsLeased(ctx, "src/config.ts")
-	if err != nil || !st.IsLeased || st.AgentID != "a" || st.Token != g.Token {
-		t.Fatalf("status %+v %v", st, err)
-	}
-	if err := a.ReleaseLease(ctx, "src/config.ts"); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := b.IsLeased(ctx, "src/config.ts"); st.IsLeased {
-		t.Errorf("still leased after release: %+v", st)
-	}
-	if err := a.ReleaseLease(ctx, "src/config.ts"); !errors.Is(err, mailbus.ErrNotFound) {
-		t.Errorf("second release: %v, want ErrNotFound", err)
-	}
+	forEachLeaseTransport(t, func(t *testing.T, tr leaseTransport) {
+		ts := startServer(t)
+		ctx := context.Background()
+		paths := mailLeasePaths{paths: make(chan string, 64)}
+		client := func(agent string) *mailbus.Client {
+			c, err := mailbus.NewClient(mailbus.ClientConfig{URL: ts.URL, Exchange: "mbl", APIKey: ts.register(t, "mbl", agent),
+				HTTPClient: &http.Client{Transport: paths}, MinBackoff: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close(context.Background()) })
+			if tr == viaWS {
+				if err := c.Connect(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return c
+		}
+		a, b := client("a"), client("b")
+		g, err := a.AcquireLease(ctx, "src/config.ts", time.Minute)
+		if err != nil || g.Token == 0 {
+			t.Fatalf("a acquire: %+v %v", g, err)
+		}
+		if _, err := b.AcquireLease(ctx, "src/config.ts", time.Minute); !errors.Is(err, lease.ErrHeld) {
+			t.Fatalf("b acquire of a held lease: %v, want lease.ErrHeld", err)
+		}
+		st, err := b.IsLeased(ctx, "src/config.ts")
+		if err != nil || !st.IsLeased || st.AgentID != "a" || st.Token != g.Token {
+			t.Fatalf("status %+v %v", st, err)
+		}
+		if err := a.ReleaseLease(ctx, "src/config.ts"); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := b.IsLeased(ctx, "src/config.ts"); st.IsLeased {
+			t.Errorf("still leased after release: %+v", st)
+		}
+		if err := a.ReleaseLease(ctx, "src/config.ts"); !errors.Is(err, mailbus.ErrNotFound) {
+			t.Errorf("second release: %v, want ErrNotFound", err)
+		}
+		err = paths.none()
+		if tr == viaWS && err != nil {
+			t.Errorf("connected: %v", err)
+		}
+		if tr == viaHTTP && err == nil {
+			t.Error("not connected, yet no lease call went over HTTP")
+		}
+	})
 }

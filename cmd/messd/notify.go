@@ -34,8 +34,8 @@ import (
 //	NOTIFY_IFTTT_URL, NOTIFY_TODOIST_URL, NOTIFY_LINEAR_URL,
 //	NOTIFY_GOOGLE_TASKS_URL, NOTIFY_GOOGLE_OAUTH_URL
 //	                             third-party API endpoints (default the public services)
-func setupNotify(e *echo.Echo, store storage.Store, svc *mess.Service, auth notify.Authenticator, getenv func(string) string, logger *slog.Logger, started **notify.Service) (closeFn func(context.Context) error, err error) {
-	cfg := notify.Config{Source: svc, Store: store, Logger: logger}
+func setupNotify(e *echo.Echo, store storage.Store, fence storage.Fence, svc *mess.Service, auth notify.Authenticator, getenv func(string) string, logger *slog.Logger, started **notify.Service) (closeFn func(context.Context) error, err error) {
+	cfg := notify.Config{Source: svc, Store: store, Fence: fence, Logger: logger}
 	if cfg.Policy, err = notifyPolicy(getenv); err != nil {
 		return nil, err
 	}

@@ -92,13 +92,13 @@ func newServer(c config, svc *mess.Service, caps mess.Catalogue, store storage.S
 	var outbox *notify.Service
 	mounts := []func() (func(context.Context) error, error){
 		func() (func(context.Context) error, error) {
-			return setupLease(e, store, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger, &leases)
+			return setupLease(e, store, fence, mess.Authenticator(svc, lease.ErrUnauthorized, lease.ErrForbidden), getenv, logger, &leases)
 		},
 		func() (func(context.Context) error, error) {
 			return setupMailbus(e, store, fence, mess.Authenticator(svc, mailbus.ErrUnauthorized, mailbus.ErrForbidden), leases, getenv, logger, &bus)
 		},
 		func() (func(context.Context) error, error) {
-			return setupNotify(e, store, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger, &outbox)
+			return setupNotify(e, store, fence, svc, mess.Authenticator(svc, notify.ErrUnauthorized, notify.ErrForbidden), getenv, logger, &outbox)
 		},
 		func() (func(context.Context) error, error) { return setupMCP(e, svc, bus, leases, getenv, logger) },
 	}
