@@ -57,7 +57,11 @@
 // crash the leases still held are held again, each for at most the time
 // it had left when last written, so a restart never extends a lease;
 // tokens resume above every token the exchange's snapshot and journal
-// hold. A grant whose write fails is undone before the error is returned.
+// hold. A grant whose write fails is undone before the error is returned,
+// and until its write is settled nobody else hears of it: an acquire that
+// would be refused in its name and a status of that name wait for the
+// write, and List leaves the grant out, so that nobody is told of a holder
+// that a failed write or a crash then makes never to have been.
 // A release whose write fails is reported as an error, and the lease may
 // come back after a crash until its deadline, which only ever delays
 // others.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meatspace-exchange/mess/internal/faultstore"
 	"github.com/meatspace-exchange/mess/lease"
 	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
@@ -412,5 +413,61 @@ func testOldLayout(t *testing.T, b backend, fenced bool) {
 		if _, err := store.Get(ctx, k); err != nil {
 			t.Fatalf("old object %s: %v", k, err)
 		}
+	}
+}
+
+// Ensure nobody is told of a grant before its write is settled: a failed
+// write undoes the grant (and a crash loses it), so a refusal or a status
+// naming it would name a holder that never was. Others wait for the write
+// instead, then see what it left.
+func TestManager_Acquire_grantUnseenUntilWritten(t *testing.T) {
+	ctx := context.Background()
+	fs := faultstore.New(storage.NewMemory())
+	m := MustNew(t, lease.Config{Store: fs, CompactInterval: -1})
+	MustAcquire(t, m, "carol", "other", time.Minute) // x1 is open: the next write is alice's grant
+	gate := faultstore.NewGate()
+	fs.Add(&faultstore.Hook{
+		Match: func(op faultstore.Op, key string) bool { return op == faultstore.Create },
+		Before: func(ctx context.Context, _ faultstore.Op, _ string) error {
+			if err := gate.Wait(ctx); err != nil {
+				return err
+			}
+			return errors.New("disk on fire")
+		},
+		Once: true,
+	})
+	alice := make(chan error, 1)
+	go func() {
+		_, err := m.Acquire(ctx, "x1", "alice", "f", time.Minute)
+		alice <- err
+	}()
+	<-gate.Reached
+	type answer struct {
+		g   lease.Grant
+		st  lease.Status
+		err error
+	}
+	bob, status := make(chan answer, 1), make(chan answer, 1)
+	go func() {
+		g, err := m.Acquire(ctx, "x1", "bob", "f", time.Minute)
+		bob <- answer{g: g, err: err}
+	}()
+	go func() {
+		st, err := m.Status(ctx, "x1", "f")
+		status <- answer{st: st, err: err}
+	}()
+	gate.Open()
+	if err := <-alice; err == nil {
+		t.Fatal("alice's grant succeeded although its write failed")
+	}
+	b := <-bob
+	if b.err != nil {
+		t.Fatalf("bob was refused in the name of a grant that failed: %v", b.err)
+	}
+	if st := <-status; st.err != nil || st.st.IsLeased && st.st.AgentID != "bob" {
+		t.Fatalf("status named a holder that never was: %+v, %v", st.st, st.err)
+	}
+	if st, err := m.Status(ctx, "x1", "f"); err != nil || st.AgentID != "bob" || st.Token != b.g.Token {
+		t.Fatalf("after: %+v, %v; want bob's token %d", st, err, b.g.Token)
 	}
 }

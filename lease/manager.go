@@ -94,6 +94,12 @@ type entry struct {
 	deadline time.Time
 	waiters  []*waiter // FIFO
 	timer    *time.Timer
+	// writing is closed once the journal write of the grant that made
+	// holder the holder is settled, and nil after. Until then nobody else
+	// is told of the grant: a failed write undoes it, and a crash loses
+	// it, so a refusal or status naming it could name a holder that never
+	// was.
+	writing chan struct{}
 }
 
 type waiter struct {
@@ -102,6 +108,7 @@ type waiter struct {
 	granted chan struct{} // closed by handoff
 	got     bool
 	token   uint64
+	writing chan struct{} // the handed-over grant's (entry.writing)
 	expires time.Time
 	written <-chan error // the grant's journal write, queued by handoff
 }
@@ -283,6 +290,7 @@ func (m *Manager) tryLocked(s *shard, ex *exchange, k key, agent string, ttl tim
 	e.holder = agent
 	e.token = ex.tokens.Add(1)
 	e.deadline = now.Add(ttl)
+	e.writing = make(chan struct{})
 	return e, outGranted, time.Time{}
 }
 
@@ -296,7 +304,8 @@ func (m *Manager) handoffLocked(e *entry, k key, now time.Time) {
 	e.holder = w.agent
 	e.token = e.ex.tokens.Add(1)
 	e.deadline = now.Add(w.ttl)
-	w.got, w.token, w.expires = true, e.token, e.deadline
+	e.writing = make(chan struct{})
+	w.got, w.token, w.expires, w.writing = true, e.token, e.deadline, e.writing
 	w.written = m.record(e.ex, grantRecord(k, e.grant(k), now))
 	close(w.granted)
 	m.armLocked(e, k, now)
@@ -394,11 +403,28 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 	s.mu.Lock()
 	now := m.cfg.Now()
 	e, out, prev := m.tryLocked(s, ex, k, agentID, ttl, now)
+	for out == outHeld && e.writing != nil {
+		// Answered once the holder's grant is settled (see entry.writing).
+		ch := e.writing
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Grant{}, ctx.Err()
+		}
+		s.mu.Lock()
+		now = m.cfg.Now()
+		e, out, prev = m.tryLocked(s, ex, k, agentID, ttl, now)
+	}
 	if out != outHeld {
 		g := e.grant(k)
+		var ch chan struct{}
+		if out == outGranted {
+			ch = e.writing
+		}
 		written := m.record(ex, grantRecord(k, g, now))
 		s.mu.Unlock()
-		return m.commitGrant(k, g, out, prev, written)
+		return m.commitGrant(k, g, out, prev, written, ch)
 	}
 	if wait <= 0 {
 		he := e.heldError(k)
@@ -427,7 +453,7 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 		if cause == nil {
 			g := Grant{Name: k.n, Holder: agentID, Token: w.token, ExpiresAt: w.expires}
 			s.mu.Unlock()
-			return m.commitGrant(k, g, outGranted, time.Time{}, w.written)
+			return m.commitGrant(k, g, outGranted, time.Time{}, w.written, w.writing)
 		}
 		// The caller is gone: its grant is already queued for the
 		// journal, so release it there too, then give the lease straight
@@ -435,6 +461,7 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 		// delays others (see Release).
 		if e := s.m[k]; e != nil && e.token == w.token && e.holder == agentID {
 			_ = m.record(ex, releaseRecord(k, w.token))
+			settledLocked(e, w.writing)
 			m.freeLocked(s, e, k, now)
 		}
 		s.mu.Unlock()
@@ -454,9 +481,13 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 			// is queued: this waiter is first in line after all.
 			e, out, prev := m.tryLocked(s, ex, k, agentID, ttl, now)
 			g := e.grant(k)
+			var ch chan struct{}
+			if out == outGranted {
+				ch = e.writing
+			}
 			written := m.record(ex, grantRecord(k, g, now))
 			s.mu.Unlock()
-			return m.commitGrant(k, g, out, prev, written)
+			return m.commitGrant(k, g, out, prev, written, ch)
 		}
 		cause = e.heldError(k)
 	}
@@ -470,12 +501,17 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 // commitGrant waits for the journal write of a grant or renewal, undoing
 // it in memory if the write fails so that nobody relies on a grant a
 // restart would forget.
-func (m *Manager) commitGrant(k key, g Grant, out outcome, prev time.Time, written <-chan error) (Grant, error) {
+func (m *Manager) commitGrant(k key, g Grant, out outcome, prev time.Time, written <-chan error, writing chan struct{}) (Grant, error) {
 	err := <-written
+	s := m.shard(k)
 	if err == nil {
+		if writing != nil {
+			s.mu.Lock()
+			settledLocked(s.m[k], writing)
+			s.mu.Unlock()
+		}
 		return g, nil
 	}
-	s := m.shard(k)
 	s.mu.Lock()
 	if e := s.m[k]; e != nil && e.token == g.Token && e.holder == g.Holder {
 		switch {
@@ -485,8 +521,26 @@ func (m *Manager) commitGrant(k key, g Grant, out outcome, prev time.Time, writt
 			e.deadline = prev
 		}
 	}
+	settledLocked(s.m[k], writing) // after the undo, which may hand the lease on
 	s.mu.Unlock()
 	return Grant{}, fmt.Errorf("lease: record grant on %q: %w", k.n, err)
+}
+
+// settledLocked tells those waiting on a grant's write (writing) that it
+// is settled; e is the grant's entry, if still present. The shard lock must
+// be held.
+func settledLocked(e *entry, writing chan struct{}) {
+	if writing == nil {
+		return
+	}
+	if e != nil && e.writing == writing {
+		e.writing = nil
+	}
+	select {
+	case <-writing:
+	default:
+		close(writing)
+	}
 }
 
 // Renew extends agentID's lease on name to ttl from now, given the token of
@@ -531,7 +585,7 @@ func (m *Manager) Renew(ctx context.Context, exchangeID, agentID, name string, t
 	g := e.grant(k)
 	written := m.record(ex, grantRecord(k, g, now))
 	s.mu.Unlock()
-	return m.commitGrant(k, g, outRenewed, prev, written)
+	return m.commitGrant(k, g, outRenewed, prev, written, nil)
 }
 
 // Release gives up agentID's lease on name. A token of
@@ -610,8 +664,20 @@ func (m *Manager) Status(ctx context.Context, exchangeID, name string) (Status, 
 	}
 	s := m.shard(k)
 	s.mu.Lock()
-	now := m.cfg.Now()
 	e := s.m[k]
+	for e != nil && e.writing != nil {
+		// Answered once the holder's grant is settled (see entry.writing).
+		ch := e.writing
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Status{}, ctx.Err()
+		}
+		s.mu.Lock()
+		e = s.m[k]
+	}
+	now := m.cfg.Now()
 	if e == nil || !e.live(now) {
 		s.mu.Unlock()
 		return Status{IsLeased: false}, nil
@@ -656,7 +722,9 @@ func (m *Manager) List(ctx context.Context, exchangeID, agentID string) ([]Grant
 		s.mu.Lock()
 		now := m.cfg.Now()
 		for k, e := range s.m {
-			if k.x == exchangeID && e.live(now) && (agentID == "" || e.holder == agentID) {
+			// A grant still being written is not in effect yet (see
+			// entry.writing): the listing comes before it.
+			if k.x == exchangeID && e.live(now) && e.writing == nil && (agentID == "" || e.holder == agentID) {
 				out = append(out, e.grant(k))
 			}
 		}
