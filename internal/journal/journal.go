@@ -580,7 +580,7 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 			}
 		})
 	}
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }() // workers blocked on a full read-ahead end too
 	for out := range slots {
 		var r result
 		select {

@@ -416,3 +416,31 @@ func TestFenced_AfterUnfencedObjects(t *testing.T) {
 		})
 	}
 }
+
+// Replay returns an Apply error at once, with many objects still listed
+// and read ahead, rather than waiting on them.
+func TestReplay_StopsOnApplyError(t *testing.T) {
+	st := storage.NewMemory()
+	for i := range 200 {
+		if _, err := st.Create(context.Background(), fmt.Sprintf("r/%04d.jsonl", i), []byte("{}\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	boom := errors.New("boom")
+	done := make(chan error, 1)
+	go func() {
+		done <- journal.Replay(context.Background(), st, journal.ReplayConfig{
+			Prefix: "r/", Parallel: 2,
+			Decode: func(_ string, d []byte) (any, error) { return d, nil },
+			Apply:  func(string, any) error { return boom },
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("Replay: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Replay hung after Apply failed")
+	}
+}
