@@ -6,29 +6,54 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
-	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-// load rebuilds state: exchange records and executor profiles first, then
-// the event log. Lines that do not parse (a torn write, a stray edit) are
-// skipped and counted, never fatal.
+// load rebuilds state: exchange records, executor profiles and the event
+// log (through snapshots, see snapshot.go), all three at once and each
+// with a bounded number of reads in flight. Lines that do not parse (a
+// torn write, a stray edit) are skipped and counted, never fatal.
 func (s *Service) load(ctx context.Context) error {
-	if err := s.eachObject(ctx, "exchanges/", func(key string, obj storage.Object) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i, step := range []func(context.Context) error{s.loadRecords, s.loadExecutors, s.loadEvents} {
+		wg.Go(func() {
+			if errs[i] = step(ctx); errs[i] != nil {
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Service) loadRecords(ctx context.Context) error {
+	return s.eachObject(ctx, "exchanges/", func(key string, obj storage.Object) error {
 		var m exchangeMeta
 		if err := json.Unmarshal(obj.Data, &m); err != nil || !ValidID(m.ID) {
 			s.log.Warn("skip unreadable exchange record", "key", key, "err", err)
 			return nil
 		}
 		ex := s.exchange(m.ID, true)
+		ex.mu.Lock()
 		ex.meta, ex.metaVersion = &m, obj.Version
+		ex.mu.Unlock()
 		s.nExchanges.Add(1)
 		return nil
-	}); err != nil {
-		return err
-	}
-	if err := s.eachObject(ctx, "executors/", func(key string, obj storage.Object) error {
+	})
+}
+
+func (s *Service) loadExecutors(ctx context.Context) error {
+	return s.eachObject(ctx, "executors/", func(key string, obj storage.Object) error {
 		// executors/exchange={x}/{id}.json
 		parts := strings.Split(key, "/")
 		if len(parts) != 3 || !strings.HasPrefix(parts[1], "exchange=") || !strings.HasSuffix(parts[2], ".json") {
@@ -43,57 +68,7 @@ func (s *Service) load(ctx context.Context) error {
 		rec := &executorRec{Executor: e, version: obj.Version, caps: capabilityIDs(e.Capabilities)}
 		s.addExecutor(s.exchange(exID, true), rec)
 		return nil
-	}); err != nil {
-		return err
-	}
-	type decodedLine struct {
-		ev Event
-		p  any
-	}
-	var skipped, torn int
-	err := journal.Replay(ctx, s.store, journal.ReplayConfig{
-		Prefix: "events/",
-		Decode: func(key string, data []byte) (any, error) {
-			lines, tail := journal.Lines(data)
-			out := make([]decodedLine, 0, len(lines))
-			bad := 0
-			for _, l := range lines {
-				ev, p, err := decodeLine(l)
-				if err != nil || !ValidID(ev.ExchangeID) {
-					bad++
-					continue
-				}
-				out = append(out, decodedLine{ev, p})
-			}
-			return struct {
-				lines     []decodedLine
-				bad, torn int
-			}{out, bad, btoi(tail != nil)}, nil
-		},
-		Apply: func(key string, v any) error {
-			r := v.(struct {
-				lines     []decodedLine
-				bad, torn int
-			})
-			skipped += r.bad
-			torn += r.torn
-			for i := range r.lines {
-				d := &r.lines[i]
-				ex := s.exchange(d.ev.ExchangeID, true)
-				s.applyLocked(ex, &d.ev, d.p)
-				ex.pushEventLocked(d.ev, s.cfg.EventBuffer, s.cfg.EventBufferBytes)
-				ex.version++
-			}
-			return nil
-		},
 	})
-	if err != nil {
-		return fmt.Errorf("mess: replay events: %w", err)
-	}
-	if skipped > 0 || torn > 0 {
-		s.log.Warn("event log had unreadable lines; skipped them", "malformed", skipped, "torn", torn)
-	}
-	return nil
 }
 
 func btoi(b bool) int {
@@ -103,22 +78,47 @@ func btoi(b bool) int {
 	return 0
 }
 
-// eachObject calls fn with every object under prefix, in key order.
-// Objects deleted while it runs are skipped.
+// objectReaders bounds the objects eachObject reads at once.
+const objectReaders = 16
+
+// eachObject calls fn with every object under prefix, from several
+// goroutines at once. Objects deleted while it runs are skipped.
 func (s *Service) eachObject(ctx context.Context, prefix string, fn func(string, storage.Object) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	keys := make(chan string)
+	var wg sync.WaitGroup
+	for range objectReaders {
+		wg.Go(func() {
+			for k := range keys {
+				obj, err := s.store.Get(ctx, k)
+				if errors.Is(err, storage.ErrNotFound) {
+					continue
+				} else if err != nil {
+					cancel(fmt.Errorf("mess: read %s: %w", k, err))
+				} else if err := fn(k, obj); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+	var listErr error
 	for k, err := range storage.Keys(ctx, s.store, prefix) {
 		if err != nil {
-			return fmt.Errorf("mess: list %s: %w", prefix, err)
+			listErr = fmt.Errorf("mess: list %s: %w", prefix, err)
+			break
 		}
-		obj, err := s.store.Get(ctx, k)
-		if errors.Is(err, storage.ErrNotFound) {
+		select {
+		case keys <- k:
 			continue
-		} else if err != nil {
-			return fmt.Errorf("mess: read %s: %w", k, err)
+		case <-ctx.Done():
 		}
-		if err := fn(k, obj); err != nil {
-			return err
-		}
+		break
 	}
-	return nil
+	close(keys)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	return listErr
 }
