@@ -32,48 +32,43 @@ package mess
 //
 // # Writing
 //
-// A snapshot is never taken from the live state. The snapshot goroutine
-// seals (the only thing appends wait for), then folds the previous
-// snapshot and the events between its boundary and B into a scratch
-// projection with the very code replay uses (replayInto, applyLocked), and
-// writes that. The live state is only read for counters, so appends never
-// pause, and a snapshot always equals what a full replay of the events
-// before B gives, even when a write the live process counted as failed
-// turned out durable. A snapshot falls due after Config.SnapshotEvery
-// events (and at least a quarter of those the last one covered, so that
-// rewriting a large exchange stays a fixed fraction of the log's cost),
-// after Config.SnapshotInterval for any exchange with newer events, and at
-// Close.
+// A snapshot is never copied from the live state. The snapshot goroutine
+// seals (appends go on meanwhile: a seal only takes its turn in the
+// journal's queue), then folds the events between the previous snapshot's boundary
+// and B into the previous snapshot with the very code replay uses
+// (replayInto, applyLocked), and writes the result. Threads no new event
+// touched are copied as encoded; only the new events and the threads
+// they touch are decoded, so a snapshot costs about a copy of the
+// previous one plus the new events, in time and memory. (The first
+// snapshot of an exchange, or one after the previous became unreadable,
+// folds the whole log and briefly holds a second projection.) As it is
+// built from storage alone, a snapshot equals what a full replay of the
+// events before B gives, even when a write the live process counted as
+// failed turned out durable.
+//
+// A snapshot falls due after Config.SnapshotEvery events (and at least a
+// quarter of those the previous one covered, so that rewriting a large
+// exchange stays a fixed fraction of the cost of its log), after
+// Config.SnapshotInterval for an exchange with newer events, and at Close
+// (for more than a tenth of SnapshotEvery new events).
 //
 // # Objects
 //
 // snapshots/mess/exchange={id}/{YYYY}/{MM}/{DD}/{name}.snap, where the path
-// after the exchange is B's, so snapshots sort as their boundaries do. The
-// object is written with Create (whole or not at all) and is the format
-// below, ending in a CRC-32C of everything before it. Start-up tries the
-// newest first and falls back to the one before, then to the whole log,
-// when one cannot be read (torn, corrupt, another exchange's, a format
-// this build does not know). Once a snapshot is written, all but it and
-// the one before it are deleted. Event objects are never deleted.
-//
-// # Format, version 1
-//
-// "messsnap", then unsigned varints and length-prefixed strings: format
-// version, exchange id, boundary, event lines covered (the exchange's
-// version after replaying them), the update counter, the thread count
-// and chunks of threads (a length, then the threads, so chunks decode in
-// parallel), the idempotency keys, the attachment bytes per member and the
-// event buffer; last the CRC. Times are milliseconds when they are UTC
-// milliseconds (all the log writes) and time.MarshalBinary otherwise.
+// after the exchange is B's, so snapshots list in the order of their
+// boundaries. One is written with Create, whole or not at all, in the
+// format of snapshot_codec.go, which ends in a checksum. Start-up tries
+// the newest first and falls back to the one before, then to the whole
+// log, when one cannot be read (torn, corrupt, another exchange's, a
+// format this build does not know). Once a snapshot is written, the
+// older ones are deleted but the one it was folded from. Event objects
+// are never deleted: they are the history users query.
 
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -88,21 +83,14 @@ import (
 )
 
 const (
-	snapshotMagic  = "messsnap"
-	snapshotFormat = 1
-	snapshotDir    = "snapshots/mess/"
-	// snapshotChunk is how many threads one independently decodable chunk
-	// holds.
-	snapshotChunk = 2048
+	snapshotDir = "snapshots/mess/"
 	// loadParallel bounds the exchanges loaded at once; each reads up to
 	// 8 objects at a time.
 	loadParallel = 8
 )
 
 var (
-	errSnapshot     = errors.New("mess: unreadable snapshot")
 	errReplayDone   = errors.New("mess: replay reached the boundary")
-	snapshotCRC     = crc32.MakeTable(crc32.Castagnoli)
 	errNoNewestPart = errors.New("mess: nothing to seal")
 )
 
@@ -316,27 +304,97 @@ func (s *Service) snapshot(ctx context.Context, ex *exchange) error {
 		l.pending.Add(n)
 		return err
 	}
-	p := newExchange(ex.id)
-	prev, after := l.snapKey, ""
-	if prev != "" {
-		if after, err = s.readSnapshot(ctx, prev, p); err != nil {
-			s.log.Warn("previous snapshot unreadable; folding the whole log", "key", prev, "err", err)
-			p, prev, after = newExchange(ex.id), "", ""
-		}
-	}
-	if _, err := s.replayInto(ctx, p, after, b); err != nil {
+	data, lines, folded, err := s.compact(ctx, ex.id, l.snapKey, b)
+	if err != nil {
 		l.pending.Add(n)
 		return err
 	}
 	key := snapshotKey(b)
-	if _, err := s.store.Create(ctx, key, encodeSnapshot(p, b)); err != nil {
+	if _, err := s.store.Create(ctx, key, data); err != nil {
 		l.pending.Add(n)
 		return fmt.Errorf("mess: write snapshot: %w", err)
 	}
+	prev := l.snapKey
+	if !folded {
+		prev = ""
+	}
 	l.snapKey, l.boundary, l.snapAt = key, b, time.Now()
-	l.covered.Store(int64(p.version))
+	l.covered.Store(int64(lines))
 	s.pruneSnapshots(ctx, ex.id, key, prev)
 	return nil
+}
+
+// compact returns the snapshot of exchange id with boundary b: the
+// snapshot at prev with the events between its boundary and b folded in,
+// or, when prev is "" or cannot be read, all events before b. Threads no
+// new event touched are copied as encoded, so that only the tail and the
+// threads it touches are ever decoded. folded says whether prev was used.
+func (s *Service) compact(ctx context.Context, id, prev, b string) (data []byte, lines uint64, folded bool, err error) {
+	p := newExchange(id)
+	var old *snapshotFile
+	index := map[string][]byte{} // records of prev not decoded (yet)
+	after := ""
+	if prev != "" {
+		obj, err := s.store.Get(ctx, prev)
+		if err == nil {
+			old, err = parseSnapshot(obj.Data, id)
+		}
+		if err == nil {
+			err = s.decodeRest(old.rest, p)
+		}
+		if err == nil {
+			err = old.records(func(ref []byte, _ uint64, rec []byte) { index[string(ref)] = rec })
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, 0, false, ctx.Err()
+			}
+			s.log.Warn("previous snapshot unreadable; folding the whole log", "key", prev, "err", err)
+			return s.compact(ctx, id, "", b)
+		}
+		p.version, p.useq, after = old.lines, old.useq, old.boundary
+	}
+	var fillErr error
+	fill := func(ref string) {
+		rec, ok := index[ref]
+		if !ok {
+			return
+		}
+		delete(index, ref)
+		t, err := decodeRecord(rec, nil)
+		if err != nil {
+			fillErr = err
+			return
+		}
+		p.threads[ref] = t
+		p.order = append(p.order, orderEntry{t.useq, t})
+	}
+	if _, err := s.replayInto(ctx, p, after, b, fill); err != nil {
+		return nil, 0, false, err
+	}
+	if fillErr != nil {
+		s.log.Warn("previous snapshot unreadable; folding the whole log", "key", prev, "err", fillErr)
+		return s.compact(ctx, id, "", b)
+	}
+	// The threads decoded go in among those copied, in update order.
+	changed := liveThreads(p)
+	sb := newSnapshotBuilder(id, b, p.version, p.useq)
+	if old != nil {
+		old.records(func(ref []byte, useq uint64, rec []byte) {
+			if _, kept := index[string(ref)]; !kept {
+				return // decoded: written from p
+			}
+			for len(changed) > 0 && changed[0].useq < useq {
+				sb.thread(changed[0])
+				changed = changed[1:]
+			}
+			sb.record(rec)
+		})
+	}
+	for _, t := range changed {
+		sb.thread(t)
+	}
+	return sb.finish(p), p.version, old != nil, nil
 }
 
 // pruneSnapshots deletes the exchange's snapshots older than newest
@@ -367,8 +425,10 @@ type replayStats struct {
 // replayInto folds the exchange's event objects after the key after, and
 // before the key before when it is set, into p, which nobody else uses
 // yet. Lines that do not parse (a torn write, a stray edit) or that name
-// another exchange are skipped and counted.
-func (s *Service) replayInto(ctx context.Context, p *exchange, after, before string) (replayStats, error) {
+// another exchange are skipped and counted. fill, when set, is called
+// with the ref of each thread an event is about that p does not hold,
+// before the event is applied.
+func (s *Service) replayInto(ctx context.Context, p *exchange, after, before string, fill func(ref string)) (replayStats, error) {
 	type decoded struct {
 		evs       []Event
 		ps        []any
@@ -413,6 +473,9 @@ func (s *Service) replayInto(ctx context.Context, p *exchange, after, before str
 			st.lines += len(d.evs)
 			st.last = key
 			for i := range d.evs {
+				if r := d.evs[i].ThreadRef; fill != nil && r != nil && p.threads[*r] == nil {
+					fill(*r)
+				}
 				s.applyLocked(p, &d.evs[i], d.ps[i])
 				p.pushEventLocked(d.evs[i], s.cfg.EventBuffer, s.cfg.EventBufferBytes)
 				p.version++
@@ -582,7 +645,7 @@ func (s *Service) loadExchangeEvents(ctx context.Context, id string, snaps []str
 		s.log.Warn("skip unreadable snapshot", "key", snaps[i], "err", err)
 		p = newExchange(id)
 	}
-	st, err := s.replayInto(ctx, p, after, "")
+	st, err := s.replayInto(ctx, p, after, "", nil)
 	if err != nil {
 		return st, err
 	}
@@ -624,524 +687,4 @@ func partitionOf(key, exchangeID string) (string, bool) {
 		}
 	}
 	return key[:len(key)-len(rest)+10], true
-}
-
-// readSnapshot reads the snapshot at key into p and returns its boundary.
-// On error p may hold part of it.
-func (s *Service) readSnapshot(ctx context.Context, key string, p *exchange) (string, error) {
-	obj, err := s.store.Get(ctx, key)
-	if err != nil {
-		return "", err
-	}
-	b, err := s.decodeSnapshot(obj.Data, p)
-	if err != nil {
-		return "", err
-	}
-	if snapshotKey(b) != key {
-		return "", fmt.Errorf("%w: boundary %q does not match its key", errSnapshot, b)
-	}
-	return b, nil
-}
-
-// encodeSnapshot encodes the projection p, which covers the events
-// before boundary b.
-func encodeSnapshot(p *exchange, b string) []byte {
-	w := &snapWriter{b: make([]byte, 0, 1<<16)}
-	w.b = append(w.b, snapshotMagic...)
-	w.uint(snapshotFormat)
-	w.str(p.id)
-	w.str(b)
-	w.uint(p.version)
-	w.uint(p.useq)
-	var live []*thread
-	for _, e := range p.order {
-		if e.t.useq == e.useq {
-			live = append(live, e.t)
-		}
-	}
-	w.uint(uint64(len(live)))
-	var c snapWriter
-	for chunk := range slices.Chunk(live, snapshotChunk) {
-		c.b = c.b[:0]
-		c.count(len(chunk), false)
-		for _, t := range chunk {
-			c.thread(t)
-		}
-		w.bytes(c.b)
-	}
-	keys := slices.Sorted(func(yield func(string) bool) {
-		for k, e := range p.idem {
-			if e.ref != "" && !yield(k) {
-				return
-			}
-		}
-	})
-	w.uint(uint64(len(keys)))
-	for _, k := range keys {
-		e := p.idem[k]
-		w.str(k)
-		w.str(e.ref)
-		w.time(e.at)
-		w.str(e.hash)
-	}
-	members := slices.Sorted(func(yield func(string) bool) {
-		for k := range p.attachBytes {
-			if !yield(k) {
-				return
-			}
-		}
-	})
-	w.uint(uint64(len(members)))
-	for _, m := range members {
-		w.str(m)
-		w.int(p.attachBytes[m])
-	}
-	w.uint(uint64(len(p.ring)))
-	for i := range p.ring {
-		w.event(&p.ring[i])
-	}
-	return binary.LittleEndian.AppendUint32(w.b, crc32.Checksum(w.b, snapshotCRC))
-}
-
-// decodeSnapshot decodes a snapshot of p's exchange into p, threads in
-// parallel, and returns its boundary.
-func (s *Service) decodeSnapshot(data []byte, p *exchange) (string, error) {
-	n := len(data) - 4
-	if n < len(snapshotMagic) || string(data[:len(snapshotMagic)]) != snapshotMagic {
-		return "", fmt.Errorf("%w: not a snapshot", errSnapshot)
-	}
-	if crc32.Checksum(data[:n], snapshotCRC) != binary.LittleEndian.Uint32(data[n:]) {
-		return "", fmt.Errorf("%w: checksum mismatch (torn or corrupt)", errSnapshot)
-	}
-	r := &snapReader{b: data[len(snapshotMagic):n]}
-	if f := r.uint(); f != snapshotFormat {
-		return "", fmt.Errorf("%w: format %d; this build reads %d", errSnapshot, f, snapshotFormat)
-	}
-	if id := r.str(); id != p.id {
-		return "", fmt.Errorf("%w: of exchange %q", errSnapshot, id)
-	}
-	boundary := r.str()
-	p.version = r.uint()
-	p.useq = r.uint()
-	nThreads := r.uint()
-	var chunks [][]byte
-	for got := uint64(0); got < nThreads && r.err == nil; got += snapshotChunk {
-		chunks = append(chunks, r.view())
-	}
-	if r.err != nil {
-		return "", r.err
-	}
-	decodedChunks := make([][]*thread, len(chunks))
-	errs := make([]error, len(chunks))
-	var wg sync.WaitGroup
-	next := atomic.Int64{}
-	for range min(runtime.GOMAXPROCS(0), len(chunks)) {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < len(chunks); i = int(next.Add(1) - 1) {
-				cr := &snapReader{b: chunks[i], names: map[string]string{}}
-				n := cr.count()
-				ts := make([]*thread, 0, max(n, 0))
-				for ; n > 0 && cr.err == nil; n-- {
-					ts = append(ts, cr.thread())
-				}
-				if cr.err == nil && len(cr.b) != 0 {
-					cr.fail()
-				}
-				decodedChunks[i], errs[i] = ts, cr.err
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return "", err
-	}
-	total := 0
-	for _, ts := range decodedChunks {
-		total += len(ts)
-	}
-	if uint64(total) != nThreads {
-		return "", fmt.Errorf("%w: %d threads, header says %d", errSnapshot, total, nThreads)
-	}
-	p.threads = make(map[string]*thread, total)
-	p.order = make([]orderEntry, 0, total)
-	for _, ts := range decodedChunks {
-		for _, t := range ts {
-			p.threads[t.Ref] = t
-			p.order = append(p.order, orderEntry{t.useq, t})
-		}
-	}
-	now := s.now()
-	for n := r.uint(); n > 0 && r.err == nil; n-- {
-		k, ref, at, hash := r.str(), r.str(), r.time(), r.str()
-		// As replay keeps them: only those still within the TTL.
-		if r.err == nil && now.Sub(at) < s.cfg.IdempotencyTTL {
-			done := make(chan struct{})
-			close(done)
-			p.idem[k] = &idemEntry{ref: ref, at: at, hash: hash, done: done}
-		}
-	}
-	for n := r.uint(); n > 0 && r.err == nil; n-- {
-		m := r.str()
-		p.attachBytes[m] = r.int()
-	}
-	for n := r.uint(); n > 0 && r.err == nil; n-- {
-		ev := r.event(p.id)
-		p.pushEventLocked(ev, s.cfg.EventBuffer, s.cfg.EventBufferBytes)
-	}
-	if r.err == nil && len(r.b) != 0 {
-		r.fail()
-	}
-	return boundary, r.err
-}
-
-// snapWriter appends the snapshot encoding.
-type snapWriter struct{ b []byte }
-
-func (w *snapWriter) uint(v uint64) { w.b = binary.AppendUvarint(w.b, v) }
-func (w *snapWriter) int(v int64)   { w.b = binary.AppendVarint(w.b, v) }
-func (w *snapWriter) str(v string)  { w.uint(uint64(len(v))); w.b = append(w.b, v...) }
-
-// bytes keeps nil apart from empty.
-func (w *snapWriter) bytes(v []byte) {
-	if v == nil {
-		w.uint(0)
-		return
-	}
-	w.uint(uint64(len(v)) + 1)
-	w.b = append(w.b, v...)
-}
-
-func (w *snapWriter) optStr(v *string) {
-	if v == nil {
-		w.uint(0)
-		return
-	}
-	w.uint(uint64(len(*v)) + 1)
-	w.b = append(w.b, *v...)
-}
-
-func (w *snapWriter) bool(v bool) { w.b = append(w.b, byte(btoi(v))) }
-
-// count writes a slice's length, keeping nil apart from empty.
-func (w *snapWriter) count(n int, isNil bool) {
-	if isNil {
-		w.uint(0)
-		return
-	}
-	w.uint(uint64(n) + 1)
-}
-
-// time writes t so that it reads back identical (time.Time's ==), zone
-// included.
-func (w *snapWriter) time(t time.Time) {
-	if t.Location() == time.UTC && t.Nanosecond()%int(time.Millisecond) == 0 {
-		w.b = append(w.b, 1)
-		w.int(t.UnixMilli())
-		return
-	}
-	b, err := t.MarshalBinary()
-	if err != nil { // an offset that is not whole seconds: none parses to it
-		b, _ = t.UTC().MarshalBinary()
-	}
-	w.b = append(w.b, 2)
-	w.str(string(b))
-}
-
-func (w *snapWriter) optTime(t *time.Time) {
-	w.bool(t != nil)
-	if t != nil {
-		w.time(*t)
-	}
-}
-
-func (w *snapWriter) refs(rs []attachmentRef) {
-	w.count(len(rs), rs == nil)
-	for _, r := range rs {
-		w.str(r.Field)
-		w.int(int64(r.Value))
-		w.str(r.Name)
-		w.str(r.Alias)
-		w.str(r.Type)
-		w.str(r.Object)
-		w.int(r.Size)
-	}
-}
-
-// thread writes a thread's state. Intent, Priority, NeededBy and Requires
-// of its summary are its request's, as replay sets them, so they are not
-// written twice.
-func (w *snapWriter) thread(t *thread) {
-	w.str(t.Ref)
-	w.str(string(t.Status))
-	w.str(t.RequestorID)
-	w.optStr(t.ExecutorID)
-	w.time(t.CreatedAt)
-	w.time(t.UpdatedAt)
-	w.int(t.Seq)
-	w.str(t.ExternalID)
-	w.uint(t.useq)
-	w.str(t.confirmedBy)
-	req := t.Request
-	w.str(req.Intent)
-	w.str(req.ID)
-	w.str(string(req.Priority))
-	w.bytes(req.Context)
-	w.bytes(req.ResponseHint)
-	w.bytes(req.Requires)
-	w.bytes(req.Constraints)
-	w.str(req.Precision)
-	w.bytes(req.Compensation)
-	w.optTime(req.NeededBy)
-	w.bool(req.ConfirmBefore)
-	w.refs(req.attachments)
-	w.count(len(t.Messages), t.Messages == nil)
-	for _, m := range t.Messages {
-		w.str(m.From)
-		w.time(m.TS)
-		w.bytes(m.Mess)
-		w.refs(m.attachments)
-	}
-	w.count(len(t.History), t.History == nil)
-	for _, h := range t.History {
-		w.int(h.Seq)
-		w.time(h.TS)
-		w.str(h.ActorID)
-		w.str(h.Type)
-		w.str(string(h.OldStatus))
-		w.str(string(h.NewStatus))
-		w.str(h.Message)
-	}
-}
-
-func (w *snapWriter) event(ev *Event) {
-	w.str(ev.EventID)
-	w.time(ev.TS)
-	w.optStr(ev.ThreadRef)
-	w.str(ev.EventType)
-	w.str(ev.ActorID)
-	w.int(ev.Seq)
-	w.bytes(ev.Payload)
-}
-
-// snapReader decodes what snapWriter wrote. The first error sticks and
-// later reads return zero values.
-type snapReader struct {
-	b     []byte
-	err   error
-	names map[string]string // short repeated strings (actors, statuses), shared
-}
-
-func (r *snapReader) fail() {
-	if r.err == nil {
-		r.err = fmt.Errorf("%w: malformed", errSnapshot)
-	}
-	r.b = nil
-}
-
-func (r *snapReader) uint() uint64 {
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail()
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *snapReader) int() int64 {
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.fail()
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *snapReader) take(n uint64) []byte {
-	if n > uint64(len(r.b)) {
-		r.fail()
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *snapReader) str() string { return string(r.take(r.uint())) }
-
-// name is str for strings that repeat across threads.
-func (r *snapReader) name() string {
-	b := r.take(r.uint())
-	if r.names == nil || len(b) > 64 {
-		return string(b)
-	}
-	if s, ok := r.names[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	r.names[s] = s
-	return s
-}
-
-func (r *snapReader) bytes() []byte { return bytes.Clone(r.view()) }
-
-// view is bytes without the copy.
-func (r *snapReader) view() []byte {
-	n := r.uint()
-	if n == 0 {
-		return nil
-	}
-	return r.take(n - 1)
-}
-
-func (r *snapReader) optName() *string {
-	n := r.uint()
-	if n == 0 {
-		return nil
-	}
-	b := r.take(n - 1)
-	s := string(b)
-	if r.names != nil && len(b) <= 64 {
-		if v, ok := r.names[s]; ok {
-			s = v
-		} else {
-			r.names[s] = s
-		}
-	}
-	return &s
-}
-
-func (r *snapReader) bool() bool {
-	b := r.take(1)
-	if len(b) == 0 || b[0] > 1 {
-		r.fail()
-		return false
-	}
-	return b[0] == 1
-}
-
-// count reads a slice's length; nil is -1.
-func (r *snapReader) count() int {
-	n := r.uint()
-	if n > uint64(len(r.b))+1 { // every element takes a byte at least
-		r.fail()
-		return -1
-	}
-	return int(n) - 1
-}
-
-func (r *snapReader) time() time.Time {
-	switch tag := r.take(1); {
-	case len(tag) == 0:
-	case tag[0] == 1:
-		return time.UnixMilli(r.int()).UTC()
-	case tag[0] == 2:
-		var t time.Time
-		if err := t.UnmarshalBinary(r.take(r.uint())); err == nil {
-			return t
-		}
-	}
-	r.fail()
-	return time.Time{}
-}
-
-func (r *snapReader) optTime() *time.Time {
-	if !r.bool() {
-		return nil
-	}
-	t := r.time()
-	return &t
-}
-
-func (r *snapReader) refs() []attachmentRef {
-	n := r.count()
-	if n < 0 {
-		return nil
-	}
-	rs := make([]attachmentRef, n)
-	for i := range rs {
-		rs[i] = attachmentRef{Field: r.name(), Value: int(r.int()), Name: r.str(), Alias: r.str(), Type: r.name(), Object: r.str(), Size: r.int()}
-	}
-	return rs
-}
-
-// thread reads a thread as replay would have built it: files from its
-// messages' attachments, in order, as applyLocked fills them.
-func (r *snapReader) thread() *thread {
-	t := &thread{ready: true}
-	t.Ref = r.str()
-	t.Status = Status(r.name())
-	t.RequestorID = r.name()
-	t.ExecutorID = r.optName()
-	t.CreatedAt = r.time()
-	t.UpdatedAt = r.time()
-	t.Seq = r.int()
-	t.ExternalID = r.str()
-	t.useq = r.uint()
-	t.confirmedBy = r.name()
-	req := &Request{}
-	req.Intent = r.str()
-	req.ID = r.str()
-	req.Priority = Priority(r.name())
-	req.Context = r.bytes()
-	req.ResponseHint = r.bytes()
-	req.Requires = r.bytes()
-	req.Constraints = r.bytes()
-	req.Precision = r.name()
-	req.Compensation = r.bytes()
-	req.NeededBy = r.optTime()
-	req.ConfirmBefore = r.bool()
-	req.attachments = r.refs()
-	t.Request = req
-	t.Intent, t.Priority, t.NeededBy, t.Requires = req.Intent, req.Priority, req.NeededBy, req.Requires
-	if t.Priority == "" {
-		t.Priority = PriorityNormal
-	}
-	if n := r.count(); n >= 0 {
-		t.Messages = make([]Message, n)
-		for i := range t.Messages {
-			m := &t.Messages[i]
-			m.From = r.name()
-			m.TS = r.time()
-			m.Mess = r.bytes()
-			m.attachments = r.refs()
-			for _, a := range m.attachments {
-				if t.files == nil {
-					t.files = map[string]attachmentRef{}
-				}
-				for _, name := range []string{a.Name, a.Alias} {
-					if _, taken := t.files[name]; !taken && name != "" {
-						t.files[name] = a
-					}
-				}
-			}
-		}
-	}
-	if n := r.count(); n >= 0 {
-		t.History = make([]HistoryEntry, n)
-		for i := range t.History {
-			h := &t.History[i]
-			h.Seq = r.int()
-			h.TS = r.time()
-			h.ActorID = r.name()
-			h.Type = r.name()
-			h.OldStatus = Status(r.name())
-			h.NewStatus = Status(r.name())
-			h.Message = r.str()
-		}
-	}
-	return t
-}
-
-func (r *snapReader) event(exchangeID string) Event {
-	ev := Event{ExchangeID: exchangeID}
-	ev.EventID = r.str()
-	ev.TS = r.time()
-	ev.ThreadRef = r.optName()
-	ev.EventType = r.name()
-	ev.ActorID = r.name()
-	ev.Seq = r.int()
-	ev.Payload = r.bytes()
-	return ev
 }
