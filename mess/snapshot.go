@@ -84,9 +84,10 @@ import (
 
 const (
 	snapshotDir = "snapshots/mess/"
-	// loadParallel bounds the exchanges loaded at once; each reads up to
-	// 8 objects at a time.
-	loadParallel = 8
+	// loadParallel bounds the exchanges loaded at once, replayParallel the
+	// event objects each reads at once (a remote store wants many).
+	loadParallel   = 8
+	replayParallel = 16
 )
 
 var (
@@ -441,8 +442,9 @@ func (s *Service) replayInto(ctx context.Context, p *exchange, after, before str
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	err := journal.Replay(ctx, cancelOnError{s.store, cancel}, journal.ReplayConfig{
-		Prefix: eventsPrefix(p.id),
-		After:  after,
+		Prefix:   eventsPrefix(p.id),
+		After:    after,
+		Parallel: replayParallel,
 		Decode: func(key string, data []byte) (any, error) {
 			if before != "" && key >= before {
 				return nil, nil
