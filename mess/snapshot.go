@@ -110,8 +110,16 @@ type exchangeLog struct {
 	snapKey  string    // newest snapshot loaded or written; "" for none
 	boundary string    // its boundary
 	snapAt   time.Time // when it was loaded or written
+	loaded   *loadSnapshot
 
 	covered atomic.Int64 // event lines the newest snapshot covers
+}
+
+// loadSnapshot is a snapshot encoded by load, to be written.
+type loadSnapshot struct {
+	boundary    string
+	data        []byte
+	lines, tail int64 // lines it covers, and of those how many load replayed
 }
 
 func eventsPrefix(exchangeID string) string { return "events/exchange=" + exchangeID + "/" }
@@ -169,15 +177,23 @@ func (s *Service) journalNow() time.Time {
 	return t
 }
 
+// keyULID returns the ULID that starts key's last segment.
+func keyULID(key string) (ulid.ULID, bool) {
+	seg := key[strings.LastIndexByte(key, '/')+1:]
+	if len(seg) < ulid.EncodedSize {
+		return ulid.ULID{}, false
+	}
+	id, err := ulid.ParseStrict(seg[:ulid.EncodedSize])
+	return id, err == nil
+}
+
+func ulidKey(key string) bool { _, ok := keyULID(key); return ok }
+
 // raiseKeyFloor keeps journalNow above the time in key's last segment,
 // when that is a ULID.
 func (s *Service) raiseKeyFloor(key string) {
-	seg := key[strings.LastIndexByte(key, '/')+1:]
-	if len(seg) < ulid.EncodedSize {
-		return
-	}
-	id, err := ulid.ParseStrict(seg[:ulid.EncodedSize])
-	if err != nil {
+	id, ok := keyULID(key)
+	if !ok {
 		return
 	}
 	for {
@@ -194,6 +210,19 @@ func (s *Service) snapshotLoop() {
 	defer s.bg.Done()
 	tick := time.NewTicker(min(s.cfg.SnapshotInterval, time.Minute))
 	defer tick.Stop()
+	for _, ex := range s.allExchanges() {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		l := &ex.log
+		l.snapMu.Lock()
+		if err := s.writeLoaded(s.bgCtx, ex); err != nil && s.bgCtx.Err() == nil {
+			s.log.Warn("write exchange snapshot; start-up will replay more of the log", "exchange", ex.id, "err", err)
+		}
+		l.snapMu.Unlock()
+	}
 	for {
 		select {
 		case <-s.stop:
@@ -216,9 +245,14 @@ func (s *Service) snapshotLoop() {
 	}
 }
 
+// snapshotAge is how long ago the newest snapshot was loaded or written,
+// or since this was first asked when there is none.
 func (l *exchangeLog) snapshotAge() time.Duration {
 	l.snapMu.Lock()
 	defer l.snapMu.Unlock()
+	if l.snapAt.IsZero() {
+		l.snapAt = time.Now()
+	}
 	return time.Since(l.snapAt)
 }
 
@@ -290,8 +324,12 @@ func (s *Service) snapshot(ctx context.Context, ex *exchange) error {
 	l := &ex.log
 	l.snapMu.Lock()
 	defer l.snapMu.Unlock()
+	if err := s.writeLoaded(ctx, ex); err != nil {
+		return err
+	}
 	n := l.pending.Swap(0)
-	if n == 0 {
+	if n <= 0 {
+		l.pending.Add(n)
 		return nil
 	}
 	b, err := s.seal(ctx, ex)
@@ -321,6 +359,26 @@ func (s *Service) snapshot(ctx context.Context, ex *exchange) error {
 	}
 	l.snapKey, l.boundary, l.snapAt = key, b, time.Now()
 	l.covered.Store(int64(lines))
+	s.pruneSnapshots(ctx, ex.id, key, prev)
+	return nil
+}
+
+// writeLoaded writes the snapshot load encoded, if any. l.snapMu is held.
+func (s *Service) writeLoaded(ctx context.Context, ex *exchange) error {
+	l := &ex.log
+	ls := l.loaded
+	if ls == nil {
+		return nil
+	}
+	key := snapshotKey(ls.boundary)
+	if _, err := s.store.Create(ctx, key, ls.data); err != nil {
+		return fmt.Errorf("mess: write snapshot: %w", err)
+	}
+	prev := l.snapKey
+	l.loaded = nil
+	l.snapKey, l.boundary, l.snapAt = key, ls.boundary, time.Now()
+	l.covered.Store(ls.lines)
+	l.pending.Add(-ls.tail)
 	s.pruneSnapshots(ctx, ex.id, key, prev)
 	return nil
 }
@@ -654,6 +712,19 @@ func (s *Service) loadExchangeEvents(ctx context.Context, id string, snaps []str
 	if p.version == 0 {
 		return st, nil // nothing but unreadable lines
 	}
+	covered := int64(p.version) - int64(st.lines)
+	var loaded *loadSnapshot
+	if _, ok := partitionOf(st.last, id); ok && ulidKey(st.last) && s.cfg.SnapshotEvery >= 0 &&
+		st.lines >= s.cfg.SnapshotEvery && int64(st.lines) >= covered/4 {
+		// A long tail, after a crash or on the first start with
+		// snapshots. The projection as loaded folds every object up to
+		// the last one read, and new objects will sort after that one
+		// (see journalNow), so its key is a boundary. Encoded now, before
+		// the projection goes live, it spares the snapshot goroutine
+		// folding that tail again (for a first snapshot, with a second
+		// projection in memory).
+		loaded = &loadSnapshot{boundary: st.last, data: encodeSnapshot(p, st.last), lines: int64(p.version), tail: int64(st.lines)}
+	}
 	ex := s.exchange(id, true)
 	ex.mu.Lock()
 	ex.threads, ex.order, ex.stale, ex.useq = p.threads, p.order, p.stale, p.useq
@@ -668,9 +739,11 @@ func (s *Service) loadExchangeEvents(ctx context.Context, id string, snaps []str
 		}
 		s.raiseKeyFloor(k)
 	}
-	l.snapKey, l.boundary, l.snapAt = used, after, time.Now()
 	l.mu.Unlock()
-	l.covered.Store(int64(p.version) - int64(st.lines))
+	l.snapMu.Lock()
+	l.snapKey, l.boundary, l.snapAt, l.loaded = used, after, time.Now(), loaded
+	l.snapMu.Unlock()
+	l.covered.Store(covered)
 	l.pending.Store(int64(st.lines))
 	return st, nil
 }

@@ -155,8 +155,9 @@ type history struct {
 	members map[string][]string // executors by exchange
 	mu      sync.Mutex
 	ok, bad int // changes accepted and refused, under mu
+	vary    bool // a new SnapshotEvery at each restart
 	// What the restarts saw.
-	restarts, fromSnapshot, tails int
+	restarts, fromSnapshot, tails, loadSnapshots int
 }
 
 var (
@@ -357,19 +358,45 @@ func (h *history) snapshot(id string) {
 
 // restart closes the service and checks that what New builds from the
 // snapshots and the events after them is exactly what it builds from the
-// whole log; then it goes on with the restarted service.
-func (h *history) restart() {
+// whole log; then it goes on with the restarted service. A crash is a
+// Close that gives up at once: no snapshot is finished or written then.
+func (h *history) restart(crash bool) {
 	h.t.Helper()
-	if err := h.s.Close(context.Background()); err != nil {
+	ctx := context.Background()
+	if crash {
+		c, cancel := context.WithCancel(ctx)
+		cancel()
+		ctx = c
+	}
+	if err := h.s.Close(ctx); err != nil && !crash {
 		h.t.Fatal(err)
+	}
+	if h.vary {
+		h.cfg.SnapshotEvery = []int{1 << 30, 2, 10, 60}[h.rng.IntN(4)]
 	}
 	h.open()
 	h.restarts++
 	for _, ex := range h.s.allExchanges() {
-		if ex.log.snapKey != "" {
+		l := &ex.log
+		l.snapMu.Lock()
+		key, loaded := l.snapKey, l.loaded
+		l.snapMu.Unlock()
+		if key != "" {
 			h.fromSnapshot++
-			if ex.log.pending.Load() > 0 {
+			if l.pending.Load() > 0 {
 				h.tails++
+			}
+		}
+		// A snapshot encoded at load, its boundary the last object read,
+		// is a fold of everything up to it too.
+		if loaded != nil {
+			h.loadSnapshots++
+			p := newExchange(ex.id)
+			if _, err := h.s.replayInto(context.Background(), p, "", loaded.boundary+"\x00", nil); err != nil {
+				h.t.Fatal(err)
+			}
+			if !bytes.Equal(loaded.data, encodeSnapshot(p, loaded.boundary)) {
+				h.t.Fatalf("the snapshot encoded at load differs from a fold of the events up to %s", loaded.boundary)
 			}
 		}
 	}
@@ -403,13 +430,13 @@ func (h *history) run(steps int) {
 			h.burst()
 		default:
 			if h.rng.IntN(3) == 0 {
-				h.restart()
+				h.restart(h.rng.IntN(2) == 0)
 			} else {
 				h.change(h.rng, x)
 			}
 		}
 	}
-	h.restart()
+	h.restart(false)
 	h.s.Close(context.Background())
 }
 
@@ -424,6 +451,7 @@ func TestSnapshot_EqualsFullReplay(t *testing.T) {
 		steps         int
 		snapshotEvery int // besides the random snapshots
 		fs            bool
+		vary          bool // a new SnapshotEvery at each restart
 	}{
 		{seed: 1, steps: 300, snapshotEvery: 1 << 30},
 		{seed: 2, steps: 300, snapshotEvery: 1 << 30, fs: true},
@@ -433,6 +461,8 @@ func TestSnapshot_EqualsFullReplay(t *testing.T) {
 		{seed: 6, steps: 500, snapshotEvery: 1 << 30},
 		{seed: 7, steps: 300, snapshotEvery: 10},
 		{seed: 8, steps: 300, snapshotEvery: 3, fs: true},
+		{seed: 9, steps: 500, snapshotEvery: 1 << 30, vary: true},
+		{seed: 10, steps: 500, snapshotEvery: 10, vary: true, fs: true},
 	} {
 		t.Run(fmt.Sprint(tt.seed), func(t *testing.T) {
 			t.Parallel()
@@ -446,9 +476,10 @@ func TestSnapshot_EqualsFullReplay(t *testing.T) {
 				store = fs
 			}
 			h := newHistory(t, tt.seed, store, tt.snapshotEvery)
+			h.vary = tt.vary
 			h.run(tt.steps)
-			t.Logf("%d changes accepted, %d refused; %d restarts, %d exchanges from a snapshot, %d with a tail",
-				h.ok, h.bad, h.restarts, h.fromSnapshot, h.tails)
+			t.Logf("%d changes accepted, %d refused; %d restarts, %d exchanges from a snapshot, %d with a tail, %d snapshots encoded at load",
+				h.ok, h.bad, h.restarts, h.fromSnapshot, h.tails, h.loadSnapshots)
 			// The test is only worth something if the histories are rich
 			// and the restarts really used snapshots, and tails when
 			// nothing writes a snapshot at Close.
@@ -679,7 +710,7 @@ func TestSnapshot_ClockSteppedBack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			h.restart()
+			h.restart(false)
 			defer h.s.Close(context.Background())
 			if _, err := h.s.Get(context.Background(), "home", res.Ref); err != nil {
 				t.Fatalf("the request made after the clock stepped back is lost: %v", err)
@@ -840,5 +871,46 @@ func TestSnapshot_FoldsRepeatedEvents(t *testing.T) {
 	ex := h.s.exchange("home", false)
 	ex.log.pending.Add(1) // the copy is an event the service did not count
 	h.snapshot("home")
-	h.restart()
+	h.restart(false)
+}
+
+// After a crash with a long tail, load encodes the projection it built
+// as a snapshot whose boundary is the last object it read, and the
+// snapshot goroutine writes it: the next start reads it and nothing else.
+func TestSnapshot_WrittenAtLoad(t *testing.T) {
+	store := storage.NewMemory()
+	h := newHistory(t, 17, store, 1<<30)
+	h.register("home")
+	h.register("home")
+	for range 100 {
+		h.change(h.rng, "home")
+	}
+	h.restart(true) // no snapshot at all yet
+	if keys := snapshotKeys(t, store, "home"); len(keys) != 0 {
+		t.Fatalf("snapshots %q", keys)
+	}
+	h.cfg.SnapshotEvery = 10
+	h.restart(true) // checks the encoded snapshot against a fold
+	if h.loadSnapshots != 1 {
+		t.Fatalf("%d snapshots encoded at load, want 1", h.loadSnapshots)
+	}
+	keys := eventKeys(t, store, "home")
+	want := snapshotKey(keys[len(keys)-1])
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(snapshotKeys(t, store, "home"), []string{want}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("snapshots %q, want %q", snapshotKeys(t, store, "home"), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.restart(true)
+	ex := h.s.exchange("home", false)
+	if ex.log.snapKey != want || ex.log.pending.Load() != 0 {
+		t.Fatalf("started from %q with a tail of %d", ex.log.snapKey, ex.log.pending.Load())
+	}
+	for range 40 {
+		h.change(h.rng, "home")
+	}
+	h.restart(false)
+	h.s.Close(context.Background())
 }
