@@ -154,7 +154,7 @@ type history struct {
 	s       *Service
 	members map[string][]string // executors by exchange
 	mu      sync.Mutex
-	ok, bad int // changes accepted and refused, under mu
+	ok, bad int  // changes accepted and refused, under mu
 	vary    bool // a new SnapshotEvery at each restart
 	// What the restarts saw.
 	restarts, fromSnapshot, tails, loadSnapshots int
