@@ -315,8 +315,27 @@ func (s *Service) decodeRest(rest []byte, p *exchange) error {
 		m := r.str()
 		p.attachBytes[m] = r.int()
 	}
-	for n := r.uint(); n > 0 && r.err == nil; n-- {
-		ev := r.event(p.id)
+	// The buffer's payloads share one allocation.
+	n := r.uint()
+	if n > uint64(len(r.b)) { // every event takes a byte at least
+		r.fail()
+		n = 0
+	}
+	evs := make([]Event, 0, n)
+	size := 0
+	r.names = map[string]string{}
+	for ; n > 0 && r.err == nil; n-- {
+		evs = append(evs, r.event(p.id))
+		size += len(evs[len(evs)-1].Payload)
+	}
+	arena := make([]byte, 0, size)
+	p.ring = make([]Event, 0, min(len(evs), s.cfg.EventBuffer))
+	for _, ev := range evs {
+		if ev.Payload != nil {
+			start := len(arena)
+			arena = append(arena, ev.Payload...)
+			ev.Payload = arena[start:len(arena):len(arena)]
+		}
 		p.pushEventLocked(ev, s.cfg.EventBuffer, s.cfg.EventBufferBytes)
 	}
 	if r.err == nil && len(r.b) != 0 {
@@ -674,6 +693,6 @@ func (r *snapReader) event(exchangeID string) Event {
 	ev.EventType = r.name()
 	ev.ActorID = r.name()
 	ev.Seq = r.int()
-	ev.Payload = r.bytes()
+	ev.Payload = r.view() // the caller copies it
 	return ev
 }
