@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +55,9 @@ type Config struct {
 	// wherever another process can reach the store.
 	Fence storage.Fence
 	// Dated puts a log's objects in day folders: {log}/{YYYY}/{MM}/{DD}/,
-	// the day (UTC) from Now when the batch is written.
+	// the day (UTC) from Now when the batch is written, but never a day
+	// before one the log already has (see Observe), so key order stays
+	// write order when the clock steps back.
 	Dated bool
 }
 
@@ -106,6 +109,7 @@ type Journal struct {
 	epoch  uint64 // Fence.Epoch
 	logsMu sync.Mutex
 	logs   map[string]*logState  // fenced logs
+	days   map[string]string     // dated unfenced logs: the latest day folder, under logsMu
 	lost   atomic.Pointer[error] // the fence that stopped this journal
 }
 
@@ -128,6 +132,7 @@ func New(cfg Config) (*Journal, error) {
 		entropy: ulid.Monotonic(rand.Reader, 0),
 		segs:    map[string]*segment{},
 		logs:    map[string]*logState{},
+		days:    map[string]string{},
 	}
 	if cfg.Fence != nil {
 		j.epoch = cfg.Fence.Epoch()
@@ -218,7 +223,43 @@ func (j *Journal) boundary(partition string) (string, error) {
 	if j.cfg.Fence != nil {
 		return j.boundarySlot(partition)
 	}
-	return partition + "/" + j.NewID(j.cfg.Now()).String(), nil
+	now := j.cfg.Now()
+	if j.cfg.Dated {
+		return partition + "/" + j.dayOf(partition, now) + "/" + j.NewID(now).String(), nil
+	}
+	return partition + "/" + j.NewID(now).String(), nil
+}
+
+// dayOf is the day folder of an unfenced dated log's object (or boundary)
+// named now: today, or the log's latest day if that is later. It becomes
+// the log's latest day.
+func (j *Journal) dayOf(log string, now time.Time) string {
+	day := now.UTC().Format(dayLayout)
+	j.logsMu.Lock()
+	defer j.logsMu.Unlock()
+	day = max(day, j.days[log])
+	j.days[log] = day
+	return day
+}
+
+// Observe tells the journal that key belongs to log, as a replay or a
+// snapshot's boundary shows: in a dated log, objects written from now on
+// go to key's day folder or a later one, so they sort after key. Keys
+// that are not in a day folder of log are ignored.
+func (j *Journal) Observe(log, key string) {
+	if !j.cfg.Dated {
+		return
+	}
+	rest, ok := strings.CutPrefix(key, log+"/")
+	if !ok || len(rest) < len(dayLayout)+1 || rest[len(dayLayout)] != '/' {
+		return
+	}
+	if _, err := time.Parse(dayLayout, rest[:len(dayLayout)]); err != nil {
+		return
+	}
+	j.logsMu.Lock()
+	defer j.logsMu.Unlock()
+	j.days[log] = max(j.days[log], rest[:len(dayLayout)])
 }
 
 func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
@@ -423,7 +464,7 @@ func (j *Journal) write(pt *part, data []byte) error {
 		now := j.cfg.Now()
 		dir := pt.name
 		if j.cfg.Dated {
-			dir += "/" + now.UTC().Format(dayLayout)
+			dir += "/" + j.dayOf(pt.name, now)
 		}
 		return dir + "/" + j.NewID(now).String() + ".jsonl"
 	}
