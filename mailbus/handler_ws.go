@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -303,12 +304,41 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 		ws.mu.Unlock()
 	}()
 	for {
-		typ, r, err := ws.conn.Reader(ctx)
+		// Not ctx: the library arms and disarms a context.AfterFunc
+		// twice per frame for a context that can end, and nothing ends
+		// ctx while the reader runs. Whatever ends the connection closes
+		// it, which ends the read.
+		typ, r, err := ws.conn.Reader(context.Background())
 		if err != nil {
 			return
 		}
 		if ws.dispatch(ctx, typ, r) != nil {
 			return
+		}
+	}
+}
+
+// frameBufs holds the buffers frames are read into. A frame is decoded
+// (which copies what it keeps) before its buffer goes back, so the buffers
+// are only held while a frame is handled, not by idle connections.
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledFrame is the largest frame buffer kept for reuse.
+const maxPooledFrame = 64 << 10
+
+// readFrame appends everything r holds to b.
+func readFrame(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
 		}
 	}
 }
@@ -319,7 +349,14 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 //
 //go:noinline
 func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.Reader) error {
-	data, err := io.ReadAll(r)
+	buf := frameBufs.Get().(*[]byte)
+	data, err := readFrame(r, (*buf)[:0])
+	defer func() {
+		if cap(data) <= maxPooledFrame {
+			*buf = data[:0]
+			frameBufs.Put(buf)
+		}
+	}()
 	if err != nil {
 		return err
 	}
