@@ -66,8 +66,26 @@ type pending struct {
 	data      []byte // one or more complete lines; nil for a seal
 	lines     int
 	seal      bool
-	boundary  string // a seal's result, set before done is sent
-	done      chan error
+	boundary  string     // a seal's result, set before done is sent
+	done      chan error // nil when notify is set
+	notify    Notifier
+}
+
+// finish reports the outcome of p's write.
+func (p *pending) finish(err error) {
+	if p.notify != nil {
+		p.notify.Durable(err)
+		return
+	}
+	p.done <- err
+}
+
+// Notifier is told the outcome of a line queued with AppendLine.
+type Notifier interface {
+	// Durable reports that the line is durable (err nil) or that its
+	// write failed. It is called once, on the journal's flusher
+	// goroutine, which it must not hold up: every append waits for it.
+	Durable(err error)
 }
 
 // segment is a partition's object that is still growing.
@@ -198,6 +216,26 @@ func (j *Journal) Seal(ctx context.Context, partition string) (string, error) {
 
 func (j *Journal) boundary(partition string) string {
 	return partition + "/" + j.NewID(j.cfg.Now()).String()
+}
+
+// AppendLine queues line, one complete JSON value followed by its newline,
+// and has n told once it is durable: AppendAsync without a channel per
+// call, and without a copy of line, which the journal takes over (the
+// caller must not change it afterwards). Lines queued by successive calls
+// for one partition land in key order, and their notifiers are told in
+// that order.
+func (j *Journal) AppendLine(partition string, line []byte, n Notifier) error {
+	if err := storage.ValidKey(partition); err != nil {
+		return err
+	}
+	body, ok := bytes.CutSuffix(line, []byte{'\n'})
+	if !ok {
+		return errors.New("journal: line does not end in a newline")
+	}
+	if bytes.IndexByte(body, '\n') >= 0 || bytes.IndexByte(body, 0) >= 0 {
+		return errors.New("journal: line contains a newline or NUL")
+	}
+	return j.push(&pending{partition: partition, data: line, lines: 1, notify: n})
 }
 
 func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
@@ -337,12 +375,17 @@ type part struct {
 // flushPart writes the partition's queued lines in order, in writes of at
 // most MaxBatchBytes, and carries out seals where they were queued.
 func (j *Journal) flushPart(pt *part) {
-	var data []byte
 	var items []*pending
+	size := 0
 	flush := func() {
 		if len(items) > 0 {
+			data, pooled := j.batch(items, size)
 			start := time.Now()
 			err := j.write(pt, data)
+			if pooled != nil {
+				*pooled = data[:0]
+				batchBufs.Put(pooled)
+			}
 			lines := 0
 			for _, p := range items {
 				lines += p.lines
@@ -350,10 +393,10 @@ func (j *Journal) flushPart(pt *part) {
 			// Counted before anyone is told, so a caller sees its write.
 			record(pt.name, len(items), lines, time.Since(start), err)
 			for _, p := range items {
-				p.done <- err
+				p.finish(err)
 			}
 		}
-		data, items = nil, nil
+		items, size = nil, 0
 	}
 	for _, p := range pt.items {
 		if p.seal {
@@ -363,23 +406,43 @@ func (j *Journal) flushPart(pt *part) {
 				pt.seg = nil
 			}
 			p.boundary = j.boundary(pt.name)
-			p.done <- nil
+			p.finish(nil)
 			continue
 		}
-		if len(items) > 0 && len(data)+len(p.data) > j.cfg.MaxBatchBytes {
+		if len(items) > 0 && size+len(p.data) > j.cfg.MaxBatchBytes {
 			flush()
 		}
-		if items == nil {
-			data = p.data // the common batch of one needs no copy
-		} else {
-			if len(items) == 1 {
-				data = append(make([]byte, 0, 2*len(data)+len(p.data)), data...)
-			}
-			data = append(data, p.data...)
-		}
 		items = append(items, p)
+		size += len(p.data)
 	}
 	flush()
+}
+
+// batchBufs holds the buffers batches are gathered in for an Appender,
+// which does not keep what it is given.
+var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// batch returns the data of items, size bytes, in one slice: the common
+// batch of one as it is, several gathered in one copy. A buffer from
+// batchBufs comes back as pooled, to be returned once written.
+func (j *Journal) batch(items []*pending, size int) (data []byte, pooled *[]byte) {
+	if len(items) == 1 {
+		return items[0].data, nil
+	}
+	if j.app != nil {
+		pooled = batchBufs.Get().(*[]byte)
+		data = (*pooled)[:0]
+		if cap(data) < size {
+			data = make([]byte, 0, size)
+		}
+	} else {
+		// A store's Create may keep what it is given.
+		data = make([]byte, 0, size)
+	}
+	for _, p := range items {
+		data = append(data, p.data...)
+	}
+	return data, pooled
 }
 
 func (j *Journal) write(pt *part, data []byte) error {
