@@ -137,7 +137,7 @@ func (ex *exchange) applyRecord(r *record) {
 		if r.Msg == nil {
 			return
 		}
-		ex.applyMessage(&stored{msg: *r.Msg, raw: r.raw, recv: time.UnixMilli(r.Time)})
+		ex.applyMessage(&stored{msg: *r.Msg, raw: r.raw, recv: time.UnixMilli(r.Time)}, nil)
 	case "a":
 		ex.applyAck(r.Agent, r.ID, time.UnixMilli(r.Time))
 	case "s":
