@@ -471,18 +471,24 @@ type owed struct {
 }
 
 func (ws *wsConn) waiter() {
-	var held *owed
+	var held owed
+	holding := false
 	for {
-		p := held
-		held = nil
-		if p == nil {
+		var p owed
+		if holding {
+			p, holding = held, false
+		} else {
 			o, more := <-ws.waitq
 			if !more {
 				return
 			}
-			p = &o
+			p = o
 		}
-		out := [][]byte{ws.settle(p)}
+		// The replies settled together share one buffer: a reply is
+		// rarely longer than replySize.
+		buf := make([]byte, 0, replySize*(1+len(ws.waitq)))
+		buf = ws.settle(&p, buf)
+		out := [][]byte{buf[:len(buf):len(buf)]}
 		open := true
 	gather:
 		for {
@@ -493,10 +499,12 @@ func (ws *wsConn) waiter() {
 					break gather
 				}
 				if len(o.result) == 0 {
-					held = &o
+					held, holding = o, true
 					break gather
 				}
-				out = append(out, ws.settle(&o))
+				n := len(buf)
+				buf = ws.settle(&o, buf)
+				out = append(out, buf[n:len(buf):len(buf)])
 			default:
 				break gather
 			}
@@ -508,8 +516,11 @@ func (ws *wsConn) waiter() {
 	}
 }
 
-// settle waits for p's write and encodes its reply.
-func (ws *wsConn) settle(p *owed) []byte {
+// replySize is about the length of an accepted frame.
+const replySize = 96
+
+// settle waits for p's write and appends its reply to buf.
+func (ws *wsConn) settle(p *owed, buf []byte) []byte {
 	f := p.ok
 	if err := <-p.result; err != nil {
 		_, code, msg := errorStatus(err)
@@ -518,11 +529,10 @@ func (ws *wsConn) settle(p *owed) []byte {
 		}
 		f = frame{Action: "error", Ref: p.ok.Ref, Error: msg, Code: code}
 		b, _ := json.Marshal(f)
-		return b
+		return append(buf, b...)
 	}
 	// The common replies, encoded without reflection.
-	b := make([]byte, 0, 96)
-	b = append(b, `{"action":`...)
+	b := append(buf, `{"action":`...)
 	b = appendString(b, f.Action)
 	if f.Ref != "" {
 		b = append(b, `,"ref":`...)

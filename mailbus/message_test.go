@@ -65,3 +65,49 @@ func FuzzNormalize(f *testing.F) {
 		}
 	})
 }
+
+// A payload is stored compact whatever whitespace the sender put between
+// its tokens, a compact one as it is; whitespace and escaped quotes inside
+// strings stay; an invalid one is refused whether or not it looks compact.
+func TestNormalizePayload(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		in, want string // want "" for refused
+	}{
+		{`{}`, `{}`},
+		{`  {"a":1}  `, `{"a":1}`},
+		{`{"a": 1, "b" : [1, 2]}`, `{"a":1,"b":[1,2]}`},
+		{"{\n\t\"a\":\r\n1}", `{"a":1}`},
+		{`{"s":"two  spaces\t\"quoted \\\" still\" "}`, `{"s":"two  spaces\t\"quoted \\\" still\" "}`},
+		{`{"s":"a\\"}`, `{"s":"a\\"}`},
+		{`{"s":"a\\", "b":2}`, `{"s":"a\\","b":2}`},
+		{`{"a":1,}`, ""},
+		{`{"a" 1}`, ""},
+		{`{"a":"unterminated}`, ""},
+		{`{"a":1}{`, ""},
+	}
+	for _, tt := range tests {
+		m := Message{Type: "a.b", Payload: json.RawMessage(tt.in)}
+		err := normalize(&m, "f", now)
+		switch {
+		case tt.want == "" && err == nil:
+			t.Errorf("%q accepted as %q", tt.in, m.Payload)
+		case tt.want != "" && err != nil:
+			t.Errorf("%q refused: %v", tt.in, err)
+		case tt.want != "" && string(m.Payload) != tt.want:
+			t.Errorf("%q stored as %q, want %q", tt.in, m.Payload, tt.want)
+		}
+	}
+}
+
+// Message ids have Jetpack's shape, msg-<ms>-<8 hex>.
+func TestNewMessageID(t *testing.T) {
+	at := time.UnixMilli(1767323045006)
+	id := NewMessageID(at)
+	if len(id) != len("msg-1767323045006-")+8 || id[:18] != "msg-1767323045006-" || !validMessageID(id) {
+		t.Errorf("NewMessageID = %q", id)
+	}
+	if NewMessageID(at) == id {
+		t.Error("two ids in one millisecond are equal")
+	}
+}
