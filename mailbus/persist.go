@@ -226,6 +226,9 @@ type captured struct {
 	lsn    uint64
 	msgs   []*stored
 	agents []snapAgent
+	// sealed waits for the journal's seal queued at lsn: the objects
+	// before its boundary hold exactly the records up to lsn.
+	sealed func(context.Context) (string, error)
 }
 
 // capture copies the state at one LSN. Only the copy of each inbox (its
@@ -259,6 +262,9 @@ func (ex *exchange) capture() *captured {
 		cs = append(cs, c)
 	}
 	lo, hi := ex.msgs.span()
+	// Records are queued under ex.mu too: the seal splits the journal at
+	// exactly this LSN.
+	s.sealed = ex.b.j.QueueSeal(ex.part)
 	ex.mu.Unlock()
 
 	// Message number → 1 + its index in s.msgs. Every entry refers to a
@@ -377,10 +383,10 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *captured) error {
 	if _, err := st.Put(ctx, key, data); err != nil {
 		return err
 	}
-	// Journal objects hold increasing LSNs in key order: delete from the
-	// front while an object's last record is covered by the snapshot. They
-	// are sealed first, so a listed object gets no more records.
-	bound, err := ex.b.j.Seal(ctx, ex.partition())
+	// The objects before the boundary of the seal queued at s.lsn hold
+	// the records up to s.lsn and no others: the snapshot covers them,
+	// and none needs reading to know it.
+	bound, err := s.sealed(ctx)
 	if err != nil {
 		return err
 	}
@@ -389,21 +395,6 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *captured) error {
 			return err
 		}
 		if k >= bound {
-			break
-		}
-		obj, err := st.Get(ctx, k)
-		if err != nil {
-			return err
-		}
-		lines, _ := journal.Lines(obj.Data)
-		if len(lines) == 0 {
-			continue
-		}
-		var r record
-		if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
-			return err
-		}
-		if r.LSN > s.lsn {
 			break
 		}
 		if err := st.Delete(ctx, k); err != nil {

@@ -194,23 +194,38 @@ func (j *Journal) AppendAsync(partition string, lines ...[]byte) (<-chan error, 
 // may delete the listed objects before the boundary once they are folded in.
 // After Close, Seal waits for Close's writes: nothing is written again.
 func (j *Journal) Seal(ctx context.Context, partition string) (string, error) {
+	return j.QueueSeal(partition)(ctx)
+}
+
+// QueueSeal queues a seal as Seal does and returns at once: the lines
+// queued before the call are in objects before its boundary, and those
+// queued after it in objects after. wait returns the boundary once the
+// seal is done. A caller that queues its lines and the seal under its own
+// lock thereby splits the journal exactly where its state was copied: a
+// compaction then knows every object before the boundary is folded in
+// without reading any.
+func (j *Journal) QueueSeal(partition string) (wait func(context.Context) (string, error)) {
 	if err := storage.ValidKey(partition); err != nil {
-		return "", err
+		return func(context.Context) (string, error) { return "", err }
 	}
 	p := &pending{partition: partition, seal: true, done: make(chan error, 1)}
 	if err := j.push(p); err != nil {
+		return func(ctx context.Context) (string, error) {
+			select {
+			case <-j.flushed:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+			return j.boundary(partition), nil
+		}
+	}
+	return func(ctx context.Context) (string, error) {
 		select {
-		case <-j.flushed:
+		case err := <-p.done:
+			return p.boundary, err
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
-		return j.boundary(partition), nil
-	}
-	select {
-	case err := <-p.done:
-		return p.boundary, err
-	case <-ctx.Done():
-		return "", ctx.Err()
 	}
 }
 

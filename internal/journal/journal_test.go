@@ -304,6 +304,58 @@ func testAppendLine(t *testing.T, segmentBytes int) {
 	}
 }
 
+// Ensure a seal queued between asynchronous appends splits them exactly:
+// the lines queued before it are in the objects before its boundary, and
+// those queued after it in objects after, though none was durable when the
+// seal was queued.
+func TestJournal_QueueSeal(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	j, err := journal.New(journal.Config{Store: s, SegmentBytes: journal.SegmentBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close(ctx)
+	queue := func(from, to int) (want []string, chans []<-chan error) {
+		for i := from; i < to; i++ {
+			line := fmt.Sprintf(`{"i":%d}`, i)
+			ch, err := j.AppendAsync("p", []byte(line))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, chans = append(want, line), append(chans, ch)
+		}
+		return want, chans
+	}
+	before, c1 := queue(0, 50)
+	wait := j.QueueSeal("p")
+	after, c2 := queue(50, 100)
+	bound, err := wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range append(c1, c2...) {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gotBefore, gotAfter []string
+	for _, k := range listKeys(t, s, "p/") {
+		obj, _ := s.Get(ctx, k)
+		ls, _ := journal.Lines(obj.Data)
+		for _, l := range ls {
+			if k < bound {
+				gotBefore = append(gotBefore, string(l))
+			} else {
+				gotAfter = append(gotAfter, string(l))
+			}
+		}
+	}
+	if !slices.Equal(gotBefore, before) || !slices.Equal(gotAfter, after) {
+		t.Errorf("before the boundary %q\nafter %q\nwant %q and %q", gotBefore, gotAfter, before, after)
+	}
+}
+
 // listKeys returns every key under prefix.
 func listKeys(t *testing.T, s storage.Store, prefix string) []string {
 	t.Helper()
