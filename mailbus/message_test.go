@@ -1,9 +1,11 @@
 package mailbus
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestMessage_appendJSON(t *testing.T) {
@@ -109,5 +111,59 @@ func TestNewMessageID(t *testing.T) {
 	}
 	if NewMessageID(at) == id {
 		t.Error("two ids in one millisecond are equal")
+	}
+}
+
+// normalize accepts a payload exactly when encoding/json finds it a valid
+// JSON object (or it is empty or null) of valid UTF-8, and stores what
+// json.Compact makes of it: the fast path for compact payloads must agree
+// with the reference on everything.
+func FuzzNormalizePayload(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `{"a":1}`, ` {"a" : [1, 2]} `, `{"a":"\u00e9\n"}`, `{"a":-0.5e+10}`, `{"a":01}`, "{\"a\":\"\x01\"}",
+		"{\"a\":1}\x00", "{\"a\":1}\x00}", `{"a":1}}`, `{"a":tru}`, `{"a":"\ud800"}`, `{"a":1.}`, `{"a":.5}`, `{"a":[1,]}`,
+		`{"a":"\q"}`, "{\"a\":\"\xff\"}", `{"a":1e}`, `{"a":-}`, `{"a":"x"`, `null`, `[1]`, `"s"`, `{"a":[]}x`, `{,}`,
+		`{"a":1,"a":2}`, `{"a":"\\"}`, `{"a":"\\\""}`, "{\"a\":\"\x7f\"}", `{"a":{"b":{"c":[true,false,null]}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	now := time.Unix(0, 0)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m := Message{Type: "a.b", Payload: json.RawMessage(bytes.Clone(b))}
+		err := normalize(&m, "f", now)
+		p := bytes.TrimSpace(b)
+		switch {
+		case len(p) == 0 || string(p) == "null":
+			if err != nil || string(m.Payload) != "{}" {
+				t.Fatalf("%q: %q, %v; want {}", b, m.Payload, err)
+			}
+			return
+		case p[0] != '{' || !json.Valid(p) || !utf8.Valid(b):
+			if err == nil {
+				t.Fatalf("%q accepted as %q", b, m.Payload)
+			}
+			return
+		}
+		var want bytes.Buffer
+		if err := json.Compact(&want, p); err != nil {
+			t.Fatal(err)
+		}
+		if err != nil || !bytes.Equal(m.Payload, want.Bytes()) {
+			t.Fatalf("%q: %q, %v; want %q", b, m.Payload, err, want.Bytes())
+		}
+	})
+}
+
+// BenchmarkNormalize measures the checks and defaults every message gets on
+// the way in, with a compact 100-byte payload as messbench sends.
+func BenchmarkNormalize(b *testing.B) {
+	p := json.RawMessage(`{"t":1796025472698506229,"pad":"` + string(bytes.Repeat([]byte{'x'}, 67)) + `"}`)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		m := Message{Type: "bench.direct", To: "agent-1", Payload: p}
+		if err := normalize(&m, "agent-2", now); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
