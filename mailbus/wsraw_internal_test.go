@@ -246,7 +246,6 @@ func TestFrameConnReadsAhead(t *testing.T) {
 	defer server.Close()
 	fc := newFrameConn(server)
 	br := bufio.NewReaderSize(fc, connReadBuffer)
-	var want []byte
 	for i, n := range []int{1, connReadBuffer, 3 * readAhead, connReadBuffer - 1, readAhead + 7, 100} {
 		chunk := bytes.Repeat([]byte{byte('a' + i)}, n)
 		// Each chunk is on the socket whole before it is read: the reads
@@ -254,7 +253,6 @@ func TestFrameConnReadsAhead(t *testing.T) {
 		if _, err := client.Write(chunk); err != nil {
 			t.Fatal(err)
 		}
-		want = append(want, chunk...)
 		got := make([]byte, n)
 		server.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if n > readAhead {
