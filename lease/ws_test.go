@@ -237,7 +237,7 @@ func (s *gateStore) count() int {
 }
 
 func (s *gateStore) Create(ctx context.Context, key string, data []byte) (string, error) {
-	if strings.HasPrefix(key, "leases/exchange=x1/log/") {
+	if strings.HasPrefix(key, "leases/") && strings.Contains(key, "/log/") {
 		s.mu.Lock()
 		s.writes++
 		entered, release := s.entered, s.release

@@ -38,6 +38,7 @@ func BenchmarkBus_SendTo(b *testing.B) {
 	var n atomic.Int64
 	b.SetParallelism(32)
 	b.ResetTimer()
+	defer reportCPU(b)()
 	b.RunParallel(func(pb *testing.PB) {
 		from := fmt.Sprintf("s%d", n.Add(1))
 		for i := 0; pb.Next(); i++ {
@@ -91,6 +92,7 @@ func BenchmarkHandler_Fanout(b *testing.B) {
 		}()
 	}
 	b.ResetTimer()
+	defer reportCPU(b)()
 	for range b.N/subs + 1 {
 		if _, err := bus.Publish(ctx, "ex", "pub", mailbus.Message{Type: "bench.tick", Payload: payload100}); err != nil {
 			b.Fatal(err)
@@ -114,6 +116,7 @@ func BenchmarkHandler_Send(b *testing.B) {
 	frame, _ := json.Marshal(map[string]any{"action": "send", "targetAgent": "t", "message": map[string]any{"type": "bench.direct", "payload": payload100}})
 	errs := make(chan error, senders)
 	b.ResetTimer()
+	defer reportCPU(b)()
 	for i := range senders {
 		go func() {
 			u := "ws" + strings.TrimPrefix(e.url("ex", "subscribe"), "http") + "?batch=1"

@@ -18,10 +18,12 @@ func TestCommitterWakesWithinBoundedRuns(t *testing.T) {
 		firstWake.CompareAndSwap(-1, applied.Load())
 	}}
 	for range commits {
-		ex.commits <- &commit{apply: func(error) {
+		c := &commit{apply: func(error) {
 			applied.Add(1)
 			ex.wakeLater(s)
 		}}
+		c.done.Store(true) // durable already
+		ex.commits <- c
 	}
 	close(ex.commits)
 	ex.committers.Add(1)

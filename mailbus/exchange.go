@@ -31,27 +31,35 @@ type stored struct {
 	failed atomic.Bool // the journal write failed: never deliver
 }
 
+// commit is the effect of one journal record, applied by the committer in
+// journal order once the journal reports the record durable.
 type commit struct {
-	done  <-chan error
-	apply func(error)
-	err   error // received from done ahead of time (ready)
-	got   bool
+	wake  chan<- struct{} // the exchange's durable: told after done is set
+	done  atomic.Bool     // the record is durable, or its write failed
+	err   error           // why it failed; written before done
+	apply func(error)     // the effect of any record but a message
+
+	// A message's effect (apply nil): st is in recips' inboxes, and
+	// result is told once they can deliver it.
+	st     *stored
+	recips []recipient
+	one    [1]recipient // recips of a direct message, without a slice of its own
+	result chan error
+}
+
+// Durable is the journal's report on c's record (journal.Notifier).
+func (c *commit) Durable(err error) {
+	c.err = err
+	c.done.Store(true)
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 // ready reports whether c's record is durable (or failed) already, without
 // waiting.
-func (c *commit) ready() bool {
-	if c.done == nil || c.got {
-		return true
-	}
-	select {
-	case c.err = <-c.done:
-		c.got = true
-		return true
-	default:
-		return false
-	}
-}
+func (c *commit) ready() bool { return c.done.Load() }
 
 type exchange struct {
 	b       *Bus
@@ -78,6 +86,8 @@ type exchange struct {
 	snapEntries int // inbox entries in the last snapshot
 	snapping    bool
 	commits     chan *commit
+	part        string        // the journal partition
+	durable     chan struct{} // capacity 1: a commit became ready
 
 	committers sync.WaitGroup
 
@@ -92,11 +102,13 @@ func newExchange(b *Bus, id string) *exchange {
 		b: b, id: id, ready: make(chan struct{}),
 		agents:  map[string]*agent{},
 		commits: make(chan *commit, 1<<16),
+		part:    "mailbus/" + id + "/log",
+		durable: make(chan struct{}, 1),
 		wakeRun: 1, // not a new session's wokenIn
 	}
 }
 
-func (ex *exchange) partition() string { return "mailbus/" + ex.id + "/log" }
+func (ex *exchange) partition() string { return ex.part }
 
 // agent returns (creating) the state of id. Caller holds ex.mu.
 func (ex *exchange) agent(id string) *agent {
@@ -118,8 +130,8 @@ func (ex *exchange) join(id string) *agent {
 		return a
 	}
 	a := ex.agent(id)
-	if done, err := ex.write(&record{Kind: "j", Agent: id}); err == nil {
-		ex.commit(done, func(error) {})
+	if c, err := ex.write(&record{Kind: "j", Agent: id}); err == nil {
+		ex.commit(c, func(error) {})
 	}
 	return a
 }
@@ -145,10 +157,10 @@ func (ex *exchange) committer() {
 				return
 			}
 		}
-		err := c.err
-		if c.done != nil && !c.got {
-			err = <-c.done
+		for !c.done.Load() {
+			<-ex.durable
 		}
+		err := c.err
 		if failure == nil && err != nil {
 			failure = err
 			ex.fail(err)
@@ -159,7 +171,11 @@ func (ex *exchange) committer() {
 			// told it failed, as at-least-once allows.
 			err = fmt.Errorf("%w (after an earlier write failed: %v)", errReload, failure)
 		}
-		c.apply(err)
+		if c.apply != nil {
+			c.apply(err)
+		} else {
+			ex.delivered(c, err)
+		}
 		select {
 		case n, ok := <-ex.commits:
 			// Bounded, so that a committer that never catches up with
@@ -265,52 +281,55 @@ type record struct {
 	raw []byte // replay only: the encoded message
 }
 
-// write queues rec in the journal and returns the channel that reports
-// its durability. Caller holds ex.mu, which is what makes journal order
-// equal to the order of state changes, and must then call ex.commit.
-func (ex *exchange) write(rec *record) (<-chan error, error) {
-	if ex.closed {
-		if ex.failure != nil {
-			return nil, fmt.Errorf("%w: %v", errReload, ex.failure)
-		}
-		return nil, ErrClosed
+// write queues rec in the journal and returns its commit. Caller holds
+// ex.mu, which is what makes journal order equal to the order of state
+// changes, and must then make the record's change in memory and hand the
+// commit to ex.commit.
+func (ex *exchange) write(rec *record) (*commit, error) {
+	if err := ex.closedErr(); err != nil {
+		return nil, err
 	}
-	j := ex.b.j
 	rec.LSN = ex.lsn + 1
-	var line []byte
-	if rec.raw != nil {
-		// Messages are already encoded once for delivery; splice that
-		// encoding into the record instead of encoding it again.
-		line = make([]byte, 0, len(rec.raw)+64)
-		line = append(line, `{"l":`...)
-		line = strconv.AppendUint(line, rec.LSN, 10)
-		line = append(line, `,"k":"m","ts":`...)
-		line = strconv.AppendInt(line, rec.Time, 10)
-		line = append(line, `,"m":`...)
-		line = append(line, rec.raw...)
-		line = append(line, '}')
-	} else {
-		var err error
-		if line, err = json.Marshal(rec); err != nil {
-			return nil, fmt.Errorf("mailbus: encode record: %w", err)
-		}
-	}
-	done, err := j.AppendAsync(ex.partition(), line)
+	line, err := json.Marshal(rec)
 	if err != nil {
+		return nil, fmt.Errorf("mailbus: encode record: %w", err)
+	}
+	c := &commit{}
+	return c, ex.writeLine(append(line, '\n'), c)
+}
+
+// closedErr is what a write to a closed exchange fails with. Caller holds
+// ex.mu.
+func (ex *exchange) closedErr() error {
+	if !ex.closed {
+		return nil
+	}
+	if ex.failure != nil {
+		return fmt.Errorf("%w: %v", errReload, ex.failure)
+	}
+	return ErrClosed
+}
+
+// writeLine queues line, the record of LSN ex.lsn+1 with its newline, in
+// the journal, to report to c. Caller holds ex.mu.
+func (ex *exchange) writeLine(line []byte, c *commit) error {
+	c.wake = ex.durable
+	if err := ex.b.j.AppendLine(ex.part, line, c); err != nil {
 		if errors.Is(err, journal.ErrClosed) {
-			return nil, ErrClosed
+			return ErrClosed
 		}
-		return nil, fmt.Errorf("mailbus: journal: %w", err)
+		return fmt.Errorf("mailbus: journal: %w", err)
 	}
 	ex.lsn++
 	ex.sinceSnap++
-	return done, nil
+	return nil
 }
 
-// commit runs apply, in journal order, once done reports. Caller holds
-// ex.mu.
-func (ex *exchange) commit(done <-chan error, apply func(error)) {
-	ex.commits <- &commit{done: done, apply: apply}
+// commit has the committer run apply (nil for a message: delivered), in
+// journal order, once c's record is durable. Caller holds ex.mu.
+func (ex *exchange) commit(c *commit, apply func(error)) {
+	c.apply = apply
+	ex.commits <- c
 }
 
 func wait(ctx context.Context, result <-chan error) error {
@@ -325,11 +344,11 @@ func wait(ctx context.Context, result <-chan error) error {
 // submit stores m and routes it; the returned channel reports once it is
 // durable. The order of submit calls is the delivery order.
 func (ex *exchange) submit(m *Message) (<-chan error, error) {
-	st, err := newStored(m, ex.b.cfg.Now())
+	st, line, err := newStoredLine(m, ex.b.cfg.Now())
 	if err != nil {
 		return nil, err
 	}
-	result := make(chan error, 1)
+	c := &commit{st: st, result: make(chan error, 1)}
 	ex.mu.Lock()
 	if m.AckRequired {
 		if who := ex.pendingID(m); who != "" {
@@ -337,48 +356,90 @@ func (ex *exchange) submit(m *Message) (<-chan error, error) {
 			return nil, fmt.Errorf("%w: agent %s has not acknowledged an earlier message with id %q", ErrConflict, who, m.ID)
 		}
 	}
-	done, err := ex.write(&record{Kind: "m", Msg: m, Time: st.recv.UnixMilli(), raw: st.raw})
-	if err != nil {
+	if err := ex.closedErr(); err != nil {
 		ex.mu.Unlock()
 		return nil, err
 	}
-	recips := ex.applyMessage(st)
-	ex.commit(done, func(err error) {
-		if err != nil {
-			st.failed.Store(true)
-			ex.b.cfg.Logger.Error("mailbus: journal write failed", "exchange", ex.id, "err", err)
-			err = fmt.Errorf("mailbus: store message: %w", err)
-		}
-		// Inboxes first, so a sender that reads one after its ack sees
-		// the message; the sender is told before the subscribers are
-		// woken, because waking a thousand takes longer.
-		for _, r := range recips {
-			r.a.mu.Lock()
-			if r.seq > r.a.durable {
-				r.a.durable = r.seq
-			}
-			for _, s := range r.a.sessions {
-				ex.wakeLater(s)
-			}
-			r.a.mu.Unlock()
-		}
-		result <- err
-	})
+	line = strconv.AppendUint(line, ex.lsn+1, 10)
+	if err := ex.writeLine(append(line, '}', '\n'), c); err != nil {
+		ex.mu.Unlock()
+		return nil, err
+	}
+	c.recips = ex.applyMessage(st, c.one[:0])
+	ex.commit(c, nil)
 	snap := ex.wantSnapshot()
 	ex.mu.Unlock()
 	if snap {
 		go ex.snapshot()
 	}
-	return result, nil
+	return c.result, nil
+}
+
+// delivered is the committer's side of submit: c's message is durable (or
+// failed with err), so its recipients may be sent it.
+func (ex *exchange) delivered(c *commit, err error) {
+	if err != nil {
+		c.st.failed.Store(true)
+		ex.b.cfg.Logger.Error("mailbus: journal write failed", "exchange", ex.id, "err", err)
+		err = fmt.Errorf("mailbus: store message: %w", err)
+	}
+	// Inboxes first, so a sender that reads one after its ack sees the
+	// message; the sender is told before the subscribers are woken,
+	// because waking a thousand takes longer.
+	for _, r := range c.recips {
+		r.a.mu.Lock()
+		if r.seq > r.a.durable {
+			r.a.durable = r.seq
+		}
+		for _, s := range r.a.sessions {
+			ex.wakeLater(s)
+		}
+		r.a.mu.Unlock()
+	}
+	c.result <- err
 }
 
 func newStored(m *Message, recv time.Time) (*stored, error) {
-	if m.Timestamp.Year() < 0 || m.Timestamp.Year() > 9999 {
-		return nil, fmt.Errorf("%w: timestamp year outside 0..9999", ErrInvalid)
+	if err := checkTimestamp(m); err != nil {
+		return nil, err
 	}
 	st := &stored{msg: *m, recv: recv}
 	st.raw, st.msg.Payload = encodeShared(m)
 	return st, nil
+}
+
+func checkTimestamp(m *Message) error {
+	if m.Timestamp.Year() < 0 || m.Timestamp.Year() > 9999 {
+		return fmt.Errorf("%w: timestamp year outside 0..9999", ErrInvalid)
+	}
+	return nil
+}
+
+// newStoredLine is newStored for a message about to be journaled: it also
+// returns the start of the message's journal record, which holds the
+// stored encoding (st.raw is part of it, so a message is encoded and held
+// once) and ends where the record's LSN goes, with room for it and the
+// record's end: `,"l":` + the LSN + "}\n". Keys in that order (the LSN
+// last) read back as any other record.
+func newStoredLine(m *Message, recv time.Time) (*stored, []byte, error) {
+	if err := checkTimestamp(m); err != nil {
+		return nil, nil, err
+	}
+	st := &stored{msg: *m, recv: recv}
+	const head, tail = len(`{"k":"m","ts":-9223372036854775808,"m":`), len(`,"l":18446744073709551615}` + "\n")
+	n := head + len(m.ID) + len(m.Type) + len(m.From) + len(m.To) + len(m.Payload) + len(m.CorrelationID) + 160 + tail
+	line := make([]byte, 0, n)
+	line = append(line, `{"k":"m","ts":`...)
+	line = strconv.AppendInt(line, recv.UnixMilli(), 10)
+	line = append(line, `,"m":`...)
+	start := len(line)
+	line = m.appendJSON(line)
+	end := len(line)
+	line = append(line, `,"l":`...)
+	line = slices.Grow(line, tail)
+	st.raw = line[start:end:end]
+	st.msg.Payload = payloadOf(st.raw, m)
+	return st, line, nil
 }
 
 // encodeShared encodes m as stored (without seq or ack fields) and
@@ -386,13 +447,19 @@ func newStored(m *Message, recv time.Time) (*stored, error) {
 // payload, up to the frame limit, is then held once, not twice.
 func encodeShared(m *Message) (raw []byte, payload json.RawMessage) {
 	raw = m.appendJSON(make([]byte, 0, len(m.Payload)+256))
+	return raw, payloadOf(raw, m)
+}
+
+// payloadOf returns m's payload as the slice of raw, m's encoding, that
+// holds it.
+func payloadOf(raw []byte, m *Message) json.RawMessage {
 	if len(m.Payload) == 0 {
-		return raw, m.Payload
+		return m.Payload
 	}
 	// The first key "payload" is the field: in a string a quote is
 	// escaped.
 	i := bytes.Index(raw, []byte(`,"payload":`)) + len(`,"payload":`)
-	return raw, raw[i : i+len(m.Payload) : i+len(m.Payload)]
+	return raw[i : i+len(m.Payload) : i+len(m.Payload)]
 }
 
 // size is what a message counts for against Config.RetentionBytes: what it
@@ -431,19 +498,19 @@ type recipient struct {
 	seq uint64
 }
 
-// applyMessage puts st in its recipients' inboxes. It is the same code for
-// live traffic and journal replay, so replay assigns the same seqs. Caller
-// holds ex.mu.
-func (ex *exchange) applyMessage(st *stored) []recipient {
+// applyMessage puts st in its recipients' inboxes and appends them to out.
+// It is the same code for live traffic and journal replay, so replay
+// assigns the same seqs. Caller holds ex.mu.
+func (ex *exchange) applyMessage(st *stored, out []recipient) []recipient {
 	m := &st.msg
 	num := ex.msgs.add(st)
 	if m.To != "" {
 		a := ex.agent(m.To)
 		ex.msgs.ref(num, 1)
-		return []recipient{{a, ex.deliver(a, num, st)}}
+		return append(out, recipient{a, ex.deliver(a, num, st)})
 	}
 	subs := ex.subscribers(m.Type)
-	out := make([]recipient, 0, len(subs))
+	out = slices.Grow(out, len(subs))
 	for _, a := range subs {
 		if a.id != m.From {
 			out = append(out, recipient{a, ex.deliver(a, num, st)})
@@ -516,13 +583,13 @@ func (ex *exchange) changeSubs(ctx context.Context, agentID string, patterns []s
 		ex.mu.Unlock()
 		return nil
 	}
-	done, err := ex.write(&record{Kind: "s", Agent: agentID, Types: next})
+	c, err := ex.write(&record{Kind: "s", Agent: agentID, Types: next})
 	if err != nil {
 		ex.mu.Unlock()
 		return err
 	}
 	ex.setSubs(a, next)
-	ex.commit(done, func(err error) {
+	ex.commit(c, func(err error) {
 		if err != nil {
 			err = fmt.Errorf("mailbus: store subscriptions: %w", err)
 		}
@@ -549,8 +616,8 @@ func (ex *exchange) saveCursor(a *agent) {
 	if cur <= saved || ex.closed {
 		return
 	}
-	if done, err := ex.write(&record{Kind: "c", Agent: a.id, Seq: cur}); err == nil {
-		ex.commit(done, func(error) {})
+	if c, err := ex.write(&record{Kind: "c", Agent: a.id, Seq: cur}); err == nil {
+		ex.commit(c, func(error) {})
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -308,12 +309,41 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 		ws.mu.Unlock()
 	}()
 	for {
-		typ, r, err := ws.conn.Reader(ctx)
+		// Not ctx: the library arms and disarms a context.AfterFunc
+		// twice per frame for a context that can end, and nothing ends
+		// ctx while the reader runs. Whatever ends the connection closes
+		// it, which ends the read.
+		typ, r, err := ws.conn.Reader(context.Background())
 		if err != nil {
 			return
 		}
 		if ws.dispatch(ctx, typ, r) != nil {
 			return
+		}
+	}
+}
+
+// frameBufs holds the buffers frames are read into. A frame is decoded
+// (which copies what it keeps) before its buffer goes back, so the buffers
+// are only held while a frame is handled, not by idle connections.
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledFrame is the largest frame buffer kept for reuse.
+const maxPooledFrame = 64 << 10
+
+// readFrame appends everything r holds to b.
+func readFrame(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
 		}
 	}
 }
@@ -324,7 +354,14 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 //
 //go:noinline
 func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.Reader) error {
-	data, err := io.ReadAll(r)
+	buf := frameBufs.Get().(*[]byte)
+	data, err := readFrame(r, (*buf)[:0])
+	defer func() {
+		if cap(data) <= maxPooledFrame {
+			*buf = data[:0]
+			frameBufs.Put(buf)
+		}
+	}()
 	if err != nil {
 		return err
 	}
@@ -442,18 +479,24 @@ type owed struct {
 }
 
 func (ws *wsConn) waiter() {
-	var held *owed
+	var held owed
+	holding := false
 	for {
-		p := held
-		held = nil
-		if p == nil {
+		var p owed
+		if holding {
+			p, holding = held, false
+		} else {
 			o, more := <-ws.waitq
 			if !more {
 				return
 			}
-			p = &o
+			p = o
 		}
-		out := [][]byte{ws.settle(p)}
+		// The replies settled together share one buffer: a reply is
+		// rarely longer than replySize.
+		buf := make([]byte, 0, replySize*(1+len(ws.waitq)))
+		buf = ws.settle(&p, buf)
+		out := [][]byte{buf[:len(buf):len(buf)]}
 		open := true
 	gather:
 		for {
@@ -464,10 +507,12 @@ func (ws *wsConn) waiter() {
 					break gather
 				}
 				if len(o.result) == 0 {
-					held = &o
+					held, holding = o, true
 					break gather
 				}
-				out = append(out, ws.settle(&o))
+				n := len(buf)
+				buf = ws.settle(&o, buf)
+				out = append(out, buf[n:len(buf):len(buf)])
 			default:
 				break gather
 			}
@@ -479,8 +524,11 @@ func (ws *wsConn) waiter() {
 	}
 }
 
-// settle waits for p's write and encodes its reply.
-func (ws *wsConn) settle(p *owed) []byte {
+// replySize is about the length of an accepted frame.
+const replySize = 96
+
+// settle waits for p's write and appends its reply to buf.
+func (ws *wsConn) settle(p *owed, buf []byte) []byte {
 	f := p.ok
 	if err := <-p.result; err != nil {
 		_, code, msg := errorStatus(err)
@@ -489,11 +537,10 @@ func (ws *wsConn) settle(p *owed) []byte {
 		}
 		f = frame{Action: "error", Ref: p.ok.Ref, Error: msg, Code: code}
 		b, _ := json.Marshal(f)
-		return b
+		return append(buf, b...)
 	}
 	// The common replies, encoded without reflection.
-	b := make([]byte, 0, 96)
-	b = append(b, `{"action":`...)
+	b := append(buf, `{"action":`...)
 	b = appendString(b, f.Action)
 	if f.Ref != "" {
 		b = append(b, `,"ref":`...)

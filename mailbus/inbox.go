@@ -173,7 +173,7 @@ func (ex *exchange) ackAsync(agentID, id string) (<-chan error, error) {
 	if acked {
 		return nil, nil
 	}
-	done, err := ex.write(&record{Kind: "a", Agent: agentID, ID: id, Time: now.UnixMilli()})
+	c, err := ex.write(&record{Kind: "a", Agent: agentID, ID: id, Time: now.UnixMilli()})
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +181,7 @@ func (ex *exchange) ackAsync(agentID, id string) (<-chan error, error) {
 	ack.ackedAt = now
 	a.mu.Unlock()
 	result := make(chan error, 1)
-	ex.commit(done, func(err error) {
+	ex.commit(c, func(err error) {
 		if err != nil {
 			err = fmt.Errorf("mailbus: store acknowledgement: %w", err)
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	gojson "github.com/goccy/go-json"
+
 	"github.com/meatspace-exchange/mess/internal/ident"
 )
 
@@ -111,9 +113,13 @@ func Match(p, t string) bool {
 // NewMessageID returns an id in the format of Jetpack's generateMessageId,
 // msg-<ms>-<8hex>.
 func NewMessageID(now time.Time) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return "msg-" + strconv.FormatInt(now.UnixMilli(), 10) + "-" + hex.EncodeToString(b[:])
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	var buf [40]byte
+	b := append(buf[:0], "msg-"...)
+	b = strconv.AppendInt(b, now.UnixMilli(), 10)
+	b = append(b, '-')
+	return string(hex.AppendEncode(b, r[:]))
 }
 
 // ackedMessage returns the id of the message m acknowledges, or "". Jetpack's
@@ -202,6 +208,11 @@ func normalize(m *Message, from string, now time.Time) error {
 		m.Payload = json.RawMessage("{}")
 	case p[0] != '{':
 		return fmt.Errorf("%w: payload must be a JSON object", ErrInvalid)
+	case isCompact(p) && gojson.Valid(p):
+		// What clients send usually is compact already: no copy, and
+		// goccy's validator (which FuzzNormalizePayload holds to
+		// encoding/json's verdict) takes a sixth of the time.
+		m.Payload = p[:len(p):len(p)]
 	default:
 		var c bytes.Buffer
 		c.Grow(len(p))
@@ -217,6 +228,35 @@ func normalize(m *Message, from string, now time.Time) error {
 	m.Timestamp = m.Timestamp.UTC()
 	m.AckedAt, m.AckedBy, m.Seq = nil, "", 0
 	return nil
+}
+
+// isCompact reports whether p has no whitespace outside its strings, so
+// that json.Compact would leave it as it is.
+func isCompact(p []byte) bool {
+	if bytes.IndexByte(p, ' ') < 0 && bytes.IndexByte(p, '\n') < 0 &&
+		bytes.IndexByte(p, '\t') < 0 && bytes.IndexByte(p, '\r') < 0 {
+		return true // the common case, in a few vector instructions
+	}
+	inString := false
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case ' ', '\t', '\n', '\r':
+			return false
+		}
+	}
+	return true
 }
 
 // appendJSON encodes m the way encoding/json does (same keys, omitempty

@@ -54,6 +54,17 @@ func (t *msgTable) add(st *stored) uint64 {
 	return n
 }
 
+// span returns the numbers the table has room for, lo to hi-1: every
+// message an inbox entry refers to is among them. Caller holds
+// exchange.mu.
+func (t *msgTable) span() (lo, hi uint64) {
+	d := t.dir.Load()
+	if d == nil {
+		return t.next, t.next
+	}
+	return d.base << chunkBits, t.next
+}
+
 func (t *msgTable) chunk(n uint64) *msgChunk {
 	d := t.dir.Load()
 	return d.chunks[n>>chunkBits-d.base]

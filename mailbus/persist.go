@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -146,7 +147,7 @@ func (ex *exchange) applyRecord(r *record) {
 		if r.Msg == nil {
 			return
 		}
-		ex.applyMessage(&stored{msg: *r.Msg, raw: r.raw, recv: time.UnixMilli(r.Time)})
+		ex.applyMessage(&stored{msg: *r.Msg, raw: r.raw, recv: time.UnixMilli(r.Time)}, nil)
 	case "a":
 		ex.applyAck(r.Agent, r.ID, time.UnixMilli(r.Time))
 	case "s":
@@ -228,19 +229,31 @@ func (ex *exchange) snapshot() {
 	}
 }
 
+// captured is the state of an exchange at one LSN, ready to be encoded as
+// a snapshot: the messages are the stored ones, whose encoding is spliced
+// into the snapshot instead of being encoded again.
+type captured struct {
+	lsn    uint64
+	msgs   []*stored
+	agents []snapAgent
+	// sealed waits for the journal's seal queued at lsn: the objects
+	// before its boundary hold exactly the records up to lsn.
+	sealed func(context.Context) (string, error)
+}
+
 // capture copies the state at one LSN. Only the copy of each inbox (its
 // entries hold no pointers, so that is a memmove) is made under the locks;
 // looking up the messages happens after, so that a snapshot of a large
 // inbox stalls neither publishers nor the agent's deliveries. The message
 // table keeps every message meanwhile: trim waits while ex.snapping.
-func (ex *exchange) capture() *snapshot {
+func (ex *exchange) capture() *captured {
 	type copied struct {
 		sa    snapAgent
 		ents  []entry
 		acked map[uint64]int64 // seq → ackedAt (unix ms)
 	}
 	ex.mu.Lock()
-	s := &snapshot{LSN: ex.lsn}
+	s := &captured{lsn: ex.lsn}
 	cs := make([]copied, 0, len(ex.agents))
 	ex.snapEntries = 0
 	for _, a := range ex.agents {
@@ -258,19 +271,27 @@ func (ex *exchange) capture() *snapshot {
 		ex.snapEntries += len(c.ents)
 		cs = append(cs, c)
 	}
+	lo, hi := ex.msgs.span()
+	// Records are queued under ex.mu too: the seal splits the journal at
+	// exactly this LSN.
+	s.sealed = ex.b.j.QueueSeal(ex.part)
 	ex.mu.Unlock()
 
-	index := map[uint64]int{} // message number → index in s.Messages
+	// Message number → 1 + its index in s.msgs. Every entry refers to a
+	// message in the table, whose numbers are dense, so a slice over the
+	// table's span (which the table itself holds a slot for) replaces a
+	// map.
+	index := make([]int32, hi-lo)
+	s.agents = make([]snapAgent, 0, len(cs))
 	for _, c := range cs {
 		sa := c.sa
 		sa.Ents = make([]snapEnt, 0, len(c.ents))
 		for j, e := range c.ents {
-			i, ok := index[e.num()]
-			if !ok {
-				st := ex.msgs.get(e.num())
-				i = len(s.Messages)
-				index[e.num()] = i
-				s.Messages = append(s.Messages, snapMsg{Msg: st.msg, Recv: st.recv.UnixMilli()})
+			i := int(index[e.num()-lo]) - 1
+			if i < 0 {
+				i = len(s.msgs)
+				index[e.num()-lo] = int32(i + 1)
+				s.msgs = append(s.msgs, ex.msgs.get(e.num()))
 			}
 			se := snapEnt{M: i, Ack: e.needsAck()}
 			if se.Ack {
@@ -278,25 +299,104 @@ func (ex *exchange) capture() *snapshot {
 			}
 			sa.Ents = append(sa.Ents, se)
 		}
-		s.Agents = append(s.Agents, sa)
+		s.agents = append(s.agents, sa)
 	}
 	return s
 }
 
-func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
-	st := ex.b.cfg.Store
-	data, err := json.Marshal(s)
-	if err != nil {
-		return err
+// appendJSON encodes s as a snapshot (the JSON of type snapshot) without
+// reflection: a snapshot holds every retained message, and encoding them
+// through reflection cost as much as taking them in.
+func (s *captured) appendJSON(b []byte) []byte {
+	b = append(b, `{"lsn":`...)
+	b = strconv.AppendUint(b, s.lsn, 10)
+	b = append(b, `,"messages":[`...)
+	for i, st := range s.msgs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"m":`...)
+		b = append(b, st.raw...)
+		b = append(b, `,"r":`...)
+		b = strconv.AppendInt(b, st.recv.UnixMilli(), 10)
+		b = append(b, '}')
 	}
-	key := fmt.Sprintf("%s%020d.json", ex.snapPrefix(), s.LSN)
+	b = append(b, `],"agents":[`...)
+	for i, a := range s.agents {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = appendString(b, a.ID)
+		if len(a.Subs) > 0 {
+			b = append(b, `,"subs":[`...)
+			for j, p := range a.Subs {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = appendString(b, p)
+			}
+			b = append(b, ']')
+		}
+		if a.SubsSet {
+			b = append(b, `,"subsSet":true`...)
+		}
+		if a.Cursor != 0 {
+			b = append(b, `,"cursor":`...)
+			b = strconv.AppendUint(b, a.Cursor, 10)
+		}
+		b = append(b, `,"first":`...)
+		b = strconv.AppendUint(b, a.First, 10)
+		if len(a.Ents) > 0 {
+			b = append(b, `,"ents":[`...)
+			for j, e := range a.Ents {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, `{"m":`...)
+				b = strconv.AppendInt(b, int64(e.M), 10)
+				if e.Ack {
+					b = append(b, `,"k":true`...)
+				}
+				if e.AckedAt != 0 {
+					b = append(b, `,"t":`...)
+					b = strconv.AppendInt(b, e.AckedAt, 10)
+				}
+				b = append(b, '}')
+			}
+			b = append(b, ']')
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}"...)
+}
+
+// size estimates the length of s's encoding.
+func (s *captured) size() int {
+	n := 64
+	for _, st := range s.msgs {
+		n += len(st.raw) + 32
+	}
+	for _, a := range s.agents {
+		n += 128 + 16*len(a.Ents)
+		for _, p := range a.Subs {
+			n += len(p) + 3
+		}
+	}
+	return n
+}
+
+func (ex *exchange) writeSnapshot(ctx context.Context, s *captured) error {
+	st := ex.b.cfg.Store
+	data := s.appendJSON(make([]byte, 0, s.size()))
+	key := fmt.Sprintf("%s%020d.json", ex.snapPrefix(), s.lsn)
 	if _, err := st.Put(ctx, key, data); err != nil {
 		return err
 	}
-	// Journal objects hold increasing LSNs in key order: delete from the
-	// front while an object's last record is covered by the snapshot. They
-	// are sealed first, so a listed object gets no more records.
-	bound, err := ex.b.j.Seal(ctx, ex.partition())
+	// The objects before the boundary of the seal queued at s.lsn hold
+	// the records up to s.lsn and no others: the snapshot covers them,
+	// and none needs reading to know it.
+	bound, err := s.sealed(ctx)
 	if err != nil {
 		return err
 	}
@@ -307,23 +407,16 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *snapshot) error {
 		if k >= bound {
 			break
 		}
-		obj, err := st.Get(ctx, k)
-		if err != nil {
-			return err
-		}
-		if journal.IsControl(obj.Data) {
-			continue // fences stay: they keep replaced writers out
-		}
-		lines, _ := journal.Lines(obj.Data)
-		if len(lines) == 0 {
-			continue
-		}
-		var r record
-		if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
-			return err
-		}
-		if r.LSN > s.LSN {
-			break
+		if ex.b.cfg.Fence != nil {
+			// Fences stay: they keep replaced writers out. Only a shared
+			// store has them, so only there is an object read first.
+			obj, err := st.Get(ctx, k)
+			if err != nil {
+				return err
+			}
+			if journal.IsControl(obj.Data) {
+				continue
+			}
 		}
 		if err := st.Delete(ctx, k); err != nil {
 			return err

@@ -42,12 +42,18 @@ func (a *watchAuth) WatchKey(exchangeID, key string) (<-chan struct{}, func()) {
 	}
 }
 
+// revoke revokes key; a watch that starts later gets a closed channel, as
+// WatchKey promises: the server watches a key only once the welcome frame
+// is out, so a client may revoke before that.
 func (a *watchAuth) revoke(key string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if c := a.revoked[key]; c != nil {
-		close(c)
+	c := a.revoked[key]
+	if c == nil {
+		c = make(chan struct{})
+		a.revoked[key] = c
 	}
+	close(c)
 }
 
 func (a *watchAuth) watches() int {

@@ -414,7 +414,9 @@ func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	var w io.Writer = c
 	if l.raw {
 		if l.fc = newFrameConn(c); l.fc != nil {
-			w = l.fc
+			// The library reads the connection it is handed, behind
+			// what br has buffered: through fc, which reads ahead.
+			w, c = l.fc, readThrough{c, l.fc}
 		}
 	}
 	if err := brw.Writer.Flush(); err != nil {
@@ -437,3 +439,11 @@ func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(w, connWriteBuffer)), nil
 }
+
+// readThrough is a connection whose reads go through its frameConn.
+type readThrough struct {
+	net.Conn
+	fc *frameConn
+}
+
+func (r readThrough) Read(p []byte) (int, error) { return r.fc.Read(p) }

@@ -60,6 +60,14 @@ type frameConn struct {
 	p     []byte
 	err   error
 	write func(fd uintptr) bool // writeOnce, bound once so tryWrite allocates nothing
+
+	// Read side, used by the library's reader alone (its reads are
+	// serial): bytes read ahead of what it asked for, held only until it
+	// has taken them.
+	ahead    []byte
+	aheadBuf *[]byte
+	aheadN   int
+	readMore func(fd uintptr) bool // readOnce, bound once
 }
 
 // newFrameConn returns c as a frameConn, or nil when c offers no raw
@@ -75,7 +83,64 @@ func newFrameConn(c net.Conn) *frameConn {
 	}
 	fc := &frameConn{conn: c, rc: rc}
 	fc.write = fc.writeOnce
+	fc.readMore = fc.readOnce
 	return fc
+}
+
+// Read reads for the library's buffered reader, whose buffer is small
+// (connReadBuffer) so that an idle connection costs little. A client that
+// pipelines frames would then cost a read system call for every one or
+// two of them: when a read fills p, the socket likely holds more, and Read
+// takes what it holds, up to readAhead bytes, in one more call that does
+// not wait, into a pooled buffer it serves the next reads from and gives
+// back once they have emptied it.
+func (fc *frameConn) Read(p []byte) (int, error) {
+	if fc.ahead != nil {
+		n := copy(p, fc.ahead)
+		fc.ahead = fc.ahead[n:]
+		if len(fc.ahead) == 0 {
+			fc.ahead = nil
+			aheadBufs.Put(fc.aheadBuf)
+			fc.aheadBuf = nil
+		}
+		return n, nil
+	}
+	n, err := fc.conn.Read(p)
+	if err == nil && n == len(p) && n > 0 {
+		fc.readAhead()
+	}
+	return n, err
+}
+
+// readAhead is the size of the buffers Read reads ahead into.
+const readAhead = 16 << 10
+
+var aheadBufs = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
+
+// readAhead reads what the socket holds without waiting. An error is left
+// to the next read that waits, which meets it again.
+func (fc *frameConn) readAhead() {
+	fc.aheadBuf = aheadBufs.Get().(*[]byte)
+	fc.aheadN = 0
+	_ = fc.rc.Read(fc.readMore)
+	if fc.aheadN <= 0 {
+		aheadBufs.Put(fc.aheadBuf)
+		fc.aheadBuf = nil
+		return
+	}
+	fc.ahead = (*fc.aheadBuf)[:fc.aheadN]
+}
+
+// readOnce is readAhead's callback: it never asks to wait for the socket.
+// An error (EAGAIN: nothing to read) leaves aheadN negative.
+func (fc *frameConn) readOnce(fd uintptr) bool {
+	for {
+		n, err := syscall.Read(int(fd), *fc.aheadBuf)
+		if err != syscall.EINTR {
+			fc.aheadN = n
+			return true
+		}
+	}
 }
 
 // Write writes p whole under mu. The library's buffered writer flushes each

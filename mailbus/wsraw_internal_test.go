@@ -3,6 +3,7 @@
 package mailbus
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -220,5 +221,61 @@ func TestTryWriteDoesNotWaitForTheFrameLock(t *testing.T) {
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(client, got); err != nil || string(got) != "\x81\x05hello\x81\x05hello" {
 		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+// A reader with a small buffer over a frameConn gets every byte a client
+// sent, in order, whether the socket holds less than a read asks for,
+// exactly as much, or far more (what Read takes ahead), and then the end
+// of the stream; nothing read ahead is kept once it has been taken.
+func TestFrameConnReadsAhead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	fc := newFrameConn(server)
+	br := bufio.NewReaderSize(fc, connReadBuffer)
+	for i, n := range []int{1, connReadBuffer, 3 * readAhead, connReadBuffer - 1, readAhead + 7, 100} {
+		chunk := bytes.Repeat([]byte{byte('a' + i)}, n)
+		// Each chunk is on the socket whole before it is read: the reads
+		// meet exactly what the sizes above describe.
+		if _, err := client.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, n)
+		server.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n > readAhead {
+			// One small read takes ahead what the socket holds beyond it.
+			if _, err := br.Peek(1); err != nil {
+				t.Fatal(err)
+			}
+			if len(fc.ahead) == 0 {
+				t.Fatalf("chunk %d of %d bytes: nothing read ahead", i, n)
+			}
+		}
+		if _, err := io.ReadFull(br, got); err != nil {
+			t.Fatalf("chunk %d of %d bytes: %v", i, n, err)
+		}
+		if !bytes.Equal(got, chunk) {
+			t.Fatalf("chunk %d of %d bytes read back wrong", i, n)
+		}
+		if br.Buffered() == 0 && fc.ahead != nil {
+			t.Fatalf("after chunk %d: %d bytes held ahead that were already read", i, len(fc.ahead))
+		}
+	}
+	client.Close()
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after the client closed: %d bytes, %v; want EOF", n, err)
 	}
 }

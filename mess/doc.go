@@ -11,7 +11,10 @@
 //
 //	SELECT * FROM read_json_auto('data/events/**/*.jsonl', hive_partitioning=true);
 //
-// New rebuilds the projection from the log; reads never touch storage,
+// New rebuilds the projection from the log: per exchange, from the newest
+// snapshot of the projection (snapshots/mess/exchange={id}/..., written
+// in the background and at Close, see Config.SnapshotEvery) and the
+// events after it, many exchanges at once. Reads never touch storage,
 // except for attachments. Every change is appended durably, through a
 // group commit that lets many concurrent writers share one fsync, before
 // the method that made it returns. Executor profiles live in

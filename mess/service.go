@@ -66,6 +66,16 @@ type Config struct {
 	MaxAttachmentBytes int64
 	// ExpiryInterval is how often needed_by deadlines are checked. Zero means 1s.
 	ExpiryInterval time.Duration
+	// SnapshotEvery is how many events an exchange gets before a snapshot
+	// of its state is written, so that start-up reads the snapshot and the
+	// events after it rather than the whole log (see snapshot.go). A
+	// snapshot also waits for a quarter of the events the previous one
+	// covered. Zero means 10,000; negative means no snapshots are written
+	// or read.
+	SnapshotEvery int
+	// SnapshotInterval is how long an exchange's newest events may go
+	// without a snapshot. Zero means 10 minutes.
+	SnapshotInterval time.Duration
 	// ValidateProfile, when set, checks notification, hook and preference
 	// configs as a profile is registered or updated; its error is reported
 	// to the caller as invalid input.
@@ -91,11 +101,17 @@ type Service struct {
 
 	nExchanges atomic.Int64 // exchanges with a record, for MaxExchanges
 
-	closed  atomic.Bool
-	stop    chan struct{}
-	bg      sync.WaitGroup
-	openSet map[string]bool
-	allowed map[string]bool
+	keyFloor atomic.Uint64  // ms; the journal names objects after it (journalNow)
+	fenced   sync.Map       // exchange id → true: its event log was fenced by load
+	snapDue  chan *exchange // exchanges whose snapshot fell due
+
+	closed   atomic.Bool
+	stop     chan struct{}
+	bg       sync.WaitGroup
+	bgCtx    context.Context // ends when Close gives up waiting
+	bgCancel context.CancelFunc
+	openSet  map[string]bool
+	allowed  map[string]bool
 }
 
 // New opens the service on cfg.Store and rebuilds its state from the log.
@@ -132,6 +148,12 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.MaxExchanges == 0 {
 		cfg.MaxExchanges = 10000
 	}
+	if cfg.SnapshotEvery == 0 {
+		cfg.SnapshotEvery = 10000
+	}
+	if cfg.SnapshotInterval <= 0 {
+		cfg.SnapshotInterval = 10 * time.Minute
+	}
 	s := &Service{
 		cfg:       cfg,
 		store:     cfg.Store,
@@ -140,6 +162,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		keys:      map[[32]byte]keyRef{},
 		watches:   map[[32]byte]map[*keyWatch]struct{}{},
 		stop:      make(chan struct{}),
+		snapDue:   make(chan *exchange, 64),
 		openSet:   map[string]bool{},
 		allowed:   map[string]bool{},
 	}
@@ -155,7 +178,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		}
 		s.allowed[id] = true
 	}
-	j, err := journal.New(journal.Config{Store: cfg.Store, Now: cfg.Now, Fence: cfg.Fence, Dated: true, OnLanded: s.landed})
+	j, err := journal.New(journal.Config{Store: cfg.Store, Now: s.journalNow, Fence: cfg.Fence, Dated: true, OnLanded: s.landed})
 	if err != nil {
 		return nil, err
 	}
@@ -164,8 +187,13 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		j.Close(ctx)
 		return nil, err
 	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.bg.Add(1)
 	go s.sweep()
+	if cfg.SnapshotEvery >= 0 {
+		s.bg.Add(1)
+		go s.snapshotLoop()
+	}
 	return s, nil
 }
 
@@ -175,9 +203,18 @@ func (s *Service) Close(ctx context.Context) error {
 		return nil
 	}
 	close(s.stop)
-	s.bg.Wait()
+	bgDone := make(chan struct{})
+	go func() { s.bg.Wait(); close(bgDone) }()
+	select {
+	case <-bgDone:
+	case <-ctx.Done():
+		s.bgCancel() // a snapshot being written
+		<-bgDone
+	}
+	s.bgCancel()
 	err := s.journal.Close(ctx)
 	s.flushLastSeen(ctx)
+	s.snapshotAtClose(ctx)
 	s.mu.RLock()
 	for _, ex := range s.exchanges {
 		ex.mu.Lock()
@@ -229,6 +266,8 @@ type exchange struct {
 	attachHeld  map[string]int64 // attachment bytes being stored, by member
 
 	execMu sync.Mutex // serialises executor and exchange-record writes
+
+	log exchangeLog // its share of the event log, and its snapshots
 }
 
 type orderEntry struct {
@@ -381,7 +420,7 @@ func (s *Service) commit(ctx context.Context, ex *exchange, evs []Event, decoded
 	}
 	// Not cancellable: once queued the events may become durable, and state
 	// must then match the log, so a caller that goes away still waits.
-	if err := s.journal.Append(context.WithoutCancel(ctx), eventLog(ex.id), lines...); err != nil {
+	if err := s.appendEvents(ex, lines); err != nil {
 		if errors.Is(err, journal.ErrClosed) {
 			return ErrClosed
 		}
@@ -400,6 +439,7 @@ func (s *Service) applyDurable(ex *exchange, evs []Event, decoded []any) {
 	}
 	ex.notifyLocked()
 	ex.mu.Unlock()
+	s.eventsApplied(ex, len(evs))
 	s.listenMu.RLock()
 	for _, fn := range s.listeners {
 		for _, ev := range evs {

@@ -10,7 +10,8 @@ package main
 //	mailbus-fanout-paced  the same at a fixed rate of MESSBENCH_RATE
 //	                    deliveries/s (default 250000).
 //	mailbus-direct      -c senders pipelining durable direct messages to
-//	                    offline agents: accepted messages/s and accept latency.
+//	                    offline agents: accepted messages/s and accept latency
+//	                    (direct.go).
 //	mailbus-replay      preloads -n messages (default 200000) into one inbox,
 //	                    then times a reconnect from since=0 (the server must
 //	                    retain them: MAILBUS_RETENTION_COUNT >= -n).
@@ -348,52 +349,6 @@ func benchMailFanout(ctx context.Context, o options, rate int) error {
 	lat.addAll(local)
 	acc.report(o.Out, "publish accepted (durable)", elapsed)
 	lat.report(o.Out, "publish-to-receive (sampled)", total)
-	return nil
-}
-
-func benchMailDirect(ctx context.Context, o options) error {
-	raiseFileLimit()
-	senders := max(o.Concurrency, 1)
-	targets := 16
-	fmt.Fprintf(o.Out, "registering %d agents...\n", senders+targets)
-	agents, err := registerMany(ctx, o, senders+targets)
-	if err != nil {
-		return err
-	}
-	conns, err := dialAll(ctx, o, agents[:senders], "batch=1&types=")
-	if err != nil {
-		return err
-	}
-	var rec recorder
-	runCtx, cancel := context.WithTimeout(ctx, o.Duration)
-	defer cancel()
-	start := time.Now()
-	var wg sync.WaitGroup
-	pubs := make([]*publisher, senders)
-	for w, c := range conns {
-		pubs[w] = newPublisher(c, 32, &rec)
-		wg.Go(func() {
-			for i := 0; runCtx.Err() == nil; i++ {
-				ref := strconv.Itoa(i)
-				to := agents[senders+(w+i)%targets].ID
-				frame, _ := json.Marshal(map[string]any{"action": "send", "ref": ref, "targetAgent": to,
-					"message": map[string]any{"type": "bench.direct", "payload": payload100(time.Now())}})
-				if pubs[w].send(runCtx, ref, frame) != nil {
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	for _, p := range pubs {
-		p.drain(30 * time.Second)
-	}
-	rec.report(o.Out, "direct messages accepted (fsync before ack, group commit)", time.Since(start))
-	fmt.Fprintf(o.Out, "  (%d senders over WebSocket, up to 32 unacknowledged each, %d offline targets)\n", senders, targets)
-	for i, c := range conns {
-		c.Close(websocket.StatusNormalClosure, "")
-		<-pubs[i].done
-	}
 	return nil
 }
 

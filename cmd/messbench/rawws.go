@@ -36,12 +36,18 @@ func dialRaw(ctx context.Context, o options, a agent, query string) (*rawConn, e
 	if err != nil {
 		return nil, err
 	}
+	return handshakeRaw(c, u.Host, o, a, query)
+}
+
+// handshakeRaw opens the mail bus subscription of a on c, connected to
+// host, and reads the welcome frame; it closes c if it fails.
+func handshakeRaw(c io.ReadWriteCloser, host string, o options, a agent, query string) (*rawConn, error) {
 	var nonce [16]byte
 	rand.Read(nonce[:])
 	key := base64.StdEncoding.EncodeToString(nonce[:])
 	req := fmt.Sprintf("GET /api/v1/exchanges/%s/mailbus/subscribe?%s HTTP/1.1\r\nHost: %s\r\n"+
 		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"+
-		"Authorization: Bearer %s\r\n\r\n", o.Exchange, query, u.Host, key, a.Key)
+		"Authorization: Bearer %s\r\n\r\n", o.Exchange, query, host, key, a.Key)
 	if _, err := io.WriteString(c, req); err != nil {
 		c.Close()
 		return nil, err

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,7 +62,9 @@ type Config struct {
 	// wherever another process can reach the store.
 	Fence storage.Fence
 	// Dated puts a log's objects in day folders: {log}/{YYYY}/{MM}/{DD}/,
-	// the day (UTC) from Now when the batch is written.
+	// the day (UTC) from Now when the batch is written, but never a day
+	// before one the log already has (see Observe), so key order stays
+	// write order when the clock steps back.
 	Dated bool
 	// OnLanded, with Fence set, is called with a batch (the object's
 	// lines, each carrying its epoch) whose Append was answered with an
@@ -91,8 +94,26 @@ type pending struct {
 	data      []byte // one or more complete lines; nil for a seal
 	lines     int
 	seal      bool
-	boundary  string // a seal's result, set before done is sent
-	done      chan error
+	boundary  string     // a seal's result, set before done is sent
+	done      chan error // nil when notify is set
+	notify    Notifier
+}
+
+// finish reports the outcome of p's write.
+func (p *pending) finish(err error) {
+	if p.notify != nil {
+		p.notify.Durable(err)
+		return
+	}
+	p.done <- err
+}
+
+// Notifier is told the outcome of a line queued with AppendLine.
+type Notifier interface {
+	// Durable reports that the line is durable (err nil) or that its
+	// write failed. It is called once, on the journal's flusher
+	// goroutine, which it must not hold up: every append waits for it.
+	Durable(err error)
 }
 
 // segment is a partition's object that is still growing.
@@ -121,6 +142,7 @@ type Journal struct {
 	epoch  uint64 // Fence.Epoch
 	logsMu sync.Mutex
 	logs   map[string]*logState  // fenced logs
+	days   map[string]string     // dated unfenced logs: the latest day folder, under logsMu
 	lost   atomic.Pointer[error] // the fence that stopped this journal
 }
 
@@ -143,6 +165,7 @@ func New(cfg Config) (*Journal, error) {
 		entropy: ulid.Monotonic(rand.Reader, 0),
 		segs:    map[string]*segment{},
 		logs:    map[string]*logState{},
+		days:    map[string]string{},
 	}
 	if cfg.Fence != nil {
 		j.epoch = cfg.Fence.Epoch()
@@ -209,23 +232,38 @@ func (j *Journal) AppendAsync(partition string, lines ...[]byte) (<-chan error, 
 // may delete the listed objects before the boundary once they are folded in.
 // After Close, Seal waits for Close's writes: nothing is written again.
 func (j *Journal) Seal(ctx context.Context, partition string) (string, error) {
+	return j.QueueSeal(partition)(ctx)
+}
+
+// QueueSeal queues a seal as Seal does and returns at once: the lines
+// queued before the call are in objects before its boundary, and those
+// queued after it in objects after. wait returns the boundary once the
+// seal is done. A caller that queues its lines and the seal under its own
+// lock thereby splits the journal exactly where its state was copied: a
+// compaction then knows every object before the boundary is folded in
+// without reading any.
+func (j *Journal) QueueSeal(partition string) (wait func(context.Context) (string, error)) {
 	if err := storage.ValidKey(partition); err != nil {
-		return "", err
+		return func(context.Context) (string, error) { return "", err }
 	}
 	p := &pending{partition: partition, seal: true, done: make(chan error, 1)}
 	if err := j.push(p); err != nil {
+		return func(ctx context.Context) (string, error) {
+			select {
+			case <-j.flushed:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+			return j.boundary(partition)
+		}
+	}
+	return func(ctx context.Context) (string, error) {
 		select {
-		case <-j.flushed:
+		case err := <-p.done:
+			return p.boundary, err
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
-		return j.boundary(partition)
-	}
-	select {
-	case err := <-p.done:
-		return p.boundary, err
-	case <-ctx.Done():
-		return "", ctx.Err()
 	}
 }
 
@@ -233,7 +271,71 @@ func (j *Journal) boundary(partition string) (string, error) {
 	if j.cfg.Fence != nil {
 		return j.boundarySlot(partition)
 	}
-	return partition + "/" + j.NewID(j.cfg.Now()).String(), nil
+	now := j.cfg.Now()
+	if j.cfg.Dated {
+		return partition + "/" + j.dayOf(partition, now) + "/" + j.NewID(now).String(), nil
+	}
+	return partition + "/" + j.NewID(now).String(), nil
+}
+
+// dayOf is the day folder of an unfenced dated log's object (or boundary)
+// named now: today, or the log's latest day if that is later. It becomes
+// the log's latest day.
+func (j *Journal) dayOf(log string, now time.Time) string {
+	day := now.UTC().Format(dayLayout)
+	j.logsMu.Lock()
+	defer j.logsMu.Unlock()
+	day = max(day, j.days[log])
+	j.days[log] = day
+	return day
+}
+
+// Observe tells the journal that key belongs to log, as a replay or a
+// snapshot's boundary shows: in a dated log, objects written from now on
+// go to key's day folder or a later one, so they sort after key. Keys
+// that are not in a day folder of log are ignored.
+func (j *Journal) Observe(log, key string) {
+	if !j.cfg.Dated {
+		return
+	}
+	rest, ok := strings.CutPrefix(key, log+"/")
+	if !ok || len(rest) < len(dayLayout)+1 || rest[len(dayLayout)] != '/' {
+		return
+	}
+	if _, err := time.Parse(dayLayout, rest[:len(dayLayout)]); err != nil {
+		return
+	}
+	j.logsMu.Lock()
+	defer j.logsMu.Unlock()
+	j.days[log] = max(j.days[log], rest[:len(dayLayout)])
+}
+
+// AppendLine queues line, one complete JSON value followed by its newline,
+// and has n told once it is durable: AppendAsync without a channel per
+// call, and without a copy of line, which the journal takes over (the
+// caller must not change it afterwards). Lines queued by successive calls
+// for one partition land in key order, and their notifiers are told in
+// that order.
+func (j *Journal) AppendLine(partition string, line []byte, n Notifier) error {
+	if err := storage.ValidKey(partition); err != nil {
+		return err
+	}
+	body, ok := bytes.CutSuffix(line, []byte{'\n'})
+	if !ok {
+		return errors.New("journal: line does not end in a newline")
+	}
+	if bytes.IndexByte(body, '\n') >= 0 || bytes.IndexByte(body, 0) >= 0 {
+		return errors.New("journal: line contains a newline or NUL")
+	}
+	if j.cfg.Fence != nil {
+		var err error
+		if line, err = withEpoch(j.epoch, [][]byte{body}); err != nil {
+			return err
+		}
+	} else if IsControl(body) {
+		return errors.New("journal: a line may not start with the _journal member")
+	}
+	return j.push(&pending{partition: partition, data: line, lines: 1, notify: n})
 }
 
 func (j *Journal) enqueue(partition string, lines [][]byte) (*pending, error) {
@@ -384,12 +486,17 @@ type part struct {
 // flushPart writes the partition's queued lines in order, in writes of at
 // most MaxBatchBytes, and carries out seals where they were queued.
 func (j *Journal) flushPart(pt *part) {
-	var data []byte
 	var items []*pending
+	size := 0
 	flush := func() {
 		if len(items) > 0 {
+			data, pooled := j.batch(items, size)
 			start := time.Now()
 			err := j.write(pt, data)
+			if pooled != nil {
+				*pooled = data[:0]
+				batchBufs.Put(pooled)
+			}
 			lines := 0
 			for _, p := range items {
 				lines += p.lines
@@ -397,10 +504,10 @@ func (j *Journal) flushPart(pt *part) {
 			// Counted before anyone is told, so a caller sees its write.
 			record(pt.name, len(items), lines, time.Since(start), err)
 			for _, p := range items {
-				p.done <- err
+				p.finish(err)
 			}
 		}
-		data, items = nil, nil
+		items, size = nil, 0
 	}
 	for _, p := range pt.items {
 		if p.seal {
@@ -411,23 +518,43 @@ func (j *Journal) flushPart(pt *part) {
 			}
 			var err error
 			p.boundary, err = j.boundary(pt.name)
-			p.done <- err
+			p.finish(err)
 			continue
 		}
-		if len(items) > 0 && len(data)+len(p.data) > j.cfg.MaxBatchBytes {
+		if len(items) > 0 && size+len(p.data) > j.cfg.MaxBatchBytes {
 			flush()
 		}
-		if items == nil {
-			data = p.data // the common batch of one needs no copy
-		} else {
-			if len(items) == 1 {
-				data = append(make([]byte, 0, 2*len(data)+len(p.data)), data...)
-			}
-			data = append(data, p.data...)
-		}
 		items = append(items, p)
+		size += len(p.data)
 	}
 	flush()
+}
+
+// batchBufs holds the buffers batches are gathered in for an Appender,
+// which does not keep what it is given.
+var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// batch returns the data of items, size bytes, in one slice: the common
+// batch of one as it is, several gathered in one copy. A buffer from
+// batchBufs comes back as pooled, to be returned once written.
+func (j *Journal) batch(items []*pending, size int) (data []byte, pooled *[]byte) {
+	if len(items) == 1 {
+		return items[0].data, nil
+	}
+	if j.app != nil {
+		pooled = batchBufs.Get().(*[]byte)
+		data = (*pooled)[:0]
+		if cap(data) < size {
+			data = make([]byte, 0, size)
+		}
+	} else {
+		// A store's Create may keep what it is given.
+		data = make([]byte, 0, size)
+	}
+	for _, p := range items {
+		data = append(data, p.data...)
+	}
+	return data, pooled
 }
 
 func (j *Journal) write(pt *part, data []byte) error {
@@ -438,7 +565,7 @@ func (j *Journal) write(pt *part, data []byte) error {
 		now := j.cfg.Now()
 		dir := pt.name
 		if j.cfg.Dated {
-			dir += "/" + now.UTC().Format(dayLayout)
+			dir += "/" + j.dayOf(pt.name, now)
 		}
 		return dir + "/" + j.NewID(now).String() + ".jsonl"
 	}
@@ -595,7 +722,7 @@ func Replay(ctx context.Context, store storage.Store, cfg ReplayConfig) error {
 			}
 		})
 	}
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }() // workers blocked on a full read-ahead end too
 	for out := range slots {
 		var r result
 		select {

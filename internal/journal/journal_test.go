@@ -222,6 +222,140 @@ func testAppendAsyncOrder(t *testing.T, segmentBytes int) {
 	}
 }
 
+// Ensure lines handed over with AppendLine, mixed with AppendAsync, are
+// durable in order, batched or not, and that their notifiers are told once
+// each, in that order; lines without their newline, or with another one
+// inside, are refused.
+func TestJournal_AppendLine(t *testing.T) {
+	forEachMode(t, testAppendLine)
+}
+
+// orderNotifier records the order in which lines were reported durable.
+type orderNotifier struct {
+	i    int
+	mu   *sync.Mutex
+	told *[]int
+	errs *[]error
+}
+
+func (n orderNotifier) Durable(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	*n.told = append(*n.told, n.i)
+	if err != nil {
+		*n.errs = append(*n.errs, err)
+	}
+}
+
+func testAppendLine(t *testing.T, segmentBytes int) {
+	s := newStore(t)
+	j, err := journal.New(journal.Config{Store: s, MaxBatchBytes: 64, SegmentBytes: segmentBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		told  []int
+		errs  []error
+		chans []<-chan error
+		want  []string
+		lines int
+	)
+	for i := range 500 {
+		line := fmt.Sprintf(`{"i":%d}`, i)
+		want = append(want, line)
+		if i%7 == 3 {
+			ch, err := j.AppendAsync("p", []byte(line))
+			if err != nil {
+				t.Fatal(err)
+			}
+			chans = append(chans, ch)
+			continue
+		}
+		lines++
+		if err := j.AppendLine("p", []byte(line+"\n"), orderNotifier{i, &mu, &told, &errs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, bad := range []string{`{}`, "{}\n{}\n", "{\x00}\n"} {
+		if err := j.AppendLine("p", []byte(bad), orderNotifier{-1, &mu, &told, &errs}); err == nil {
+			t.Errorf("AppendLine(%q) accepted", bad)
+		}
+	}
+	for _, ch := range chans {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.AppendLine("p", []byte("{}\n"), orderNotifier{-1, &mu, &told, &errs}); err != journal.ErrClosed {
+		t.Errorf("after Close: %v, want ErrClosed", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != lines || !slices.IsSorted(told) || len(errs) != 0 {
+		t.Errorf("%d notifications (want %d), in order: %v, errors %v", len(told), lines, slices.IsSorted(told), errs)
+	}
+	got, _ := replayAll(t, s, "p/")
+	if !slices.Equal(got, want) {
+		t.Errorf("replayed %d lines out of order or missing (want %d)", len(got), len(want))
+	}
+}
+
+// Ensure a seal queued between asynchronous appends splits them exactly:
+// the lines queued before it are in the objects before its boundary, and
+// those queued after it in objects after, though none was durable when the
+// seal was queued.
+func TestJournal_QueueSeal(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	j, err := journal.New(journal.Config{Store: s, SegmentBytes: journal.SegmentBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close(ctx)
+	queue := func(from, to int) (want []string, chans []<-chan error) {
+		for i := from; i < to; i++ {
+			line := fmt.Sprintf(`{"i":%d}`, i)
+			ch, err := j.AppendAsync("p", []byte(line))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, chans = append(want, line), append(chans, ch)
+		}
+		return want, chans
+	}
+	before, c1 := queue(0, 50)
+	wait := j.QueueSeal("p")
+	after, c2 := queue(50, 100)
+	bound, err := wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range append(c1, c2...) {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gotBefore, gotAfter []string
+	for _, k := range listKeys(t, s, "p/") {
+		obj, _ := s.Get(ctx, k)
+		ls, _ := journal.Lines(obj.Data)
+		for _, l := range ls {
+			if k < bound {
+				gotBefore = append(gotBefore, string(l))
+			} else {
+				gotAfter = append(gotAfter, string(l))
+			}
+		}
+	}
+	if !slices.Equal(gotBefore, before) || !slices.Equal(gotAfter, after) {
+		t.Errorf("before the boundary %q\nafter %q\nwant %q and %q", gotBefore, gotAfter, before, after)
+	}
+}
+
 // listKeys returns every key under prefix.
 func listKeys(t *testing.T, s storage.Store, prefix string) []string {
 	t.Helper()

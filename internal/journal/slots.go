@@ -113,6 +113,12 @@ func parseSlotKey(log, key string) (slot int64, day string, ok bool) {
 	return n, day, true
 }
 
+// IsSlot reports whether key is one of a fenced log's slots.
+func IsSlot(log, key string) bool {
+	_, _, ok := parseSlotKey(log, key)
+	return ok
+}
+
 func addDay(day string, n int) string {
 	t, err := time.Parse(dayLayout, day)
 	if err != nil {

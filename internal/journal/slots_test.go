@@ -493,3 +493,66 @@ func TestFenced_AfterUnfencedObjects(t *testing.T) {
 		})
 	}
 }
+
+// Replay returns an Apply error at once, with many objects still listed
+// and read ahead, rather than waiting on them.
+func TestReplay_StopsOnApplyError(t *testing.T) {
+	st := storage.NewMemory()
+	for i := range 200 {
+		if _, err := st.Create(context.Background(), fmt.Sprintf("r/%04d.jsonl", i), []byte("{}\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	boom := errors.New("boom")
+	done := make(chan error, 1)
+	go func() {
+		done <- journal.Replay(context.Background(), st, journal.ReplayConfig{
+			Prefix: "r/", Parallel: 2,
+			Decode: func(_ string, d []byte) (any, error) { return d, nil },
+			Apply:  func(string, any) error { return boom },
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("Replay: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Replay hung after Apply failed")
+	}
+}
+
+// An unfenced dated log never files a batch, or a boundary, in a day
+// before one it has: a clock stepped back cannot make key order differ
+// from write order.
+func TestDated_ClockBack(t *testing.T) {
+	st := storage.NewMemory()
+	clk := &clock{t: time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)}
+	j, err := journal.New(journal.Config{Store: st, Dated: true, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close(context.Background())
+	j.Observe("ev", "ev/2026/12/02/01KXXXXXXXXXXXXXXXXXXXXXXX.jsonl") // seen at load
+	if err := appendLine(t, j, "ev", 0); err != nil {
+		t.Fatal(err)
+	}
+	b, err := j.Seal(context.Background(), "ev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.add(-48 * time.Hour)
+	if err := appendLine(t, j, "ev", 1); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for k, err := range storage.Keys(context.Background(), st, "ev/") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) != 2 || !strings.HasPrefix(keys[0], "ev/2026/12/02/") || !(keys[0] < b && b < keys[1]) {
+		t.Fatalf("keys %q around boundary %q", keys, b)
+	}
+}

@@ -187,7 +187,7 @@ func (l *Log) Load(ctx context.Context) (State, error) {
 // after is where a load replays from: the snapshot's boundary in a fenced
 // log, where slot keys sort in write order; else everything left.
 func (l *Log) after(snap snapState) string {
-	if isSlot(l.cfg.Log, snap.boundary) {
+	if journal.IsSlot(l.cfg.Log, snap.boundary) {
 		return snap.boundary
 	}
 	return ""
@@ -261,7 +261,7 @@ func (l *Log) Compact(ctx context.Context) error {
 	// Objects an unfenced writer left in a log now fenced (moved from a
 	// directory to a bucket, say) sort after every slot, and are folded
 	// wherever they sort.
-	folds := func(k string) bool { return k <= bound || (fenced && !isSlot(l.cfg.Log, k)) }
+	folds := func(k string) bool { return k <= bound || (fenced && !journal.IsSlot(l.cfg.Log, k)) }
 	st, err := l.cfg.Base(prev.payload)
 	if err != nil {
 		return fmt.Errorf("snaplog: %s: %w", prev.key, err)
@@ -301,7 +301,7 @@ func (l *Log) Compact(ctx context.Context) error {
 			}
 		}
 		for _, k := range data {
-			if k < bound || (fenced && !isSlot(l.cfg.Log, k)) {
+			if k < bound || (fenced && !journal.IsSlot(l.cfg.Log, k)) {
 				covered = append(covered, k)
 			}
 		}
@@ -374,23 +374,4 @@ func (l *Log) invalid() error {
 		return nil
 	}
 	return l.cfg.Fence.Valid()
-}
-
-// isSlot reports whether key is a slot of a fenced journal log:
-// {log}/{20 digits}.jsonl.
-func isSlot(log, key string) bool {
-	name, ok := strings.CutPrefix(key, log+"/")
-	if !ok {
-		return false
-	}
-	name, ok = strings.CutSuffix(name, ".jsonl")
-	if !ok || len(name) != 20 {
-		return false
-	}
-	for i := range len(name) {
-		if name[i] < '0' || name[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
