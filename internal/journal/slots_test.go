@@ -306,7 +306,7 @@ func TestFenced_LostReplyAcrossMidnight(t *testing.T) {
 	if err := appendLine(t, j, "ev", 3); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mem.Get(context.Background(), "ev/2026/12/01/00000000000000000003.jsonl"); err != nil {
+	if _, err := mem.Get(context.Background(), "ev/2026/12/01/s00000000000000000003.jsonl"); err != nil {
 		t.Fatalf("the batch after the settled one is not in the new day: %v", err)
 	}
 	if lines, _ := replayAll(t, mem, "ev/"); len(lines) != 3 {
