@@ -323,7 +323,9 @@ func transient(err error) bool {
 	switch r.Code {
 	case "ConditionalRequestConflict", "SlowDown", "SlowDownWrite", "SlowDownRead", "InternalError",
 		"RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable",
-		"XMinioServerNotInitialized", "XMinioStorageFull":
+		"XMinioServerNotInitialized", "XMinioStorageFull",
+		// MinIO's answer (499) to a request it gave up while shutting down.
+		"ClientDisconnected":
 		return true
 	case "":
 		// Not an S3 answer: a network error, a broken connection.

@@ -120,10 +120,13 @@ func TestNewFailsClearly(t *testing.T) {
 	}
 }
 
-// flaky answers the first n requests with 503 SlowDown, then passes.
+// flaky answers the first n requests with 503 SlowDown (or status and
+// code, when set), then passes.
 type flaky struct {
-	left  atomic.Int32
-	count atomic.Int32
+	left   atomic.Int32
+	count  atomic.Int32
+	status int
+	code   string
 }
 
 func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -133,8 +136,12 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 			io.Copy(io.Discard, r.Body)
 			r.Body.Close()
 		}
-		body := `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`
-		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
+		status, code := http.StatusServiceUnavailable, "SlowDown"
+		if f.status != 0 {
+			status, code = f.status, f.code
+		}
+		body := `<?xml version="1.0" encoding="UTF-8"?><Error><Code>` + code + `</Code><Message>Please reduce your request rate.</Message></Error>`
+		return &http.Response{StatusCode: status, Status: fmt.Sprintf("%d %s", status, code),
 			Header: http.Header{"Content-Type": {"application/xml"}}, Body: io.NopCloser(strings.NewReader(body)),
 			ContentLength: int64(len(body)), Request: r, ProtoMajor: 1, ProtoMinor: 1}, nil
 	}
@@ -163,6 +170,26 @@ func TestRetriesThrottling(t *testing.T) {
 	}
 	if n := f.count.Load() - before; n != 5 {
 		t.Fatalf("%d attempts, want the default 5", n)
+	}
+}
+
+// MinIO answers 499 ClientDisconnected to requests it gives up while
+// shutting down (gracefully stopped under load): that is tried again, and
+// if it persists it is storage.ErrUnavailable (a 503), not an error a
+// service would answer with 500.
+func TestRetriesClientDisconnected(t *testing.T) {
+	cfg := config(t)
+	f := &flaky{status: 499, code: "ClientDisconnected"}
+	cfg.Transport = f
+	s := newStore(t, cfg)
+	ctx := context.Background()
+	f.left.Store(2)
+	if _, err := s.Create(ctx, "k", []byte("x")); err != nil {
+		t.Fatalf("Create after two ClientDisconnected: %v", err)
+	}
+	f.left.Store(100)
+	if _, err := s.Put(ctx, "k2", []byte("y")); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Put while the server drops requests: %v, want storage.ErrUnavailable", err)
 	}
 }
 
