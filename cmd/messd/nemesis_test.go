@@ -3,11 +3,13 @@ package main
 // Nemesis tests: several messd processes on one MinIO bucket serve a burst
 // of concurrent clients (request creates, claims raced by several
 // executors, reads, direct mail over HTTP and WebSocket, a WebSocket
-// reader of that mail) while the writer is killed, paused, or cut off from
-// the store. They check what fencing promises, from what the clients were
-// told and what a replay of the bucket serves: every acknowledged write is
-// there, no claim is granted twice (a linearizability check of every
-// request's claims and reads), each mail is delivered once and in seq
+// reader of that mail, lease acquires, status reads and releases raced by
+// several agents) while the writer is killed, paused, or cut off from the
+// store. They check what fencing promises, from what the clients were told
+// and what a replay of the bucket serves: every acknowledged write is
+// there, no claim or lease is granted twice (linearizability checks of
+// every request's claims and reads and of every lease name's history, with
+// tokens growing across writers), each mail is delivered once and in seq
 // order, a replaced writer acknowledges nothing, and every log audits
 // clean. They assert nothing about timing: each step waits, with a
 // deadline, for a state it observes.
@@ -185,7 +187,7 @@ func bucketStore(t *testing.T, env map[string]string) storage.Store {
 	return st
 }
 
-// ownerRecord reads the process owner record.
+// ownerState is what the tests read of the process owner record.
 type ownerState struct {
 	Epoch  uint64 `json:"epoch"`
 	Holder string `json:"holder"`
