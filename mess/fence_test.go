@@ -261,9 +261,11 @@ func TestFence_replacedWritersLateUpdateOfARecord(t *testing.T) {
 	update := func() error {
 		return b.UpdateExecutor(ctx, "x", "exe", "exe", mess.ProfileUpdate{DisplayName: new("current")})
 	}
-	if err := update(); errors.Is(err, storage.ErrUnavailable) {
+	err = update()
+	if errors.Is(err, storage.ErrUnavailable) {
 		err = update()
-	} else if err != nil {
+	}
+	if err != nil {
 		t.Fatalf("the new owner's profile update: %v", err)
 	}
 	invite := func() (mess.Invite, error) { return b.CreateInvite(ctx, "x", "boss", mess.InviteOptions{}) }

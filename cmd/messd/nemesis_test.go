@@ -454,13 +454,6 @@ func (w *burst) nodeList() []*node {
 	return w.nodes
 }
 
-// addNode lets clients try a node started during the burst.
-func (w *burst) addNode(n *node) {
-	w.mu.Lock()
-	w.nodes = append(slices.Clip(w.nodes), n)
-	w.mu.Unlock()
-}
-
 // replaced marks n as a writer that from now on must acknowledge nothing.
 func (w *burst) replaced(n *node) {
 	w.mu.Lock()
