@@ -320,6 +320,11 @@ func transient(err error) bool {
 		return false
 	}
 	r := minio.ToErrorResponse(err)
+	if r.StatusCode == 499 {
+		// MinIO gave the request up while shutting down, with or
+		// without a body naming it ClientDisconnected.
+		return true
+	}
 	switch r.Code {
 	case "ConditionalRequestConflict", "SlowDown", "SlowDownWrite", "SlowDownRead", "InternalError",
 		"RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable",

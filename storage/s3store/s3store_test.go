@@ -127,6 +127,7 @@ type flaky struct {
 	count  atomic.Int32
 	status int
 	code   string
+	noBody bool // answer with the status alone, as MinIO may while shutting down
 }
 
 func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -141,6 +142,10 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 			status, code = f.status, f.code
 		}
 		body := `<?xml version="1.0" encoding="UTF-8"?><Error><Code>` + code + `</Code><Message>Please reduce your request rate.</Message></Error>`
+		if f.noBody {
+			return &http.Response{StatusCode: status, Status: fmt.Sprintf("%d status code %d", status, status),
+				Header: http.Header{}, Body: http.NoBody, Request: r, ProtoMajor: 1, ProtoMinor: 1}, nil
+		}
 		return &http.Response{StatusCode: status, Status: fmt.Sprintf("%d %s", status, code),
 			Header: http.Header{"Content-Type": {"application/xml"}}, Body: io.NopCloser(strings.NewReader(body)),
 			ContentLength: int64(len(body)), Request: r, ProtoMajor: 1, ProtoMinor: 1}, nil
@@ -178,8 +183,14 @@ func TestRetriesThrottling(t *testing.T) {
 // if it persists it is storage.ErrUnavailable (a 503), not an error a
 // service would answer with 500.
 func TestRetriesClientDisconnected(t *testing.T) {
+	for _, noBody := range []bool{false, true} {
+		t.Run(fmt.Sprint("noBody=", noBody), func(t *testing.T) { testRetries499(t, noBody) })
+	}
+}
+
+func testRetries499(t *testing.T, noBody bool) {
 	cfg := config(t)
-	f := &flaky{status: 499, code: "ClientDisconnected"}
+	f := &flaky{status: 499, code: "ClientDisconnected", noBody: noBody}
 	cfg.Transport = f
 	s := newStore(t, cfg)
 	ctx := context.Background()
