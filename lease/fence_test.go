@@ -10,42 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meatspace-exchange/mess/internal/backends"
 	"github.com/meatspace-exchange/mess/internal/faultstore"
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/lease"
-	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-// claimOwner makes holder the owner of store. Its heartbeat and timeout
-// are long, so that an owner replaced in a test still believes it owns
-// the store (as a paused process would on waking) and only the fences in
-// the store can stop it.
-func claimOwner(t *testing.T, store storage.Store, holder string) *ownership.Ownership {
-	t.Helper()
-	o, err := ownership.Claim(context.Background(), ownership.Config{Store: store, Key: "owners/messd.json",
-		Holder: holder, Heartbeat: 10 * time.Second, Timeout: time.Minute}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Release(context.Background()) })
-	return o
-}
-
-// takeOver hands store from prev to a new owner at the next epoch. prev
-// stops its heartbeat, but its Manager keeps running as if nothing
-// happened.
-func takeOver(t *testing.T, store storage.Store, prev *ownership.Ownership, holder string) *ownership.Ownership {
-	t.Helper()
-	if err := prev.Release(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	o := claimOwner(t, store, holder)
-	if o.Epoch() != prev.Epoch()+1 {
-		t.Fatalf("epoch %d after %d", o.Epoch(), prev.Epoch())
-	}
-	return o
-}
+var (
+	claimOwner = backends.Owner
+	takeOver   = backends.TakeOver
+)
 
 // auditLogs checks every lease journal in store and returns the epochs
 // that fenced each one.

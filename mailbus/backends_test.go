@@ -5,25 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/meatspace-exchange/mess/internal/backends"
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/mailbus"
-	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-func owner(t *testing.T, st storage.Store, holder string) *ownership.Ownership {
-	t.Helper()
-	o, err := ownership.Claim(context.Background(), ownership.Config{Store: st, Key: "owners/messd.json", Holder: holder,
-		Heartbeat: 50 * time.Millisecond, Timeout: time.Minute}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { o.Release(context.Background()) })
-	return o
-}
+var owner = backends.Owner
 
 // On both backends: an offline agent's inbox survives a restart, and a
 // bus replaced by a new owner (while it still believes it owns the store)

@@ -7,26 +7,15 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/meatspace-exchange/mess/internal/backends"
 	"github.com/meatspace-exchange/mess/internal/faultstore"
 	"github.com/meatspace-exchange/mess/internal/journal"
 	"github.com/meatspace-exchange/mess/mess"
-	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 )
 
-func own(t *testing.T, st storage.Store, holder string) *ownership.Ownership {
-	t.Helper()
-	o, err := ownership.Claim(ctx, ownership.Config{Store: st, Key: "owners/messd.json", Holder: holder,
-		Heartbeat: 50 * time.Millisecond, Timeout: time.Minute}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { o.Release(ctx) })
-	return o
-}
+var own = backends.Owner
 
 // A writer replaced while it still believes it owns the store (its lease
 // has not run out: the worst case) can acknowledge nothing more: its event

@@ -11,10 +11,12 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/meatspace-exchange/mess/internal/miniotest"
+	"github.com/meatspace-exchange/mess/ownership"
 	"github.com/meatspace-exchange/mess/storage"
 	"github.com/meatspace-exchange/mess/storage/s3store"
 )
@@ -117,4 +119,35 @@ func Main(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// Owner makes holder the owner of store, as messd's writer would be. Its
+// heartbeat and timeout are long, so an owner replaced in a test still
+// believes it owns the store (as a paused process does on waking) and
+// only the fences in the store can stop it. It is released when the test
+// ends.
+func Owner(t testing.TB, store storage.Store, holder string) *ownership.Ownership {
+	t.Helper()
+	o, err := ownership.Claim(context.Background(), ownership.Config{Store: store, Key: "owners/messd.json",
+		Holder: holder, Heartbeat: 10 * time.Second, Timeout: time.Minute}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o.Release(context.Background()) })
+	return o
+}
+
+// TakeOver hands store from prev to holder at the next epoch. prev stops
+// its heartbeat, but whatever it serves keeps running as if nothing
+// happened.
+func TakeOver(t testing.TB, store storage.Store, prev *ownership.Ownership, holder string) *ownership.Ownership {
+	t.Helper()
+	if err := prev.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	o := Owner(t, store, holder)
+	if o.Epoch() != prev.Epoch()+1 {
+		t.Fatalf("epoch %d after %d", o.Epoch(), prev.Epoch())
+	}
+	return o
 }
