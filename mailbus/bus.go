@@ -203,8 +203,19 @@ func (b *Bus) Close(ctx context.Context) error {
 }
 
 // exchange returns the loaded state of exchange id, replaying it from the
-// store on first use.
+// store on first use. A load that found an object gone between listing
+// and reading it (another process compacting the log: a replaced owner
+// still running) reads again from the start.
 func (b *Bus) exchange(ctx context.Context, id string) (*exchange, error) {
+	for attempt := 1; ; attempt++ {
+		ex, err := b.loadedExchange(ctx, id)
+		if err == nil || attempt == 3 || !errors.Is(err, storage.ErrNotFound) {
+			return ex, err
+		}
+	}
+}
+
+func (b *Bus) loadedExchange(ctx context.Context, id string) (*exchange, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("%w: exchange id %q", ErrInvalid, id)
 	}

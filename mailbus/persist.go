@@ -400,6 +400,13 @@ func (ex *exchange) writeSnapshot(ctx context.Context, s *captured) error {
 	if err != nil {
 		return err
 	}
+	if f := ex.b.cfg.Fence; f != nil {
+		// A process that may have been replaced deletes nothing: the new
+		// owner may be reading these objects.
+		if err := f.Valid(); err != nil {
+			return err
+		}
+	}
 	for k, err := range storage.Keys(ctx, st, ex.logPrefix()) {
 		if err != nil {
 			return err
