@@ -15,6 +15,7 @@ import (
 	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/internal/wsframe"
 )
 
 // frame is a control frame on the WebSocket, in either direction. Client
@@ -92,7 +93,7 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 		h.fail(w, ErrClosed)
 		return
 	}
-	lh := &leanHijacker{ResponseWriter: w, raw: h.raw}
+	lh := &wsframe.Hijacker{ResponseWriter: w, Raw: h.raw}
 	// Data frames written by hand (wsraw.go) carry no RSV bits, so no
 	// extension may be negotiated: compression stays off whatever the
 	// library's default.
@@ -102,7 +103,7 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 	})
 	if err != nil {
 		h.b.leave()
-		lh.answer()
+		lh.Answer()
 		return
 	}
 	if opts.setTypes {
@@ -126,7 +127,7 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 	// starts afresh; writes run on the goroutine that has something to
 	// deliver, or on short-lived goroutines like pings, only when there
 	// is something to do.
-	ws, ok := h.open(conn, lh.fc, ex, c, opts)
+	ws, ok := h.open(conn, lh.Conn, ex, c, opts)
 	if !ok {
 		conn.CloseNow()
 		h.b.leave()
@@ -185,7 +186,7 @@ func (ws *wsConn) revoked() bool {
 
 // open attaches the connection to the agent's session and sends the
 // welcome frame.
-func (h *handler) open(conn *websocket.Conn, fc *frameConn, ex *exchange, c caller, opts wsOptions) (*wsConn, bool) {
+func (h *handler) open(conn *websocket.Conn, fc *wsframe.Conn, ex *exchange, c caller, opts wsOptions) (*wsConn, bool) {
 	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	ctx, cancel := context.WithCancel(context.Background())
 	ws := &wsConn{h: h, conn: conn, c: c, batch: opts.batch, ctx: ctx, cancel: cancel}

@@ -7,20 +7,14 @@ package mailbus
 // wsraw.go, or the WebSocket library's.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"io"
-	"net"
-	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 
-	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/internal/wsframe"
 	"github.com/meatspace-exchange/mess/lease"
 )
 
@@ -350,100 +344,5 @@ func (l *libFrames) finish() error {
 func (l *libFrames) end() {}
 
 // frameHeadroom is the space a frame's payload leaves in front of it for
-// the header (at most 10 bytes from a server), so header and payload go out
-// in one write without copying.
-const frameHeadroom = 10
-
-// The WebSocket library keeps the buffers it gets from the hijack for the
-// connection's whole life, and net/http's are 4 KiB each. Frames on the bus
-// are small, and larger reads and writes bypass a bufio buffer anyway, so
-// smaller ones cost little throughput and save most of an idle
-// connection's memory.
-const (
-	connReadBuffer  = 512
-	connWriteBuffer = 1 << 10
-)
-
-// leanHijacker hands out connections with connReadBuffer and
-// connWriteBuffer sized buffers. With raw set it keeps the connection as a
-// frameConn (fc, nil where the connection has no raw descriptor), through
-// which the library's frames go too.
-//
-// It also holds back the plain-text answer the library gives a handshake
-// it refuses, for answer to send as the API's JSON error instead.
-type leanHijacker struct {
-	http.ResponseWriter
-	raw bool
-	fc  *frameConn
-
-	status int    // a refusal's status, held back
-	msg    []byte // and its text
-}
-
-func (l *leanHijacker) WriteHeader(code int) {
-	if code >= 200 {
-		l.status = code
-		return
-	}
-	l.ResponseWriter.WriteHeader(code)
-}
-
-func (l *leanHijacker) Write(p []byte) (int, error) {
-	if l.status != 0 {
-		l.msg = append(l.msg, p...)
-		return len(p), nil
-	}
-	return l.ResponseWriter.Write(p)
-}
-
-// answer sends the refusal held back, if there is one, as a JSON error.
-func (l *leanHijacker) answer() {
-	if l.status == 0 {
-		return
-	}
-	// httpx.Code names 426 upgrade_required, the one status here outside
-	// its list.
-	httpx.WriteError(l.ResponseWriter, l.status, httpx.Code(l.status), strings.TrimSpace(string(l.msg)))
-}
-
-func (l *leanHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(l.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	var w io.Writer = c
-	if l.raw {
-		if l.fc = newFrameConn(c); l.fc != nil {
-			// The library reads the connection it is handed, behind
-			// what br has buffered: through fc, which reads ahead.
-			w, c = l.fc, readThrough{c, l.fc}
-		}
-	}
-	if err := brw.Writer.Flush(); err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	br := bufio.NewReaderSize(c, connReadBuffer)
-	if n := brw.Reader.Buffered(); n > 0 {
-		// Bytes the client sent right behind the handshake: the 101 is
-		// on the wire before the hijack, so a client may already be
-		// writing frames. The library keeps what this reader has
-		// buffered and then reads the connection itself, so they must
-		// be in the buffer, not in a reader behind it.
-		b, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), c), max(connReadBuffer, n))
-		if _, err := br.Peek(n); err != nil {
-			c.Close()
-			return nil, nil, err
-		}
-	}
-	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(w, connWriteBuffer)), nil
-}
-
-// readThrough is a connection whose reads go through its frameConn.
-type readThrough struct {
-	net.Conn
-	fc *frameConn
-}
-
-func (r readThrough) Read(p []byte) (int, error) { return r.fc.Read(p) }
+// the header.
+const frameHeadroom = wsframe.Headroom
