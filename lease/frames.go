@@ -67,7 +67,8 @@ type FrameSession struct {
 	cancel   context.CancelFunc
 	slots    chan struct{}  // a token per operation in flight
 	work     chan job       // hands a job to an idle worker
-	ops      sync.WaitGroup // workers
+	ops      sync.WaitGroup // workers, and operations on the fast path
+	async    bool           // reply never blocks: operations may take the fast path (start)
 
 	mu      sync.Mutex
 	waiting map[string]context.CancelFunc // waiting acquires, by ref
@@ -153,6 +154,9 @@ func (s *FrameSession) Handle(frame []byte) {
 		}
 		return
 	}
+	if s.async && done == nil && s.start(req) {
+		return
+	}
 	j := job{ctx: ctx, done: done, req: req}
 	select {
 	case s.work <- j: // an idle worker takes it
@@ -208,37 +212,77 @@ func (s *FrameSession) run(j job) {
 			j.done()
 		}()
 	}
-	b := make([]byte, 0, 192)
-	var err error
+	var (
+		g   Grant
+		err error
+	)
 	switch req.Action {
 	case "lease.acquire":
-		var g Grant
 		g, err = s.m.AcquireWait(j.ctx, s.x, s.agent, req.File, msDuration(req.TTLMs), msDuration(req.WaitMs))
-		if he, ok := errors.AsType[*HeldError](err); ok {
-			b, err = appendHeld(b, req.Ref, he, s.m.cfg.Now()), nil
-		} else if err == nil {
-			b = appendGrant(b, "lease.acquired", req.Ref, `"acquired":true`, g, s.m.cfg.Now())
-		}
 	case "lease.renew":
-		var g Grant
 		g, err = s.m.Renew(j.ctx, s.x, s.agent, req.File, req.Token, msDuration(req.TTLMs))
-		b = appendGrant(b, "lease.renewed", req.Ref, `"renewed":true`, g, s.m.cfg.Now())
 	case "lease.release":
 		err = s.m.Release(j.ctx, s.x, s.agent, req.File, req.Token)
-		b = append(appendHead(b, "lease.released", req.Ref), `,"released":true}`...)
 	default: // lease.status
 		var st Status
-		st, err = s.m.Status(j.ctx, s.x, req.File)
-		b = appendStatus(b, req.Ref, st)
+		if st, err = s.m.Status(j.ctx, s.x, req.File); err == nil {
+			if s.ctx.Err() == nil {
+				s.reply(appendStatus(make([]byte, 0, 192), req.Ref, st))
+			}
+			return
+		}
 	}
+	s.answer(&req, g, err)
+}
+
+// answer sends the answer to an acquire, renew or release that ended with
+// g and err.
+func (s *FrameSession) answer(req *frameRequest, g Grant, err error) {
 	if s.ctx.Err() != nil {
 		return // the connection is gone: nobody reads the answer
 	}
-	if err != nil {
-		s.answerErr(req.Ref, err)
-		return
+	b := make([]byte, 0, 192)
+	switch {
+	case err != nil:
+		he, ok := errors.AsType[*HeldError](err)
+		if !ok {
+			s.answerErr(req.Ref, err)
+			return
+		}
+		b = appendHeld(b, req.Ref, he, s.m.cfg.Now())
+	case req.Action == "lease.acquire":
+		b = appendGrant(b, "lease.acquired", req.Ref, `"acquired":true`, g, s.m.cfg.Now())
+	case req.Action == "lease.renew":
+		b = appendGrant(b, "lease.renewed", req.Ref, `"renewed":true`, g, s.m.cfg.Now())
+	default: // lease.release
+		b = append(appendHead(b, "lease.released", req.Ref), `,"released":true}`...)
 	}
 	s.reply(b)
+}
+
+// start starts req on the manager's fast path (async.go), without a
+// worker, and reports whether it did. The operation holds its slot and
+// counts in ops until it is answered.
+func (s *FrameSession) start(req frameRequest) bool {
+	done := func(g Grant, err error) {
+		s.answer(&req, g, err)
+		<-s.slots
+		s.ops.Done()
+	}
+	s.ops.Add(1)
+	var started bool
+	switch req.Action {
+	case "lease.acquire":
+		started = req.WaitMs <= 0 && s.m.startAcquire(s.x, s.agent, req.File, msDuration(req.TTLMs), done)
+	case "lease.renew":
+		started = s.m.startRenew(s.x, s.agent, req.File, req.Token, msDuration(req.TTLMs), done)
+	case "lease.release":
+		started = s.m.startRelease(s.x, s.agent, req.File, req.Token, done)
+	}
+	if !started {
+		s.ops.Done()
+	}
+	return started
 }
 
 // answerErr sends the error frame for err.

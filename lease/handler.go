@@ -113,6 +113,7 @@ type handler struct {
 	m   *Manager
 	cfg HandlerConfig
 	mux *http.ServeMux
+	out writeQueue // lease WebSockets with answers to write
 }
 
 // NewHandler serves the lease API v1 for m under

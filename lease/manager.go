@@ -502,7 +502,12 @@ func (m *Manager) AcquireWait(ctx context.Context, exchangeID, agentID, name str
 // it in memory if the write fails so that nobody relies on a grant a
 // restart would forget.
 func (m *Manager) commitGrant(k key, g Grant, out outcome, prev time.Time, written <-chan error, writing chan struct{}) (Grant, error) {
-	err := <-written
+	return m.settleGrant(k, g, out, prev, writing, <-written)
+}
+
+// settleGrant finishes a grant or renewal whose journal write ended with
+// err: see commitGrant.
+func (m *Manager) settleGrant(k key, g Grant, out outcome, prev time.Time, writing chan struct{}, err error) (Grant, error) {
 	s := m.shard(k)
 	if err == nil {
 		if writing != nil {

@@ -1,14 +1,14 @@
 package lease
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"net"
+	"encoding/binary"
+	"errors"
+	"io"
 	"net/http"
-	"runtime"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -16,6 +16,7 @@ import (
 	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/internal/wsframe"
 )
 
 // maxQueuedAnswers bounds the answers waiting to be written to one
@@ -28,19 +29,25 @@ const maxQueuedAnswers = 4096
 // serveWS serves GET .../leases/ws[?batch=1]: lease frames (frames.go) on
 // a WebSocket of the caller's own. With batch=1, answers that are ready
 // together go out as one frame holding a JSON array of them.
+//
+// The library does the handshake alone: the connection's frames are read
+// and written by hand (internal/wsframe), so that an operation costs no
+// goroutine of its own and no hand-over between goroutines. The reader
+// starts it (FrameSession's fast path); the journal's flusher answers it
+// with one write that does not wait for the socket, and only a write the
+// socket cannot take at once gets a goroutine to finish it.
 func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, x, agent string) error {
 	if isClosed(h.m.done) {
 		return ErrClosed
 	}
 	q := r.URL.Query()
 	batch := q.Get("batch") == "1" || q.Get("batch") == "true"
-	rw := &refusal{ResponseWriter: w}
-	conn, err := websocket.Accept(rw, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	hj := &wsframe.Hijacker{ResponseWriter: w, Raw: true}
+	lib, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
-		rw.answer()
+		hj.Answer()
 		return nil
 	}
-	conn.SetReadLimit(h.cfg.MaxBodyBytes)
 	revoked, stop := (<-chan struct{})(nil), func() {}
 	if kw, ok := h.cfg.Auth.(keyWatcher); ok {
 		// Watched only now the connection is open: a key revoked since
@@ -48,9 +55,10 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, x, agent strin
 		key, _ := httpx.Bearer(r)
 		revoked, stop = kw.WatchKey(x, key)
 	}
-	c := &wsConn{h: h, conn: conn, batch: batch}
+	c := &wsConn{h: h, lib: lib, fc: hj.Conn, rd: wsframe.NewReader(hj.Reader, int(h.cfg.MaxBodyBytes)), batch: batch}
 	c.room.L = &c.mu
 	c.fs = h.m.NewFrameSession(x, agent, c.answer)
+	c.fs.async = true // answer never blocks
 	// The request's goroutine returns, as for any hijacked connection;
 	// the connection lives on its own.
 	go func() {
@@ -63,16 +71,23 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, x, agent strin
 // wsConn is one lease WebSocket.
 type wsConn struct {
 	h     *handler
-	conn  *websocket.Conn
+	lib   *websocket.Conn // the handshake's; only closed afterwards
+	fc    *wsframe.Conn
+	rd    *wsframe.Reader
 	batch bool
 	fs    *FrameSession
 
-	mu      sync.Mutex
-	room    sync.Cond // on mu: the queue has room again, or the connection closed
-	queue   [][]byte  // answers waiting for the writer
-	writing bool      // a writer goroutine is running
-	closed  bool
-	writers sync.WaitGroup
+	seen    atomic.Bool // a frame arrived since the last ping
+	closing atomic.Bool // a close frame went out
+
+	mu       sync.Mutex
+	room     sync.Cond // on mu: the queue has room again, or the connection closed
+	queue    [][]byte  // answers waiting to be written
+	spare    [][]byte  // the queue's other buffer, the flusher's
+	wbuf     []byte    // the flusher's frames
+	flushing bool      // a goroutine is writing the queue (flush)
+	closed   bool
+	writers  sync.WaitGroup
 }
 
 // serve reads frames until the connection ends, then winds the session
@@ -82,14 +97,34 @@ func (c *wsConn) serve(revoked <-chan struct{}) {
 	var watch sync.WaitGroup
 	watch.Go(func() { c.watch(ctx, revoked) })
 	for {
-		typ, data, err := c.conn.Read(ctx)
+		op, data, err := c.rd.Next()
+		switch {
+		case errors.Is(err, wsframe.ErrTooBig):
+			c.closeWith(wsframe.CloseMessageTooBig, "message too big")
+			c.drain()
+		case errors.Is(err, wsframe.ErrProtocol):
+			c.closeWith(wsframe.CloseProtocolError, "protocol error")
+			c.drain()
+		}
 		if err != nil {
 			break
 		}
-		if isClosed(revoked) {
-			continue // watch is closing the connection; nothing more is done for the key
+		c.seen.Store(true)
+		if op == wsframe.OpClose {
+			c.closeWith(closeCode(data), "")
+			break
 		}
-		if typ != websocket.MessageText {
+		if op == wsframe.OpPing {
+			c.control(wsframe.Control(wsframe.OpPong, data))
+			continue
+		}
+		if op == wsframe.OpPong || isClosed(revoked) || c.closing.Load() {
+			continue // once the key is revoked, nothing more is done for it
+		}
+		if !c.waitRoom() {
+			break
+		}
+		if op != wsframe.OpText {
 			c.fs.answerErr("", invalidField("frame", "binary frames are not supported"))
 			continue
 		}
@@ -101,14 +136,25 @@ func (c *wsConn) serve(revoked <-chan struct{}) {
 	c.queue = nil
 	c.room.Broadcast()
 	c.mu.Unlock()
+	c.fc.End()
 	c.fs.Close()
 	watch.Wait()
 	c.writers.Wait()
-	c.conn.CloseNow()
+	c.lib.CloseNow()
+}
+
+// closeCode is the code a close frame from the client carries, which the
+// server's close frame echoes.
+func closeCode(p []byte) int {
+	if len(p) < 2 {
+		return wsframe.CloseNormal
+	}
+	return int(binary.BigEndian.Uint16(p))
 }
 
 // handle takes a frame of requests: one request, or a JSON array of them,
-// which a client pipelining many calls sends to save a write per call.
+// which a client pipelining many calls sends to save a write per call. The
+// frame's bytes are the reader's, reused for the next frame.
 func (c *wsConn) handle(data []byte) {
 	if i := bytes.IndexFunc(data, func(r rune) bool { return !unicode.IsSpace(r) }); i < 0 || data[i] != '[' {
 		c.fs.Handle(data)
@@ -124,34 +170,99 @@ func (c *wsConn) handle(data []byte) {
 	}
 }
 
-// watch pings the client, and closes the connection when the lease
-// service shuts down or the key is revoked.
+// waitRoom waits while the answers queued for the client are too many: a
+// client that pipelines requests without reading the answers stops being
+// read, and the server never buffers without bound. It reports false once
+// the connection has closed.
+func (c *wsConn) waitRoom() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !c.closed && len(c.queue) >= maxQueuedAnswers {
+		c.room.Wait()
+	}
+	return !c.closed
+}
+
+// watch pings the client and closes a connection that stopped answering,
+// and closes the connection when the lease service shuts down or the key
+// is revoked.
 func (c *wsConn) watch(ctx context.Context, revoked <-chan struct{}) {
 	t := time.NewTicker(c.h.cfg.PingInterval)
 	defer t.Stop()
+	pinged := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.h.m.done:
-			c.conn.Close(websocket.StatusGoingAway, "lease service shutting down")
+			c.closeWith(wsframe.CloseGoingAway, "lease service shutting down")
 			return
 		case <-revoked:
 			// Waiting acquires end before the client learns of the close:
 			// nothing is granted on the revoked key's behalf afterwards.
 			c.fs.Cancel()
-			c.conn.Close(websocket.StatusPolicyViolation, "API key revoked")
+			c.closeWith(wsframe.ClosePolicyViolation, "API key revoked")
 			return
 		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, c.h.cfg.PingInterval)
-			err := c.conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				c.conn.CloseNow()
+			if !c.seen.Swap(false) && pinged {
+				c.fc.NetConn().Close() // no frame, not even a pong, for a whole interval
 				return
 			}
+			pinged = true
+			c.control(wsframe.Control(wsframe.OpPing, nil))
 		}
 	}
+}
+
+// control writes a control frame, waiting for the frame lock and the
+// socket, within WriteTimeout.
+func (c *wsConn) control(frame []byte) {
+	if err := c.fc.Lock(); err != nil {
+		return
+	}
+	c.fc.Unlock(c.writeLocked(frame))
+}
+
+// writeLocked writes p whole within WriteTimeout; the caller holds the
+// frame lock. A write that fails closes the connection.
+func (c *wsConn) writeLocked(p []byte) error {
+	nc := c.fc.NetConn()
+	nc.SetWriteDeadline(time.Now().Add(c.h.cfg.WriteTimeout))
+	err := c.fc.WriteLocked(p)
+	nc.SetWriteDeadline(time.Time{})
+	if err != nil {
+		nc.Close()
+	}
+	return err
+}
+
+// closeWith sends the close frame, once, after which no data frame goes
+// out. The client answers with its own close frame, which ends the reader,
+// or the reader gives up after closeWait.
+func (c *wsConn) closeWith(code int, reason string) {
+	if c.closing.Swap(true) {
+		return
+	}
+	nc := c.fc.NetConn()
+	if err := c.fc.Lock(); err == nil {
+		err = c.writeLocked(wsframe.CloseFrame(code, reason))
+		c.fc.Unlock(err)
+	}
+	c.fc.End()
+	nc.SetReadDeadline(time.Now().Add(closeWait))
+}
+
+// closeWait bounds how long a server that sent a close frame reads on,
+// waiting for the client's.
+const closeWait = 5 * time.Second
+
+// drain reads and drops what the client still sends after a close frame
+// went out for a frame that could not be read (the rest of a message over
+// the limit, say), until the client closes or closeWait passes: closing a
+// socket with unread data would reset the connection, and the client
+// might lose the close frame.
+func (c *wsConn) drain() {
+	io.Copy(io.Discard, c.fc.NetConn())
 }
 
 func isClosed(c <-chan struct{}) bool {
@@ -163,135 +274,173 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-// answer queues one answer for the writer, waiting while the queue is full.
+// answer queues one answer and, unless a goroutine is writing already,
+// writes the queue. It never blocks: it runs on the journal's flusher.
 func (c *wsConn) answer(b []byte) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for !c.closed && len(c.queue) >= maxQueuedAnswers {
-		c.room.Wait()
-	}
 	if c.closed {
+		c.mu.Unlock()
 		return
 	}
 	c.queue = append(c.queue, b)
-	if !c.writing {
-		c.writing = true
-		c.writers.Add(1)
-		go c.write()
+	if c.flushing {
+		c.mu.Unlock()
+		return
+	}
+	c.flushing = true
+	c.mu.Unlock()
+	c.h.out.push(c)
+}
+
+// writeQueue holds the connections with answers to write, for one goroutine
+// to write them. The journal's flusher, which answers a batch of
+// operations, then never waits for a system call of a socket, and syncs
+// the next batch while the answers to this one go out.
+type writeQueue struct {
+	mu      sync.Mutex
+	conns   []*wsConn
+	spare   []*wsConn
+	running bool // a writer goroutine is at work
+}
+
+// push queues c for writing (c.flushing is set), starting a writer
+// goroutine unless one is at work. The writer lives only while there is
+// work, so an idle server holds none.
+func (q *writeQueue) push(c *wsConn) {
+	q.mu.Lock()
+	q.conns = append(q.conns, c)
+	start := !q.running
+	q.running = true
+	q.mu.Unlock()
+	if start {
+		go q.write()
 	}
 }
 
-// write sends queued answers until there are none: with batch, all those
-// queued together in one frame.
-func (c *wsConn) write() {
-	defer c.writers.Done()
+func (q *writeQueue) write() {
 	for {
-		c.gather()
+		q.mu.Lock()
+		cs := q.conns
+		if len(cs) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		q.conns, q.spare = q.spare, nil
+		q.mu.Unlock()
+		for _, c := range cs {
+			c.flush()
+		}
+		clear(cs)
+		q.spare = cs[:0]
+	}
+}
+
+// flush writes the queued answers until there are none, on the goroutine
+// that set flushing, without waiting for the socket: what it cannot take
+// at once a goroutine of its own finishes (finish), which then carries on.
+func (c *wsConn) flush() {
+	for {
 		c.mu.Lock()
 		q := c.queue
 		if len(q) == 0 || c.closed {
-			c.writing = false
+			c.flushing = false
 			c.mu.Unlock()
 			return
 		}
-		c.queue = nil
+		c.queue, c.spare = c.spare, nil
 		c.room.Broadcast()
 		c.mu.Unlock()
-		if err := c.send(q); err != nil {
-			c.conn.CloseNow()
-			c.mu.Lock()
-			c.closed = true
-			c.writing = false
-			c.room.Broadcast()
-			c.mu.Unlock()
+		p := c.frames(q)
+		clear(q)
+		c.spare = q[:0]
+		ok, err := c.fc.TryLock()
+		if err != nil {
+			c.stopFlushing()
 			return
 		}
+		if !ok {
+			c.writers.Add(1)
+			go c.finish(p, false)
+			return
+		}
+		rest, err := c.fc.TryWrite(p)
+		if err != nil {
+			c.fc.Unlock(err)
+			c.fc.NetConn().Close()
+			c.stopFlushing()
+			return
+		}
+		if len(rest) > 0 {
+			c.writers.Add(1)
+			go c.finish(rest, true)
+			return
+		}
+		c.fc.Unlock(nil)
 	}
 }
 
-// gather lets the operations that finished with the one that started the
-// writer (a group commit ends many at once) queue their answers too, so
-// they share a frame and a system call: it yields while the queue grows.
-// It never sleeps, so a lone answer is not delayed.
-func (c *wsConn) gather() {
-	if !c.batch {
+// finish writes p, the rest of the flusher's frames, waiting for the
+// socket, then carries on flushing.
+func (c *wsConn) finish(p []byte, locked bool) {
+	defer c.writers.Done()
+	if !locked {
+		if err := c.fc.Lock(); err != nil {
+			c.stopFlushing()
+			return
+		}
+	}
+	err := c.writeLocked(p)
+	c.fc.Unlock(err)
+	if err != nil {
+		c.stopFlushing()
 		return
 	}
-	prev := -1
-	for range 8 {
-		c.mu.Lock()
-		n := len(c.queue)
-		c.mu.Unlock()
-		if n == prev {
-			return
-		}
-		prev = n
-		runtime.Gosched()
-	}
+	c.flush()
 }
 
-func (c *wsConn) send(q [][]byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.h.cfg.WriteTimeout)
-	defer cancel()
-	if !c.batch || len(q) == 1 {
-		for _, b := range q {
-			if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
-				return err
+// stopFlushing gives up on the queue: the connection is closing.
+func (c *wsConn) stopFlushing() {
+	c.mu.Lock()
+	c.flushing = false
+	c.queue = nil
+	c.room.Broadcast()
+	c.mu.Unlock()
+}
+
+// frames returns q as the frames to write, in the flusher's buffer: a frame
+// per answer, or with batch one frame holding an array of them.
+func (c *wsConn) frames(q [][]byte) []byte {
+	b := c.wbuf[:0]
+	if c.batch && len(q) > 1 {
+		b = append(b, make([]byte, wsframe.Headroom)...)
+		b = append(b, '[')
+		for i, a := range q {
+			if i > 0 {
+				b = append(b, ',')
 			}
+			b = append(b, a...)
 		}
-		return nil
-	}
-	n := 1
-	for _, b := range q {
-		n += len(b) + 1
-	}
-	buf := make([]byte, 0, n)
-	buf = append(buf, '[')
-	for i, b := range q {
-		if i > 0 {
-			buf = append(buf, ',')
+		b = wsframe.Frame(append(b, ']'))
+	} else {
+		for _, a := range q {
+			start := len(b)
+			b = append(b, make([]byte, wsframe.Headroom)...)
+			b = append(b, a...)
+			f := wsframe.Frame(b[start:])
+			// The header goes right behind the previous frame.
+			n := copy(b[start:], f)
+			b = b[:start+n]
 		}
-		buf = append(buf, b...)
 	}
-	buf = append(buf, ']')
-	return c.conn.Write(ctx, websocket.MessageText, buf)
-}
-
-// refusal holds back the plain-text answer the WebSocket library gives a
-// handshake it refuses (not an upgrade, a foreign origin), so that answer
-// can send it as the API's JSON error instead.
-type refusal struct {
-	http.ResponseWriter
-	status int
-	msg    []byte
-}
-
-func (r *refusal) WriteHeader(code int) {
-	if code >= 200 {
-		r.status = code
-		return
+	if cap(b) <= maxKeptFrames {
+		c.wbuf = b
+	} else {
+		c.wbuf = nil
 	}
-	r.ResponseWriter.WriteHeader(code)
+	return b
 }
 
-func (r *refusal) Write(p []byte) (int, error) {
-	if r.status != 0 {
-		r.msg = append(r.msg, p...)
-		return len(p), nil
-	}
-	return r.ResponseWriter.Write(p)
-}
-
-func (r *refusal) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(r.ResponseWriter).Hijack()
-}
-
-// answer sends the refusal held back, if there is one, as a JSON error.
-func (r *refusal) answer() {
-	if r.status == 0 {
-		return
-	}
-	// httpx.Code names 426 upgrade_required, the one status here outside
-	// its list.
-	httpx.WriteError(r.ResponseWriter, r.status, httpx.Code(r.status), strings.TrimSpace(string(r.msg)))
-}
+// maxKeptFrames is the largest buffer of frames the flusher keeps between
+// writes.
+const maxKeptFrames = 64 << 10

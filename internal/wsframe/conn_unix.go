@@ -5,39 +5,11 @@ package wsframe
 import (
 	"errors"
 	"net"
-	"sync"
 	"syscall"
 )
 
-// Conn is the connection under a WebSocket. The library's frames and the
-// server's data frames both go through it, and its frame lock keeps whole
-// frames apart. A data frame the socket cannot take at once may keep the
-// lock while another goroutine finishes it (a sync.Mutex may be unlocked
-// by a goroutine other than the one that locked it); the library's next
-// frame waits for that.
-type Conn struct {
-	conn net.Conn
-	rc   syscall.RawConn
-
-	mu     sync.Mutex
-	closed bool // no more data frames: a close frame went out, or a write failed
-	// The non-blocking write in progress (TryWrite), under mu.
-	p     []byte
-	err   error
-	write func(fd uintptr) bool // writeOnce, bound once so TryWrite allocates nothing
-
-	// Read side, used by the library's reader alone (its reads are
-	// serial): bytes read ahead of what it asked for, held only until it
-	// has taken them.
-	ahead    []byte
-	aheadBuf *[]byte
-	aheadN   int
-	readMore func(fd uintptr) bool // readOnce, bound once
-}
-
-// NewConn returns c as a Conn, or nil when c offers no raw descriptor to
-// write to without waiting.
-func NewConn(c net.Conn) *Conn {
+// rawConn is c's raw descriptor, or nil when it has none.
+func rawConn(c net.Conn) syscall.RawConn {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
@@ -46,57 +18,7 @@ func NewConn(c net.Conn) *Conn {
 	if err != nil {
 		return nil
 	}
-	fc := &Conn{conn: c, rc: rc}
-	fc.write = fc.writeOnce
-	fc.readMore = fc.readOnce
-	return fc
-}
-
-// NetConn is the connection under fc.
-func (fc *Conn) NetConn() net.Conn { return fc.conn }
-
-// Read reads for the library's buffered reader, whose buffer is small so
-// that an idle connection costs little. A client that pipelines frames
-// would then cost a read system call for every one or two of them: when a
-// read fills p, the socket likely holds more, and Read takes what it holds,
-// up to ReadAhead bytes, in one more call that does not wait, into a pooled
-// buffer it serves the next reads from and gives back once they have
-// emptied it.
-func (fc *Conn) Read(p []byte) (int, error) {
-	if fc.ahead != nil {
-		n := copy(p, fc.ahead)
-		fc.ahead = fc.ahead[n:]
-		if len(fc.ahead) == 0 {
-			fc.ahead = nil
-			aheadBufs.Put(fc.aheadBuf)
-			fc.aheadBuf = nil
-		}
-		return n, nil
-	}
-	n, err := fc.conn.Read(p)
-	if err == nil && n == len(p) && n > 0 {
-		fc.readAhead()
-	}
-	return n, err
-}
-
-// ReadAhead is the size of the buffers Read reads ahead into.
-const ReadAhead = 16 << 10
-
-var aheadBufs = sync.Pool{New: func() any { b := make([]byte, ReadAhead); return &b }}
-
-// readAhead reads what the socket holds without waiting. An error is left
-// to the next read that waits, which meets it again.
-func (fc *Conn) readAhead() {
-	fc.aheadBuf = aheadBufs.Get().(*[]byte)
-	fc.aheadN = 0
-	_ = fc.rc.Read(fc.readMore)
-	if fc.aheadN <= 0 {
-		aheadBufs.Put(fc.aheadBuf)
-		fc.aheadBuf = nil
-		return
-	}
-	fc.ahead = (*fc.aheadBuf)[:fc.aheadN]
+	return rc
 }
 
 // readOnce is readAhead's callback: it never asks to wait for the socket.
@@ -109,50 +31,6 @@ func (fc *Conn) readOnce(fd uintptr) bool {
 			return true
 		}
 	}
-}
-
-// Write writes p whole under the frame lock: the library's buffered writer
-// flushes each of its frames with one call.
-func (fc *Conn) Write(p []byte) (int, error) {
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	return fc.conn.Write(p)
-}
-
-// Lock takes the frame lock for a data frame; it fails once data frames
-// have ended.
-func (fc *Conn) Lock() error {
-	fc.mu.Lock()
-	if fc.closed {
-		fc.mu.Unlock()
-		return net.ErrClosed
-	}
-	return nil
-}
-
-// TryLock is Lock without waiting: it reports false when another frame
-// holds the lock.
-func (fc *Conn) TryLock() (bool, error) {
-	if !fc.mu.TryLock() {
-		return false, nil
-	}
-	if fc.closed {
-		fc.mu.Unlock()
-		return false, net.ErrClosed
-	}
-	return true, nil
-}
-
-// TryWrite writes as much of p as the socket takes without waiting and
-// returns the rest. The caller holds the frame lock.
-func (fc *Conn) TryWrite(p []byte) ([]byte, error) {
-	fc.p, fc.err = p, nil
-	if err := fc.rc.Write(fc.write); err != nil && fc.err == nil {
-		fc.err = err
-	}
-	rest, err := fc.p, fc.err
-	fc.p, fc.err = nil, nil
-	return rest, err
 }
 
 // writeOnce is TryWrite's callback: it never asks to wait for the socket.
@@ -174,28 +52,4 @@ func (fc *Conn) writeOnce(fd uintptr) bool {
 		}
 	}
 	return true
-}
-
-// WriteLocked writes p whole, waiting for the socket (bounded by the
-// connection's write deadline, if the caller set one). The caller holds
-// the frame lock.
-func (fc *Conn) WriteLocked(p []byte) error {
-	_, err := fc.conn.Write(p)
-	return err
-}
-
-// Unlock releases the frame lock after a data frame whose write ended with
-// err; after a failed write the connection takes no more data frames.
-func (fc *Conn) Unlock(err error) {
-	if err != nil {
-		fc.closed = true
-	}
-	fc.mu.Unlock()
-}
-
-// End stops data frames: the connection is closing.
-func (fc *Conn) End() {
-	fc.mu.Lock()
-	fc.closed = true
-	fc.mu.Unlock()
 }

@@ -53,8 +53,8 @@ func Frame(buf []byte) []byte {
 // It gives the library buffers of ReadBuffer and WriteBuffer bytes (the
 // library keeps them for the connection's life, and net/http's 4 KiB each
 // are mostly wasted on an idle connection of small frames). With Raw set it
-// keeps the connection as a Conn (nil where the connection has no raw
-// descriptor), through which the library's frames go too.
+// keeps the connection as a Conn, through which the library's frames go
+// too.
 //
 // It also holds back the plain-text answer the library gives a handshake it
 // refuses, for Answer to send as the caller's JSON error instead.
@@ -66,6 +66,11 @@ type Hijacker struct {
 
 	// Conn is the raw connection, set by a successful Hijack with Raw.
 	Conn *Conn
+	// Reader is the buffered reader handed to the library, set by a
+	// successful Hijack. A server that reads frames itself (NewReader)
+	// reads from it: it holds what the client sent right behind the
+	// handshake.
+	Reader *bufio.Reader
 
 	status int    // a refusal's status, held back
 	msg    []byte // and its text
@@ -115,11 +120,10 @@ func (h *Hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	var w io.Writer = c
 	if h.Raw {
-		if h.Conn = NewConn(c); h.Conn != nil {
-			// The library reads the connection it is handed, behind
-			// what br has buffered: through Conn, which reads ahead.
-			w, c = h.Conn, readThrough{c, h.Conn}
-		}
+		// The library reads the connection it is handed, behind what br
+		// has buffered: through Conn, which reads ahead.
+		h.Conn = NewConn(c)
+		w, c = h.Conn, readThrough{c, h.Conn}
 	}
 	if err := brw.Writer.Flush(); err != nil {
 		c.Close()
@@ -139,6 +143,7 @@ func (h *Hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, err
 		}
 	}
+	h.Reader = br
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(w, wsize)), nil
 }
 
