@@ -13,11 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-
 	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/internal/wsframe"
 )
 
 // ClientConfig configures a Client. Every zero field has the default
@@ -45,7 +44,7 @@ type Client struct {
 	fc atomic.Pointer[FrameClient] // the open WebSocket's; nil while there is none
 
 	mu      sync.Mutex
-	conn    *websocket.Conn
+	conn    *wsframe.ClientConn
 	started bool               // Connect succeeded once
 	life    context.Context    // ended by Close
 	end     context.CancelFunc // ends life

@@ -2,20 +2,20 @@ package lease
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
 	json "github.com/goccy/go-json"
 
 	"github.com/meatspace-exchange/mess/internal/httpx"
+	"github.com/meatspace-exchange/mess/internal/wsframe"
 )
 
 // Reconnect backoff of Client's lease WebSocket: doubling from the first
@@ -55,19 +55,21 @@ func (c *Client) Connect(ctx context.Context) error {
 	return nil
 }
 
-// dial opens the lease WebSocket and a FrameClient on it.
-func (c *Client) dial(ctx context.Context) (*websocket.Conn, *FrameClient, error) {
+// dial opens the lease WebSocket and a FrameClient on it. Its frames are
+// read and written by hand (internal/wsframe): a call then costs its write
+// and its share of a read, and nothing of a general WebSocket library's
+// per-frame contexts, locks and buffers.
+func (c *Client) dial(ctx context.Context) (*wsframe.ClientConn, *FrameClient, error) {
 	u := "ws" + strings.TrimPrefix(c.base, "http") + "ws?batch=1"
 	// The handshake must not inherit the HTTP client's whole-request
 	// timeout: it would cut the long-lived connection.
 	hc := *c.hc
 	hc.Timeout = 0
-	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
-		HTTPClient: &hc,
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + c.key}},
-	})
+	// Answers come in array frames of up to maxQueuedAnswers.
+	conn, resp, err := wsframe.Dial(ctx, &hc, u, http.Header{"Authorization": {"Bearer " + c.key}}, 16<<20)
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			defer resp.Body.Close()
 			data, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			var e errorResponse
 			if json.Unmarshal(data, &e) != nil || e.Code == "" {
@@ -77,8 +79,6 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, *FrameClient, error
 		}
 		return nil, nil, fmt.Errorf("lease: dial %s: %w", u, err)
 	}
-	// Answers come in array frames of up to maxQueuedAnswers.
-	conn.SetReadLimit(16 << 20)
 	w := &combiner{conn: conn}
 	return conn, NewFrameClient(w.send), nil
 }
@@ -89,55 +89,50 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, *FrameClient, error
 // WebSocket takes. Pipelining callers then cost one write, not one each,
 // and a lone caller writes at once, with no goroutine between.
 type combiner struct {
-	conn    *websocket.Conn
+	conn    *wsframe.ClientConn
 	mu      sync.Mutex
 	writing bool
 	queue   [][]byte
+	spare   [][]byte
+	buf     []byte
 }
 
-func (w *combiner) send(ctx context.Context, frame []byte) error {
+func (w *combiner) send(_ context.Context, frame []byte) error {
 	w.mu.Lock()
+	w.queue = append(w.queue, frame)
 	if w.writing {
 		// The writer sends it. Should that fail, the connection is closed,
 		// and the call learns it from FrameClient.Fail.
-		w.queue = append(w.queue, frame)
 		w.mu.Unlock()
 		return nil
 	}
 	w.writing = true
-	w.queue = append(w.queue, frame)
-	w.mu.Unlock()
-	// Callers woken by the same frame of answers are about to send too:
-	// let them queue first. A yield costs nothing when nobody else runs.
-	runtime.Gosched()
 	var err error
 	for {
-		w.mu.Lock()
 		q := w.queue
-		w.queue = nil
 		if len(q) == 0 {
 			w.writing = false
 			w.mu.Unlock()
 			return err
 		}
+		w.queue, w.spare = w.spare, nil
 		w.mu.Unlock()
-		if err != nil {
-			continue // dropped: the connection is closed
+		if err == nil { // else dropped: the connection is closed
+			err = w.write(q)
 		}
-		err = w.write(ctx, q)
+		clear(q)
+		w.mu.Lock()
+		w.spare = q[:0]
 	}
 }
 
-// write sends q, one frame or a JSON array of them.
-func (w *combiner) write(ctx context.Context, q [][]byte) error {
+// write sends q, one frame or a JSON array of them. The write is bounded by
+// the connection's own timeout, never by a caller's context: a frame cut
+// short would break the connection for every call on it.
+func (w *combiner) write(q [][]byte) error {
 	frame := q[0]
 	if len(q) > 1 {
-		n := 1
-		for _, b := range q {
-			n += len(b) + 1
-		}
-		frame = make([]byte, 1, n)
-		frame[0] = '['
+		frame = append(w.buf[:0], '[')
 		for i, b := range q {
 			if i > 0 {
 				frame = append(frame, ',')
@@ -145,34 +140,20 @@ func (w *combiner) write(ctx context.Context, q [][]byte) error {
 			frame = append(frame, b...)
 		}
 		frame = append(frame, ']')
+		w.buf = frame
 	}
-	// A write the caller abandons would close the connection: bound it by
-	// time instead.
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	err := w.conn.Write(wctx, websocket.MessageText, frame)
-	if err != nil {
-		w.conn.CloseNow() // the reader ends, and every call waiting learns it
-	}
-	return err
+	return w.conn.WriteText(frame) // a failed write closes the connection, which ends the reader
 }
 
 // run reads the connection's answers, and redials it when it is lost,
 // until Close.
-func (c *Client) run(conn *websocket.Conn, f *FrameClient) {
+func (c *Client) run(conn *wsframe.ClientConn, f *FrameClient) {
 	defer close(c.done)
 	for attempt := 0; ; {
-		var err error
-		for {
-			var data []byte
-			if _, data, err = conn.Read(context.Background()); err != nil {
-				break
-			}
-			f.answerAll(data)
-		}
+		err := read(conn, f)
 		c.fc.CompareAndSwap(f, nil)
 		f.Fail(err)
-		conn.CloseNow()
+		conn.Close()
 		c.mu.Lock()
 		c.conn = nil
 		c.mu.Unlock()
@@ -198,7 +179,7 @@ func (c *Client) run(conn *websocket.Conn, f *FrameClient) {
 		c.mu.Lock()
 		if c.life.Err() != nil {
 			c.mu.Unlock()
-			conn.CloseNow()
+			conn.Close()
 			return
 		}
 		c.conn = conn
@@ -206,6 +187,44 @@ func (c *Client) run(conn *websocket.Conn, f *FrameClient) {
 		c.mu.Unlock()
 		attempt = 0
 	}
+}
+
+// read hands the connection's answers to f until the connection ends, and
+// says why it ended. It answers the server's pings, and its close frame.
+func read(conn *wsframe.ClientConn, f *FrameClient) error {
+	for {
+		op, data, err := conn.Reader.Next()
+		if err != nil {
+			return err
+		}
+		switch op {
+		case wsframe.OpText:
+			f.answerAll(data)
+		case wsframe.OpPing:
+			conn.WriteControl(wsframe.OpPong, data)
+		case wsframe.OpClose:
+			code := wsframe.CloseNormal
+			if len(data) >= 2 {
+				code = int(binary.BigEndian.Uint16(data))
+			}
+			conn.WriteClose(code)
+			return &CloseError{Code: code, Reason: string(data[min(2, len(data)):])}
+		}
+	}
+}
+
+// CloseError is why calls in flight on the lease WebSocket failed when the
+// server closed it (wrapped in an error that also wraps ErrDisconnected).
+type CloseError struct {
+	Code   int    // the close frame's status code (RFC 6455 section 7.4)
+	Reason string // its reason, if any
+}
+
+func (e *CloseError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("lease: connection closed by the server (%d)", e.Code)
+	}
+	return fmt.Sprintf("lease: connection closed by the server (%d %s)", e.Code, e.Reason)
 }
 
 // Close ends the lease WebSocket: calls still waiting for their answers
@@ -238,7 +257,9 @@ func (c *Client) Close(ctx context.Context) error {
 	go func() {
 		defer close(closed)
 		if conn != nil {
-			conn.Close(websocket.StatusNormalClosure, "")
+			// The server answers with its close frame and closes the
+			// connection, which ends the reader.
+			conn.WriteClose(wsframe.CloseNormal)
 		}
 		<-c.done
 	}()
@@ -246,7 +267,7 @@ func (c *Client) Close(ctx context.Context) error {
 	case <-closed:
 	case <-ctx.Done():
 		if conn != nil {
-			conn.CloseNow()
+			conn.Close()
 		}
 		if err == nil {
 			err = ctx.Err()

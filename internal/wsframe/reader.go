@@ -47,18 +47,25 @@ var ErrTooBig = errors.New("wsframe: message too big")
 // fragmented messages and hands control frames over as they come (they
 // may come between fragments), for the caller to answer.
 type Reader struct {
-	br    *bufio.Reader
-	limit int
-	msg   []byte // the message being assembled, or the last one returned
-	op    Opcode // the opcode of the message being assembled; 0 when none
-	ctl   [125]byte
+	br     *bufio.Reader
+	limit  int
+	client bool   // reads a server's frames, which are not masked
+	msg    []byte // the message being assembled, or the last one returned
+	op     Opcode // the opcode of the message being assembled; 0 when none
+	ctl    [125]byte
 }
 
-// NewReader reads frames from br (the reader a Hijacker gave the library,
-// which holds what the client sent right after the handshake), refusing
-// messages over limit bytes.
+// NewReader reads a client's frames from br (the reader a Hijacker gave the
+// library, which holds what the client sent right after the handshake),
+// refusing messages over limit bytes.
 func NewReader(br *bufio.Reader, limit int) *Reader {
 	return &Reader{br: br, limit: limit}
+}
+
+// NewClientReader reads a server's frames from br, refusing messages over
+// limit bytes.
+func NewClientReader(br *bufio.Reader, limit int) *Reader {
+	return &Reader{br: br, limit: limit, client: true}
 }
 
 // Next returns the next text or binary message, whole, or the next control
@@ -75,8 +82,12 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 		}
 		fin, rsv, op := h[0]&0x80 != 0, h[0]&0x70, Opcode(h[0]&0x0f)
 		masked, n := h[1]&0x80 != 0, uint64(h[1]&0x7f)
-		if rsv != 0 || !masked {
+		if rsv != 0 || masked == r.client {
 			return 0, nil, ErrProtocol
+		}
+		kl := 4
+		if r.client {
+			kl = 0
 		}
 		hl := 2
 		switch n {
@@ -85,7 +96,7 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 		case 127:
 			hl = 10
 		}
-		if h, err = r.br.Peek(hl + 4); err != nil {
+		if h, err = r.br.Peek(hl + kl); err != nil {
 			return 0, nil, unexpected(err)
 		}
 		switch hl {
@@ -94,8 +105,11 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 		case 10:
 			n = binary.BigEndian.Uint64(h[2:])
 		}
-		key := binary.LittleEndian.Uint32(h[hl:])
-		if _, err := r.br.Discard(hl + 4); err != nil {
+		var key uint32
+		if kl > 0 {
+			key = binary.LittleEndian.Uint32(h[hl:])
+		}
+		if _, err := r.br.Discard(hl + kl); err != nil {
 			return 0, nil, unexpected(err)
 		}
 
@@ -155,6 +169,9 @@ func unexpected(err error) error {
 // unmask XORs p with the frame's masking key, the key's first byte on p's
 // first: eight bytes at a time, then the rest.
 func unmask(p []byte, key uint32) {
+	if key == 0 {
+		return
+	}
 	k8 := uint64(key) | uint64(key)<<32
 	i := 0
 	for ; i+8 <= len(p); i += 8 {
