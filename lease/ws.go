@@ -217,10 +217,7 @@ func (c *wsConn) watch(ctx context.Context, revoked <-chan struct{}) {
 // control writes a control frame, waiting for the frame lock and the
 // socket, within WriteTimeout.
 func (c *wsConn) control(frame []byte) {
-	if err := c.fc.Lock(); err != nil {
-		return
-	}
-	c.fc.Unlock(c.writeLocked(frame))
+	c.fc.WriteControl(frame, c.h.cfg.WriteTimeout)
 }
 
 // writeLocked writes p whole within WriteTimeout; the caller holds the
@@ -243,13 +240,8 @@ func (c *wsConn) closeWith(code int, reason string) {
 	if c.closing.Swap(true) {
 		return
 	}
-	nc := c.fc.NetConn()
-	if err := c.fc.Lock(); err == nil {
-		err = c.writeLocked(wsframe.CloseFrame(code, reason))
-		c.fc.Unlock(err)
-	}
-	c.fc.End()
-	nc.SetReadDeadline(time.Now().Add(closeWait))
+	c.fc.WriteClose(wsframe.CloseFrame(code, reason), c.h.cfg.WriteTimeout)
+	c.fc.NetConn().SetReadDeadline(time.Now().Add(closeWait))
 }
 
 // closeWait bounds how long a server that sent a close frame reads on,

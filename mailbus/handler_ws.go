@@ -2,12 +2,12 @@ package mailbus
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -93,10 +93,10 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 		h.fail(w, ErrClosed)
 		return
 	}
-	lh := &wsframe.Hijacker{ResponseWriter: w, Raw: h.raw}
-	// Data frames written by hand (wsraw.go) carry no RSV bits, so no
-	// extension may be negotiated: compression stays off whatever the
-	// library's default.
+	lh := &wsframe.Hijacker{ResponseWriter: w, Raw: true}
+	// Frames written by hand (wsraw.go, and every control frame) carry no
+	// RSV bits, so no extension may be negotiated: compression stays off
+	// whatever the library's default.
 	conn, err := websocket.Accept(lh, r, &websocket.AcceptOptions{
 		OriginPatterns:  h.cfg.OriginPatterns,
 		CompressionMode: websocket.CompressionDisabled,
@@ -127,7 +127,7 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 	// starts afresh; writes run on the goroutine that has something to
 	// deliver, or on short-lived goroutines like pings, only when there
 	// is something to do.
-	ws, ok := h.open(conn, lh.Conn, ex, c, opts)
+	ws, ok := h.open(conn, lh, ex, c, opts)
 	if !ok {
 		conn.CloseNow()
 		h.b.leave()
@@ -186,13 +186,13 @@ func (ws *wsConn) revoked() bool {
 
 // open attaches the connection to the agent's session and sends the
 // welcome frame.
-func (h *handler) open(conn *websocket.Conn, fc *wsframe.Conn, ex *exchange, c caller, opts wsOptions) (*wsConn, bool) {
-	conn.SetReadLimit(h.cfg.MaxBodyBytes)
+func (h *handler) open(conn *websocket.Conn, lh *wsframe.Hijacker, ex *exchange, c caller, opts wsOptions) (*wsConn, bool) {
 	ctx, cancel := context.WithCancel(context.Background())
-	ws := &wsConn{h: h, conn: conn, c: c, batch: opts.batch, ctx: ctx, cancel: cancel}
+	ws := &wsConn{h: h, conn: conn, fc: lh.Conn, rd: wsframe.NewReader(lh.Reader, int(h.cfg.MaxBodyBytes)),
+		c: c, batch: opts.batch, ctx: ctx, cancel: cancel, pong: make(chan struct{}, 1)}
 	ws.room.L = &ws.mu
-	if fc != nil {
-		ws.fw = newRawFrames(fc, func() { conn.CloseNow() }, h.cfg.WriteTimeout)
+	if h.raw {
+		ws.fw = newRawFrames(ws.fc, func() { conn.CloseNow() }, h.cfg.WriteTimeout)
 	} else {
 		ws.fw = &libFrames{conn: conn, timeout: h.cfg.WriteTimeout}
 	}
@@ -238,22 +238,34 @@ func (ws *wsConn) serve() {
 	s.detach()
 }
 
+// closeWith sends the close frame for err, after which no frame goes out;
+// the client's close frame, or closeWait, ends the reader.
 func (ws *wsConn) closeWith(err error) {
-	// No data frame may follow the close frame.
-	ws.fw.end()
+	code, reason := wsframe.CloseNormal, ""
 	switch {
 	case errors.Is(err, ErrClosed) && ws.h.b.replaced():
-		ws.conn.Close(websocket.StatusTryAgainLater, "this server no longer writes the mail bus: reconnect")
+		code, reason = wsframe.CloseTryAgainLater, "this server no longer writes the mail bus: reconnect"
 	case errors.Is(err, ErrClosed):
-		ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
+		code, reason = wsframe.CloseGoingAway, "server shutting down"
 	case errors.Is(err, errReload):
-		ws.conn.Close(websocket.StatusTryAgainLater, "storage failure: reconnect")
+		code, reason = wsframe.CloseTryAgainLater, "storage failure: reconnect"
 	case errors.Is(err, errRevoked):
-		ws.conn.Close(websocket.StatusPolicyViolation, "API key revoked")
-	default:
-		ws.conn.Close(websocket.StatusNormalClosure, "")
+		code, reason = wsframe.ClosePolicyViolation, "API key revoked"
+	}
+	ws.closeCode(code, reason)
+}
+
+// closeCode sends a close frame with code and reason, once: no frame
+// follows it.
+func (ws *wsConn) closeCode(code int, reason string) {
+	if ws.fc.WriteClose(wsframe.CloseFrame(code, reason), ws.h.cfg.WriteTimeout) == nil {
+		ws.fc.NetConn().SetReadDeadline(time.Now().Add(closeWait))
 	}
 }
+
+// closeWait bounds how long a server that sent a close frame reads on,
+// waiting for the client's.
+const closeWait = 5 * time.Second
 
 // maxRef bounds a frame's ref, which every reply echoes.
 const maxRef = 128
@@ -269,10 +281,20 @@ func (ws *wsConn) pingOnce() {
 	ws.work.Add(1)
 	ws.mu.Unlock()
 	defer ws.work.Done()
-	ctx, cancel := context.WithTimeout(ws.ctx, ws.h.cfg.PongTimeout)
-	err := ws.conn.Ping(ctx)
-	cancel()
-	if err != nil {
+	select {
+	case <-ws.pong: // a pong that came unasked, or too late for the last ping
+	default:
+	}
+	if ws.fc.WriteControl(wsframe.Control(wsframe.OpPing, nil), ws.h.cfg.WriteTimeout) != nil {
+		return
+	}
+	t := time.NewTimer(ws.h.cfg.PongTimeout)
+	defer t.Stop()
+	select {
+	case <-ws.pong:
+	case <-ws.ctx.Done():
+		return
+	case <-t.C:
 		ws.conn.CloseNow()
 		return
 	}
@@ -310,68 +332,65 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 		ws.mu.Unlock()
 	}()
 	for {
-		// Not ctx: the library arms and disarms a context.AfterFunc
-		// twice per frame for a context that can end, and nothing ends
-		// ctx while the reader runs. Whatever ends the connection closes
-		// it, which ends the read.
-		typ, r, err := ws.conn.Reader(context.Background())
+		op, data, err := ws.rd.Next()
+		switch {
+		case errors.Is(err, wsframe.ErrTooBig):
+			ws.closeCode(wsframe.CloseMessageTooBig, "message too big")
+			drain(ws.fc.NetConn())
+		case errors.Is(err, wsframe.ErrProtocol):
+			ws.closeCode(wsframe.CloseProtocolError, "protocol error")
+			drain(ws.fc.NetConn())
+		}
 		if err != nil {
 			return
 		}
-		if ws.dispatch(ctx, typ, r) != nil {
+		switch op {
+		case wsframe.OpPing:
+			ws.fc.WriteControl(wsframe.Control(wsframe.OpPong, data), ws.h.cfg.WriteTimeout)
+			continue
+		case wsframe.OpPong:
+			select {
+			case ws.pong <- struct{}{}:
+			default:
+			}
+			continue
+		case wsframe.OpClose:
+			code := wsframe.CloseNormal
+			if len(data) >= 2 {
+				code = int(binary.BigEndian.Uint16(data))
+			}
+			ws.closeCode(code, "")
+			return
+		}
+		err = ws.dispatch(ctx, op, data)
+		// The message is decoded (what is kept is copied): an idle
+		// connection holds no buffer.
+		ws.rd.Release()
+		if err != nil {
 			return
 		}
 	}
 }
 
-// frameBufs holds the buffers frames are read into. A frame is decoded
-// (which copies what it keeps) before its buffer goes back, so the buffers
-// are only held while a frame is handled, not by idle connections.
-var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-// maxPooledFrame is the largest frame buffer kept for reuse.
-const maxPooledFrame = 64 << 10
-
-// readFrame appends everything r holds to b.
-func readFrame(r io.Reader, b []byte) ([]byte, error) {
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
-}
+// drain reads and drops what the client still sends after a close frame
+// went out for a frame that could not be read (the rest of a message over
+// the limit, say), until the client closes or closeWait passes: closing a
+// socket with unread data would reset the connection, and the client
+// might lose the close frame.
+func drain(c io.Reader) { io.Copy(io.Discard, c) }
 
 // dispatch decodes and handles one frame. It is kept out of readLoop so the
 // frame it decodes is not on the stack of a reader parked between frames:
 // an idle connection's stack then fits in 4 KiB.
 //
 //go:noinline
-func (ws *wsConn) dispatch(ctx context.Context, typ websocket.MessageType, r io.Reader) error {
-	buf := frameBufs.Get().(*[]byte)
-	data, err := readFrame(r, (*buf)[:0])
-	defer func() {
-		if cap(data) <= maxPooledFrame {
-			*buf = data[:0]
-			frameBufs.Put(buf)
-		}
-	}()
-	if err != nil {
-		return err
-	}
+func (ws *wsConn) dispatch(ctx context.Context, op wsframe.Opcode, data []byte) error {
 	if ws.revoked() {
 		// watchKey is closing the connection; nothing more is done on
 		// the revoked key's behalf.
 		return nil
 	}
-	if typ != websocket.MessageText {
+	if op != wsframe.OpText {
 		ws.replyErr(ctx, "", fmt.Errorf("%w: binary frames are not supported", ErrInvalid))
 		return nil
 	}

@@ -21,8 +21,10 @@ import (
 // wsConn is one WebSocket connection of an agent.
 type wsConn struct {
 	h      *handler
-	conn   *websocket.Conn
-	fw     frameWriter // data frames go through it
+	conn   *websocket.Conn // the handshake's; its frames go through fc
+	fc     *wsframe.Conn
+	rd     *wsframe.Reader // the reader's alone
+	fw     frameWriter     // data frames go through it
 	c      caller
 	batch  bool
 	ctx    context.Context
@@ -48,6 +50,7 @@ type wsConn struct {
 	room    sync.Cond // on mu: replies has room again, or the connection closed
 	waitq   chan owed // replies owed, in order; nil until the first pipelined write
 	ping    *time.Timer
+	pong    chan struct{}  // a pong came
 	work    sync.WaitGroup // flush and ping goroutines
 }
 
@@ -310,8 +313,6 @@ type frameWriter interface {
 	// before buf is used again and on a goroutine that may wait.
 	tryWrite(buf []byte) (whole bool, err error)
 	finish() error
-	// end stops data frames, because a close frame follows.
-	end()
 }
 
 // libFrames writes data frames through the WebSocket library.
@@ -339,9 +340,6 @@ func (l *libFrames) finish() error {
 	l.pending = nil
 	return l.write(buf)
 }
-
-// end does nothing: the library refuses data frames after its close frame.
-func (l *libFrames) end() {}
 
 // frameHeadroom is the space a frame's payload leaves in front of it for
 // the header.

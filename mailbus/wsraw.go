@@ -88,5 +88,3 @@ func (r *rawFrames) unlock(err error) error {
 	}
 	return err
 }
-
-func (r *rawFrames) end() { r.fc.End() }

@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Conn is the connection under a WebSocket. The library's frames and the
@@ -91,11 +92,50 @@ func (fc *Conn) readAhead() {
 }
 
 // Write writes p whole under the frame lock: the library's buffered writer
-// flushes each of its frames with one call.
+// flushes each of its frames with one call. Like data frames, the library's
+// frames end with the close frame (WriteClose).
 func (fc *Conn) Write(p []byte) (int, error) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
+	if fc.closed {
+		return 0, net.ErrClosed
+	}
 	return fc.conn.Write(p)
+}
+
+// WriteControl writes a control frame (see Control) whole, waiting for the
+// frame lock and the socket, within timeout; a write that fails closes the
+// connection. Nothing is written once data frames have ended.
+func (fc *Conn) WriteControl(frame []byte, timeout time.Duration) error {
+	if err := fc.Lock(); err != nil {
+		return err
+	}
+	err := fc.writeWithin(frame, timeout)
+	fc.Unlock(err)
+	return err
+}
+
+// WriteClose writes a close frame (see CloseFrame) as WriteControl does,
+// and ends data frames with it: no frame can follow it. It writes nothing
+// when data frames have ended already.
+func (fc *Conn) WriteClose(frame []byte, timeout time.Duration) error {
+	if err := fc.Lock(); err != nil {
+		return err
+	}
+	err := fc.writeWithin(frame, timeout)
+	fc.closed = true
+	fc.mu.Unlock()
+	return err
+}
+
+func (fc *Conn) writeWithin(p []byte, timeout time.Duration) error {
+	fc.conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := fc.conn.Write(p)
+	fc.conn.SetWriteDeadline(time.Time{})
+	if err != nil {
+		fc.conn.Close()
+	}
+	return err
 }
 
 // Lock takes the frame lock for a data frame; it fails once data frames

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -137,6 +138,9 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 			if cap(r.msg) > keptBuffer {
 				r.msg = nil // a large message's buffer is not kept for the small ones
 			}
+			if r.msg == nil {
+				r.msg = (*msgBufs.Get().(*[]byte))[:0]
+			}
 			r.op, r.msg = op, r.msg[:0]
 		}
 		if n > uint64(r.limit-len(r.msg)) {
@@ -158,6 +162,24 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 
 // keptBuffer is the largest message buffer a Reader keeps between messages.
 const keptBuffer = 64 << 10
+
+// msgBufs holds message buffers given back by Release.
+var msgBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// Release gives the buffer of the message last returned back to a pool
+// shared by all Readers: a server with many idle connections then holds a
+// buffer only while a message is being handled. The message must not be
+// used afterwards.
+func (r *Reader) Release() {
+	if r.op != 0 || r.msg == nil {
+		return // a fragmented message is open: its buffer is still in use
+	}
+	if cap(r.msg) <= keptBuffer {
+		b := r.msg[:0]
+		msgBufs.Put(&b)
+	}
+	r.msg = nil
+}
 
 func unexpected(err error) error {
 	if err == io.EOF {
