@@ -142,9 +142,12 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 		if !ws.dirty || ws.closed {
 			ws.running = false
 			// Keep small buffers for the next flush, which cannot start
-			// before mu is released.
+			// before mu is released; larger ones go back to the pool.
 			if cap(buf) <= maxKeptBuffer && cap(ds) <= maxKeptDeliveries {
 				ws.buf, ws.ds = buf[:0], ds[:0]
+			} else {
+				ws.buf, ws.ds = nil, nil
+				putFlushBufs(buf, ds)
 			}
 			ws.mu.Unlock()
 			return
@@ -177,6 +180,12 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 			ws.closeWith(ws.s.err)
 			ws.stop()
 			return
+		}
+		if buf == nil {
+			// A fan-out wakes a thousand connections whose frames are
+			// larger than what an idle one keeps: growing a buffer from
+			// nothing for each would cost more than writing it.
+			buf, ds = getFlushBufs()
 		}
 		for more := true; more; {
 			ds, more = ws.s.take(n, ds[:0])
@@ -221,6 +230,34 @@ func (ws *wsConn) flush(budget int, buf []byte, ds []delivery) {
 			}
 		}
 	}
+}
+
+// flushBufs holds the buffers of flushes that outgrew what a connection
+// keeps, for the next flush of any connection.
+var flushBufs sync.Pool
+
+type flushBuf struct {
+	buf []byte
+	ds  []delivery
+}
+
+// maxPooledBuffer is the largest flush buffer pooled: a replay's frames
+// may be far larger than the live path's.
+const maxPooledBuffer = 1 << 20
+
+func getFlushBufs() ([]byte, []delivery) {
+	if b, ok := flushBufs.Get().(*flushBuf); ok {
+		return b.buf[:0], b.ds[:0]
+	}
+	return make([]byte, 0, maxKeptBuffer), nil
+}
+
+func putFlushBufs(buf []byte, ds []delivery) {
+	if cap(buf) > maxPooledBuffer {
+		return
+	}
+	clear(ds[:cap(ds)])
+	flushBufs.Put(&flushBuf{buf: buf[:0], ds: ds[:0]})
 }
 
 // resume takes over a flush from a poking goroutine: it finishes the frame

@@ -46,7 +46,8 @@ func spawn(ctx context.Context, backend string, log io.Writer) (*deployment, err
 		d.close()
 		return nil, fmt.Errorf("build messd (run messbench from the module root): %w", err)
 	}
-	d.env = []string{"MESS_OPEN_REGISTRATION=true", "LOG_LEVEL=warn"}
+	// The load comes from one address and registers agents in bulk.
+	d.env = []string{"MESS_OPEN_REGISTRATION=true", "MESS_MAX_CONNS_PER_IP=-1", "LOG_LEVEL=warn"}
 	switch backend {
 	case "fs":
 		d.env = append(d.env, "STORAGE_TYPE=filesystem", "STORAGE_PATH="+filepath.Join(dir, "data"))
