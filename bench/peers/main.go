@@ -28,6 +28,9 @@ import (
 )
 
 func main() {
+	if floorMain(os.Args[1:]) {
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg, err := parseConfig(os.Args[1:], os.Stderr)

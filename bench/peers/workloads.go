@@ -41,7 +41,10 @@ func (e *env) workload(name string) workload {
 	case "locks":
 		return workload{name: name, unit: "pairs/s",
 			title: fmt.Sprintf("lock acquire+release pairs, %d clients, one name each, 10 s TTL; Redis SET NX PX + Lua compare-and-delete, messd lease acquire + release as WebSocket lease frames, one connection per client", e.cfg.LockClients),
-			peers: []peer{{name: "Redis", durability: redisDurability, goal: true, run: e.redisLocks}}}
+			peers: []peer{
+				{name: "Redis", durability: redisDurability, goal: true, run: e.redisLocks},
+				{name: "Go floor", durability: floorDurability, run: e.floorLocks},
+			}}
 	case "direct":
 		return workload{name: name, unit: "msgs/s",
 			title: fmt.Sprintf("durable direct messages, 100-byte payload, %d senders x %d in flight to %d inboxes; JetStream async publish to one file-store stream, messd mail-bus send over WebSocket", e.cfg.Senders, inFlight, directTargets),
