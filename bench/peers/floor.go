@@ -122,21 +122,36 @@ func floorServer(addr string) error {
 	if err != nil {
 		return err
 	}
-	c := &floorCommitter{f: f, wake: make(chan struct{}, 1)}
-	go c.run()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go c.serve(conn)
-		}
-	}()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
-	<-sig
-	return ln.Close()
+	go func() {
+		<-sig
+		ln.Close()
+	}()
+	serveFloor(ln, f)
+	return nil
+}
+
+// serveFloor serves the floor on ln, appending to f, until ln is closed and
+// its connections have ended.
+func serveFloor(ln net.Listener, f *os.File) {
+	c := &floorCommitter{f: f, wake: make(chan struct{}, 1)}
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		c.run()
+	}()
+	var conns sync.WaitGroup
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			break
+		}
+		conns.Go(func() { c.serve(conn) })
+	}
+	conns.Wait()
+	close(c.wake)
+	<-committed
 }
 
 type floorCommitter struct {

@@ -3,9 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -256,5 +259,37 @@ func TestLastNumber(t *testing.T) {
 		if got != want {
 			t.Errorf("lastNumber(%q) = %d, want %d", in, got, want)
 		}
+	}
+}
+
+// The floor answers every request once it is in the journal: a run's
+// pairs are all there, two 16-byte records each.
+func TestFloor(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		serveFloor(ln, f)
+	}()
+	r, err := runFloorLocks(context.Background(), ln.Addr().String(), 4, 200*time.Millisecond)
+	ln.Close()
+	<-served
+	if err != nil || r.Note != "" || r.Rate <= 0 {
+		t.Fatalf("floor run: %+v, %v", r, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() == 0 || st.Size()%32 != 0 {
+		t.Fatalf("journal of %d bytes: want whole pairs of 16-byte records", st.Size())
 	}
 }
