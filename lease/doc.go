@@ -148,17 +148,25 @@
 // HandlerConfig.MaxBodyBytes closes it with 1009. At most 1,024 operations
 // of a connection run at once, waiting acquires included; beyond that the
 // server stops reading its frames until one ends. Waiting acquires end with
-// their connection. The server closes the connection with 1001 when the
-// Manager closes and with 1008 when its API key is revoked, after ending
-// its waiting acquires. FrameSession runs lease frames on any connection;
-// FrameClient makes calls on one.
+// their connection. The server pings every HandlerConfig.PingInterval and
+// closes a connection that sent nothing, not even a pong, for a whole
+// interval; it answers pings, echoes a client's close frame, and closes
+// with 1002 on a frame RFC 6455 forbids. It closes the connection with
+// 1001 when the Manager closes and with 1008 when its API key is revoked,
+// after ending its waiting acquires; a Client's calls then in flight fail
+// with an error wrapping ErrDisconnected and a *CloseError carrying the
+// code. FrameSession runs lease frames on any connection; FrameClient
+// makes calls on one.
 //
 // # Concurrency
 //
 // Manager, Client and the handler are safe for concurrent use. The Manager
 // shards its leases over 256 mutexes; no lock is held during I/O (a
 // journal write is queued under the shard lock, so that a name's records
-// are journaled in the order its state changed, and waited for after).
+// are journaled in the order its state changed, and waited for after; on
+// the lease WebSocket, acquires that do not wait, renewals and releases
+// are finished by the journal's flusher instead, with no goroutine of
+// their own).
 // List and ReleaseAll visit every shard in turn, so they see each shard at
 // a different instant. Lock order: Manager.closeMu (shared) before a shard
 // mutex; compaction takes its own mutex and never a shard mutex.
