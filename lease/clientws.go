@@ -2,7 +2,6 @@ package lease
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -203,10 +202,7 @@ func read(conn *wsframe.ClientConn, f *FrameClient) error {
 		case wsframe.OpPing:
 			conn.WriteControl(wsframe.OpPong, data)
 		case wsframe.OpClose:
-			code := wsframe.CloseNormal
-			if len(data) >= 2 {
-				code = int(binary.BigEndian.Uint16(data))
-			}
+			code := wsframe.CloseCode(data)
 			conn.WriteClose(code)
 			return &CloseError{Code: code, Reason: string(data[min(2, len(data)):])}
 		}

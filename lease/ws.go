@@ -3,9 +3,7 @@ package lease
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -101,17 +99,17 @@ func (c *wsConn) serve(revoked <-chan struct{}) {
 		switch {
 		case errors.Is(err, wsframe.ErrTooBig):
 			c.closeWith(wsframe.CloseMessageTooBig, "message too big")
-			c.drain()
+			c.fc.Drain()
 		case errors.Is(err, wsframe.ErrProtocol):
 			c.closeWith(wsframe.CloseProtocolError, "protocol error")
-			c.drain()
+			c.fc.Drain()
 		}
 		if err != nil {
 			break
 		}
 		c.seen.Store(true)
 		if op == wsframe.OpClose {
-			c.closeWith(closeCode(data), "")
+			c.closeWith(wsframe.CloseCode(data), "")
 			break
 		}
 		if op == wsframe.OpPing {
@@ -141,15 +139,6 @@ func (c *wsConn) serve(revoked <-chan struct{}) {
 	watch.Wait()
 	c.writers.Wait()
 	c.lib.CloseNow()
-}
-
-// closeCode is the code a close frame from the client carries, which the
-// server's close frame echoes.
-func closeCode(p []byte) int {
-	if len(p) < 2 {
-		return wsframe.CloseNormal
-	}
-	return int(binary.BigEndian.Uint16(p))
 }
 
 // handle takes a frame of requests: one request, or a JSON array of them,
@@ -247,15 +236,6 @@ func (c *wsConn) closeWith(code int, reason string) {
 // closeWait bounds how long a server that sent a close frame reads on,
 // waiting for the client's.
 const closeWait = 5 * time.Second
-
-// drain reads and drops what the client still sends after a close frame
-// went out for a frame that could not be read (the rest of a message over
-// the limit, say), until the client closes or closeWait passes: closing a
-// socket with unread data would reset the connection, and the client
-// might lose the close frame.
-func (c *wsConn) drain() {
-	io.Copy(io.Discard, c.fc.NetConn())
-}
 
 func isClosed(c <-chan struct{}) bool {
 	select {

@@ -2,10 +2,8 @@ package mailbus
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -336,10 +334,10 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 		switch {
 		case errors.Is(err, wsframe.ErrTooBig):
 			ws.closeCode(wsframe.CloseMessageTooBig, "message too big")
-			drain(ws.fc.NetConn())
+			ws.fc.Drain()
 		case errors.Is(err, wsframe.ErrProtocol):
 			ws.closeCode(wsframe.CloseProtocolError, "protocol error")
-			drain(ws.fc.NetConn())
+			ws.fc.Drain()
 		}
 		if err != nil {
 			return
@@ -355,11 +353,7 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 			}
 			continue
 		case wsframe.OpClose:
-			code := wsframe.CloseNormal
-			if len(data) >= 2 {
-				code = int(binary.BigEndian.Uint16(data))
-			}
-			ws.closeCode(code, "")
+			ws.closeCode(wsframe.CloseCode(data), "")
 			return
 		}
 		err = ws.dispatch(ctx, op, data)
@@ -371,13 +365,6 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 		}
 	}
 }
-
-// drain reads and drops what the client still sends after a close frame
-// went out for a frame that could not be read (the rest of a message over
-// the limit, say), until the client closes or closeWait passes: closing a
-// socket with unread data would reset the connection, and the client
-// might lose the close frame.
-func drain(c io.Reader) { io.Copy(io.Discard, c) }
 
 // dispatch decodes and handles one frame. It is kept out of readLoop so the
 // frame it decodes is not on the stack of a reader parked between frames:

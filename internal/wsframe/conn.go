@@ -1,6 +1,7 @@
 package wsframe
 
 import (
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -200,3 +201,10 @@ func (fc *Conn) End() {
 	fc.closed = true
 	fc.mu.Unlock()
 }
+
+// Drain reads and drops what the client still sends after the server's
+// close frame went out for a frame it could not read (the rest of a message
+// over the limit, say), until the client closes or the read deadline the
+// caller set passes: closing a socket with unread data resets the
+// connection, and the client might lose the close frame.
+func (fc *Conn) Drain() { io.Copy(io.Discard, fc.conn) }

@@ -221,3 +221,13 @@ func CloseFrame(code int, reason string) []byte {
 	p := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(reason)), uint16(code))
 	return Control(OpClose, append(p, reason...))
 }
+
+// CloseCode is the status code a close frame's payload carries
+// (CloseNormal when it carries none), which the answering close frame
+// echoes.
+func CloseCode(payload []byte) int {
+	if len(payload) < 2 {
+		return CloseNormal
+	}
+	return int(binary.BigEndian.Uint16(payload))
+}
