@@ -274,7 +274,7 @@ func TestWS_pingPong(t *testing.T) {
 // seen its fifth ping, the others have been connected for four intervals
 // at least.
 func TestWS_pingInterval(t *testing.T) {
-	const interval = 200 * time.Millisecond
+	const interval = 250 * time.Millisecond
 	m := MustNew(t, lease.Config{})
 	srv, conns := serveLeases(t, m, lease.HandlerConfig{PingInterval: interval}, 0)
 	lc := MustClientVia(t, srv, "x1", "carol", viaWS)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -79,9 +80,8 @@ func TestDial(t *testing.T) {
 		if err := c.WriteText(p); err != nil {
 			t.Fatalf("write %d bytes: %v", n, err)
 		}
-		// The library writes its echo only once it has read the message
-		// whole, and a reply of up to 300 KB fits the sockets: reading
-		// here after the write cannot deadlock.
+		// The library echoes a message only once it has read all of it,
+		// so the write returns before the echo is read.
 		op, got, err := c.Reader.Next()
 		if err != nil || op != OpText || !bytes.Equal(got, p) {
 			t.Fatalf("echo of %d bytes: opcode %d, %d bytes, %v", n, op, len(got), err)
@@ -229,5 +229,86 @@ func TestDial_framesBehindTheHandshake(t *testing.T) {
 	}
 	if op, p, err := c.Reader.Next(); err != nil || op != OpClose || !bytes.Equal(p, closePayload(CloseGoingAway, "bye")) {
 		t.Fatalf("second frame: opcode %d, %q, %v", op, p, err)
+	}
+}
+
+// Ensure a ClientConn's frames are on the wire exactly as RFC 6455 section
+// 5.2 has them, read here byte by byte: FIN and the opcode, the mask bit,
+// the shortest length encoding, and a key that unmasks the payload.
+func TestClientConn_wire(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got := make(chan []byte, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + acceptGUID))
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			got <- nil
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
+			base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+		brw.Flush()
+		conn.SetReadDeadline(time.Now().Add(time.Minute))
+		b, _ := io.ReadAll(brw) // until the client closes
+		got <- b
+	}))
+	defer srv.Close()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c, _, err := Dial(ctx, &http.Client{Transport: tr}, wsURL(srv), nil, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type sent struct {
+		op Opcode
+		p  []byte
+	}
+	var want []sent
+	for _, n := range []int{0, 125, 126, 65535, 65536} {
+		if err := c.WriteText(pattern(n)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, sent{OpText, pattern(n)})
+	}
+	if err := c.WriteControl(OpPong, []byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteClose(CloseGoingAway); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, sent{OpPong, []byte("pong")}, sent{OpClose, closePayload(CloseGoingAway, "")})
+	c.Close()
+	b := <-got
+	for i, w := range want {
+		if len(b) < 2 || b[0] != 0x80|byte(w.op) || b[1]&0x80 == 0 {
+			t.Fatalf("frame %d starts % x, want FIN, opcode %d and the mask bit", i, b[:min(len(b), 2)], w.op)
+		}
+		n, hl := int(b[1]&0x7f), 2
+		switch {
+		case n == 126 && len(b) >= 4:
+			n, hl = int(binary.BigEndian.Uint16(b[2:])), 4
+		case n == 127 && len(b) >= 10:
+			n, hl = int(binary.BigEndian.Uint64(b[2:])), 10
+		}
+		if n != len(w.p) || (hl == 4) != (n >= 126 && n <= 0xffff) || (hl == 10) != (n > 0xffff) {
+			t.Fatalf("frame %d: length %d in a %d-byte header, want %d in the shortest", i, n, hl, len(w.p))
+		}
+		if len(b) < hl+4+n {
+			t.Fatalf("frame %d cut short: %d bytes left", i, len(b))
+		}
+		key, p := b[hl:hl+4], bytes.Clone(b[hl+4:hl+4+n])
+		for j := range p {
+			p[j] ^= key[j%4]
+		}
+		if !bytes.Equal(p, w.p) {
+			t.Fatalf("frame %d: payload unmasked differs from what was sent", i)
+		}
+		b = b[hl+4+n:]
+	}
+	if len(b) != 0 {
+		t.Fatalf("%d bytes after the frames written", len(b))
 	}
 }

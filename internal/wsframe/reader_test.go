@@ -375,6 +375,11 @@ func TestServerFrames_readBack(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// On the wire exactly as RFC 6455 section 5.2 has it: FIN, no
+			// mask, and the shortest length encoding.
+			if want := (frame{fin: true, op: tt.want.op, p: tt.want.p}).wire(); !bytes.Equal(tt.in, want) {
+				t.Fatalf("frame starts % x, want % x", tt.in[:min(len(tt.in), 12)], want[:min(len(want), 12)])
+			}
 			in := append(bytes.Clone(tt.in), Control(OpPing, []byte("next"))...)
 			got, err := readAll(NewClientReader(bufio.NewReader(bytes.NewReader(in)), 1<<20))
 			if err != io.EOF {
