@@ -76,7 +76,7 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 	for {
 		h, err := r.br.Peek(2)
 		if err != nil {
-			if err == io.EOF && len(h) > 0 {
+			if err == io.EOF && (len(h) > 0 || r.op != 0) { // cut inside a frame or a message
 				err = io.ErrUnexpectedEOF
 			}
 			return 0, nil, err
