@@ -469,6 +469,8 @@ func TestWS_frameErrors(t *testing.T) {
 	}{
 		{"fragments together over the limit", append(maskedFrame(false, wsframe.OpText, []byte(big)), maskedFrame(true, wsframe.OpContinuation, []byte(big))...), wsframe.CloseMessageTooBig},
 		{"unmasked frame", unmasked, wsframe.CloseProtocolError},
+		{"close code 1005, never sent", maskedFrame(true, wsframe.OpClose, binary.BigEndian.AppendUint16(nil, 1005)), wsframe.CloseProtocolError},
+		{"close code 999", maskedFrame(true, wsframe.OpClose, binary.BigEndian.AppendUint16(nil, 999)), wsframe.CloseProtocolError},
 		{"RSV1 without an extension", append([]byte{0xc1}, maskedFrame(true, wsframe.OpText, []byte("{}"))[1:]...), wsframe.CloseProtocolError},
 		{"continuation without a start", maskedFrame(true, wsframe.OpContinuation, []byte("{}")), wsframe.CloseProtocolError},
 		{"text inside a fragmented message", append(maskedFrame(false, wsframe.OpText, []byte("{")), maskedFrame(true, wsframe.OpText, []byte("{}"))...), wsframe.CloseProtocolError},

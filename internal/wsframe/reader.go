@@ -123,7 +123,7 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 				return 0, nil, unexpected(err)
 			}
 			unmask(p, key)
-			if op == OpClose && (n == 1 || n > 2 && !utf8.Valid(p[2:])) {
+			if op == OpClose && (n == 1 || n >= 2 && !validCloseCode(binary.BigEndian.Uint16(p)) || n > 2 && !utf8.Valid(p[2:])) {
 				return 0, nil, ErrProtocol
 			}
 			return op, p, nil
@@ -158,6 +158,13 @@ func (r *Reader) Next() (Opcode, []byte, error) {
 			return op, r.msg, nil
 		}
 	}
+}
+
+// validCloseCode reports whether a close frame may carry code (RFC 6455
+// section 7.4): 1005, 1006 and 1015 never go on the wire, and the codes
+// below 3000 that section 7.4.1 does not define are reserved.
+func validCloseCode(code uint16) bool {
+	return code >= 1000 && code <= 1003 || code >= 1007 && code <= 1014 || code >= 3000 && code <= 4999
 }
 
 // keptBuffer is the largest message buffer a Reader keeps between messages.
