@@ -30,9 +30,10 @@ const maxQueuedAnswers = 4096
 //
 // The library does the handshake alone: the connection's frames are read
 // and written by hand (internal/wsframe), so that an operation costs no
-// goroutine of its own and no hand-over between goroutines. The reader
-// starts it (FrameSession's fast path); the journal's flusher answers it
-// with one write that does not wait for the socket, and only a write the
+// goroutine of its own. The reader starts it (FrameSession's fast path);
+// the journal's flusher settles it and queues the answer; the handler's
+// one writer goroutine (writeQueue) sends each connection's queued answers
+// with a write that does not wait for the socket, and only a write the
 // socket cannot take at once gets a goroutine to finish it.
 func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, x, agent string) error {
 	if isClosed(h.m.done) {
@@ -246,8 +247,9 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-// answer queues one answer and, unless a goroutine is writing already,
-// writes the queue. It never blocks: it runs on the journal's flusher.
+// answer queues one answer and, unless the connection's queue is being
+// written already, hands the connection to the writer. It never blocks:
+// it runs on the journal's flusher.
 func (c *wsConn) answer(b []byte) {
 	c.mu.Lock()
 	if c.closed {
