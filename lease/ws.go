@@ -41,7 +41,7 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, x, agent strin
 	}
 	q := r.URL.Query()
 	batch := q.Get("batch") == "1" || q.Get("batch") == "true"
-	hj := &wsframe.Hijacker{ResponseWriter: w, Raw: true}
+	hj := &wsframe.Hijacker{ResponseWriter: w}
 	lib, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		hj.Answer()

@@ -91,7 +91,7 @@ func (h *handler) serveWS(w http.ResponseWriter, r *http.Request, c caller, opts
 		h.fail(w, ErrClosed)
 		return
 	}
-	lh := &wsframe.Hijacker{ResponseWriter: w, Raw: true}
+	lh := &wsframe.Hijacker{ResponseWriter: w}
 	// Frames written by hand (wsraw.go, and every control frame) carry no
 	// RSV bits, so no extension may be negotiated: compression stays off
 	// whatever the library's default.

@@ -87,7 +87,7 @@ func TestConn(t *testing.T) {
 // gate once a frame is under way, and reports its result before waiting for
 // the client to close.
 func serveFrames(ctx context.Context, w http.ResponseWriter, r *http.Request, sizes []int, payload func(int) []byte, gate chan<- struct{}, report func(error)) error {
-	lh := &Hijacker{ResponseWriter: w, Raw: true}
+	lh := &Hijacker{ResponseWriter: w}
 	c, err := websocket.Accept(lh, r, nil)
 	if err != nil {
 		return err
@@ -170,9 +170,6 @@ func serveFrames(ctx context.Context, w http.ResponseWriter, r *http.Request, si
 // sent, in order, whether the socket holds less than a read asks for,
 // exactly as much, or far more (what Read takes ahead), and then the end
 // of the stream; nothing read ahead is kept once it has been taken.
-// readBuffer is the read buffer a Hijacker gives the library by default.
-const readBuffer = 512
-
 func TestConnReadsAhead(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

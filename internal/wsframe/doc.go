@@ -49,22 +49,25 @@ func Frame(buf []byte) []byte {
 	return buf[Headroom-len(h):]
 }
 
+// The buffers a Hijacker gives the library. Frames on the bus are small,
+// and larger reads and writes bypass a bufio buffer anyway.
+const (
+	readBuffer  = 512
+	writeBuffer = 1 << 10
+)
+
 // Hijacker is the http.ResponseWriter a server hands the library's Accept.
-// It gives the library buffers of ReadBuffer and WriteBuffer bytes (the
-// library keeps them for the connection's life, and net/http's 4 KiB each
-// are mostly wasted on an idle connection of small frames). With Raw set it
-// keeps the connection as a Conn, through which the library's frames go
-// too.
+// It gives the library small buffers (readBuffer, writeBuffer: the library
+// keeps them for the connection's life, and net/http's 4 KiB each are
+// mostly wasted on an idle connection of small frames). It keeps the
+// connection as a Conn, through which the library's frames go too.
 //
 // It also holds back the plain-text answer the library gives a handshake it
 // refuses, for Answer to send as the caller's JSON error instead.
 type Hijacker struct {
 	http.ResponseWriter
-	Raw         bool
-	ReadBuffer  int // 0: 512
-	WriteBuffer int // 0: 1 KiB
 
-	// Conn is the raw connection, set by a successful Hijack with Raw.
+	// Conn is the raw connection, set by a successful Hijack.
 	Conn *Conn
 	// Reader is the buffered reader handed to the library, set by a
 	// successful Hijack. A server that reads frames itself (NewReader)
@@ -111,25 +114,16 @@ func (h *Hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rsize, wsize := h.ReadBuffer, h.WriteBuffer
-	if rsize <= 0 {
-		rsize = 512
-	}
-	if wsize <= 0 {
-		wsize = 1 << 10
-	}
-	var w io.Writer = c
-	if h.Raw {
-		// The library reads the connection it is handed, behind what br
-		// has buffered: through Conn, which reads ahead.
-		h.Conn = NewConn(c)
-		w, c = h.Conn, readThrough{c, h.Conn}
-	}
+	// The library reads the connection it is handed, behind what br has
+	// buffered: through Conn, which reads ahead.
+	h.Conn = NewConn(c)
+	var w io.Writer = h.Conn
+	c = readThrough{c, h.Conn}
 	if err := brw.Writer.Flush(); err != nil {
 		c.Close()
 		return nil, nil, err
 	}
-	br := bufio.NewReaderSize(c, rsize)
+	br := bufio.NewReaderSize(c, readBuffer)
 	if n := brw.Reader.Buffered(); n > 0 {
 		// Bytes the client sent right behind the handshake: the 101 is on
 		// the wire before the hijack, so a client may already be writing
@@ -137,14 +131,14 @@ func (h *Hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		// then reads the connection itself, so they must be in the
 		// buffer, not in a reader behind it.
 		b, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), c), max(rsize, n))
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), c), max(readBuffer, n))
 		if _, err := br.Peek(n); err != nil {
 			c.Close()
 			return nil, nil, err
 		}
 	}
 	h.Reader = br
-	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(w, wsize)), nil
+	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(w, writeBuffer)), nil
 }
 
 // readThrough is a connection whose reads go through its Conn.

@@ -410,7 +410,7 @@ func TestServerFrames_readBack(t *testing.T) {
 // with Control, and a close frame with CloseFrame carrying the client's
 // code and closeReason, then returns what ended it.
 func frameEcho(w http.ResponseWriter, r *http.Request, closeReason string) error {
-	hj := &Hijacker{ResponseWriter: w, Raw: true}
+	hj := &Hijacker{ResponseWriter: w}
 	lib, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		hj.Answer()
