@@ -68,141 +68,138 @@ func (m *Manager) queue(ex *exchange, line []byte, o *pendingOp) error {
 	return m.j.AppendLine(ex.part, append(line, '\n'), o)
 }
 
-// startAcquire is Acquire without waiting: see above.
-func (m *Manager) startAcquire(exchangeID, agentID, name string, ttl time.Duration, done func(Grant, error)) bool {
+// begun is how begin left a fast-path operation.
+type begun int
+
+const (
+	begunLocked   begun = iota // admitted: the manager entered, the shard locked
+	begunAnswered              // refused, and done told so
+	begunWait                  // nothing done: the operation must wait
+)
+
+// fastOp is an operation begin admitted.
+type fastOp struct {
+	m    *Manager
+	k    key
+	ex   *exchange
+	s    *shard
+	now  time.Time
+	done func(Grant, error)
+}
+
+// begin validates an operation by agentID on name (check, when set, after
+// the ids), admits it and locks its shard.
+func (m *Manager) begin(exchangeID, agentID, name string, check func() error, done func(Grant, error)) (fastOp, begun) {
 	k, err := validate(exchangeID, agentID, name)
 	switch {
 	case err != nil:
 	case agentID == "":
 		err = fmt.Errorf("%w: empty agent id", ErrInvalidID)
-	default:
-		err = m.checkTTL(ttl)
+	case check != nil:
+		err = check()
 	}
 	if err == nil {
 		err = m.enter()
 	}
 	if err != nil {
 		done(Grant{}, err)
-		return true
+		return fastOp{}, begunAnswered
 	}
 	ex := m.loaded(k.x)
 	if ex == nil {
 		m.leave()
-		return false
+		return fastOp{}, begunWait
 	}
-	s := m.shard(k)
-	s.mu.Lock()
-	now := m.cfg.Now()
-	e, out, prev := m.tryLocked(s, ex, k, agentID, ttl, now)
+	op := fastOp{m: m, k: k, ex: ex, s: m.shard(k), done: done}
+	op.s.mu.Lock()
+	op.now = m.cfg.Now()
+	return op, begunLocked
+}
+
+// refuse ends op, still locked, with err.
+func (op fastOp) refuse(err error) bool {
+	op.s.mu.Unlock()
+	op.m.leave()
+	op.done(Grant{}, err)
+	return true
+}
+
+// record queues o's line and unlocks; freeing, when set, runs after the
+// line is queued and before the unlock.
+func (op fastOp) record(line []byte, o *pendingOp, freeing func()) bool {
+	err := op.m.queue(op.ex, line, o)
+	if freeing != nil {
+		freeing()
+	}
+	op.s.mu.Unlock()
+	if err != nil {
+		o.Durable(err)
+	}
+	return true
+}
+
+// startAcquire is Acquire without waiting: see above.
+func (m *Manager) startAcquire(exchangeID, agentID, name string, ttl time.Duration, done func(Grant, error)) bool {
+	op, b := m.begin(exchangeID, agentID, name, func() error { return m.checkTTL(ttl) }, done)
+	if b != begunLocked {
+		return b == begunAnswered
+	}
+	k := op.k
+	e, out, prev := m.tryLocked(op.s, op.ex, k, agentID, ttl, op.now)
 	if out == outHeld {
 		// AcquireWait answers an acquire that does not wait once the
 		// holder's grant is settled: that takes waiting.
 		if e.writing != nil {
-			s.mu.Unlock()
+			op.s.mu.Unlock()
 			m.leave()
 			return false
 		}
-		he := e.heldError(k)
-		s.mu.Unlock()
-		m.leave()
-		done(Grant{}, he)
-		return true
+		return op.refuse(e.heldError(k))
 	}
 	o := &pendingOp{m: m, k: k, g: e.grant(k), out: out, prev: prev, done: done}
 	if out == outGranted {
 		o.writing = e.writing
 	}
-	err = m.queue(ex, grantRecord(k, o.g, now), o)
-	s.mu.Unlock()
-	if err != nil {
-		o.Durable(err)
-	}
-	return true
+	return op.record(grantRecord(k, o.g, op.now), o, nil)
 }
 
 // startRenew is Renew without waiting: see above.
 func (m *Manager) startRenew(exchangeID, agentID, name string, token uint64, ttl time.Duration, done func(Grant, error)) bool {
-	k, err := validate(exchangeID, agentID, name)
-	switch {
-	case err != nil:
-	case agentID == "":
-		err = fmt.Errorf("%w: empty agent id", ErrInvalidID)
-	case token == 0:
-		err = ErrInvalidToken
-	default:
-		err = m.checkTTL(ttl)
+	op, b := m.begin(exchangeID, agentID, name, func() error {
+		if token == 0 {
+			return ErrInvalidToken
+		}
+		return m.checkTTL(ttl)
+	}, done)
+	if b != begunLocked {
+		return b == begunAnswered
 	}
-	if err == nil {
-		err = m.enter()
-	}
-	if err != nil {
-		done(Grant{}, err)
-		return true
-	}
-	ex := m.loaded(k.x)
-	if ex == nil {
-		m.leave()
-		return false
-	}
-	s := m.shard(k)
-	s.mu.Lock()
-	now := m.cfg.Now()
-	e := s.m[k]
-	if err := checkHeld(e, k, agentID, token, now); err != nil {
-		s.mu.Unlock()
-		m.leave()
-		done(Grant{}, err)
-		return true
+	k := op.k
+	e := op.s.m[k]
+	if err := checkHeld(e, k, agentID, token, op.now); err != nil {
+		return op.refuse(err)
 	}
 	o := &pendingOp{m: m, k: k, out: outRenewed, prev: e.deadline, done: done}
-	if d := now.Add(ttl); d.After(e.deadline) {
+	if d := op.now.Add(ttl); d.After(e.deadline) {
 		e.deadline = d
 	}
 	o.g = e.grant(k)
-	err = m.queue(ex, grantRecord(k, o.g, now), o)
-	s.mu.Unlock()
-	if err != nil {
-		o.Durable(err)
-	}
-	return true
+	return op.record(grantRecord(k, o.g, op.now), o, nil)
 }
 
 // startRelease is Release without waiting: see above.
 func (m *Manager) startRelease(exchangeID, agentID, name string, token uint64, done func(Grant, error)) bool {
-	k, err := validate(exchangeID, agentID, name)
-	if err == nil && agentID == "" {
-		err = fmt.Errorf("%w: empty agent id", ErrInvalidID)
+	op, b := m.begin(exchangeID, agentID, name, nil, done)
+	if b != begunLocked {
+		return b == begunAnswered
 	}
-	if err == nil {
-		err = m.enter()
+	k := op.k
+	e := op.s.m[k]
+	if err := checkHeld(e, k, agentID, token, op.now); err != nil {
+		return op.refuse(err)
 	}
-	if err != nil {
-		done(Grant{}, err)
-		return true
-	}
-	ex := m.loaded(k.x)
-	if ex == nil {
-		m.leave()
-		return false
-	}
-	s := m.shard(k)
-	s.mu.Lock()
-	now := m.cfg.Now()
-	e := s.m[k]
-	if err := checkHeld(e, k, agentID, token, now); err != nil {
-		s.mu.Unlock()
-		m.leave()
-		done(Grant{}, err)
-		return true
-	}
-	o := &pendingOp{m: m, k: k, release: true, done: done}
 	// Queued before freeLocked, which may hand the lease on and queue the
 	// next grant.
-	err = m.queue(ex, releaseRecord(k, e.token), o)
-	m.freeLocked(s, e, k, now)
-	s.mu.Unlock()
-	if err != nil {
-		o.Durable(err)
-	}
-	return true
+	return op.record(releaseRecord(k, e.token), &pendingOp{m: m, k: k, release: true, done: done},
+		func() { m.freeLocked(op.s, e, k, op.now) })
 }
