@@ -210,19 +210,6 @@ func (c *wsConn) control(frame []byte) {
 	c.fc.WriteControl(frame, c.h.cfg.WriteTimeout)
 }
 
-// writeLocked writes p whole within WriteTimeout; the caller holds the
-// frame lock. A write that fails closes the connection.
-func (c *wsConn) writeLocked(p []byte) error {
-	nc := c.fc.NetConn()
-	nc.SetWriteDeadline(time.Now().Add(c.h.cfg.WriteTimeout))
-	err := c.fc.WriteLocked(p)
-	nc.SetWriteDeadline(time.Time{})
-	if err != nil {
-		nc.Close()
-	}
-	return err
-}
-
 // closeWith sends the close frame, once, after which no data frame goes
 // out. The client answers with its own close frame, which ends the reader,
 // or the reader gives up after closeWait.
@@ -364,7 +351,7 @@ func (c *wsConn) finish(p []byte, locked bool) {
 			return
 		}
 	}
-	err := c.writeLocked(p)
+	err := c.fc.WriteLocked(p, c.h.cfg.WriteTimeout)
 	c.fc.Unlock(err)
 	if err != nil {
 		c.stopFlushing()

@@ -11,9 +11,8 @@ import (
 // every frame through the library instead (wsconn.go, libFrames).
 type rawFrames struct {
 	fc *wsframe.Conn
-	// A write that has to wait for the socket arms wd, which closes the
-	// connection if the write takes longer than timeout.
-	wd        *time.Timer
+	// A write that has to wait for the socket is bounded by timeout;
+	// one that fails closes the connection.
 	timeout   time.Duration
 	closeConn func()
 
@@ -25,10 +24,7 @@ type rawFrames struct {
 }
 
 func newRawFrames(fc *wsframe.Conn, closeConn func(), timeout time.Duration) frameWriter {
-	r := &rawFrames{fc: fc, timeout: timeout, closeConn: closeConn}
-	r.wd = time.AfterFunc(time.Hour, closeConn)
-	r.wd.Stop()
-	return r
+	return &rawFrames{fc: fc, timeout: timeout, closeConn: closeConn}
 }
 
 func (r *rawFrames) write(buf []byte) error {
@@ -71,12 +67,9 @@ func (r *rawFrames) finish() error {
 }
 
 // finishLocked writes p, the rest of a frame whose lock the caller holds,
-// and releases the lock. wd bounds the wait.
+// and releases the lock.
 func (r *rawFrames) finishLocked(p []byte) error {
-	r.wd.Reset(r.timeout)
-	err := r.fc.WriteLocked(p)
-	r.wd.Stop()
-	return r.unlock(err)
+	return r.unlock(r.fc.WriteLocked(p, r.timeout))
 }
 
 // unlock releases the frame lock after a write that ended with err; a

@@ -178,12 +178,10 @@ func (fc *Conn) TryWrite(p []byte) ([]byte, error) {
 	return rest, err
 }
 
-// WriteLocked writes p whole, waiting for the socket (bounded by the
-// connection's write deadline, if the caller set one). The caller holds
-// the frame lock.
-func (fc *Conn) WriteLocked(p []byte) error {
-	_, err := fc.conn.Write(p)
-	return err
+// WriteLocked writes p whole, waiting for the socket within timeout; a
+// write that fails closes the connection. The caller holds the frame lock.
+func (fc *Conn) WriteLocked(p []byte, timeout time.Duration) error {
+	return fc.writeWithin(p, timeout)
 }
 
 // Unlock releases the frame lock after a data frame whose write ended with

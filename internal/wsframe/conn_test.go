@@ -142,7 +142,7 @@ func serveFrames(ctx context.Context, w http.ResponseWriter, r *http.Request, si
 			go func() {
 				var err error
 				if len(rest) > 0 {
-					err = fc.WriteLocked(rest)
+					err = fc.WriteLocked(rest, 30*time.Second)
 				}
 				fc.Unlock(nil)
 				wrote <- err

@@ -437,7 +437,7 @@ func frameEcho(w http.ResponseWriter, r *http.Request, closeReason string) error
 		if err := hj.Conn.Lock(); err != nil {
 			return err
 		}
-		err = hj.Conn.WriteLocked(out)
+		err = hj.Conn.WriteLocked(out, 30*time.Second)
 		hj.Conn.Unlock(err)
 		if err != nil || op == OpClose {
 			return err
