@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"time"
@@ -308,6 +309,12 @@ func (ex *exchange) capture() *captured {
 // reflection: a snapshot holds every retained message, and encoding them
 // through reflection cost as much as taking them in.
 func (s *captured) appendJSON(b []byte) []byte {
+	return s.encode(b, func(b []byte) []byte { return b })
+}
+
+// encode appends s's encoding to b, handing b to flush whenever it holds
+// snapPiece bytes or more; flush returns the buffer to go on with.
+func (s *captured) encode(b []byte, flush func([]byte) []byte) []byte {
 	b = append(b, `{"lsn":`...)
 	b = strconv.AppendUint(b, s.lsn, 10)
 	b = append(b, `,"messages":[`...)
@@ -320,6 +327,9 @@ func (s *captured) appendJSON(b []byte) []byte {
 		b = append(b, `,"r":`...)
 		b = strconv.AppendInt(b, st.recv.UnixMilli(), 10)
 		b = append(b, '}')
+		if len(b) >= snapPiece {
+			b = flush(b)
+		}
 	}
 	b = append(b, `],"agents":[`...)
 	for i, a := range s.agents {
@@ -363,6 +373,9 @@ func (s *captured) appendJSON(b []byte) []byte {
 					b = strconv.AppendInt(b, e.AckedAt, 10)
 				}
 				b = append(b, '}')
+				if len(b) >= snapPiece {
+					b = flush(b)
+				}
 			}
 			b = append(b, ']')
 		}
@@ -386,11 +399,35 @@ func (s *captured) size() int {
 	return n
 }
 
+// snapPiece is how much of a snapshot's encoding is written at a time to a
+// store that takes a stream.
+const snapPiece = 256 << 10
+
 func (ex *exchange) writeSnapshot(ctx context.Context, s *captured) error {
 	st := ex.b.cfg.Store
-	data := s.appendJSON(make([]byte, 0, s.size()))
 	key := fmt.Sprintf("%s%020d.json", ex.snapPrefix(), s.lsn)
-	if _, err := st.Put(ctx, key, data); err != nil {
+	if sp, ok := st.(storage.Streamer); ok {
+		// Written as it is encoded: a snapshot of a busy exchange is
+		// tens of megabytes, which would otherwise be a buffer of its own
+		// for the collector and a digest the snapshot never uses.
+		err := sp.PutStream(ctx, key, func(w io.Writer) error {
+			var werr error
+			b := s.encode(make([]byte, 0, snapPiece+4096), func(b []byte) []byte {
+				if werr == nil {
+					_, werr = w.Write(b)
+				}
+				return b[:0]
+			})
+			if werr != nil {
+				return werr
+			}
+			_, err := w.Write(b)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	} else if _, err := st.Put(ctx, key, s.appendJSON(make([]byte, 0, s.size()))); err != nil {
 		return err
 	}
 	// The objects before the boundary of the seal queued at s.lsn hold

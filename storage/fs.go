@@ -1,12 +1,14 @@
 package storage
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -144,6 +146,34 @@ func (s *FS) Put(ctx context.Context, key string, data []byte) (string, error) {
 	return s.write(ctx, key, data, func(string) error { return nil })
 }
 
+// PutStream implements Streamer: the object goes to its temporary file
+// through a buffer as write produces it.
+func (s *FS) PutStream(ctx context.Context, key string, write func(w io.Writer) error) error {
+	if err := ValidKey(key); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	tmp, err := s.writeTempFrom(func(f *os.File) error {
+		bw := bufio.NewWriterSize(f, streamBuffer)
+		if err := write(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	defer os.Remove(tmp) // no-op once renamed
+	unlock := s.lock(key)
+	defer unlock()
+	return s.install(key, tmp)
+}
+
+// streamBuffer is the buffer PutStream writes through.
+const streamBuffer = 256 << 10
+
 // Create implements Store.
 func (s *FS) Create(ctx context.Context, key string, data []byte) (string, error) {
 	return s.write(ctx, key, data, func(p string) error {
@@ -194,20 +224,39 @@ func (s *FS) write(ctx context.Context, key string, data []byte, check func(path
 	if err := check(p); err != nil {
 		return "", err
 	}
-	dir := filepath.Dir(p)
-	if err := s.mkdirAll(dir); err != nil {
-		return "", fmt.Errorf("write %s: %w", key, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return "", fmt.Errorf("write %s: %w", key, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return "", fmt.Errorf("write %s: %w", key, err)
+	if err := s.install(key, tmp); err != nil {
+		return "", err
 	}
 	return digest(data), nil
 }
 
+// install renames the durable temporary file tmp to key's path and makes
+// the rename durable. The caller holds the key's lock.
+func (s *FS) install(key, tmp string) error {
+	p := s.path(key)
+	dir := filepath.Dir(p)
+	if err := s.mkdirAll(dir); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
+
 func (s *FS) writeTemp(data []byte) (string, error) {
+	return s.writeTempFrom(func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// writeTempFrom writes a fresh temporary file with write and fsyncs it; a
+// failure removes it.
+func (s *FS) writeTempFrom(write func(f *os.File) error) (string, error) {
 	var rnd [12]byte
 	_, _ = rand.Read(rnd[:])
 	name := filepath.Join(s.tmp, hex.EncodeToString(rnd[:]))
@@ -215,7 +264,7 @@ func (s *FS) writeTemp(data []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := f.Write(data); err != nil {
+	if err := write(f); err != nil {
 		f.Close()
 		os.Remove(name)
 		return "", err

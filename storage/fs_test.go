@@ -1,8 +1,10 @@
 package storage_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,3 +211,64 @@ func newFS(tb testing.TB) *storage.FS {
 	tb.Cleanup(func() { s.Close() })
 	return s
 }
+
+// PutStream writes what its function writes, whole, replacing what was at
+// the key; a function that fails leaves the key as it was and no temporary
+// file behind; an invalid key writes nothing.
+func TestFS_PutStream(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	fsys, err := storage.NewFS(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	var s storage.Store = fsys
+	big := bytes.Repeat([]byte("0123456789abcdef"), 100_000) // larger than the stream's buffer
+	tests := []struct {
+		name    string
+		key     string
+		pieces  [][]byte
+		fail    error
+		want    []byte // at the key afterwards; nil: not found
+		wantErr error
+	}{
+		{"pieces", "snap/a.json", [][]byte{[]byte(`{"a":`), []byte(`1}`)}, nil, []byte(`{"a":1}`), nil},
+		{"larger than the buffer", "snap/b.json", [][]byte{big[:7], big[7:]}, nil, big, nil},
+		{"replaces", "snap/a.json", [][]byte{[]byte(`{"a":2}`)}, nil, []byte(`{"a":2}`), nil},
+		{"write fails", "snap/a.json", [][]byte{[]byte(`{"a":3`)}, errBoom, []byte(`{"a":2}`), errBoom},
+		{"write fails on a new key", "snap/c.json", [][]byte{big}, errBoom, nil, errBoom},
+		{"invalid key", "../c.json", [][]byte{[]byte(`{}`)}, nil, nil, storage.ErrInvalidKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := s.(storage.Streamer).PutStream(ctx, tt.key, func(w io.Writer) error {
+				for _, p := range tt.pieces {
+					if _, err := w.Write(p); err != nil {
+						return err
+					}
+				}
+				return tt.fail
+			})
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
+				t.Fatalf("PutStream: %v, want %v", err, tt.wantErr)
+			}
+			if tt.want == nil {
+				if _, err := s.Get(ctx, tt.key); !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrInvalidKey) {
+					t.Fatalf("Get after a failed PutStream: %v, want not found", err)
+				}
+				return
+			}
+			obj, err := s.Get(ctx, tt.key)
+			if err != nil || !bytes.Equal(obj.Data, tt.want) {
+				t.Fatalf("Get: %d bytes, %v; want %d bytes", len(obj.Data), err, len(tt.want))
+			}
+		})
+	}
+	// Temporary files live in the root's .tmp until they are renamed.
+	if left, err := os.ReadDir(filepath.Join(root, ".tmp")); err != nil || len(left) != 0 {
+		t.Fatalf("temporary files left behind: %v, %v", left, err)
+	}
+}
+
+var errBoom = errors.New("boom")

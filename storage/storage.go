@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -134,6 +135,17 @@ type Appender interface {
 	// writer that extends it. It returns an error wrapping ErrExists when
 	// the key is taken.
 	CreateAppend(ctx context.Context, key string) (AppendWriter, error)
+}
+
+// Streamer is an optional capability of a Store: writing an object as it is
+// produced, so that a large one (a snapshot of many megabytes) needs no
+// buffer of its own size, and no version is computed for it. Callers check
+// for it with a type assertion and fall back to Put.
+type Streamer interface {
+	// PutStream writes the object at key from what write writes to w,
+	// unconditionally, atomically and durably, as Put does. When write
+	// returns an error, nothing is written and the error is returned.
+	PutStream(ctx context.Context, key string, write func(w io.Writer) error) error
 }
 
 // AppendWriter extends one object. It is not safe for concurrent use.
